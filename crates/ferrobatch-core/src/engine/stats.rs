@@ -1,0 +1,162 @@
+//! Counters and latency histograms the engine keeps, and the snapshot it hands out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// p50/p95/p99/max of one latency, in seconds (all 0.0 when nothing was recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LatencySummary {
+    /// How many values were recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest value recorded.
+    pub max: f64,
+}
+
+/// A point-in-time copy of an engine's counters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    /// Items accepted by `submit`.
+    pub submitted: u64,
+    /// Items that ended with a result.
+    pub completed: u64,
+    /// Items that ended with an error from their batch (a raised batch, a per-item error,
+    /// a result-count mismatch, a forced stop).
+    pub failed: u64,
+    /// Items their caller cancelled before they were dispatched.
+    pub cancelled: u64,
+    /// Items that failed with an item timeout.
+    pub timed_out: u64,
+    /// Items refused because the queue was full.
+    pub rejected: u64,
+    /// Batches dispatched.
+    pub batches: u64,
+    /// Batch size -> how many batches had that size.
+    pub batch_sizes: BTreeMap<usize, u64>,
+    /// Time items spent queued before their batch was dispatched.
+    pub queue_wait: LatencySummary,
+    /// Time from a batch's dispatch to its finish.
+    pub batch_duration: LatencySummary,
+    /// Items queued now (at most `max_queue_size`).
+    pub queue_depth: usize,
+    /// Items accepted with `on_full="wait"` that wait for room in the queue.
+    pub waiting: usize,
+    /// Batches running now.
+    pub running_batches: usize,
+}
+
+/// Histogram of durations in microseconds, from 1 µs to one hour, 2 significant digits.
+#[derive(Debug, Clone)]
+pub(crate) struct Latency(Histogram<u64>);
+
+impl Latency {
+    fn new() -> Self {
+        Latency(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"))
+    }
+
+    pub(crate) fn record(&mut self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
+    }
+
+    fn summary(&self) -> LatencySummary {
+        if self.0.is_empty() {
+            return LatencySummary::default();
+        }
+        let s = |us: u64| us as f64 / 1e6;
+        LatencySummary {
+            count: self.0.len(),
+            p50: s(self.0.value_at_quantile(0.50)),
+            p95: s(self.0.value_at_quantile(0.95)),
+            p99: s(self.0.value_at_quantile(0.99)),
+            max: s(self.0.max()),
+        }
+    }
+}
+
+/// The mutable counters, kept inside the engine's state lock.
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    pub(crate) submitted: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) cancelled: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) rejected: u64,
+    pub(crate) batches: u64,
+    pub(crate) batch_sizes: BTreeMap<usize, u64>,
+    pub(crate) queue_wait: Latency,
+    pub(crate) batch_duration: Latency,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        Counters {
+            submitted: 0,
+            completed: 0,
+            failed: 0,
+            cancelled: 0,
+            timed_out: 0,
+            rejected: 0,
+            batches: 0,
+            batch_sizes: BTreeMap::new(),
+            queue_wait: Latency::new(),
+            batch_duration: Latency::new(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self, queue_depth: usize, waiting: usize, running: usize) -> Stats {
+        Stats {
+            submitted: self.submitted,
+            completed: self.completed,
+            failed: self.failed,
+            cancelled: self.cancelled,
+            timed_out: self.timed_out,
+            rejected: self.rejected,
+            batches: self.batches,
+            batch_sizes: self.batch_sizes.clone(),
+            queue_wait: self.queue_wait.summary(),
+            batch_duration: self.batch_duration.summary(),
+            queue_depth,
+            waiting,
+            running_batches: running,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_latency_is_all_zero() {
+        assert_eq!(Latency::new().summary(), LatencySummary::default());
+    }
+
+    #[test]
+    fn quantiles_track_recorded_values() {
+        let mut l = Latency::new();
+        for ms in 1..=100 {
+            l.record(Duration::from_millis(ms));
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 100);
+        assert!((s.p50 - 0.050).abs() < 0.001, "{s:?}");
+        assert!((s.p99 - 0.099).abs() < 0.002, "{s:?}");
+        assert!((s.max - 0.100).abs() < 0.002, "{s:?}");
+    }
+
+    #[test]
+    fn huge_durations_saturate_instead_of_panicking() {
+        let mut l = Latency::new();
+        l.record(Duration::from_secs(100_000));
+        assert_eq!(l.summary().count, 1);
+    }
+}

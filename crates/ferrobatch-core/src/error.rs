@@ -1,0 +1,113 @@
+//! The error type of the core layer: every way the engine can refuse or fail an item.
+//!
+//! Each variant carries structured fields so that the bindings can map it once to a typed
+//! Python exception without parsing messages.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why an item ended without being processed because the engine stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The engine was stopped before the item was submitted.
+    NotAccepting,
+    /// The item was queued or running when a forced stop happened.
+    ForceStopped,
+    /// The engine was dropped (its owner went away) while the item was queued.
+    Dropped,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StopReason::NotAccepting => "the batcher is stopped and accepts no new items",
+            StopReason::ForceStopped => "the batcher was force-stopped before this item finished",
+            StopReason::Dropped => "the batcher was dropped before this item was processed",
+        })
+    }
+}
+
+/// Every error of the core layer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The name of the setting, as the user spells it.
+        field: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// The queue holds `capacity` items and the engine rejects new ones while full.
+    #[error("the queue is full ({capacity} items waiting); item rejected")]
+    QueueFull {
+        /// The configured `max_queue_size`.
+        capacity: usize,
+    },
+    /// The engine stopped; `reason` says when relative to the item's life.
+    #[error("{reason}")]
+    Stopped {
+        /// Why the item was refused or failed.
+        reason: StopReason,
+    },
+    /// The item waited in the queue longer than `item_timeout` and was never dispatched.
+    #[error("item was not dispatched within item_timeout={}s", timeout.as_secs_f64())]
+    ItemTimeout {
+        /// The configured `item_timeout`.
+        timeout: Duration,
+    },
+    /// The batch function returned a different number of results than it got items.
+    #[error("the batch function returned {got} results for a batch of {expected} items")]
+    BatchSizeMismatch {
+        /// How many items the batch held.
+        expected: usize,
+        /// How many results came back.
+        got: usize,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_problem() {
+        let e = Error::BatchSizeMismatch {
+            expected: 3,
+            got: 2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the batch function returned 2 results for a batch of 3 items"
+        );
+        let e = Error::ItemTimeout {
+            timeout: Duration::from_millis(250),
+        };
+        assert_eq!(
+            e.to_string(),
+            "item was not dispatched within item_timeout=0.25s"
+        );
+        let e = Error::QueueFull { capacity: 8 };
+        assert!(e.to_string().contains("8 items"));
+        let e = Error::Stopped {
+            reason: StopReason::ForceStopped,
+        };
+        assert!(e.to_string().contains("force-stopped"));
+        let e = Error::config("concurrency", "must be -1 or at least 1, got 0");
+        assert_eq!(
+            e.to_string(),
+            "invalid concurrency: must be -1 or at least 1, got 0"
+        );
+    }
+}

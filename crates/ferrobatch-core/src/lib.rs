@@ -1,0 +1,13 @@
+//! The ferrobatch batching engine, in pure Rust.
+//!
+//! This crate holds no Python types: the Python bindings (the `ferrobatch` crate at the
+//! workspace root) wrap it, and Rust users can drive it directly. See [`engine`] for the
+//! batching state machine and [`error`] for the one error type of this layer.
+
+pub mod engine;
+pub mod error;
+
+pub use engine::{
+    Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Stats, Ticket, Work,
+};
+pub use error::{Error, StopReason};
