@@ -1,0 +1,308 @@
+"""`AsyncBatcher` and the `batch` decorator: the Python half of the batcher.
+
+The native `Core` queues items and forms batches; this module runs the user's batch function
+on the event loop (async) or an executor (sync) and hands the outcome back to `Core`, once per
+batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import warnings
+import weakref
+from concurrent.futures import Executor
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Generic,
+    Iterable,
+    Literal,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    overload,
+)
+
+from ferrobatch._native import Batch, BatcherStats, Core, StopTimeoutError
+
+__all__ = ["AsyncBatcher", "BatchedFunction", "batch"]
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+logger = logging.getLogger("ferrobatch")
+
+BatchResult = Optional[Sequence[Union[S, BaseException]]]
+BatchFn = Callable[[list[T]], Union[Awaitable[BatchResult[S]], BatchResult[S]]]
+
+_DEPRECATED_NO_EFFECT = ("sleep_time", "buffering_time")
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class AsyncBatcher(Generic[T, S]):
+    """Batch items for a batch function; `await batcher.process(item)` gives the item's result.
+
+    Subclass it and override `process_batch`, or pass the batch function as the first argument.
+    The keywords and their defaults are those of the `async-batcher` package:
+
+    - `max_batch_size`: most items per batch; -1 for no limit (0 and 1 are rejected).
+    - `max_queue_time`: seconds a partial batch waits after its first item arrived.
+    - `concurrency`: most batches running at once; -1 for no limit.
+    - `max_queue_size`: most items queued; -1 (or 0) for no limit.
+    - `executor`: where a synchronous batch function runs (None: the loop's default executor).
+    - `on_full`: "reject" raises `QueueFullError` when the queue is full; "wait" accepts the
+      item, which waits for room before it can join a batch.
+    - `item_timeout`: seconds an item may wait to be dispatched before it fails with
+      `ItemTimeoutError`; None for no limit.
+    """
+
+    def __init__(
+        self,
+        fn: BatchFn[T, S] | None = None,
+        /,
+        *,
+        max_batch_size: int = -1,
+        max_queue_time: float = 0.01,
+        concurrency: int = 1,
+        max_queue_size: int = -1,
+        executor: Executor | None = None,
+        on_full: Literal["reject", "wait"] = "reject",
+        item_timeout: float | None = None,
+        **deprecated: Any,
+    ) -> None:
+        for name in _DEPRECATED_NO_EFFECT:
+            if deprecated.pop(name, None) is not None:
+                warnings.warn(f"{name!r} has no effect", DeprecationWarning, stacklevel=2)
+        if "batch_size" in deprecated:
+            warnings.warn(
+                "'batch_size' is deprecated; use 'max_batch_size'", DeprecationWarning, stacklevel=2
+            )
+            max_batch_size = deprecated.pop("batch_size")
+        if deprecated:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(deprecated))}")
+        if fn is None:
+            if type(self).process_batch is AsyncBatcher.process_batch:
+                raise TypeError(
+                    "AsyncBatcher needs a batch function: pass one, or subclass and override "
+                    "process_batch"
+                )
+            fn = self.process_batch
+        elif not callable(fn):
+            raise TypeError(f"the batch function must be callable, got {type(fn).__name__}")
+        self._fn: BatchFn[T, S] = fn
+        self._is_async = _is_async(fn)
+        self.max_batch_size = max_batch_size
+        self.max_queue_time = max_queue_time
+        self.concurrency = concurrency
+        self.max_queue_size = max_queue_size
+        self.executor = executor
+        self._core = Core(
+            start=weakref.WeakMethod(self._start),
+            max_batch_size=max_batch_size,
+            max_queue_time=max_queue_time,
+            concurrency=concurrency,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            item_timeout=item_timeout,
+        )
+        # Running batches: force-stop aborts and cancels them.
+        self._running: dict[Batch, asyncio.Future[Any]] = {}
+        if type(self).process is AsyncBatcher.process:
+            # The hot path: calls go straight to the native method, with no Python frame.
+            self.process = self._core.process  # type: ignore[method-assign]
+
+    async def process_batch(self, batch: list[T]) -> BatchResult[S]:
+        """Process one batch; override in a subclass (async def, or a plain def that runs in
+        the executor). Return one result per item, in order, or None; an Exception instance in
+        a slot is raised to that item's caller alone."""
+        raise TypeError("process_batch is not overridden")  # pragma: no cover
+
+    # --- submitting -----------------------------------------------------------------------
+
+    def process(self, item: T) -> asyncio.Future[S]:
+        """Queue `item` and return an asyncio Future of its result.
+
+        Raises `QueueFullError` if the queue is full (on_full="reject"), `BatcherStoppedError`
+        after `stop()`, `WrongEventLoopError` from a loop other than the batcher's.
+        """
+        fut: asyncio.Future[S] = self._core.process(item)
+        return fut
+
+    def process_many(self, items: Iterable[T]) -> asyncio.Future[list[S]]:
+        """Queue every item and return one Future of the list of their results, in order.
+
+        It fails with the first item error, like `asyncio.gather`; cancelling it drops the
+        items not yet dispatched.
+        """
+        fut: asyncio.Future[list[S]] = self._core.process_many(items)
+        return fut
+
+    # --- running batches (called by the native core, on the event loop) --------------------
+
+    def _start(self, batch: Batch) -> None:
+        items = batch.items()
+        if not items:
+            batch.resolve([])  # every caller cancelled: the batch function is not called
+            return
+        loop = asyncio.get_running_loop()
+        task: asyncio.Future[Any]
+        if self._is_async:
+            task = loop.create_task(self._run(batch, items))
+        else:
+            task = loop.run_in_executor(self.executor, self._fn, items)
+            task.add_done_callback(functools.partial(self._settle, batch))
+        self._running[batch] = task
+        task.add_done_callback(functools.partial(self._forget, batch))
+
+    def _forget(self, batch: Batch, _: object) -> None:
+        self._running.pop(batch, None)
+
+    async def _run(self, batch: Batch, items: list[T]) -> None:
+        try:
+            result = await self._fn(items)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            batch.abort()
+            raise
+        except BaseException as exc:
+            self._log_failure(len(items), exc)
+            batch.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            batch.resolve(result)
+
+    def _settle(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            batch.abort()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._log_failure(len(batch), exc)
+            batch.fail(exc)
+        else:
+            batch.resolve(fut.result())
+
+    @staticmethod
+    def _log_failure(n: int, exc: BaseException) -> None:
+        logger.error("batch of %d items failed: %r", n, exc, exc_info=exc)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def stop(self, force: bool = False, timeout: float | None = None) -> None:
+        """Stop accepting items and drain: every accepted item is processed first.
+
+        `force=True` fails queued items with `BatcherStoppedError` and cancels running
+        batches (their items get `BatcherStoppedError` too). `timeout` bounds the drain; when it
+        runs out the rest is force-stopped and `StopTimeoutError` is raised.
+        """
+        if force:
+            self._force_stop()
+        else:
+            self._core.close(False)
+        waiter = self._core.drain_waiter()
+        if waiter is None:
+            return
+        if timeout is None:
+            await waiter
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            self._force_stop()
+            await waiter
+            raise StopTimeoutError(
+                f"the drain did not finish within {timeout}s; what was left was force-stopped"
+            ) from None
+
+    def _force_stop(self) -> None:
+        self._core.close(True)
+        for batch, task in list(self._running.items()):
+            batch.abort()
+            task.cancel()
+
+    async def is_running(self) -> bool:
+        """Whether the batcher accepts items (it has not been stopped)."""
+        return self._core.accepting
+
+    def stats(self) -> BatcherStats:
+        """A snapshot of the batcher's counters and latency percentiles."""
+        return self._core.stats()
+
+    async def __aenter__(self) -> AsyncBatcher[T, S]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self._core.accepting else "stopped"
+        return (
+            f"<{type(self).__name__} {state} max_batch_size={self.max_batch_size} "
+            f"max_queue_time={self.max_queue_time} concurrency={self.concurrency}>"
+        )
+
+
+class BatchedFunction(Generic[T, S]):
+    """A batch function wrapped by `@batch`: call it with ONE item, await the result."""
+
+    def __init__(self, fn: BatchFn[T, S], **options: Any) -> None:
+        self.batcher: AsyncBatcher[T, S] = AsyncBatcher(fn, **options)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, item: T) -> asyncio.Future[S]:
+        return self.batcher.process(item)
+
+    def many(self, items: Iterable[T]) -> asyncio.Future[list[S]]:
+        """Queue many items; one Future of their results in order."""
+        return self.batcher.process_many(items)
+
+    async def stop(self, force: bool = False, timeout: float | None = None) -> None:
+        """Stop the underlying batcher (see `AsyncBatcher.stop`)."""
+        await self.batcher.stop(force=force, timeout=timeout)
+
+    def stats(self) -> BatcherStats:
+        """The underlying batcher's stats."""
+        return self.batcher.stats()
+
+
+@overload
+def batch(fn: BatchFn[T, S], /) -> BatchedFunction[T, S]: ...
+@overload
+def batch(
+    *,
+    max_batch_size: int = ...,
+    max_queue_time: float = ...,
+    concurrency: int = ...,
+    max_queue_size: int = ...,
+    executor: Executor | None = ...,
+    on_full: Literal["reject", "wait"] = ...,
+    item_timeout: float | None = ...,
+) -> Callable[[BatchFn[T, S]], BatchedFunction[T, S]]: ...
+def batch(
+    fn: BatchFn[T, S] | None = None, /, **options: Any
+) -> BatchedFunction[T, S] | Callable[[BatchFn[T, S]], BatchedFunction[T, S]]:
+    """Turn a function over a list of items into one that takes a single item.
+
+    `@batch(max_batch_size=32)` over `async def embed(texts: list[str]) -> list[V]` gives
+    `embed("one text")`, an awaitable of that text's result; calls are batched.
+    """
+    if fn is not None:
+        return BatchedFunction(fn, **options)
+
+    def wrap(f: BatchFn[T, S]) -> BatchedFunction[T, S]:
+        return BatchedFunction(f, **options)
+
+    return wrap

@@ -1,0 +1,215 @@
+//! `Batch`: one dispatched batch as the Python runner sees it. It hands out the items whose
+//! callers still wait, takes the batch function's result (or exception) back, maps it onto the
+//! items by position, frees the concurrency slot and starts whatever that made due — all in one
+//! call, so a batch costs one crossing however many items it holds.
+
+use std::sync::{Arc, Mutex};
+
+use ferrobatch_core::{Error, Outcome, StopReason, Ticket};
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::crossing::{fail_all, Crossing, PyItem};
+use crate::errors;
+
+struct Inner {
+    items: Vec<PyItem>,
+    ticket: Ticket<PyItem>,
+    cancelled: usize,
+    filtered: bool,
+}
+
+/// A batch handed to the Python runner. Settles exactly once: by `resolve`, `fail` or `abort`.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct Batch {
+    crossing: Arc<Crossing>,
+    inner: Mutex<Option<Inner>>,
+}
+
+impl Batch {
+    pub(crate) fn new(crossing: Arc<Crossing>, batch: ferrobatch_core::Batch<PyItem>) -> Self {
+        Batch {
+            crossing,
+            inner: Mutex::new(Some(Inner {
+                items: batch.items,
+                ticket: batch.ticket,
+                cancelled: 0,
+                filtered: false,
+            })),
+        }
+    }
+
+    fn take(&self) -> Option<Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn finish(&self, py: Python<'_>, inner: Inner, completed: usize, failed: usize) {
+        let outcome = Outcome {
+            completed,
+            failed,
+            cancelled: inner.cancelled,
+        };
+        let work = inner.ticket.finish(outcome);
+        if !work.is_empty() {
+            self.crossing.deliver(py, work);
+        }
+    }
+
+    /// Fail every item with `exc` and settle.
+    pub(crate) fn fail_with(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
+        if let Some(inner) = self.take() {
+            fail_all(py, &inner.items, exc);
+            let n = inner.items.len();
+            self.finish(py, inner, 0, n);
+        }
+    }
+
+    fn fail_error(&self, py: Python<'_>, err: &Error) {
+        let exc = errors::exception(py, err);
+        self.fail_with(py, &exc);
+    }
+}
+
+fn collect_results<'py>(results: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+    if let Ok(list) = results.cast::<PyList>() {
+        return Some(list.iter().collect());
+    }
+    if let Ok(tuple) = results.cast::<PyTuple>() {
+        return Some(tuple.iter().collect());
+    }
+    // Any other sized iterable (a numpy array, a generator is not sized but is accepted too).
+    if results.is_instance_of::<pyo3::types::PyString>()
+        || results.is_instance_of::<pyo3::types::PyDict>()
+    {
+        return None;
+    }
+    results.try_iter().ok()?.collect::<PyResult<Vec<_>>>().ok()
+}
+
+#[pymethods]
+impl Batch {
+    /// The values of the items whose callers still wait, oldest first. Items whose callers
+    /// cancelled are dropped here and never reach the batch function.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(inner) = guard.as_mut() else {
+            return Ok(PyList::empty(py));
+        };
+        if !inner.filtered {
+            inner.filtered = true;
+            let before = inner.items.len();
+            inner.items.retain(|i| i.sink.is_live(py));
+            inner.cancelled = before - inner.items.len();
+        }
+        PyList::new(py, inner.items.iter().map(|i| i.value.bind(py)))
+    }
+
+    /// Map the batch function's return value onto the items: a list (or tuple, or sized
+    /// iterable) with one entry per item, or None for "every item gets None". An `Exception`
+    /// instance in a slot fails that item alone.
+    fn resolve(&self, py: Python<'_>, results: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(inner) = self.take() else {
+            return Ok(());
+        };
+        let n = inner.items.len();
+        if results.is_none() {
+            for item in &inner.items {
+                item.sink.succeed(py, py.None());
+            }
+            self.finish(py, inner, n, 0);
+            return Ok(());
+        }
+        let Some(values) = collect_results(results) else {
+            let type_name = results
+                .get_type()
+                .name()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let err = errors::raise(
+                py,
+                |e| &e.invalid_result,
+                format!("the batch function must return a list, a tuple or None, got {type_name}"),
+            );
+            fail_all(py, &inner.items, err.value(py).as_any());
+            self.finish(py, inner, 0, n);
+            return Ok(());
+        };
+        if values.len() != n {
+            let exc = errors::exception(
+                py,
+                &Error::BatchSizeMismatch {
+                    expected: n,
+                    got: values.len(),
+                },
+            );
+            fail_all(py, &inner.items, &exc);
+            self.finish(py, inner, 0, n);
+            return Ok(());
+        }
+        let (mut completed, mut failed) = (0, 0);
+        for (item, value) in inner.items.iter().zip(values) {
+            if value.is_instance_of::<PyException>() {
+                item.sink.fail(py, &value);
+                failed += 1;
+            } else {
+                item.sink.succeed(py, value.unbind());
+                completed += 1;
+            }
+        }
+        self.finish(py, inner, completed, failed);
+        Ok(())
+    }
+
+    /// The batch function raised `exc`: every item of the batch gets it.
+    fn fail(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
+        self.fail_with(py, exc);
+    }
+
+    /// The batcher was force-stopped: every unsettled item gets `BatcherStoppedError`.
+    fn abort(&self, py: Python<'_>) {
+        self.fail_error(
+            py,
+            &Error::Stopped {
+                reason: StopReason::ForceStopped,
+            },
+        );
+    }
+
+    /// Whether the batch has settled.
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |i| i.items.len())
+    }
+
+    fn __repr__(&self) -> String {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(i) => format!("<Batch of {} items>", i.items.len()),
+            None => "<Batch (settled)>".to_string(),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(guard) = self.inner.try_lock() {
+            if let Some(inner) = guard.as_ref() {
+                for i in &inner.items {
+                    i.traverse(&visit)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
