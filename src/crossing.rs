@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use ferrobatch_core::{Dispatcher, Error, StopReason, Work};
+use ferrobatch_core::{Dispatcher, Error, Receipt, StopReason, Work};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use pyo3::{intern, PyTraverseError, PyVisit};
@@ -276,21 +276,26 @@ pub(crate) fn log_error(py: Python<'_>, message: &str, err: Option<PyErr>) {
 #[pyclass(module = "ferrobatch._native", name = "_Delivery")]
 pub(crate) struct Delivery {
     crossing: Arc<Crossing>,
-    work: Mutex<Option<Work<PyItem>>>,
+    work: Mutex<Option<(Work<PyItem>, Receipt<PyItem>)>>,
 }
 
 #[pymethods]
 impl Delivery {
     fn __call__(&self, py: Python<'_>) {
-        let work = self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(work) = work {
+        let taken = self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((work, receipt)) = taken {
             self.crossing.deliver(py, work);
+            // Only now may the engine report a drain that this work was part of.
+            let more = receipt.delivered();
+            if !more.is_empty() {
+                self.crossing.deliver(py, more);
+            }
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Ok(guard) = self.work.try_lock() {
-            if let Some(work) = guard.as_ref() {
+            if let Some((work, _)) = guard.as_ref() {
                 for b in &work.batches {
                     for i in &b.items {
                         i.traverse(&visit)?;
@@ -311,7 +316,7 @@ impl Delivery {
 pub(crate) struct LoopDispatcher(pub(crate) Arc<Crossing>);
 
 impl Dispatcher<PyItem> for LoopDispatcher {
-    fn dispatch(&self, work: Work<PyItem>) {
+    fn dispatch(&self, work: Work<PyItem>, receipt: Receipt<PyItem>) {
         Python::attach(|py| {
             let Some((event_loop, _)) = self.0.event_loop.get() else {
                 // No loop was ever bound, so no item was ever queued: nothing to deliver.
@@ -319,7 +324,7 @@ impl Dispatcher<PyItem> for LoopDispatcher {
             };
             let delivery = Delivery {
                 crossing: Arc::clone(&self.0),
-                work: Mutex::new(Some(work)),
+                work: Mutex::new(Some((work, receipt))),
             };
             let result = Py::new(py, delivery).and_then(|d| {
                 event_loop

@@ -13,16 +13,14 @@ import inspect
 import logging
 import warnings
 import weakref
+from collections.abc import Awaitable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import (
     Any,
-    Awaitable,
     Callable,
     Generic,
-    Iterable,
     Literal,
     Optional,
-    Sequence,
     TypeVar,
     Union,
     overload,
@@ -153,26 +151,26 @@ class AsyncBatcher(Generic[T, S]):
     # --- running batches (called by the native core, on the event loop) --------------------
 
     def _start(self, batch: Batch) -> None:
-        items = batch.items()
-        if not items:
-            batch.resolve([])  # every caller cancelled: the batch function is not called
-            return
-        loop = asyncio.get_running_loop()
-        task: asyncio.Future[Any]
-        if self._is_async:
-            task = loop.create_task(self._run(batch, items))
-        else:
-            task = loop.run_in_executor(self.executor, self._fn, items)
-            task.add_done_callback(functools.partial(self._settle, batch))
+        task = asyncio.get_running_loop().create_task(self._run(batch))
         self._running[batch] = task
         task.add_done_callback(functools.partial(self._forget, batch))
 
     def _forget(self, batch: Batch, _: object) -> None:
         self._running.pop(batch, None)
 
-    async def _run(self, batch: Batch, items: list[T]) -> None:
+    async def _run(self, batch: Batch) -> None:
+        # Items are taken when the batch really starts, so a caller who cancels before then
+        # keeps its item out of the batch function.
+        items = batch.items()
+        if not items:
+            batch.resolve([])  # every caller cancelled: the batch function is not called
+            return
         try:
-            result = await self._fn(items)  # type: ignore[misc]
+            if self._is_async:
+                result = await self._fn(items)  # type: ignore[misc]
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self.executor, self._fn, items)
         except asyncio.CancelledError:
             batch.abort()
             raise
@@ -183,17 +181,6 @@ class AsyncBatcher(Generic[T, S]):
                 raise
         else:
             batch.resolve(result)
-
-    def _settle(self, batch: Batch, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
-            batch.abort()
-            return
-        exc = fut.exception()
-        if exc is not None:
-            self._log_failure(len(batch), exc)
-            batch.fail(exc)
-        else:
-            batch.resolve(fut.result())
 
     @staticmethod
     def _log_failure(n: int, exc: BaseException) -> None:
@@ -282,6 +269,8 @@ class BatchedFunction(Generic[T, S]):
 def batch(fn: BatchFn[T, S], /) -> BatchedFunction[T, S]: ...
 @overload
 def batch(
+    fn: None = None,
+    /,
     *,
     max_batch_size: int = ...,
     max_queue_time: float = ...,

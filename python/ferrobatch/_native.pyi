@@ -2,7 +2,24 @@
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any, Callable, Final, Optional
+from typing import Any, Callable, Final, final
+
+__all__ = [
+    "__version__",
+    "Core",
+    "Batch",
+    "BatcherStats",
+    "LatencySummary",
+    "FerrobatchError",
+    "ConfigError",
+    "QueueFullError",
+    "BatcherStoppedError",
+    "ItemTimeoutError",
+    "BatchSizeMismatchError",
+    "InvalidBatchResultError",
+    "WrongEventLoopError",
+    "StopTimeoutError",
+]
 
 __version__: Final[str]
 
@@ -29,6 +46,7 @@ class InvalidBatchResultError(FerrobatchError, TypeError): ...
 class WrongEventLoopError(FerrobatchError, RuntimeError): ...
 class StopTimeoutError(FerrobatchError, TimeoutError): ...
 
+@final
 class LatencySummary:
     @property
     def count(self) -> int: ...
@@ -41,6 +59,7 @@ class LatencySummary:
     @property
     def max(self) -> float: ...
 
+@final
 class BatcherStats:
     @property
     def submitted(self) -> int: ...
@@ -69,6 +88,7 @@ class BatcherStats:
     @property
     def running_batches(self) -> int: ...
 
+@final
 class Batch:
     def items(self) -> list[Any]: ...
     def resolve(self, results: Any) -> None: ...
@@ -78,26 +98,27 @@ class Batch:
     def done(self) -> bool: ...
     def __len__(self) -> int: ...
 
+@final
 class Core:
     def __new__(
         cls,
         *,
-        start: Callable[[], Optional[Callable[[Batch], None]]],
-        max_batch_size: int = -1,
-        max_queue_time: float = 0.01,
-        concurrency: int = 1,
-        max_queue_size: int = -1,
-        on_full: str = "reject",
-        item_timeout: Optional[float] = None,
+        start: Callable[[], Callable[[Batch], None] | None],
+        max_batch_size: int = ...,
+        max_queue_time: float = ...,
+        concurrency: int = ...,
+        max_queue_size: int = ...,
+        on_full: str = ...,
+        item_timeout: float | None = ...,
     ) -> Core: ...
     def process(self, item: Any) -> asyncio.Future[Any]: ...
     def process_many(self, items: Iterable[Any]) -> asyncio.Future[list[Any]]: ...
     def close(self, force: bool) -> None: ...
-    def drain_waiter(self) -> Optional[asyncio.Future[None]]: ...
+    def drain_waiter(self) -> asyncio.Future[None] | None: ...
     @property
     def drained(self) -> bool: ...
     @property
     def accepting(self) -> bool: ...
     @property
-    def event_loop(self) -> Optional[asyncio.AbstractEventLoop]: ...
+    def event_loop(self) -> asyncio.AbstractEventLoop | None: ...
     def stats(self) -> BatcherStats: ...

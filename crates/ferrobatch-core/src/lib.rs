@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 
 pub use engine::{
-    Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Stats, Ticket, Work,
+    Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
+    Work,
 };
 pub use error::{Error, StopReason};

@@ -30,13 +30,44 @@ use state::{Due, State};
 /// forced stop after the owner dropped the engine).
 pub trait Dispatcher<T: Send + 'static>: Send + 'static {
     /// Start the batches and fail the items in `work`. Called on the engine's timer thread
-    /// with no engine lock held.
-    fn dispatch(&self, work: Work<T>);
+    /// with no engine lock held. The work may be carried elsewhere (another thread, an event
+    /// loop) first; once its outcomes are delivered, call [`Receipt::delivered`] (or drop the
+    /// receipt): until then the engine does not report itself drained.
+    fn dispatch(&self, work: Work<T>, receipt: Receipt<T>);
 }
 
-impl<T: Send + 'static, F: Fn(Work<T>) + Send + 'static> Dispatcher<T> for F {
-    fn dispatch(&self, work: Work<T>) {
-        self(work)
+impl<T: Send + 'static, F: Fn(Work<T>, Receipt<T>) + Send + 'static> Dispatcher<T> for F {
+    fn dispatch(&self, work: Work<T>, receipt: Receipt<T>) {
+        self(work, receipt)
+    }
+}
+
+/// Acknowledges that work from the timer thread was delivered. Without it, a drain could be
+/// reported while an item's timeout or stop error is still on its way to its caller.
+pub struct Receipt<T: Send + 'static> {
+    shared: Arc<Shared<T>>,
+    acknowledged: bool,
+}
+
+impl<T: Send + 'static> Receipt<T> {
+    /// The work was delivered; returns what that made due (the drain, at most).
+    pub fn delivered(mut self) -> Work<T> {
+        self.acknowledged = true;
+        self.shared
+            .change(|st, _| st.in_transit = st.in_transit.saturating_sub(1))
+    }
+}
+
+impl<T: Send + 'static> Drop for Receipt<T> {
+    fn drop(&mut self) {
+        if !self.acknowledged {
+            let mut st = self.shared.lock();
+            st.in_transit = st.in_transit.saturating_sub(1);
+            // Whatever that made due (the drain) goes out through the timer thread.
+            st.timer_armed = Some(Instant::now());
+            drop(st);
+            self.shared.wake.notify_one();
+        }
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct State<T> {
     drained_reported: bool,
     /// Set when the owner is gone: the timer thread hands out what is left and exits.
     pub(crate) shutdown: bool,
+    /// Timer-thread work handed to the dispatcher and not yet acknowledged (see `Receipt`).
+    pub(crate) in_transit: usize,
     /// The instant the timer thread sleeps until (`None`: until woken).
     pub(crate) timer_armed: Option<Instant>,
     pub(crate) counters: Counters,
@@ -84,6 +86,7 @@ impl<T> State<T> {
             phase: Phase::Open,
             drained_reported: false,
             shutdown: false,
+            in_transit: 0,
             timer_armed: None,
             counters: Counters::new(),
         }
@@ -112,8 +115,9 @@ impl<T> State<T> {
         self.phase == Phase::Open && !self.shutdown
     }
 
+    /// Nothing queued, running, or on its way to the dispatcher's consumer.
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty() && self.running == 0
+        self.queue.is_empty() && self.running == 0 && self.in_transit == 0
     }
 
     /// Accept an item, or refuse it with `Stopped` / `QueueFull`.

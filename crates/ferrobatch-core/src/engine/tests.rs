@@ -18,10 +18,15 @@ fn cfg(max_batch: usize, window_ms: u64, conc: usize) -> Config {
     }
 }
 
+/// An engine whose timer-thread work arrives on a channel, acknowledged on receipt.
 fn engine(config: Config) -> (Engine<u32>, Receiver<Work<u32>>) {
     let (tx, rx) = channel();
-    let e = Engine::new(config, move |w: Work<u32>| {
+    let e = Engine::new(config, move |w: Work<u32>, r: Receipt<u32>| {
         let _ = tx.send(w);
+        let more = r.delivered();
+        if !more.is_empty() {
+            let _ = tx.send(more);
+        }
     })
     .unwrap();
     (e, rx)
@@ -190,6 +195,60 @@ fn stats_count_what_happened() {
     assert_eq!(s.batch_sizes.get(&2), Some(&1));
     assert_eq!(s.queue_wait.count, 2);
     assert_eq!(s.running_batches, 0);
+}
+
+#[test]
+fn drained_waits_for_timer_work_to_be_delivered() {
+    // The timer thread expires an item while a batch runs; the batch then finishes. The drain
+    // must not be reported until the expiry has been delivered (its receipt acknowledged).
+    let (tx, rx) = channel::<(Work<u32>, Receipt<u32>)>();
+    let mut c = cfg(2, 0, 1);
+    c.item_timeout = Some(Duration::from_millis(10));
+    let e = Engine::new(c, move |w: Work<u32>, r: Receipt<u32>| {
+        let _ = tx.send((w, r));
+    })
+    .unwrap();
+    let _ = e.submit(1).unwrap();
+    let mut running = e.submit(2).unwrap();
+    let _ = e.submit(3).unwrap();
+    let (expired, receipt) = rx.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(expired.failures[0].0, vec![3]);
+    assert!(e.close(false).is_empty());
+    let b = running.batches.pop().unwrap();
+    let w = b.ticket.finish(Outcome {
+        completed: 2,
+        ..Outcome::default()
+    });
+    assert!(!w.drained, "the expiry is still in transit");
+    assert!(receipt.delivered().drained);
+}
+
+#[test]
+fn a_dropped_receipt_still_lets_the_drain_through() {
+    let (tx, rx) = channel::<(Work<u32>, Receipt<u32>)>();
+    let mut c = cfg(2, 0, 1);
+    c.item_timeout = Some(Duration::from_millis(10));
+    let e = Engine::new(c, move |w: Work<u32>, r: Receipt<u32>| {
+        let _ = tx.send((w, r));
+    })
+    .unwrap();
+    let _ = e.submit(1).unwrap();
+    let mut running = e.submit(2).unwrap();
+    let _ = e.submit(3).unwrap();
+    let (_expired, receipt) = rx.recv_timeout(PATIENCE).unwrap();
+    let _ = e.close(false);
+    let b = running.batches.pop().unwrap();
+    assert!(
+        !b.ticket
+            .finish(Outcome {
+                completed: 2,
+                ..Outcome::default()
+            })
+            .drained
+    );
+    drop(receipt);
+    let (w, _r) = rx.recv_timeout(PATIENCE).unwrap();
+    assert!(w.drained, "the timer thread reports the drain");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::state::Due;
-use super::{Dispatcher, Shared, StopReason};
+use super::{Dispatcher, Receipt, Shared, StopReason};
 
 pub(super) fn spawn<T: Send + 'static>(
     shared: Arc<Shared<T>>,
@@ -29,18 +29,29 @@ fn run<T: Send + 'static>(shared: Arc<Shared<T>>, dispatcher: Box<dyn Dispatcher
             st.close(true, StopReason::Dropped, &mut due);
             st.collect(Instant::now(), &mut due);
             let timeout = st.config.item_timeout;
-            drop(st);
-            if !due.is_empty() {
-                dispatcher.dispatch(shared.into_work(due, timeout));
+            if due.is_empty() {
+                return;
             }
+            st.in_transit += 1;
+            drop(st);
+            let receipt = Receipt {
+                shared: Arc::clone(&shared),
+                acknowledged: false,
+            };
+            dispatcher.dispatch(shared.into_work(due, timeout), receipt);
             return;
         }
         st.collect(Instant::now(), &mut due);
         if !due.is_empty() {
             let timeout = st.config.item_timeout;
             st.timer_armed = None;
+            st.in_transit += 1;
             drop(st);
-            dispatcher.dispatch(shared.into_work(due, timeout));
+            let receipt = Receipt {
+                shared: Arc::clone(&shared),
+                acknowledged: false,
+            };
+            dispatcher.dispatch(shared.into_work(due, timeout), receipt);
             continue;
         }
         // Nothing due: sleep until the next deadline or until a change makes one earlier.

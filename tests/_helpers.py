@@ -1,0 +1,34 @@
+"""Helpers shared by the tests (tests/ is on sys.path under pytest's default import mode)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class Recorder:
+    """A batch function that records every batch it is called with."""
+
+    def __init__(self, delay: float = 0.0, fail_on: Any = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.delay = delay
+        self.fail_on = fail_on
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(list(batch))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.fail_on is not None and self.fail_on in batch:
+                raise RuntimeError(f"boom on {self.fail_on}")
+            return [x * 2 for x in batch]
+        finally:
+            self.running -= 1
+
+    @property
+    def seen(self) -> list[Any]:
+        return [x for b in self.batches for x in b]
