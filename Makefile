@@ -3,7 +3,7 @@ PYTHON ?= python3
 
 .PHONY: test lint rust-test install py-test typecheck bench-smoke
 
-test: lint rust-test install typecheck py-test
+test: install lint rust-test typecheck py-test
 
 lint:
 	cargo fmt --all --check

@@ -5,20 +5,20 @@ from collections.abc import Iterable
 from typing import Any, Callable, Final, final
 
 __all__ = [
-    "__version__",
-    "Core",
     "Batch",
-    "BatcherStats",
-    "LatencySummary",
-    "FerrobatchError",
-    "ConfigError",
-    "QueueFullError",
-    "BatcherStoppedError",
-    "ItemTimeoutError",
     "BatchSizeMismatchError",
+    "BatcherStats",
+    "BatcherStoppedError",
+    "ConfigError",
+    "Core",
+    "FerrobatchError",
     "InvalidBatchResultError",
-    "WrongEventLoopError",
+    "ItemTimeoutError",
+    "LatencySummary",
+    "QueueFullError",
     "StopTimeoutError",
+    "WrongEventLoopError",
+    "__version__",
 ]
 
 __version__: Final[str]

@@ -197,10 +197,11 @@ fn stats_count_what_happened() {
     assert_eq!(s.running_batches, 0);
 }
 
-#[test]
-fn drained_waits_for_timer_work_to_be_delivered() {
-    // The timer thread expires an item while a batch runs; the batch then finishes. The drain
-    // must not be reported until the expiry has been delivered (its receipt acknowledged).
+type Handed = Receiver<(Work<u32>, Receipt<u32>)>;
+
+/// Items 1 and 2 run in the only slot; item 3 waits and will time out on the timer thread,
+/// whose work (with its receipt, unacknowledged) arrives on the channel.
+fn expiry_while_running() -> (Engine<u32>, Handed, Work<u32>) {
     let (tx, rx) = channel::<(Work<u32>, Receipt<u32>)>();
     let mut c = cfg(2, 0, 1);
     c.item_timeout = Some(Duration::from_millis(10));
@@ -209,8 +210,16 @@ fn drained_waits_for_timer_work_to_be_delivered() {
     })
     .unwrap();
     let _ = e.submit(1).unwrap();
-    let mut running = e.submit(2).unwrap();
+    let running = e.submit(2).unwrap();
     let _ = e.submit(3).unwrap();
+    (e, rx, running)
+}
+
+#[test]
+fn drained_waits_for_timer_work_to_be_delivered() {
+    // The timer thread expires an item while a batch runs; the batch then finishes. The drain
+    // must not be reported until the expiry has been delivered (its receipt acknowledged).
+    let (e, rx, mut running) = expiry_while_running();
     let (expired, receipt) = rx.recv_timeout(PATIENCE).unwrap();
     assert_eq!(expired.failures[0].0, vec![3]);
     assert!(e.close(false).is_empty());
@@ -225,16 +234,7 @@ fn drained_waits_for_timer_work_to_be_delivered() {
 
 #[test]
 fn a_dropped_receipt_still_lets_the_drain_through() {
-    let (tx, rx) = channel::<(Work<u32>, Receipt<u32>)>();
-    let mut c = cfg(2, 0, 1);
-    c.item_timeout = Some(Duration::from_millis(10));
-    let e = Engine::new(c, move |w: Work<u32>, r: Receipt<u32>| {
-        let _ = tx.send((w, r));
-    })
-    .unwrap();
-    let _ = e.submit(1).unwrap();
-    let mut running = e.submit(2).unwrap();
-    let _ = e.submit(3).unwrap();
+    let (e, rx, mut running) = expiry_while_running();
     let (_expired, receipt) = rx.recv_timeout(PATIENCE).unwrap();
     let _ = e.close(false);
     let b = running.batches.pop().unwrap();

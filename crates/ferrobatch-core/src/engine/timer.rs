@@ -4,10 +4,10 @@
 //! deadline; an async runtime's timer wheel rounds sleeps up to the next millisecond, which
 //! would add up to a millisecond to every partial batch at low load.
 
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
 
-use super::state::Due;
+use super::state::{Due, State};
 use super::{Dispatcher, Receipt, Shared, StopReason};
 
 pub(super) fn spawn<T: Send + 'static>(
@@ -20,6 +20,24 @@ pub(super) fn spawn<T: Send + 'static>(
         .map(|_| ())
 }
 
+/// Hand `due` to the dispatcher with a receipt; the engine counts it in transit until then.
+fn hand_over<T: Send + 'static>(
+    shared: &Arc<Shared<T>>,
+    mut st: MutexGuard<'_, State<T>>,
+    due: Due<T>,
+    dispatcher: &dyn Dispatcher<T>,
+) {
+    let timeout = st.config.item_timeout;
+    st.timer_armed = None;
+    st.in_transit += 1;
+    drop(st);
+    let receipt = Receipt {
+        shared: Arc::clone(shared),
+        acknowledged: false,
+    };
+    dispatcher.dispatch(shared.into_work(due, timeout), receipt);
+}
+
 fn run<T: Send + 'static>(shared: Arc<Shared<T>>, dispatcher: Box<dyn Dispatcher<T>>) {
     loop {
         let mut due = Due::default();
@@ -28,30 +46,14 @@ fn run<T: Send + 'static>(shared: Arc<Shared<T>>, dispatcher: Box<dyn Dispatcher
             // The owner is gone: fail whatever is still queued and stop.
             st.close(true, StopReason::Dropped, &mut due);
             st.collect(Instant::now(), &mut due);
-            let timeout = st.config.item_timeout;
-            if due.is_empty() {
-                return;
+            if !due.is_empty() {
+                hand_over(&shared, st, due, dispatcher.as_ref());
             }
-            st.in_transit += 1;
-            drop(st);
-            let receipt = Receipt {
-                shared: Arc::clone(&shared),
-                acknowledged: false,
-            };
-            dispatcher.dispatch(shared.into_work(due, timeout), receipt);
             return;
         }
         st.collect(Instant::now(), &mut due);
         if !due.is_empty() {
-            let timeout = st.config.item_timeout;
-            st.timer_armed = None;
-            st.in_transit += 1;
-            drop(st);
-            let receipt = Receipt {
-                shared: Arc::clone(&shared),
-                acknowledged: false,
-            };
-            dispatcher.dispatch(shared.into_work(due, timeout), receipt);
+            hand_over(&shared, st, due, dispatcher.as_ref());
             continue;
         }
         // Nothing due: sleep until the next deadline or until a change makes one earlier.
