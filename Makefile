@@ -8,8 +8,8 @@ test: install lint rust-test typecheck py-test
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(PYTHON) -m ruff check python tests bench examples
-	$(PYTHON) -m ruff format --check python tests bench examples
+	$(PYTHON) -m ruff check python tests examples
+	$(PYTHON) -m ruff format --check python tests examples
 
 rust-test:
 	cargo test -p ferrobatch-core
