@@ -10,8 +10,9 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ferrobatch_core::{Dispatcher, Error, Receipt, StopReason, Work};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyList, PyString};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::batch::Batch;
@@ -63,13 +64,46 @@ pub(crate) struct PyItem {
     pub sink: Sink,
 }
 
+/// `obj.name()` or `obj.name(arg)` through `PyObject_CallMethodObjArgs`, which — unlike
+/// pyo3's getattr-then-call under the limited API — allocates neither a bound method nor an
+/// argument tuple. It runs for every item of every batch, so those two allocations (both
+/// tracked by the cyclic GC) matter.
+fn call_method<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    arg: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let end = std::ptr::null_mut::<ffi::PyObject>();
+    // SAFETY: every pointer is a live object borrowed for the call (the GIL is held through
+    // `'py`), the argument list is NULL-terminated, and the result is a new reference or NULL
+    // with an exception set, which `from_owned_ptr_or_err` turns into a `PyErr`.
+    unsafe {
+        let result = match arg {
+            Some(a) => {
+                ffi::PyObject_CallMethodObjArgs(obj.as_ptr(), name.as_ptr(), a.as_ptr(), end)
+            }
+            None => ffi::PyObject_CallMethodObjArgs(obj.as_ptr(), name.as_ptr(), end),
+        };
+        Bound::from_owned_ptr_or_err(obj.py(), result)
+    }
+}
+
 fn future_done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
     // A failing `done()` means something is badly off with the future; treat it as finished
     // so that nothing is dispatched for a caller who can no longer receive it.
-    fut.bind(py)
-        .call_method0(intern!(py, "done"))
+    call_method(fut.bind(py), intern!(py, "done"), None)
         .and_then(|v| v.is_truthy())
         .unwrap_or(true)
+}
+
+/// `fut.set_result(value)`; a future its caller cancelled meanwhile refuses, which is fine.
+pub(crate) fn set_result(py: Python<'_>, fut: &Py<PyAny>, value: &Bound<'_, PyAny>) {
+    let _ = call_method(fut.bind(py), intern!(py, "set_result"), Some(value));
+}
+
+/// `fut.set_exception(exc)`; a future its caller cancelled meanwhile refuses, which is fine.
+fn set_exception(py: Python<'_>, fut: &Py<PyAny>, exc: &Bound<'_, PyAny>) {
+    let _ = call_method(fut.bind(py), intern!(py, "set_exception"), Some(exc));
 }
 
 impl Sink {
@@ -88,9 +122,7 @@ impl Sink {
     /// Hand the item its result. A future its caller cancelled in the meantime ignores it.
     pub(crate) fn succeed(&self, py: Python<'_>, value: Py<PyAny>) {
         match self {
-            Sink::Future(f) => {
-                let _ = f.bind(py).call_method1(intern!(py, "set_result"), (value,));
-            }
+            Sink::Future(f) => set_result(py, f, value.bind(py)),
             Sink::Group(g, idx) => {
                 let mut inner = g.lock();
                 if inner.future.is_none() || inner.results[*idx].is_some() {
@@ -104,9 +136,7 @@ impl Sink {
                     drop(inner);
                     let list = PyList::new(py, results.into_iter().map(|r| r.expect("all filled")))
                         .expect("list of objects");
-                    let _ = fut
-                        .bind(py)
-                        .call_method1(intern!(py, "set_result"), (list,));
+                    set_result(py, &fut, list.as_any());
                 }
             }
         }
@@ -115,17 +145,11 @@ impl Sink {
     /// Hand the item an exception. A group fails as a whole on its first error.
     pub(crate) fn fail(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
         match self {
-            Sink::Future(f) => {
-                let _ = f
-                    .bind(py)
-                    .call_method1(intern!(py, "set_exception"), (exc,));
-            }
+            Sink::Future(f) => set_exception(py, f, exc),
             Sink::Group(g, _) => {
                 let fut = g.lock().future.take();
                 if let Some(fut) = fut {
-                    let _ = fut
-                        .bind(py)
-                        .call_method1(intern!(py, "set_exception"), (exc,));
+                    set_exception(py, &fut, exc);
                 }
             }
         }
@@ -215,9 +239,7 @@ impl Crossing {
             };
             for w in waiters {
                 if !future_done(py, &w) {
-                    let _ = w
-                        .bind(py)
-                        .call_method1(intern!(py, "set_result"), (py.None(),));
+                    set_result(py, &w, py.None().bind(py));
                 }
             }
         }
