@@ -453,7 +453,7 @@ def plot(
     ax.set_yscale("log")
     ax.set_ylabel("items/s (log scale, median)")
     ax.set_title("ferrobatch vs peers: throughput per workload (one run, same machine)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(out, exist_ok=True)
     fig.tight_layout()

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ferrobatch_core::{Config, Engine, OnFull};
+use ferrobatch_core::{Config, Engine, UserConfig};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -61,26 +61,43 @@ impl Core {
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (*, start, max_batch_size=-1, max_queue_time=0.01, concurrency=1,
-                        max_queue_size=-1, on_full="reject", item_timeout=None))]
+    #[pyo3(signature = (*, start, max_batch_size=-1, max_queue_time=None, concurrency=1,
+                        max_queue_size=-1, on_full="reject", item_timeout=None,
+                        max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64())))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         start: Py<PyAny>,
         max_batch_size: i64,
-        max_queue_time: f64,
+        max_queue_time: Option<&Bound<'_, PyAny>>,
         concurrency: i64,
         max_queue_size: i64,
         on_full: &str,
         item_timeout: Option<f64>,
+        max_latency: Option<f64>,
+        aging: Option<f64>,
     ) -> PyResult<Self> {
-        let on_full = OnFull::parse(on_full).map_err(to_pyerr)?;
-        let config = Config::from_user(
+        let max_queue_time = match max_queue_time {
+            None => Some(0.01),
+            Some(v) if v.extract::<String>().is_ok_and(|s| s == "auto") => None,
+            Some(v) => Some(v.extract::<f64>().map_err(|_| {
+                errors::raise(
+                    py,
+                    |e| &e.config,
+                    format!("invalid max_queue_time: must be seconds >= 0 or \"auto\", got {v}"),
+                )
+            })?),
+        };
+        let config = Config::from_user(&UserConfig {
             max_batch_size,
             max_queue_time,
             concurrency,
             max_queue_size,
             on_full,
             item_timeout,
-        )
+            max_latency,
+            aging,
+        })
         .map_err(to_pyerr)?;
         let crossing = Crossing::new(start);
         let engine = Engine::new(config, LoopDispatcher(Arc::clone(&crossing))).map_err(|e| {
@@ -90,13 +107,14 @@ impl Core {
     }
 
     /// Queue one item; return the asyncio Future of its result.
-    fn process(&self, py: Python<'_>, item: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (item, priority=0))]
+    fn process(&self, py: Python<'_>, item: Py<PyAny>, priority: i64) -> PyResult<Py<PyAny>> {
         let (_, create_future) = self.bind_loop(py)?;
         let fut = create_future.bind(py).call0()?.unbind();
         let sink = Sink::Future(fut.clone_ref(py));
         let work = self
             .engine
-            .submit(PyItem { value: item, sink })
+            .submit_with_priority(PyItem { value: item, sink }, priority)
             .map_err(to_pyerr)?;
         if !work.is_empty() {
             self.crossing.deliver(py, work);
@@ -106,7 +124,13 @@ impl Core {
 
     /// Queue many items; return one asyncio Future of the list of their results, in order.
     /// It fails with the first item error (like `asyncio.gather`).
-    fn process_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (items, priority=0))]
+    fn process_many(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        priority: i64,
+    ) -> PyResult<Py<PyAny>> {
         let (_, create_future) = self.bind_loop(py)?;
         let values: Vec<Bound<'_, PyAny>> = items.try_iter()?.collect::<PyResult<_>>()?;
         let fut = create_future.bind(py).call0()?;
@@ -117,10 +141,13 @@ impl Core {
         let group = Group::new(fut.clone().unbind(), values.len());
         for (idx, value) in values.into_iter().enumerate() {
             let sink = Sink::Group(Arc::clone(&group), idx);
-            match self.engine.submit(PyItem {
-                value: value.unbind(),
-                sink,
-            }) {
+            match self.engine.submit_with_priority(
+                PyItem {
+                    value: value.unbind(),
+                    sink,
+                },
+                priority,
+            ) {
                 Ok(work) => {
                     if !work.is_empty() {
                         self.crossing.deliver(py, work);

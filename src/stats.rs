@@ -53,6 +53,8 @@ pub(crate) struct BatcherStats {
     queue_depth: usize,
     waiting: usize,
     running_batches: usize,
+    effective_wait: f64,
+    arrival_rate: f64,
 }
 
 impl From<ferrobatch_core::Stats> for BatcherStats {
@@ -71,6 +73,8 @@ impl From<ferrobatch_core::Stats> for BatcherStats {
             queue_depth: s.queue_depth,
             waiting: s.waiting,
             running_batches: s.running_batches,
+            effective_wait: s.effective_wait,
+            arrival_rate: s.arrival_rate,
         }
     }
 }
@@ -81,7 +85,7 @@ impl BatcherStats {
         format!(
             "BatcherStats(submitted={}, completed={}, failed={}, cancelled={}, timed_out={}, \
              rejected={}, batches={}, queue_depth={}, waiting={}, running_batches={}, \
-             queue_wait={}, batch_duration={})",
+             effective_wait={:.6}, arrival_rate={:.1}, queue_wait={}, batch_duration={})",
             self.submitted,
             self.completed,
             self.failed,
@@ -92,6 +96,8 @@ impl BatcherStats {
             self.queue_depth,
             self.waiting,
             self.running_batches,
+            self.effective_wait,
+            self.arrival_rate,
             self.queue_wait.__repr__(),
             self.batch_duration.__repr__(),
         )

@@ -19,10 +19,12 @@ from ferrobatch import AsyncBatcher, BatcherStoppedError, ItemTimeoutError, Queu
 class Plan:
     max_batch_size: int
     concurrency: int
-    max_queue_time: float
+    max_queue_time: float | str
     max_queue_size: int
     item_timeout: float | None
     gaps: list[float]  # seconds before each arrival
+    priorities: list[int]  # priority of item i (cycled)
+    aging: float | None
     cancel_before: set[int]  # cancel right after submitting
     cancel_later: set[int]  # cancel after a short while (maybe already dispatched)
     item_errors: set[int]  # the batch function returns an exception for these
@@ -36,10 +38,12 @@ plans = st.builds(
     Plan,
     max_batch_size=st.integers(2, 8),
     concurrency=st.sampled_from([1, 2, 3, -1]),
-    max_queue_time=st.sampled_from([0.0, 0.001, 0.003]),
+    max_queue_time=st.sampled_from([0.0, 0.001, 0.003, "auto"]),
     max_queue_size=st.sampled_from([-1, -1, 5, 20]),
     item_timeout=st.sampled_from([None, None, 0.004, 0.05]),
     gaps=st.lists(st.sampled_from([0.0, 0.0, 0.0005, 0.002]), min_size=1, max_size=40),
+    priorities=st.lists(st.integers(-2, 2), min_size=1, max_size=5),
+    aging=st.sampled_from([None, 0.002, 1.0]),
     cancel_before=st.sets(st.integers(0, 39), max_size=5),
     cancel_later=st.sets(st.integers(0, 39), max_size=5),
     item_errors=st.sets(st.integers(0, 39), max_size=5),
@@ -70,6 +74,7 @@ async def run(plan: Plan) -> None:
         max_queue_time=plan.max_queue_time,
         max_queue_size=plan.max_queue_size,
         item_timeout=plan.item_timeout,
+        aging=plan.aging,
     )
     accepted: dict[int, asyncio.Future[Any]] = {}
     later: list[asyncio.Future[Any]] = []
@@ -80,7 +85,7 @@ async def run(plan: Plan) -> None:
         if plan.stop == "force_midway" and i == len(plan.gaps) // 2:
             await b.stop(force=True)
         try:
-            fut = b.process(i)
+            fut = b.process(i, priority=plan.priorities[i % len(plan.priorities)])
         except (QueueFullError, BatcherStoppedError):
             continue
         accepted[i] = fut

@@ -57,7 +57,8 @@ class AsyncBatcher(Generic[T, S]):
     The keywords and their defaults are those of the `async-batcher` package:
 
     - `max_batch_size`: most items per batch; -1 for no limit (0 and 1 are rejected).
-    - `max_queue_time`: seconds a partial batch waits after its first item arrived.
+    - `max_queue_time`: seconds a partial batch waits after its first item arrived, or
+      "auto": dispatch at once while a concurrency slot is free, accumulate while all are busy.
     - `concurrency`: most batches running at once; -1 for no limit.
     - `max_queue_size`: most items queued; -1 (or 0) for no limit.
     - `executor`: where a synchronous batch function runs (None: the loop's default executor).
@@ -65,6 +66,10 @@ class AsyncBatcher(Generic[T, S]):
       item, which waits for room before it can join a batch.
     - `item_timeout`: seconds an item may wait to be dispatched before it fails with
       `ItemTimeoutError`; None for no limit.
+    - `max_latency`: with "auto", a bound (seconds) on queue wait plus estimated batch
+      duration; "auto" then waits for more items only when that pays off within the bound.
+    - `aging`: seconds after which a waiting item goes ahead of fresher items whatever their
+      priority (None: no aging; starvation is then bounded only by `item_timeout`).
     """
 
     def __init__(
@@ -73,12 +78,14 @@ class AsyncBatcher(Generic[T, S]):
         /,
         *,
         max_batch_size: int = -1,
-        max_queue_time: float = 0.01,
+        max_queue_time: float | Literal["auto"] = 0.01,
         concurrency: int = 1,
         max_queue_size: int = -1,
         executor: Executor | None = None,
         on_full: Literal["reject", "wait"] = "reject",
         item_timeout: float | None = None,
+        max_latency: float | None = None,
+        aging: float | None = 1.0,
         **deprecated: Any,
     ) -> None:
         for name in _DEPRECATED_NO_EFFECT:
@@ -115,6 +122,8 @@ class AsyncBatcher(Generic[T, S]):
             max_queue_size=max_queue_size,
             on_full=on_full,
             item_timeout=item_timeout,
+            max_latency=max_latency,
+            aging=aging,
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}
@@ -130,22 +139,24 @@ class AsyncBatcher(Generic[T, S]):
 
     # --- submitting -----------------------------------------------------------------------
 
-    def process(self, item: T) -> asyncio.Future[S]:
+    def process(self, item: T, priority: int = 0) -> asyncio.Future[S]:
         """Queue `item` and return an asyncio Future of its result.
 
-        Raises `QueueFullError` if the queue is full (on_full="reject"), `BatcherStoppedError`
-        after `stop()`, `WrongEventLoopError` from a loop other than the batcher's.
+        Higher `priority` items enter the next batch first; equal priorities keep arrival
+        order. Raises `QueueFullError` if the queue is full (on_full="reject"),
+        `BatcherStoppedError` after `stop()`, `WrongEventLoopError` from a loop other than the
+        batcher's.
         """
-        fut: asyncio.Future[S] = self._core.process(item)
+        fut: asyncio.Future[S] = self._core.process(item, priority)
         return fut
 
-    def process_many(self, items: Iterable[T]) -> asyncio.Future[list[S]]:
+    def process_many(self, items: Iterable[T], priority: int = 0) -> asyncio.Future[list[S]]:
         """Queue every item and return one Future of the list of their results, in order.
 
         It fails with the first item error, like `asyncio.gather`; cancelling it drops the
         items not yet dispatched.
         """
-        fut: asyncio.Future[list[S]] = self._core.process_many(items)
+        fut: asyncio.Future[list[S]] = self._core.process_many(items, priority)
         return fut
 
     # --- running batches (called by the native core, on the event loop) --------------------
@@ -273,12 +284,14 @@ def batch(
     /,
     *,
     max_batch_size: int = ...,
-    max_queue_time: float = ...,
+    max_queue_time: float | Literal["auto"] = ...,
     concurrency: int = ...,
     max_queue_size: int = ...,
     executor: Executor | None = ...,
     on_full: Literal["reject", "wait"] = ...,
     item_timeout: float | None = ...,
+    max_latency: float | None = ...,
+    aging: float | None = ...,
 ) -> Callable[[BatchFn[T, S]], BatchedFunction[T, S]]: ...
 def batch(
     fn: BatchFn[T, S] | None = None, /, **options: Any

@@ -9,6 +9,6 @@ pub mod error;
 
 pub use engine::{
     Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
-    Work,
+    UserConfig, Window, Work, DEFAULT_AGING,
 };
 pub use error::{Error, StopReason};

@@ -12,6 +12,7 @@
 //! it is finished (or dropped).
 
 mod config;
+mod policy;
 mod state;
 mod stats;
 mod timer;
@@ -20,7 +21,8 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use config::{Config, OnFull};
+pub use config::{Config, OnFull, UserConfig, DEFAULT_AGING};
+pub use policy::Window;
 pub use stats::{LatencySummary, Stats};
 
 use crate::error::{Error, StopReason};
@@ -279,9 +281,15 @@ impl<T: Send + 'static> Engine<T> {
     /// Queue an item. Returns the work the item made due (a full batch, usually none), or
     /// refuses the item with [`Error::QueueFull`] or [`Error::Stopped`].
     pub fn submit(&self, item: T) -> Result<Work<T>, Error> {
+        self.submit_with_priority(item, 0)
+    }
+
+    /// Queue an item with a priority: higher priorities enter batches first; equal priorities
+    /// keep arrival order; an item that waited `aging` goes ahead of fresher ones.
+    pub fn submit_with_priority(&self, item: T, priority: i64) -> Result<Work<T>, Error> {
         let mut refused = Ok(());
         let work = self.shared.change(|st, due| {
-            refused = st.push(item, Instant::now());
+            refused = st.push(item, priority, Instant::now());
             if refused.is_err() {
                 // Collect nothing: a refused call must not carry away (and lose) other work.
                 due.skip_collect = true;

@@ -3,10 +3,12 @@
 //! Everything here is synchronous and takes the current time as an argument, so the rules are
 //! tested deterministically without threads or sleeps.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::config::{Config, OnFull};
+use super::policy::Policy;
 use super::stats::{Counters, Stats};
 use crate::error::{Error, StopReason};
 
@@ -60,11 +62,17 @@ impl<T> Due<T> {
     }
 }
 
-/// The queue, the running-batch count and the counters.
+/// Lanes with more entries than this get their empty lanes pruned.
+const MAX_IDLE_LANES: usize = 16;
+
+/// The queue (one FIFO lane per priority, highest first), the running-batch count, the
+/// dispatch policy and the counters.
 #[derive(Debug)]
 pub(crate) struct State<T> {
     pub(crate) config: Config,
-    queue: VecDeque<Entry<T>>,
+    lanes: BTreeMap<Reverse<i64>, VecDeque<Entry<T>>>,
+    len: usize,
+    pub(crate) policy: Policy,
     running: usize,
     phase: Phase,
     drained_reported: bool,
@@ -80,8 +88,10 @@ pub(crate) struct State<T> {
 impl<T> State<T> {
     pub(crate) fn new(config: Config) -> Self {
         State {
+            policy: Policy::new(config.max_queue_time, config.max_latency),
             config,
-            queue: VecDeque::new(),
+            lanes: BTreeMap::new(),
+            len: 0,
             running: 0,
             phase: Phase::Open,
             drained_reported: false,
@@ -98,7 +108,44 @@ impl<T> State<T> {
 
     /// Items eligible for batching: with `on_full="wait"`, items past the capacity wait.
     fn eligible(&self) -> usize {
-        self.queue.len().min(self.capacity())
+        self.len.min(self.capacity())
+    }
+
+    /// When the oldest queued item arrived.
+    fn oldest(&self) -> Option<Instant> {
+        self.lanes.values().filter_map(|l| l.front()).map(|e| e.at).min()
+    }
+
+    /// The lane whose front arrived first.
+    fn oldest_lane(&mut self) -> Option<&mut VecDeque<Entry<T>>> {
+        self.lanes
+            .values_mut()
+            .filter(|l| !l.is_empty())
+            .min_by_key(|l| l.front().map(|e| e.at))
+    }
+
+    /// Take the next item for a batch: an item that waited `aging` or longer goes first
+    /// (oldest first), then the highest priority, arrival order within a priority.
+    fn pop_next(&mut self, now: Instant) -> Option<Entry<T>> {
+        if let Some(aging) = self.config.aging {
+            let aged = self
+                .oldest_lane()
+                .filter(|lane| lane.front().is_some_and(|e| e.at + aging <= now))
+                .and_then(|lane| lane.pop_front());
+            if aged.is_some() {
+                self.len -= 1;
+                return aged;
+            }
+        }
+        let e = self.lanes.values_mut().find(|l| !l.is_empty())?.pop_front();
+        self.len -= 1;
+        e
+    }
+
+    fn prune_lanes(&mut self) {
+        if self.lanes.len() > MAX_IDLE_LANES {
+            self.lanes.retain(|_, l| !l.is_empty());
+        }
     }
 
     fn slot_free(&self) -> bool {
@@ -117,24 +164,29 @@ impl<T> State<T> {
 
     /// Nothing queued, running, or on its way to the dispatcher's consumer.
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty() && self.running == 0 && self.in_transit == 0
+        self.len == 0 && self.running == 0 && self.in_transit == 0
     }
 
     /// Accept an item, or refuse it with `Stopped` / `QueueFull`.
-    pub(crate) fn push(&mut self, item: T, now: Instant) -> Result<(), Error> {
+    pub(crate) fn push(&mut self, item: T, priority: i64, now: Instant) -> Result<(), Error> {
         if !self.accepting() {
             return Err(Error::Stopped {
                 reason: StopReason::NotAccepting,
             });
         }
-        if self.config.on_full == OnFull::Reject && self.queue.len() >= self.capacity() {
+        if self.config.on_full == OnFull::Reject && self.len >= self.capacity() {
             self.counters.rejected += 1;
             return Err(Error::QueueFull {
                 capacity: self.capacity(),
             });
         }
-        self.queue.push_back(Entry { item, at: now });
+        self.lanes
+            .entry(Reverse(priority))
+            .or_default()
+            .push_back(Entry { item, at: now });
+        self.len += 1;
         self.counters.submitted += 1;
+        self.policy.on_arrival(now);
         Ok(())
     }
 
@@ -147,23 +199,28 @@ impl<T> State<T> {
         if eligible >= self.batch_limit() || self.phase == Phase::Draining || self.shutdown {
             return true;
         }
-        let front = self.queue[0].at;
-        front + self.config.max_queue_time <= now
+        let oldest = self.oldest().expect("eligible items exist");
+        oldest + self.policy.wait_for(eligible) <= now
     }
 
     /// Fail items whose `item_timeout` passed, then form every batch that is due.
     pub(crate) fn collect(&mut self, now: Instant, due: &mut Due<T>) {
         if let Some(timeout) = self.config.item_timeout {
-            while self.queue.front().is_some_and(|e| e.at + timeout <= now) {
-                let e = self.queue.pop_front().expect("front exists");
-                due.timed_out.push(e.item);
+            let before = due.timed_out.len();
+            for lane in self.lanes.values_mut() {
+                while lane.front().is_some_and(|e| e.at + timeout <= now) {
+                    due.timed_out.push(lane.pop_front().expect("front exists").item);
+                }
             }
-            self.counters.timed_out += due.timed_out.len() as u64;
+            let expired = due.timed_out.len() - before;
+            self.len -= expired;
+            self.counters.timed_out += expired as u64;
         }
         while self.slot_free() && self.front_due(now) {
             let n = self.eligible().min(self.batch_limit());
             let mut items = Vec::with_capacity(n);
-            for e in self.queue.drain(..n) {
+            for _ in 0..n {
+                let e = self.pop_next(now).expect("n items are queued");
                 self.counters
                     .queue_wait
                     .record(now.saturating_duration_since(e.at));
@@ -172,6 +229,7 @@ impl<T> State<T> {
             self.running += 1;
             due.batches.push(items);
         }
+        self.prune_lanes();
         if self.phase == Phase::Draining && self.idle() && !self.drained_reported {
             self.drained_reported = true;
             due.drained = true;
@@ -180,14 +238,15 @@ impl<T> State<T> {
 
     /// The next instant at which `collect` will have something to do.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let front = self.queue.front()?.at;
+        let front = self.oldest()?;
         let timeout = self.config.item_timeout.map(|t| front + t);
-        let window = if self.slot_free() && self.eligible() > 0 {
+        let eligible = self.eligible();
+        let window = if self.slot_free() && eligible > 0 {
             Some(
-                if self.eligible() >= self.batch_limit() || self.phase == Phase::Draining {
+                if eligible >= self.batch_limit() || self.phase == Phase::Draining {
                     front
                 } else {
-                    front + self.config.max_queue_time
+                    front + self.policy.wait_for(eligible)
                 },
             )
         } else {
@@ -216,6 +275,7 @@ impl<T> State<T> {
         c.failed += outcome.failed as u64;
         c.cancelled += outcome.cancelled as u64;
         let processed = outcome.completed + outcome.failed;
+        self.policy.on_batch(processed, took);
         if processed > 0 {
             c.batches += 1;
             *c.batch_sizes.entry(processed).or_insert(0) += 1;
@@ -228,28 +288,35 @@ impl<T> State<T> {
         self.phase = Phase::Draining;
         if force {
             due.stop_reason = reason;
-            due.stopped.extend(self.queue.drain(..).map(|e| e.item));
+            for lane in self.lanes.values_mut() {
+                due.stopped.extend(lane.drain(..).map(|e| e.item));
+            }
+            self.len = 0;
             self.counters.failed += due.stopped.len() as u64;
         }
     }
 
     pub(crate) fn stats(&self) -> Stats {
         let eligible = self.eligible();
-        self.counters
-            .snapshot(eligible, self.queue.len() - eligible, self.running)
+        let mut s = self
+            .counters
+            .snapshot(eligible, self.len - eligible, self.running);
+        s.effective_wait = self.policy.wait_for(eligible.max(1)).as_secs_f64();
+        s.arrival_rate = self.policy.arrival_rate();
+        s
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::Outcome;
+    use super::super::{Outcome, Window};
     use super::*;
     use std::num::NonZeroUsize;
 
     fn cfg(max_batch: usize, window_ms: u64, conc: usize) -> Config {
         Config {
             max_batch_size: NonZeroUsize::new(max_batch),
-            max_queue_time: Duration::from_millis(window_ms),
+            max_queue_time: Window::Fixed(Duration::from_millis(window_ms)),
             concurrency: NonZeroUsize::new(conc),
             ..Config::default()
         }
@@ -270,7 +337,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(3, 10, 1));
         for i in 0..3 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         let d = collect(&mut s, t0);
         assert_eq!(d.batches, vec![vec![0, 1, 2]]);
@@ -280,8 +347,8 @@ mod tests {
     fn partial_batch_waits_for_the_window_of_its_first_item() {
         let t0 = Instant::now();
         let mut s = State::new(cfg(10, 10, 1));
-        s.push(1, t0).unwrap();
-        s.push(2, ms(t0, 6)).unwrap();
+        s.push(1, 0, t0).unwrap();
+        s.push(2, 0, ms(t0, 6)).unwrap();
         assert!(collect(&mut s, ms(t0, 9)).batches.is_empty());
         assert_eq!(s.next_deadline(), Some(ms(t0, 10)));
         assert_eq!(collect(&mut s, ms(t0, 10)).batches, vec![vec![1, 2]]);
@@ -292,7 +359,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(2, 0, 1));
         for i in 0..5 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         let d = collect(&mut s, t0);
         assert_eq!(d.batches, vec![vec![0, 1]]);
@@ -324,7 +391,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(2, 10, 0));
         for i in 0..5 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         let d = collect(&mut s, t0);
         assert_eq!(d.batches, vec![vec![0, 1], vec![2, 3]]);
@@ -336,7 +403,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(0, 5, 1));
         for i in 0..100 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         assert!(collect(&mut s, ms(t0, 4)).batches.is_empty());
         assert_eq!(collect(&mut s, ms(t0, 5)).batches[0].len(), 100);
@@ -348,9 +415,9 @@ mod tests {
         let mut c = cfg(10, 10, 1);
         c.max_queue_size = NonZeroUsize::new(2);
         let mut s = State::new(c);
-        s.push(1, t0).unwrap();
-        s.push(2, t0).unwrap();
-        assert_eq!(s.push(3, t0), Err(Error::QueueFull { capacity: 2 }));
+        s.push(1, 0, t0).unwrap();
+        s.push(2, 0, t0).unwrap();
+        assert_eq!(s.push(3, 0, t0), Err(Error::QueueFull { capacity: 2 }));
         assert_eq!(s.stats().rejected, 1);
         assert_eq!(s.stats().submitted, 2);
     }
@@ -363,7 +430,7 @@ mod tests {
         c.on_full = OnFull::Wait;
         let mut s = State::new(c);
         for i in 0..5 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         let st = s.stats();
         assert_eq!((st.queue_depth, st.waiting), (2, 3));
@@ -378,8 +445,8 @@ mod tests {
         let mut c = cfg(10, 50, 1);
         c.item_timeout = Some(Duration::from_millis(20));
         let mut s = State::new(c);
-        s.push(1, t0).unwrap();
-        s.push(2, ms(t0, 15)).unwrap();
+        s.push(1, 0, t0).unwrap();
+        s.push(2, 0, ms(t0, 15)).unwrap();
         assert_eq!(s.next_deadline(), Some(ms(t0, 20)));
         let d = collect(&mut s, ms(t0, 20));
         assert_eq!(d.timed_out, vec![1]);
@@ -398,7 +465,7 @@ mod tests {
         c.item_timeout = Some(Duration::from_millis(5));
         let mut s = State::new(c);
         for i in 0..3 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         assert_eq!(collect(&mut s, t0).batches, vec![vec![0, 1]]);
         assert_eq!(s.next_deadline(), Some(ms(t0, 5)));
@@ -409,12 +476,12 @@ mod tests {
     fn drain_dispatches_without_waiting_and_reports_once() {
         let t0 = Instant::now();
         let mut s = State::new(cfg(10, 1000, 1));
-        s.push(1, t0).unwrap();
+        s.push(1, 0, t0).unwrap();
         let mut d = Due::default();
         s.close(false, StopReason::ForceStopped, &mut d);
         assert!(d.stopped.is_empty());
         assert_eq!(
-            s.push(2, t0),
+            s.push(2, 0, t0),
             Err(Error::Stopped {
                 reason: StopReason::NotAccepting
             })
@@ -438,7 +505,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(2, 1000, 1));
         for i in 0..5 {
-            s.push(i, t0).unwrap();
+            s.push(i, 0, t0).unwrap();
         }
         assert_eq!(collect(&mut s, t0).batches.len(), 1);
         let mut d = Due::default();
@@ -488,11 +555,97 @@ mod tests {
         let t0 = Instant::now();
         let mut s = State::new(cfg(10, 10, 1));
         assert!(!s.timer_is_late());
-        s.push(1, t0).unwrap();
+        s.push(1, 0, t0).unwrap();
         assert!(s.timer_is_late());
         s.timer_armed = Some(ms(t0, 5));
         assert!(!s.timer_is_late());
         s.timer_armed = Some(ms(t0, 50));
         assert!(s.timer_is_late());
+    }
+
+    #[test]
+    fn auto_dispatches_at_once_when_a_slot_is_free() {
+        let t0 = Instant::now();
+        let mut c = cfg(10, 0, 1);
+        c.max_queue_time = Window::Auto;
+        let mut s = State::new(c);
+        s.push(1, 0, t0).unwrap();
+        assert_eq!(collect(&mut s, t0).batches, vec![vec![1]], "idle: no waiting");
+        // The slot is busy: items accumulate and leave together when it frees.
+        for i in 2..6u32 {
+            s.push(i, 0, ms(t0, u64::from(i))).unwrap();
+        }
+        assert!(collect(&mut s, ms(t0, 6)).batches.is_empty());
+        assert_eq!(s.next_deadline(), None);
+        s.finish(Outcome { completed: 1, ..Outcome::default() }, Duration::from_millis(6));
+        assert_eq!(collect(&mut s, ms(t0, 6)).batches, vec![vec![2, 3, 4, 5]]);
+    }
+
+    #[test]
+    fn higher_priority_goes_first_and_equal_priorities_keep_arrival_order() {
+        let t0 = Instant::now();
+        let mut c = cfg(4, 10, 1);
+        c.aging = None;
+        let mut s = State::new(c);
+        for (item, prio) in [(1, 0), (2, 5), (3, 0), (4, 5), (5, -1), (6, 9)] {
+            s.push(item, prio, t0).unwrap();
+        }
+        let d = collect(&mut s, t0);
+        assert_eq!(d.batches, vec![vec![6, 2, 4, 1]]);
+        s.finish(Outcome { completed: 4, ..Outcome::default() }, Duration::ZERO);
+        assert_eq!(collect(&mut s, ms(t0, 10)).batches, vec![vec![3, 5]]);
+    }
+
+    #[test]
+    fn the_window_counts_from_the_oldest_item_of_any_priority() {
+        let t0 = Instant::now();
+        let mut s = State::new(cfg(10, 10, 1));
+        s.push(1, 0, t0).unwrap();
+        s.push(2, 7, ms(t0, 5)).unwrap();
+        assert_eq!(s.next_deadline(), Some(ms(t0, 10)));
+    }
+
+    #[test]
+    fn aged_items_go_ahead_of_fresher_higher_priorities() {
+        let t0 = Instant::now();
+        let mut c = cfg(2, 0, 1);
+        c.aging = Some(Duration::from_millis(100));
+        let mut s = State::new(c);
+        s.push(0, 9, t0).unwrap();
+        s.push(99, 9, t0).unwrap();
+        assert_eq!(collect(&mut s, t0).batches, vec![vec![0, 99]]);
+        s.push(1, 0, t0).unwrap(); // low priority, waits behind a stream of high ones
+        for i in 0..3u64 {
+            s.push(10 + i as u32, 9, ms(t0, 150)).unwrap();
+        }
+        s.finish(Outcome { completed: 2, ..Outcome::default() }, Duration::ZERO);
+        let d = collect(&mut s, ms(t0, 150));
+        assert_eq!(d.batches, vec![vec![1, 10]], "the aged low-priority item goes first");
+    }
+
+    #[test]
+    fn timeouts_and_force_stop_reach_every_lane() {
+        let t0 = Instant::now();
+        let mut c = cfg(10, 1000, 1);
+        c.item_timeout = Some(Duration::from_millis(5));
+        let mut s = State::new(c);
+        s.push(1, 3, t0).unwrap();
+        s.push(2, 0, t0).unwrap();
+        s.push(3, 1, ms(t0, 10)).unwrap();
+        let mut d = collect(&mut s, ms(t0, 6));
+        d.timed_out.sort_unstable();
+        assert_eq!(d.timed_out, vec![1, 2]);
+        let mut d = Due::default();
+        s.close(true, StopReason::ForceStopped, &mut d);
+        assert_eq!(d.stopped, vec![3]);
+        assert!(s.idle());
+    }
+
+    #[test]
+    fn stats_report_the_policy() {
+        let t0 = Instant::now();
+        let mut s = State::new(cfg(10, 25, 1));
+        s.push(1, 0, t0).unwrap();
+        assert!((s.stats().effective_wait - 0.025).abs() < 1e-9);
     }
 }

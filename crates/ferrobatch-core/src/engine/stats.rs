@@ -50,6 +50,11 @@ pub struct Stats {
     pub waiting: usize,
     /// Batches running now.
     pub running_batches: usize,
+    /// Seconds a partial batch of the current queue may wait (the window, or what "auto"
+    /// decides now).
+    pub effective_wait: f64,
+    /// Observed arrivals per second (measured with `max_queue_time="auto"`; else 0.0).
+    pub arrival_rate: f64,
 }
 
 /// Histogram of durations in microseconds, from 1 µs to one hour, 2 significant digits.
@@ -127,6 +132,8 @@ impl Counters {
             queue_depth,
             waiting,
             running_batches: running,
+            effective_wait: 0.0,
+            arrival_rate: 0.0,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::*;
 fn cfg(max_batch: usize, window_ms: u64, conc: usize) -> Config {
     Config {
         max_batch_size: NonZeroUsize::new(max_batch),
-        max_queue_time: Duration::from_millis(window_ms),
+        max_queue_time: Window::Fixed(Duration::from_millis(window_ms)),
         concurrency: NonZeroUsize::new(conc),
         ..Config::default()
     }
@@ -257,7 +257,7 @@ fn a_dropped_receipt_still_lets_the_drain_through() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Submit,
+    Submit(i8),
     FinishOldest,
     DropNewest,
     Sleep(u8),
@@ -266,7 +266,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => Just(Op::Submit),
+        6 => (-2i8..3).prop_map(Op::Submit),
         3 => Just(Op::FinishOldest),
         1 => Just(Op::DropNewest),
         1 => (0u8..4).prop_map(Op::Sleep),
@@ -307,10 +307,15 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
         max_batch in 2usize..6,
         conc in 0usize..3,
-        window_ms in 0u64..3,
+        window_ms in 0u64..4,
         cap in 0usize..6,
+        aging_ms in prop_oneof![Just(None), (1u64..5).prop_map(Some)],
     ) {
         let mut c = cfg(max_batch, window_ms, conc);
+        if window_ms == 3 {
+            c.max_queue_time = Window::Auto;
+        }
+        c.aging = aging_ms.map(Duration::from_millis);
         c.max_queue_size = NonZeroUsize::new(cap);
         let (e, rx) = engine(c);
         let mut ledger = Ledger::default();
@@ -318,9 +323,9 @@ proptest! {
         let mut next = 0u32;
         for op in ops {
             match op {
-                Op::Submit => {
+                Op::Submit(priority) => {
                     next += 1;
-                    if let Ok(w) = e.submit(next) {
+                    if let Ok(w) = e.submit_with_priority(next, i64::from(priority)) {
                         accepted.push(next);
                         ledger.take(w);
                     }

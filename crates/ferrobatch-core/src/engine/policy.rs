@@ -1,0 +1,220 @@
+//! When a partial batch leaves: the fixed window, or the adaptive ("auto") policy.
+//!
+//! "auto" dispatches whatever is queued as soon as a concurrency slot is free; while every
+//! slot is busy items accumulate, so batches grow with load and shrink when idle. With a
+//! `max_latency` bound it may instead hold a partial batch for more items — only when waiting
+//! pays off and only as long as the bound allows. "Pays off" uses two running estimates: the
+//! gap between arrivals, and a linear model of batch duration, `a + b * size`, fitted by
+//! least squares with exponential forgetting (as BentoML's adaptive dispatcher does). Waiting
+//! for one more item costs the `n` queued items one arrival gap each; it saves one call's
+//! fixed cost `a`. So the policy waits while `n * gap < a`, and never past the point where the
+//! oldest item's wait plus the estimated duration would exceed `max_latency`.
+
+use std::time::{Duration, Instant};
+
+/// How long a partial batch may wait for company.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Window {
+    /// Dispatch this long after the batch's first item arrived.
+    Fixed(Duration),
+    /// Adapt to the load (see the module documentation).
+    Auto,
+}
+
+/// Forgetting factor of the running estimates: older observations fade by this per update.
+const DECAY: f64 = 0.95;
+
+/// Running least-squares fit of batch duration (seconds) against batch size.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DurationModel {
+    w: f64,
+    sn: f64,
+    snn: f64,
+    sd: f64,
+    snd: f64,
+}
+
+impl DurationModel {
+    pub(crate) fn record(&mut self, size: usize, took: Duration) {
+        let (n, d) = (size as f64, took.as_secs_f64());
+        self.w = self.w * DECAY + 1.0;
+        self.sn = self.sn * DECAY + n;
+        self.snn = self.snn * DECAY + n * n;
+        self.sd = self.sd * DECAY + d;
+        self.snd = self.snd * DECAY + n * d;
+    }
+
+    /// `(a, b)`: fixed seconds per batch and seconds per item; `None` before any batch.
+    pub(crate) fn fit(&self) -> Option<(f64, f64)> {
+        if self.w <= 0.0 {
+            return None;
+        }
+        let den = self.w * self.snn - self.sn * self.sn;
+        let b = if den.abs() > 1e-9 * self.w * self.snn.max(1.0) {
+            ((self.w * self.snd - self.sn * self.sd) / den).max(0.0)
+        } else {
+            0.0 // one size seen so far: all of the duration counts as fixed cost
+        };
+        let a = ((self.sd - b * self.sn) / self.w).max(0.0);
+        Some((a, b))
+    }
+}
+
+/// The window, the latency bound and the estimates behind "auto".
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) window: Window,
+    pub(crate) max_latency: Option<Duration>,
+    last_arrival: Option<Instant>,
+    /// Exponentially weighted mean gap between arrivals, in seconds.
+    gap: Option<f64>,
+    pub(crate) model: DurationModel,
+}
+
+impl Policy {
+    pub(crate) fn new(window: Window, max_latency: Option<Duration>) -> Self {
+        Policy {
+            window,
+            max_latency,
+            last_arrival: None,
+            gap: None,
+            model: DurationModel::default(),
+        }
+    }
+
+    pub(crate) fn on_arrival(&mut self, now: Instant) {
+        if self.window != Window::Auto {
+            return; // fixed windows need no estimates: keep their hot path minimal
+        }
+        if let Some(prev) = self.last_arrival {
+            let g = now.saturating_duration_since(prev).as_secs_f64();
+            self.gap = Some(match self.gap {
+                Some(m) => m * DECAY + g * (1.0 - DECAY),
+                None => g,
+            });
+        }
+        self.last_arrival = Some(now);
+    }
+
+    pub(crate) fn on_batch(&mut self, size: usize, took: Duration) {
+        if self.window == Window::Auto && size > 0 {
+            self.model.record(size, took);
+        }
+    }
+
+    /// Items per second, from the mean arrival gap (0.0 before two arrivals).
+    pub(crate) fn arrival_rate(&self) -> f64 {
+        match self.gap {
+            Some(g) if g > 0.0 => 1.0 / g,
+            Some(_) => f64::INFINITY,
+            None => 0.0,
+        }
+    }
+
+    /// How long after its oldest item a partial batch of `n` items may wait, a slot being free.
+    pub(crate) fn wait_for(&self, n: usize) -> Duration {
+        match self.window {
+            Window::Fixed(w) => w,
+            Window::Auto => {
+                let (Some(bound), Some((a, b)), Some(gap)) =
+                    (self.max_latency, self.model.fit(), self.gap)
+                else {
+                    return Duration::ZERO;
+                };
+                let n = n.max(1) as f64;
+                if n * gap >= a {
+                    return Duration::ZERO; // one more item is not worth its wait
+                }
+                // The oldest item waits at most until its wait plus the estimated duration of a
+                // batch one larger reaches the bound; and never longer than the cost it saves.
+                let slack = bound.as_secs_f64() - (a + b * (n + 1.0));
+                Duration::from_secs_f64(slack.min(a).max(0.0))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn model_recovers_a_linear_cost() {
+        let mut m = DurationModel::default();
+        for size in [1usize, 10, 50, 100, 5, 80] {
+            m.record(size, Duration::from_secs_f64(0.020 + 0.0002 * size as f64));
+        }
+        let (a, b) = m.fit().unwrap();
+        assert!((a - 0.020).abs() < 1e-6, "{a}");
+        assert!((b - 0.0002).abs() < 1e-8, "{b}");
+    }
+
+    #[test]
+    fn model_with_one_size_counts_everything_as_fixed() {
+        let mut m = DurationModel::default();
+        m.record(8, ms(10));
+        m.record(8, ms(10));
+        let (a, b) = m.fit().unwrap();
+        assert_eq!(b, 0.0);
+        assert!((a - 0.010).abs() < 1e-9);
+        assert!(DurationModel::default().fit().is_none());
+    }
+
+    #[test]
+    fn fixed_window_is_the_window() {
+        let p = Policy::new(Window::Fixed(ms(7)), None);
+        assert_eq!(p.wait_for(1), ms(7));
+        assert_eq!(p.wait_for(100), ms(7));
+    }
+
+    fn auto_with(bound_ms: Option<u64>, gap_ms: u64, a_ms: f64, b_ms: f64) -> Policy {
+        let mut p = Policy::new(Window::Auto, bound_ms.map(ms));
+        let t0 = Instant::now();
+        for i in 0..50 {
+            p.on_arrival(t0 + ms(gap_ms * i));
+        }
+        for size in [1usize, 20, 40] {
+            p.on_batch(size, Duration::from_secs_f64((a_ms + b_ms * size as f64) / 1000.0));
+        }
+        p
+    }
+
+    #[test]
+    fn auto_without_a_bound_never_waits() {
+        let p = auto_with(None, 1, 20.0, 0.2);
+        assert_eq!(p.wait_for(1), Duration::ZERO);
+        assert!((p.arrival_rate() - 1000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn auto_waits_when_calls_are_costly_and_arrivals_close() {
+        // gap 1 ms, fixed cost 20 ms: one item should wait for company, within the bound.
+        let p = auto_with(Some(100), 1, 20.0, 0.2);
+        let w = p.wait_for(1);
+        assert!(w > Duration::ZERO && w <= ms(20), "{w:?}");
+        // Twenty-five queued items: another would add 25 ms of waiting to save 20 ms.
+        assert_eq!(p.wait_for(25), Duration::ZERO);
+    }
+
+    #[test]
+    fn auto_respects_the_latency_bound() {
+        // Bound 21 ms, a batch of 2 takes 20.4 ms: at most ~0.6 ms of queue wait is allowed.
+        let p = auto_with(Some(21), 1, 20.0, 0.2);
+        assert!(p.wait_for(1) <= Duration::from_micros(700), "{:?}", p.wait_for(1));
+        // A bound tighter than one call: never wait.
+        let p = auto_with(Some(5), 1, 20.0, 0.2);
+        assert_eq!(p.wait_for(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn auto_does_not_wait_when_arrivals_are_sparse() {
+        // gap 100 ms > fixed cost 20 ms: waiting never pays off.
+        let p = auto_with(Some(1000), 100, 20.0, 0.2);
+        assert_eq!(p.wait_for(1), Duration::ZERO);
+        assert!((p.arrival_rate() - 10.0).abs() < 0.1);
+    }
+}
