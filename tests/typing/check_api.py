@@ -45,6 +45,12 @@ async def main() -> None:
 
     b = AsyncBatcher(embed_fn, max_batch_size=32)
     assert_type(await b.process("x"), list[float])
+    assert_type(await b.process("urgent", priority=5), list[float])
+    assert_type(await b.process_many(["a", "b"], priority=1), list[list[float]])
+
+    auto = AsyncBatcher(embed_fn, max_queue_time="auto", max_latency=0.2, aging=None)
+    assert_type(auto.stats().effective_wait, float)
+    assert_type(auto.stats().arrival_rate, float)
 
     assert_type(embed, BatchedFunction[str, list[float]])
     assert_type(await embed("one text"), list[float])

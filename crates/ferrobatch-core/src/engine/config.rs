@@ -219,16 +219,31 @@ mod tests {
     fn batch_size_zero_and_one_are_rejected() {
         for n in [0, 1, -2] {
             let e = user(n, 0.01, 1, -1).unwrap_err();
-            assert!(matches!(e, Error::InvalidConfig { field: "max_batch_size", .. }), "{n}");
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidConfig {
+                        field: "max_batch_size",
+                        ..
+                    }
+                ),
+                "{n}"
+            );
         }
-        assert_eq!(user(2, 0.01, 1, -1).unwrap().max_batch_size, NonZeroUsize::new(2));
+        assert_eq!(
+            user(2, 0.01, 1, -1).unwrap().max_batch_size,
+            NonZeroUsize::new(2)
+        );
     }
 
     #[test]
     fn concurrency_zero_is_rejected_minus_one_is_unlimited() {
         assert!(matches!(
             user(-1, 0.01, 0, -1).unwrap_err(),
-            Error::InvalidConfig { field: "concurrency", .. }
+            Error::InvalidConfig {
+                field: "concurrency",
+                ..
+            }
         ));
         assert!(user(-1, 0.01, -5, -1).is_err());
         assert_eq!(user(-1, 0.01, -1, -1).unwrap().concurrency, None);
@@ -238,7 +253,10 @@ mod tests {
     fn queue_size_follows_asyncio_queue() {
         assert_eq!(user(-1, 0.01, 1, 0).unwrap().max_queue_size, None);
         assert_eq!(user(-1, 0.01, 1, -1).unwrap().max_queue_size, None);
-        assert_eq!(user(-1, 0.01, 1, 5).unwrap().max_queue_size, NonZeroUsize::new(5));
+        assert_eq!(
+            user(-1, 0.01, 1, 5).unwrap().max_queue_size,
+            NonZeroUsize::new(5)
+        );
         assert!(user(-1, 0.01, 1, -3).is_err());
     }
 
@@ -247,14 +265,32 @@ mod tests {
         for bad in [-0.1, f64::NAN, f64::INFINITY] {
             assert!(matches!(
                 user(-1, bad, 1, -1).unwrap_err(),
-                Error::InvalidConfig { field: "max_queue_time", .. }
+                Error::InvalidConfig {
+                    field: "max_queue_time",
+                    ..
+                }
             ));
         }
-        assert_eq!(user(-1, 0.0, 1, -1).unwrap().max_queue_time, Window::Fixed(Duration::ZERO));
+        assert_eq!(
+            user(-1, 0.0, 1, -1).unwrap().max_queue_time,
+            Window::Fixed(Duration::ZERO)
+        );
         for bad in [0.0, -1.0, f64::NAN] {
-            let u = UserConfig { item_timeout: Some(bad), ..UserConfig::default() };
+            let u = UserConfig {
+                item_timeout: Some(bad),
+                ..UserConfig::default()
+            };
             let e = Config::from_user(&u).unwrap_err();
-            assert!(matches!(e, Error::InvalidConfig { field: "item_timeout", .. }), "{bad}");
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidConfig {
+                        field: "item_timeout",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -268,20 +304,39 @@ mod tests {
         let c = Config::from_user(&u).unwrap();
         assert_eq!(c.max_queue_time, Window::Auto);
         assert_eq!(c.max_latency, Some(Duration::from_millis(50)));
-        let fixed = UserConfig { max_latency: Some(0.05), ..UserConfig::default() };
+        let fixed = UserConfig {
+            max_latency: Some(0.05),
+            ..UserConfig::default()
+        };
         let e = Config::from_user(&fixed).unwrap_err();
-        assert!(matches!(e, Error::InvalidConfig { field: "max_latency", .. }));
+        assert!(matches!(
+            e,
+            Error::InvalidConfig {
+                field: "max_latency",
+                ..
+            }
+        ));
         assert!(e.to_string().contains("auto"));
-        let bad = UserConfig { max_queue_time: None, max_latency: Some(0.0), ..UserConfig::default() };
+        let bad = UserConfig {
+            max_queue_time: None,
+            max_latency: Some(0.0),
+            ..UserConfig::default()
+        };
         assert!(Config::from_user(&bad).is_err());
     }
 
     #[test]
     fn aging_defaults_to_a_second_and_can_be_disabled() {
         assert_eq!(Config::default().aging, Some(Duration::from_secs(1)));
-        let u = UserConfig { aging: None, ..UserConfig::default() };
+        let u = UserConfig {
+            aging: None,
+            ..UserConfig::default()
+        };
         assert_eq!(Config::from_user(&u).unwrap().aging, None);
-        let u = UserConfig { aging: Some(-1.0), ..UserConfig::default() };
+        let u = UserConfig {
+            aging: Some(-1.0),
+            ..UserConfig::default()
+        };
         assert!(Config::from_user(&u).is_err());
     }
 

@@ -88,7 +88,12 @@ pub(crate) struct State<T> {
 impl<T> State<T> {
     pub(crate) fn new(config: Config) -> Self {
         State {
-            policy: Policy::new(config.max_queue_time, config.max_latency),
+            policy: Policy::new(
+                config.max_queue_time,
+                config.max_latency,
+                config.concurrency.map(|c| c.get()),
+                config.max_batch_size.map_or(usize::MAX, |n| n.get()),
+            ),
             config,
             lanes: BTreeMap::new(),
             len: 0,
@@ -113,7 +118,11 @@ impl<T> State<T> {
 
     /// When the oldest queued item arrived.
     fn oldest(&self) -> Option<Instant> {
-        self.lanes.values().filter_map(|l| l.front()).map(|e| e.at).min()
+        self.lanes
+            .values()
+            .filter_map(|l| l.front())
+            .map(|e| e.at)
+            .min()
     }
 
     /// The lane whose front arrived first.
@@ -209,7 +218,8 @@ impl<T> State<T> {
             let before = due.timed_out.len();
             for lane in self.lanes.values_mut() {
                 while lane.front().is_some_and(|e| e.at + timeout <= now) {
-                    due.timed_out.push(lane.pop_front().expect("front exists").item);
+                    due.timed_out
+                        .push(lane.pop_front().expect("front exists").item);
                 }
             }
             let expired = due.timed_out.len() - before;
@@ -570,14 +580,25 @@ mod tests {
         c.max_queue_time = Window::Auto;
         let mut s = State::new(c);
         s.push(1, 0, t0).unwrap();
-        assert_eq!(collect(&mut s, t0).batches, vec![vec![1]], "idle: no waiting");
+        assert_eq!(
+            collect(&mut s, t0).batches,
+            vec![vec![1]],
+            "idle: no waiting"
+        );
         // The slot is busy: items accumulate and leave together when it frees.
         for i in 2..6u32 {
             s.push(i, 0, ms(t0, u64::from(i))).unwrap();
         }
         assert!(collect(&mut s, ms(t0, 6)).batches.is_empty());
         assert_eq!(s.next_deadline(), None);
-        s.finish(Outcome { completed: 1, ..Outcome::default() }, Duration::from_millis(6));
+        // A cheap call (0.1 ms) at 1 item/ms: no reason to wait once the slot frees.
+        s.finish(
+            Outcome {
+                completed: 1,
+                ..Outcome::default()
+            },
+            Duration::from_micros(100),
+        );
         assert_eq!(collect(&mut s, ms(t0, 6)).batches, vec![vec![2, 3, 4, 5]]);
     }
 
@@ -592,7 +613,13 @@ mod tests {
         }
         let d = collect(&mut s, t0);
         assert_eq!(d.batches, vec![vec![6, 2, 4, 1]]);
-        s.finish(Outcome { completed: 4, ..Outcome::default() }, Duration::ZERO);
+        s.finish(
+            Outcome {
+                completed: 4,
+                ..Outcome::default()
+            },
+            Duration::ZERO,
+        );
         assert_eq!(collect(&mut s, ms(t0, 10)).batches, vec![vec![3, 5]]);
     }
 
@@ -618,9 +645,19 @@ mod tests {
         for i in 0..3u64 {
             s.push(10 + i as u32, 9, ms(t0, 150)).unwrap();
         }
-        s.finish(Outcome { completed: 2, ..Outcome::default() }, Duration::ZERO);
+        s.finish(
+            Outcome {
+                completed: 2,
+                ..Outcome::default()
+            },
+            Duration::ZERO,
+        );
         let d = collect(&mut s, ms(t0, 150));
-        assert_eq!(d.batches, vec![vec![1, 10]], "the aged low-priority item goes first");
+        assert_eq!(
+            d.batches,
+            vec![vec![1, 10]],
+            "the aged low-priority item goes first"
+        );
     }
 
     #[test]
