@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from _helpers import Recorder
 
+from _helpers import Recorder
 from ferrobatch import AsyncBatcher, ConfigError
 
 
@@ -59,7 +59,7 @@ async def test_auto_with_a_latency_bound_batches_more_and_keeps_the_bound() -> N
         latencies.sort()
         return mean_size, latencies[int(0.9 * len(latencies))], b
 
-    greedy_size, _, greedy = await run(max_queue_time="auto")
+    greedy_size, _, _greedy = await run(max_queue_time="auto")
     bounded_size, p90, bounded = await run(max_queue_time="auto", max_latency=0.1)
     assert bounded_size > 2 * greedy_size, (bounded_size, greedy_size)
     assert p90 <= 0.1 + 0.1, p90  # the bound, with slack for a loaded 2-core machine
