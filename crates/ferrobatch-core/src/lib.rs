@@ -2,10 +2,12 @@
 //!
 //! This crate holds no Python types: the Python bindings (the `ferrobatch` crate at the
 //! workspace root) wrap it, and Rust users can drive it directly. See [`engine`] for the
-//! batching state machine and [`error`] for the one error type of this layer.
+//! batching state machine, [`http`] for the pure parts of the HTTP layer (retry and backoff
+//! rules, the shared rate limiter), and [`error`] for the one error type of this layer.
 
 pub mod engine;
 pub mod error;
+pub mod http;
 
 pub use engine::{
     Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
