@@ -345,3 +345,12 @@ async def test_stats_report_counts_and_latencies() -> None:
     assert (s.queue_depth, s.running_batches) == (0, 0)
     assert "submitted=10" in repr(s)
     await b.stop()
+
+
+async def test_a_plain_callable_returning_a_coroutine_is_awaited() -> None:
+    async def double(xs: list[int]) -> list[int]:
+        return [x * 2 for x in xs]
+
+    b = AsyncBatcher(lambda xs: double(xs), max_batch_size=4)
+    assert await b.process_many([1, 2, 3]) == [2, 4, 6]
+    await b.stop()

@@ -182,6 +182,8 @@ class AsyncBatcher(Generic[T, S]):
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self.executor, self._fn, items)
+                if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                    result = await result
         except asyncio.CancelledError:
             batch.abort()
             raise
