@@ -184,12 +184,6 @@ impl Core {
             .map(Some)
     }
 
-    /// Whether `close` was called and everything has ended.
-    #[getter]
-    fn drained(&self) -> bool {
-        self.crossing.drained() || (!self.engine.is_accepting() && self.engine.is_idle())
-    }
-
     /// Whether the batcher accepts items.
     #[getter]
     fn accepting(&self) -> bool {

@@ -218,10 +218,6 @@ impl Crossing {
         Ok(fut.unbind())
     }
 
-    pub(crate) fn drained(&self) -> bool {
-        self.drain_lock().0
-    }
-
     /// Deliver work on the event loop's thread: start batches, fail items, wake drain waiters.
     pub(crate) fn deliver(self: &Arc<Self>, py: Python<'_>, work: Work<PyItem>) {
         for (items, err) in &work.failures {

@@ -94,70 +94,33 @@ fn reason_name(r: StopReason) -> &'static str {
     }
 }
 
-/// Build the exception instance for a core error (one instance may be shared by many items).
+/// Build the exception instance for a core error (one instance may be shared by many items),
+/// with the error's structured fields as attributes.
 pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> {
     let ex = Exceptions::get(py);
-    let msg = err.to_string();
-    let (ty, attrs): (&Py<PyType>, Vec<(&str, Py<PyAny>)>) = match err {
-        Error::InvalidConfig { field, .. } => (
-            &ex.config,
-            vec![(
-                "field",
-                field.into_pyobject(py).expect("str").into_any().unbind(),
-            )],
-        ),
-        Error::QueueFull { capacity } => (
-            &ex.queue_full,
-            vec![(
-                "capacity",
-                capacity.into_pyobject(py).expect("int").into_any().unbind(),
-            )],
-        ),
-        Error::Stopped { reason } => (
-            &ex.stopped,
-            vec![(
-                "reason",
-                reason_name(*reason)
-                    .into_pyobject(py)
-                    .expect("str")
-                    .into_any()
-                    .unbind(),
-            )],
-        ),
-        Error::ItemTimeout { timeout } => (
-            &ex.item_timeout,
-            vec![(
-                "timeout",
-                timeout
-                    .as_secs_f64()
-                    .into_pyobject(py)
-                    .expect("float")
-                    .into_any()
-                    .unbind(),
-            )],
-        ),
-        Error::BatchSizeMismatch { expected, got } => (
-            &ex.size_mismatch,
-            vec![
-                (
-                    "expected",
-                    expected.into_pyobject(py).expect("int").into_any().unbind(),
-                ),
-                (
-                    "got",
-                    got.into_pyobject(py).expect("int").into_any().unbind(),
-                ),
-            ],
-        ),
-        _ => (&ex.base, vec![]),
+    let ty = match err {
+        Error::InvalidConfig { .. } => &ex.config,
+        Error::QueueFull { .. } => &ex.queue_full,
+        Error::Stopped { .. } => &ex.stopped,
+        Error::ItemTimeout { .. } => &ex.item_timeout,
+        Error::BatchSizeMismatch { .. } => &ex.size_mismatch,
+        _ => &ex.base,
     };
     let value = ty
         .bind(py)
-        .call1((msg,))
+        .call1((err.to_string(),))
         .expect("exception classes accept one message argument");
-    for (k, v) in attrs {
-        let _ = value.setattr(k, v);
-    }
+    let set = match err {
+        Error::InvalidConfig { field, .. } => value.setattr("field", *field),
+        Error::QueueFull { capacity } => value.setattr("capacity", *capacity),
+        Error::Stopped { reason } => value.setattr("reason", reason_name(*reason)),
+        Error::ItemTimeout { timeout } => value.setattr("timeout", timeout.as_secs_f64()),
+        Error::BatchSizeMismatch { expected, got } => value
+            .setattr("expected", *expected)
+            .and_then(|()| value.setattr("got", *got)),
+        _ => Ok(()),
+    };
+    set.expect("exception instances take attributes");
     value
 }
 

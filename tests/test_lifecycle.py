@@ -311,3 +311,14 @@ async def test_stop_returns_only_after_timer_work_reached_its_callers() -> None:
             assert isinstance(late.exception(), ItemTimeoutError)
     finally:
         sys.setswitchinterval(old)
+
+
+async def test_a_batch_delivered_after_force_stop_is_aborted_not_run() -> None:
+    """The timer thread forms a batch; before its delivery runs on the loop, stop(force=True)."""
+    rec = Recorder()
+    b = AsyncBatcher(rec, max_batch_size=100, max_queue_time=0.02)
+    fut = b.process(1)
+    time.sleep(0.1)  # block the loop: the window expires and the batch waits to cross
+    await b.stop(force=True)
+    assert isinstance(fut.exception(), BatcherStoppedError)
+    assert rec.batches == []

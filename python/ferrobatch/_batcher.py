@@ -127,6 +127,7 @@ class AsyncBatcher(Generic[T, S]):
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}
+        self._forced = False
         if type(self).process is AsyncBatcher.process:
             # The hot path: calls go straight to the native method, with no Python frame.
             self.process = self._core.process  # type: ignore[method-assign]
@@ -162,6 +163,10 @@ class AsyncBatcher(Generic[T, S]):
     # --- running batches (called by the native core, on the event loop) --------------------
 
     def _start(self, batch: Batch) -> None:
+        if self._forced:
+            # Formed before a forced stop and delivered after it: its items end stopped too.
+            batch.abort()
+            return
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._running[batch] = task
         task.add_done_callback(functools.partial(self._forget, batch))
@@ -228,6 +233,7 @@ class AsyncBatcher(Generic[T, S]):
             ) from None
 
     def _force_stop(self) -> None:
+        self._forced = True
         self._core.close(True)
         for batch, task in list(self._running.items()):
             batch.abort()

@@ -85,6 +85,8 @@ pub(crate) struct Policy {
     /// Exponentially weighted mean gap between arrivals, in seconds.
     gap: Option<f64>,
     pub(crate) model: DurationModel,
+    /// `model.fit()`, refreshed when a batch ends (not on every submit, which reads it).
+    fit: Option<(f64, f64)>,
 }
 
 impl Policy {
@@ -102,6 +104,7 @@ impl Policy {
             last_arrival: None,
             gap: None,
             model: DurationModel::default(),
+            fit: None,
         }
     }
 
@@ -122,6 +125,7 @@ impl Policy {
     pub(crate) fn on_batch(&mut self, size: usize, took: Duration) {
         if self.window == Window::Auto && size > 0 {
             self.model.record(size, took);
+            self.fit = self.model.fit();
         }
     }
 
@@ -155,7 +159,7 @@ impl Policy {
         match self.window {
             Window::Fixed(w) => w,
             Window::Auto => {
-                let (Some((a, b)), Some(gap)) = (self.model.fit(), self.gap) else {
+                let (Some((a, b)), Some(gap)) = (self.fit, self.gap) else {
                     return Duration::ZERO;
                 };
                 let n = n.max(1);
