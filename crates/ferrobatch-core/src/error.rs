@@ -66,6 +66,63 @@ pub enum Error {
         /// How many results came back.
         got: usize,
     },
+    /// The server answered with an error status (after any retries).
+    #[error("{} {status}: {message}", provider_label(*provider))]
+    Status {
+        /// Which API answered.
+        provider: Provider,
+        /// The HTTP status.
+        status: u16,
+        /// The server's error message (the API key redacted).
+        message: String,
+        /// The response body, truncated to 64 KiB (the API key redacted).
+        body: Option<String>,
+        /// The server's error code or type, such as `rate_limit_exceeded`.
+        code: Option<String>,
+        /// The request field the error is about, such as `input[3]`.
+        param: Option<String>,
+    },
+    /// No response within the request timeout (after any retries).
+    #[error("the request timed out after {}s", after.as_secs_f64())]
+    Timeout {
+        /// The configured request timeout.
+        after: Duration,
+    },
+    /// The connection failed or broke before a response (after any retries).
+    #[error("connection error: {message}")]
+    Connection {
+        /// What the HTTP client reported (never holds the API key).
+        message: String,
+    },
+    /// The server's answer does not have the shape its API documents.
+    #[error("malformed response: {reason}")]
+    ResponseFormat {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An item cannot be sent (for example an empty text, which the APIs reject).
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Which API an HTTP error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Provider {
+    /// An OpenAI-compatible server.
+    OpenAi,
+    /// The Gemini API.
+    Gemini,
+}
+
+fn provider_label(p: Provider) -> &'static str {
+    match p {
+        Provider::OpenAi => "OpenAI-compatible API error",
+        Provider::Gemini => "Gemini API error",
+    }
 }
 
 impl Error {

@@ -8,9 +8,10 @@
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod testing;
 
 pub use engine::{
     Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
     UserConfig, Window, Work, DEFAULT_AGING,
 };
-pub use error::{Error, StopReason};
+pub use error::{Error, Provider, StopReason};

@@ -1,9 +1,24 @@
-//! The HTTP layer's pure parts, shared by every provider: when to retry and how long to wait
-//! ([`retry`]), and how requests share a rate budget ([`limiter`]). Nothing here does I/O, so
-//! every rule is tested with a synthetic clock.
+//! The HTTP layer: providers' wire formats on one retrying, rate-limited transport.
+//!
+//! - [`retry`]: which failures are retried and how long to wait (pure, synthetic clock);
+//! - [`limiter`]: the shared RPM/TPM budget and 429 pause (pure, synthetic clock);
+//! - [`secret`]: the API key that never shows itself;
+//! - [`usage`]: requests, retries, tokens and cost per model;
+//! - [`transport`]: the reqwest client that sends, retries and classifies failures;
+//! - [`embed`]: splitting a batch into requests and mapping answers back to texts;
+//! - [`openai`], [`gemini`]: the providers' request and response formats.
 
+pub mod embed;
+pub mod gemini;
 pub mod limiter;
+pub mod openai;
 pub mod retry;
+pub mod secret;
+pub mod transport;
+pub mod usage;
 
 pub use limiter::{estimate_tokens, RateLimiter};
 pub use retry::{Failure, RetryPolicy};
+pub use secret::ApiKey;
+pub use transport::{Auth, Transport, TransportConfig};
+pub use usage::{ModelUsage, Price, UsageBook};

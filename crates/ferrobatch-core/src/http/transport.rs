@@ -1,0 +1,379 @@
+//! `Transport`: one provider's HTTP client. It POSTs a JSON body to `{base_url}{path}` with
+//! the provider's auth header and the user's extra headers, waits for the shared
+//! [`RateLimiter`], retries by the [`RetryPolicy`] (the server's retry hint first), pauses every
+//! sharer of the limiter on a 429, and turns every failure into a core [`Error`] with the API
+//! key scrubbed from it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+
+use super::limiter::RateLimiter;
+use super::retry::{proto_duration, retry_after, Failure, RetryPolicy};
+use super::secret::{redact, ApiKey};
+use super::usage::UsageBook;
+use crate::error::{Error, Provider};
+
+/// The most of an error body kept in [`Error::Status`].
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// How the key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY` (OpenAI-compatible servers).
+    Bearer,
+    /// `x-goog-api-key: KEY` (Gemini).
+    GoogApiKey,
+}
+
+/// Everything a [`Transport`] needs.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Which API this is, for error messages.
+    pub provider: Provider,
+    /// `https://api.openai.com/v1` and the like; a trailing `/` is ignored.
+    pub base_url: String,
+    /// The key, if the server needs one.
+    pub api_key: Option<ApiKey>,
+    /// How the key is sent.
+    pub auth: Auth,
+    /// Extra headers on every request (organization, project, ...).
+    pub headers: Vec<(String, String)>,
+    /// The limit on one attempt, connection included.
+    pub timeout: Duration,
+    /// When to retry and how long to wait.
+    pub retry: RetryPolicy,
+    /// The shared rate budget (a private one when the user gives none, so that a 429 still
+    /// pauses every request of this client).
+    pub limiter: Arc<RateLimiter>,
+}
+
+/// One provider's HTTP client; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Transport {
+    client: reqwest::Client,
+    config: TransportConfig,
+    usage: UsageBook,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl Transport {
+    /// A client for `config`; checks the URL, the headers and the timeout.
+    pub fn new(config: TransportConfig, usage: UsageBook) -> Result<Transport, Error> {
+        let url = config.base_url.trim_end_matches('/');
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| invalid("base_url", format!("{e}: {url:?}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid(
+                "base_url",
+                format!("must be http:// or https://, got {url:?}"),
+            ));
+        }
+        if config.timeout.is_zero() {
+            return Err(invalid("timeout", "must be seconds > 0"));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in &config.headers {
+            let n = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid("headers", format!("{name:?} is not a valid header name")))?;
+            let mut v = HeaderValue::from_str(value).map_err(|_| {
+                invalid(
+                    "headers",
+                    format!("the value of {name:?} is not a valid header value"),
+                )
+            })?;
+            v.set_sensitive(true);
+            headers.insert(n, v);
+        }
+        if let Some(key) = &config.api_key {
+            let (name, value) = match config.auth {
+                Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose())),
+                Auth::GoogApiKey => (
+                    HeaderName::from_static("x-goog-api-key"),
+                    key.expose().to_string(),
+                ),
+            };
+            let mut v = HeaderValue::from_str(&value)
+                .map_err(|_| invalid("api_key", "holds characters a header cannot carry"))?;
+            v.set_sensitive(true);
+            headers.insert(name, v);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("ferrobatch/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| invalid("http client", e.to_string()))?;
+        let config = TransportConfig {
+            base_url: url.to_string(),
+            ..config
+        };
+        Ok(Transport {
+            client,
+            config,
+            usage,
+        })
+    }
+
+    /// The per-model usage of this client.
+    pub fn usage(&self) -> &UsageBook {
+        &self.usage
+    }
+
+    /// The base URL (never holds the key).
+    pub fn base_url(&self) -> &str {
+        &self.config.base_url
+    }
+
+    /// Which API this is.
+    pub fn provider(&self) -> Provider {
+        self.config.provider
+    }
+
+    /// Correct the limiter's estimate of a request with the tokens it really used.
+    pub fn settle_tokens(&self, estimated: u64, actual: u64) {
+        self.config
+            .limiter
+            .settle(estimated, actual, Instant::now());
+    }
+
+    async fn acquire(&self, tokens: u64) {
+        while let Err(wait) = self.config.limiter.try_acquire(tokens, Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// POST `body` to `{base_url}{path}` with retries; the body of the successful answer, or
+    /// the last failure. `model` is where retries and failures are counted; `tokens` is the
+    /// request's estimated tokens for the limiter.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Bytes,
+        model: &str,
+        tokens: u64,
+    ) -> Result<Bytes, Error> {
+        let url = format!("{}{}", self.config.base_url, path);
+        let mut attempt: u32 = 0;
+        loop {
+            self.acquire(tokens).await;
+            let (failure, hint, error) = match self.attempt(&url, body.clone()).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(f) => f,
+            };
+            if failure == Failure::Status(429) {
+                let pause = hint.unwrap_or_else(|| self.config.retry.step(attempt));
+                self.config.limiter.pause_until(Instant::now() + pause);
+            }
+            if !self.config.retry.should_retry(attempt, failure) {
+                self.usage.record_failure(model);
+                return Err(error);
+            }
+            self.usage.record_retry(model);
+            let delay = self.config.retry.delay(attempt, hint, fastrand::f64());
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &str,
+        body: Bytes,
+    ) -> Result<Bytes, (Failure, Option<Duration>, Error)> {
+        let response = self
+            .client
+            .post(url)
+            .body(body)
+            .timeout(self.config.timeout)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let mut hint = retry_after(header, SystemTime::now());
+        let parsed = ErrorBody::parse(&bytes);
+        if hint.is_none() {
+            hint = parsed.retry_delay;
+        }
+        let key = self.config.api_key.as_ref();
+        let message = match parsed.message {
+            Some(m) => redact(key, &m),
+            None => reqwest::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("error")
+                .to_string(),
+        };
+        let body_text = (!bytes.is_empty()).then(|| {
+            let cut = bytes.len().min(MAX_ERROR_BODY);
+            redact(key, &String::from_utf8_lossy(&bytes[..cut]))
+        });
+        let error = Error::Status {
+            provider: self.config.provider,
+            status,
+            message,
+            body: body_text,
+            code: parsed.code.map(|c| redact(key, &c)),
+            param: parsed.param.map(|p| redact(key, &p)),
+        };
+        Err((Failure::Status(status), hint, error))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> (Failure, Option<Duration>, Error) {
+        if e.is_timeout() {
+            let error = Error::Timeout {
+                after: self.config.timeout,
+            };
+            return (Failure::Timeout, None, error);
+        }
+        // The error and its causes: "error sending request ...: connection closed before ...".
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        let message = redact(self.config.api_key.as_ref(), &message);
+        (Failure::Connection, None, Error::Connection { message })
+    }
+}
+
+/// The parts of an error body the client uses. OpenAI-compatible servers send
+/// `{"error": {"message", "type", "param", "code"}}`; Gemini sends
+/// `{"error": {"code", "message", "status", "details": [...]}}` where a `RetryInfo` detail
+/// carries `retryDelay` and a `BadRequest` detail names fields in `fieldViolations`.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct ErrorBody {
+    pub message: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+    pub retry_delay: Option<Duration>,
+}
+
+fn as_text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl ErrorBody {
+    pub(crate) fn parse(bytes: &[u8]) -> ErrorBody {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            let text = String::from_utf8_lossy(bytes).trim().to_string();
+            return ErrorBody {
+                message: (!text.is_empty()).then(|| text.chars().take(500).collect()),
+                ..Default::default()
+            };
+        };
+        let err = value.get("error").unwrap_or(&value);
+        let message = match err {
+            serde_json::Value::String(s) => Some(s.clone()),
+            _ => err.get("message").and_then(as_text),
+        };
+        // Gemini's `status` ("RESOURCE_EXHAUSTED") says more than its numeric `code`.
+        let code = ["status", "code", "type"]
+            .iter()
+            .find_map(|k| err.get(*k).and_then(as_text));
+        let mut param = err.get("param").and_then(as_text);
+        let mut retry_delay = None;
+        if let Some(details) = err.get("details").and_then(|d| d.as_array()) {
+            for d in details {
+                if let Some(delay) = d.get("retryDelay").and_then(|v| v.as_str()) {
+                    retry_delay = proto_duration(delay);
+                }
+                if param.is_none() {
+                    param = d
+                        .get("fieldViolations")
+                        .and_then(|f| f.as_array())
+                        .and_then(|f| f.first())
+                        .and_then(|f| f.get("field"))
+                        .and_then(as_text);
+                }
+            }
+        }
+        ErrorBody {
+            message,
+            code,
+            param,
+            retry_delay,
+        }
+    }
+}
+
+/// The input position an error's `param` names, such as 3 in `input[3]` or
+/// `requests[3].content`, when its field is `field`.
+pub(crate) fn param_index(param: &str, field: &str) -> Option<usize> {
+    let rest = param.trim_start_matches("$.").strip_prefix(field)?;
+    let rest = rest.strip_prefix('[').or_else(|| rest.strip_prefix('.'))?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_error_bodies() {
+        let b = ErrorBody::parse(
+            br#"{"error":{"message":"bad input","type":"invalid_request_error","param":"input[2]","code":null}}"#,
+        );
+        assert_eq!(b.message.as_deref(), Some("bad input"));
+        assert_eq!(b.code.as_deref(), Some("invalid_request_error"));
+        assert_eq!(b.param.as_deref(), Some("input[2]"));
+        assert_eq!(b.retry_delay, None);
+    }
+
+    #[test]
+    fn gemini_error_bodies() {
+        let b = ErrorBody::parse(
+            br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[
+                {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.5s"},
+                {"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"requests[4].content"}]}]}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
+        assert_eq!(b.retry_delay, Some(Duration::from_millis(1500)));
+        assert_eq!(b.param.as_deref(), Some("requests[4].content"));
+    }
+
+    #[test]
+    fn non_json_bodies_become_the_message() {
+        let b = ErrorBody::parse(b"upstream connect error");
+        assert_eq!(b.message.as_deref(), Some("upstream connect error"));
+        assert_eq!(ErrorBody::parse(b"").message, None);
+    }
+
+    #[test]
+    fn param_indexes() {
+        assert_eq!(param_index("input[3]", "input"), Some(3));
+        assert_eq!(param_index("$.input[12]", "input"), Some(12));
+        assert_eq!(param_index("input.7", "input"), Some(7));
+        assert_eq!(param_index("requests[4].content", "requests"), Some(4));
+        assert_eq!(param_index("input", "input"), None);
+        assert_eq!(param_index("model", "input"), None);
+        assert_eq!(param_index("inputs[1]", "input"), None);
+    }
+}

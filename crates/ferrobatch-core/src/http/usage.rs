@@ -1,0 +1,125 @@
+//! `UsageBook`: per-model counts of what a client spent — requests, retries, failed requests,
+//! input and output tokens — and their cost from user-supplied prices (USD per 1M tokens).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Prices of one model in USD per 1M tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Price {
+    /// USD per 1M input (prompt) tokens.
+    pub input: f64,
+    /// USD per 1M output (completion) tokens.
+    pub output: f64,
+}
+
+/// What one model has used so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelUsage {
+    /// HTTP requests whose answer was used.
+    pub requests: u64,
+    /// Attempts that were retried (each retry counts once).
+    pub retries: u64,
+    /// Requests that ended in an error after their retries.
+    pub failed_requests: u64,
+    /// Input tokens, as the server reported them (estimated where it reports none).
+    pub input_tokens: u64,
+    /// Output tokens, as the server reported them.
+    pub output_tokens: u64,
+    /// Cost in USD, when a price for the model is known.
+    pub cost: Option<f64>,
+}
+
+/// Usage per model, shared by every request of one client.
+#[derive(Debug, Default)]
+pub struct UsageBook {
+    prices: BTreeMap<String, Price>,
+    models: Mutex<BTreeMap<String, ModelUsage>>,
+}
+
+impl UsageBook {
+    /// A book with the given prices (models without a price report `cost: None`).
+    pub fn new(prices: BTreeMap<String, Price>) -> Self {
+        UsageBook {
+            prices,
+            models: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelUsage) -> R) -> R {
+        let mut g = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = g.entry(model.to_string()).or_default();
+        f(entry)
+    }
+
+    /// A successful request and the tokens it used.
+    pub fn record_success(&self, model: &str, input_tokens: u64, output_tokens: u64) {
+        let price = self.prices.get(model).copied();
+        self.with(model, |u| {
+            u.requests += 1;
+            u.input_tokens += input_tokens;
+            u.output_tokens += output_tokens;
+            if let Some(p) = price {
+                let add = (input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1e6;
+                u.cost = Some(u.cost.unwrap_or(0.0) + add);
+            }
+        });
+    }
+
+    /// One attempt that will be retried.
+    pub fn record_retry(&self, model: &str) {
+        self.with(model, |u| u.retries += 1);
+    }
+
+    /// A request that failed for good.
+    pub fn record_failure(&self, model: &str) {
+        self.with(model, |u| u.failed_requests += 1);
+    }
+
+    /// A snapshot of every model's usage; a priced model that has not been used yet shows
+    /// zero counts and a zero cost.
+    pub fn snapshot(&self) -> BTreeMap<String, ModelUsage> {
+        let mut out = self
+            .models
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (model, u) in out.iter_mut() {
+            if u.cost.is_none() && self.prices.contains_key(model) {
+                u.cost = Some(0.0);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_follows_prices_per_million_tokens() {
+        let mut prices = BTreeMap::new();
+        prices.insert(
+            "m".to_string(),
+            Price {
+                input: 0.02,
+                output: 1.0,
+            },
+        );
+        let book = UsageBook::new(prices);
+        book.record_success("m", 500_000, 1_000);
+        book.record_success("m", 500_000, 1_000);
+        book.record_retry("m");
+        book.record_failure("other");
+        let s = book.snapshot();
+        let m = &s["m"];
+        assert_eq!(
+            (m.requests, m.retries, m.input_tokens, m.output_tokens),
+            (2, 1, 1_000_000, 2_000)
+        );
+        assert!((m.cost.unwrap() - (0.02 + 0.002)).abs() < 1e-12);
+        assert_eq!(s["other"].failed_requests, 1);
+        assert_eq!(s["other"].cost, None);
+    }
+}

@@ -1,0 +1,766 @@
+//! The server itself: hyper on the caller's tokio runtime, bound to a loopback port.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::fake::{fake_embedding, fake_reply, fake_tokens};
+
+/// An input holding this text is rejected alone with a 400 naming its position
+/// (`input[i]` / `requests[i].content`), the way a server rejects one over-long input.
+pub const REJECT_MARKER: &str = "ferrobatch:reject";
+
+/// How the server behaves when no fault is scripted.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Vector length when a request does not ask for one.
+    pub dimensions: usize,
+    /// Most inputs in one OpenAI-compatible embeddings request (more gets a 400).
+    pub max_inputs: usize,
+    /// Most requests in one Gemini `batchEmbedContents` call (more gets a 400).
+    pub gemini_max_inputs: usize,
+    /// When set, requests must carry this key (`Authorization: Bearer` or `x-goog-api-key`);
+    /// others get a 401 whose message echoes the key they sent, as some servers do, so tests
+    /// can check that clients scrub it.
+    pub api_key: Option<String>,
+    /// When set, more requests than this within a minute get a 429 with `retry-after-ms`.
+    pub requests_per_minute: Option<u32>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            latency: Duration::ZERO,
+            dimensions: 1536,
+            max_inputs: 2048,
+            gemini_max_inputs: 100,
+            api_key: None,
+            requests_per_minute: None,
+        }
+    }
+}
+
+/// What a scripted fault does to the request it hits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FaultKind {
+    /// Answer with this status and an error body in the provider's format; 429s and 5xxs may
+    /// carry `retry-after` (seconds), `retry-after-ms`, or Gemini's `RetryInfo.retryDelay`.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// `retry-after` in seconds.
+        retry_after: Option<f64>,
+        /// `retry-after-ms`.
+        retry_after_ms: Option<u64>,
+        /// A Gemini `RetryInfo` detail with this delay, in seconds.
+        retry_delay: Option<f64>,
+    },
+    /// Close the connection without answering.
+    Reset,
+    /// Answer only after this long (past the client's timeout).
+    Hang(Duration),
+    /// Answer 200 with a truncated JSON body.
+    Malformed,
+    /// Answer 200 with one embedding too few (a chat answer without `choices`).
+    WrongCount,
+}
+
+impl FaultKind {
+    fn label(&self) -> String {
+        match self {
+            FaultKind::Status { status, .. } => format!("status {status}"),
+            FaultKind::Reset => "reset".into(),
+            FaultKind::Hang(_) => "hang".into(),
+            FaultKind::Malformed => "malformed".into(),
+            FaultKind::WrongCount => "wrong_count".into(),
+        }
+    }
+}
+
+/// A fault for the next `times` requests whose path contains `path` (any path when None).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    /// What happens.
+    pub kind: FaultKind,
+    /// How many requests it hits.
+    pub times: u32,
+    /// A substring of the paths it applies to.
+    pub path: Option<String>,
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    /// The HTTP method.
+    pub method: String,
+    /// The path, such as `/v1/embeddings`.
+    pub path: String,
+    /// Headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The JSON body (`Null` when it was not JSON).
+    pub body: Value,
+    /// Texts in an embeddings request; 1 for chat.
+    pub inputs: usize,
+    /// The status answered; 0 when the connection was closed instead.
+    pub status: u16,
+    /// The scripted fault that hit it.
+    pub fault: Option<String>,
+    /// Seconds since the server started.
+    pub at: f64,
+}
+
+struct State {
+    config: Mutex<ServerConfig>,
+    faults: Mutex<VecDeque<Fault>>,
+    log: Mutex<Vec<LoggedRequest>>,
+    window: Mutex<VecDeque<Instant>>,
+    started: Instant,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    fn take_fault(&self, path: &str) -> Option<FaultKind> {
+        let mut faults = lock(&self.faults);
+        let pos = faults
+            .iter()
+            .position(|f| f.path.as_deref().is_none_or(|p| path.contains(p)))?;
+        let f = &mut faults[pos];
+        let kind = f.kind.clone();
+        f.times = f.times.saturating_sub(1);
+        if f.times == 0 {
+            faults.remove(pos);
+        }
+        Some(kind)
+    }
+
+    /// Whether a request now is over the per-minute limit; how long until it is not.
+    fn over_limit(&self, limit: Option<u32>) -> Option<Duration> {
+        let limit = limit? as usize;
+        let now = Instant::now();
+        let mut w = lock(&self.window);
+        while w
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            w.pop_front();
+        }
+        if w.len() >= limit {
+            let oldest = *w.front().expect("limit > 0 means a request is there");
+            return Some(Duration::from_secs(60).saturating_sub(now.duration_since(oldest)));
+        }
+        w.push_back(now);
+        None
+    }
+}
+
+/// A running test server; it stops when dropped.
+pub struct TestServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestServer({})", self.url())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Gemini,
+}
+
+/// The connection is closed without an answer (the service's error makes hyper drop it).
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("scripted connection reset")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+type Answer = Result<Response<Full<Bytes>>, Reset>;
+
+impl TestServer {
+    /// Bind `host:port` (port 0 picks a free one) and serve on `runtime`.
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        host: &str,
+        port: u16,
+        config: ServerConfig,
+    ) -> std::io::Result<TestServer> {
+        let std_listener = std::net::TcpListener::bind((host, port))?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let state = Arc::new(State {
+            config: Mutex::new(config),
+            faults: Mutex::new(VecDeque::new()),
+            log: Mutex::new(Vec::new()),
+            window: Mutex::new(VecDeque::new()),
+            started: Instant::now(),
+            counter: std::sync::atomic::AtomicU64::new(0),
+        });
+        let (shutdown, stop_rx) = watch::channel(false);
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let st = Arc::clone(&state);
+        runtime.spawn(accept_loop(listener, st, stop_rx));
+        Ok(TestServer {
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    /// `http://HOST:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Script a fault; faults apply in the order they were added.
+    pub fn add_fault(&self, fault: Fault) {
+        if fault.times > 0 {
+            lock(&self.state.faults).push_back(fault);
+        }
+    }
+
+    /// Drop every scripted fault not yet used.
+    pub fn clear_faults(&self) {
+        lock(&self.state.faults).clear();
+    }
+
+    /// Faults still scripted.
+    pub fn pending_faults(&self) -> usize {
+        lock(&self.state.faults)
+            .iter()
+            .map(|f| f.times as usize)
+            .sum()
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.state.log).clone()
+    }
+
+    /// How many requests were received so far.
+    pub fn request_count(&self) -> usize {
+        lock(&self.state.log).len()
+    }
+
+    /// Forget the request log.
+    pub fn clear_requests(&self) {
+        lock(&self.state.log).clear();
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> ServerConfig {
+        lock(&self.state.config).clone()
+    }
+
+    /// Change the configuration for the requests that follow.
+    pub fn set_config(&self, config: ServerConfig) {
+        *lock(&self.state.config) = config;
+    }
+
+    /// Stop accepting and close every connection (requests in progress are dropped).
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let template = stop.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let st = Arc::clone(&state);
+                let mut stop = template.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(Arc::clone(&st), req));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Response<Full<Bytes>> {
+    bytes_response(
+        status,
+        Bytes::from(serde_json::to_vec(body).expect("JSON serializes")),
+        extra,
+    )
+}
+
+fn bytes_response(status: u16, body: Bytes, extra: &[(&str, String)]) -> Response<Full<Bytes>> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    for (k, v) in extra {
+        b = b.header(*k, v.as_str());
+    }
+    b.body(Full::new(body)).expect("a valid response")
+}
+
+fn error_body(
+    api: Api,
+    status: u16,
+    message: &str,
+    param: Option<String>,
+    retry_delay: Option<f64>,
+) -> Value {
+    match api {
+        Api::OpenAi => {
+            let kind = match status {
+                401 => "invalid_api_key",
+                429 => "rate_limit_exceeded",
+                s if s >= 500 => "server_error",
+                _ => "invalid_request_error",
+            };
+            json!({"error": {"message": message, "type": kind, "param": param, "code": kind}})
+        }
+        Api::Gemini => {
+            let grpc = match status {
+                400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                429 => "RESOURCE_EXHAUSTED",
+                503 => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            let mut details = Vec::new();
+            if let Some(d) = retry_delay {
+                details.push(json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{d}s")}));
+            }
+            if let Some(p) = param {
+                details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": [{"field": p, "description": message}]}));
+            }
+            json!({"error": {"code": status, "message": message, "status": grpc, "details": details}})
+        }
+    }
+}
+
+/// The texts of an OpenAI-compatible embeddings body, or why they are unusable.
+fn openai_inputs(body: &Value) -> Result<Vec<String>, String> {
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "`input` must hold strings".to_string())
+            })
+            .collect(),
+        _ => Err("`input` must be a string or a list of strings".into()),
+    }
+}
+
+fn gemini_inputs(body: &Value) -> Result<Vec<String>, String> {
+    let reqs = body
+        .get("requests")
+        .and_then(Value::as_array)
+        .ok_or("`requests` must be a list")?;
+    reqs.iter()
+        .map(|r| {
+            let parts = r
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .ok_or("each request needs content.parts")?;
+            Ok(parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""))
+        })
+        .collect()
+}
+
+fn last_message(body: &Value) -> Option<String> {
+    let content = body.get("messages")?.as_array()?.last()?.get("content")?;
+    Some(match content {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
+fn rate_headers(config: &ServerConfig, state: &State) -> Vec<(&'static str, String)> {
+    match config.requests_per_minute {
+        None => Vec::new(),
+        Some(limit) => {
+            let used = lock(&state.window).len() as u32;
+            vec![
+                ("x-ratelimit-limit-requests", limit.to_string()),
+                (
+                    "x-ratelimit-remaining-requests",
+                    limit.saturating_sub(used).to_string(),
+                ),
+                ("x-ratelimit-reset-requests", "60s".to_string()),
+            ]
+        }
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let raw = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Reset)?
+        .to_bytes();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let config = lock(&state.config).clone();
+    let fault = state.take_fault(&path);
+
+    let api = if path.starts_with("/v1beta/") {
+        Api::Gemini
+    } else {
+        Api::OpenAi
+    };
+    let route = if method != "POST" {
+        None
+    } else if path == "/v1/embeddings" {
+        Some("embeddings")
+    } else if path == "/v1/chat/completions" {
+        Some("chat")
+    } else if path.starts_with("/v1beta/models/") && path.ends_with(":batchEmbedContents") {
+        Some("gemini")
+    } else {
+        None
+    };
+    let inputs = match route {
+        Some("embeddings") => openai_inputs(&body),
+        Some("gemini") => gemini_inputs(&body),
+        _ => Ok(Vec::new()),
+    };
+    let n_inputs = match (&inputs, route) {
+        (_, Some("chat")) => 1,
+        (Ok(v), _) => v.len(),
+        _ => 0,
+    };
+
+    let (response, hang): (Option<Response<Full<Bytes>>>, Option<Duration>) = respond(
+        &state,
+        &config,
+        api,
+        route,
+        &body,
+        &headers,
+        &query,
+        inputs,
+        fault.as_ref(),
+    );
+    let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+    lock(&state.log).push(LoggedRequest {
+        method,
+        path,
+        headers,
+        body,
+        inputs: n_inputs,
+        status,
+        fault: fault.as_ref().map(FaultKind::label),
+        at: state.started.elapsed().as_secs_f64(),
+    });
+    let wait = hang.unwrap_or(config.latency);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    response.ok_or(Reset)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    state: &State,
+    config: &ServerConfig,
+    api: Api,
+    route: Option<&str>,
+    body: &Value,
+    headers: &[(String, String)],
+    query: &str,
+    inputs: Result<Vec<String>, String>,
+    fault: Option<&FaultKind>,
+) -> (Option<Response<Full<Bytes>>>, Option<Duration>) {
+    let mut hang = None;
+    match fault {
+        Some(FaultKind::Reset) => return (None, None),
+        Some(FaultKind::Status {
+            status,
+            retry_after,
+            retry_after_ms,
+            retry_delay,
+        }) => {
+            let mut extra = rate_headers(config, state);
+            if let Some(s) = retry_after {
+                extra.push(("retry-after", format!("{s}")));
+            }
+            if let Some(ms) = retry_after_ms {
+                extra.push(("retry-after-ms", ms.to_string()));
+            }
+            let msg = format!("scripted fault: status {status}");
+            let b = error_body(api, *status, &msg, None, *retry_delay);
+            return (Some(json_response(*status, &b, &extra)), None);
+        }
+        Some(FaultKind::Malformed) => {
+            return (
+                Some(bytes_response(
+                    200,
+                    Bytes::from_static(b"{\"data\": [{\"index\": 0, \"embed"),
+                    &[],
+                )),
+                None,
+            );
+        }
+        Some(FaultKind::Hang(d)) => hang = Some(*d),
+        Some(FaultKind::WrongCount) | None => {}
+    }
+    let Some(route) = route else {
+        let b = error_body(
+            api,
+            404,
+            "no such endpoint on the ferrobatch test server",
+            None,
+            None,
+        );
+        return (Some(json_response(404, &b, &[])), hang);
+    };
+    if let Some(expected) = &config.api_key {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let sent = match api {
+            Api::OpenAi => {
+                header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
+            }
+            Api::Gemini => header("x-goog-api-key").map(str::to_string).or_else(|| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("key="))
+                    .map(str::to_string)
+            }),
+        };
+        if sent.as_deref() != Some(expected.as_str()) {
+            let msg = format!("Incorrect API key provided: {}", sent.unwrap_or_default());
+            return (
+                Some(json_response(
+                    401,
+                    &error_body(api, 401, &msg, None, None),
+                    &[],
+                )),
+                hang,
+            );
+        }
+    }
+    if let Some(wait) = state.over_limit(config.requests_per_minute) {
+        let mut extra = rate_headers(config, state);
+        extra.push(("retry-after-ms", wait.as_millis().to_string()));
+        let b = error_body(
+            api,
+            429,
+            "rate limit reached for requests",
+            None,
+            Some(wait.as_secs_f64()),
+        );
+        return (Some(json_response(429, &b, &extra)), hang);
+    }
+    let extra = rate_headers(config, state);
+    let bad = |msg: String, param: Option<String>| {
+        (
+            Some(json_response(
+                400,
+                &error_body(api, 400, &msg, param, None),
+                &extra,
+            )),
+            hang,
+        )
+    };
+    let wrong_count = fault == Some(&FaultKind::WrongCount);
+    match route {
+        "chat" => {
+            if body.get("messages").and_then(Value::as_array).is_none() {
+                return bad("`messages` must be a list".into(), Some("messages".into()));
+            }
+            let last = last_message(body).unwrap_or_default();
+            if last.contains(REJECT_MARKER) {
+                return bad(
+                    "this message was rejected by the test server".into(),
+                    Some("messages".into()),
+                );
+            }
+            let reply = fake_reply(&last);
+            let prompt: u64 = body["messages"].as_array().map_or(0, |m| {
+                m.iter()
+                    .map(|x| {
+                        fake_tokens(&x.get("content").map(Value::to_string).unwrap_or_default())
+                    })
+                    .sum()
+            });
+            let completion = fake_tokens(&reply);
+            let n = state
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let created = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut answer = json!({
+                "id": format!("chatcmpl-fake-{n}"),
+                "object": "chat.completion",
+                "created": created,
+                "model": body.get("model").cloned().unwrap_or(Value::Null),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+            });
+            if wrong_count {
+                answer.as_object_mut().expect("an object").remove("choices");
+            }
+            (Some(json_response(200, &answer, &extra)), hang)
+        }
+        _ => {
+            let texts = match inputs {
+                Ok(t) => t,
+                Err(msg) => {
+                    return bad(
+                        msg,
+                        Some(
+                            if route == "gemini" {
+                                "requests"
+                            } else {
+                                "input"
+                            }
+                            .into(),
+                        ),
+                    )
+                }
+            };
+            let (cap, field) = if route == "gemini" {
+                (config.gemini_max_inputs, "requests")
+            } else {
+                (config.max_inputs, "input")
+            };
+            if texts.len() > cap {
+                return bad(
+                    format!("too many inputs in one request: {} > {cap}", texts.len()),
+                    None,
+                );
+            }
+            let param = |i: usize| {
+                if route == "gemini" {
+                    format!("requests[{i}].content")
+                } else {
+                    format!("{field}[{i}]")
+                }
+            };
+            if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+                return bad(format!("{field}[{i}] is empty"), Some(param(i)));
+            }
+            if let Some(i) = texts.iter().position(|t| t.contains(REJECT_MARKER)) {
+                return bad(
+                    format!("{field}[{i}] was rejected by the test server"),
+                    Some(param(i)),
+                );
+            }
+            let dims_field = if route == "gemini" {
+                "outputDimensionality"
+            } else {
+                "dimensions"
+            };
+            let dims = if route == "gemini" {
+                body.pointer(&format!("/requests/0/{dims_field}"))
+            } else {
+                body.get(dims_field)
+            }
+            .and_then(Value::as_u64)
+            .map_or(config.dimensions, |d| d as usize);
+            let mut vectors: Vec<Vec<f32>> =
+                texts.iter().map(|t| fake_embedding(t, dims)).collect();
+            if wrong_count {
+                vectors.pop();
+            }
+            let answer = if route == "gemini" {
+                json!({"embeddings": vectors.into_iter().map(|v| json!({"values": v})).collect::<Vec<_>>()})
+            } else {
+                let b64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+                let tokens: u64 = texts.iter().map(|t| fake_tokens(t)).sum();
+                let data: Vec<Value> = vectors
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let embedding = if b64 {
+                            let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+                        } else {
+                            Value::from(v)
+                        };
+                        json!({"object": "embedding", "index": i, "embedding": embedding})
+                    })
+                    .collect();
+                json!({"object": "list", "data": data, "model": body.get("model").cloned().unwrap_or(Value::Null),
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            };
+            (Some(json_response(200, &answer, &extra)), hang)
+        }
+    }
+}
