@@ -63,7 +63,8 @@ impl Core {
     #[new]
     #[pyo3(signature = (*, start, max_batch_size=-1, max_queue_time=None, concurrency=1,
                         max_queue_size=-1, on_full="reject", item_timeout=None,
-                        max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64())))]
+                        max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64()),
+                        single_item_batches=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -76,6 +77,7 @@ impl Core {
         item_timeout: Option<f64>,
         max_latency: Option<f64>,
         aging: Option<f64>,
+        single_item_batches: bool,
     ) -> PyResult<Self> {
         let max_queue_time = match max_queue_time {
             None => Some(0.01),
@@ -97,6 +99,7 @@ impl Core {
             item_timeout,
             max_latency,
             aging,
+            single_item_batches,
         })
         .map_err(to_pyerr)?;
         let crossing = Crossing::new(start);

@@ -5,7 +5,7 @@
 //! `RuntimeError`, ...). Multiple bases are not expressible with `create_exception!`, so the
 //! classes are built once with `type(name, bases, namespace)` and cached.
 
-use ferrobatch_core::{Error, StopReason};
+use ferrobatch_core::{Error, Provider, StopReason};
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -22,6 +22,20 @@ pub(crate) struct Exceptions {
     pub invalid_result: Py<PyType>,
     pub wrong_loop: Py<PyType>,
     pub stop_timeout: Py<PyType>,
+    pub invalid_input: Py<PyType>,
+    pub api: Py<PyType>,
+    pub api_status: Py<PyType>,
+    pub bad_request: Py<PyType>,
+    pub authentication: Py<PyType>,
+    pub permission_denied: Py<PyType>,
+    pub not_found: Py<PyType>,
+    pub conflict: Py<PyType>,
+    pub unprocessable: Py<PyType>,
+    pub rate_limit: Py<PyType>,
+    pub internal_server: Py<PyType>,
+    pub api_connection: Py<PyType>,
+    pub api_timeout: Py<PyType>,
+    pub response_format: Py<PyType>,
 }
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
@@ -63,7 +77,42 @@ impl Exceptions {
             "Base class of every ferrobatch error.",
         )?;
         let b = base.bind(py).clone();
+        let connection = py.get_type::<pyo3::exceptions::PyConnectionError>();
+        let api = make(py, "APIError", &[&b],
+            "An HTTP API call failed; `message`, `status` (None without a response), `body`, `code` and `param` say how.")?;
+        let a = api.bind(py).clone();
+        let api_status = make(
+            py,
+            "APIStatusError",
+            &[&a],
+            "The server answered with an error status (after any retries); `status` holds it.",
+        )?;
+        let st = api_status.bind(py).clone();
+        let api_connection = make(
+            py,
+            "APIConnectionError",
+            &[&a, &connection],
+            "The connection failed or broke before a response (after any retries).",
+        )?;
+        let conn = api_connection.bind(py).clone();
         Ok(Exceptions {
+            invalid_input: make(py, "InvalidInputError", &[&b, &value],
+                "An item cannot be sent as it is (an empty text, a body that is not JSON, ...).")?,
+            bad_request: make(py, "BadRequestError", &[&st], "HTTP 400: the server rejected the request.")?,
+            authentication: make(py, "AuthenticationError", &[&st], "HTTP 401: the API key is missing or wrong.")?,
+            permission_denied: make(py, "PermissionDeniedError", &[&st], "HTTP 403: the key may not do this.")?,
+            not_found: make(py, "NotFoundError", &[&st], "HTTP 404: no such model or endpoint.")?,
+            conflict: make(py, "ConflictError", &[&st], "HTTP 409, after retries.")?,
+            unprocessable: make(py, "UnprocessableEntityError", &[&st], "HTTP 422: the server could not process the request.")?,
+            rate_limit: make(py, "RateLimitError", &[&st], "HTTP 429, after retries.")?,
+            internal_server: make(py, "InternalServerError", &[&st], "HTTP 5xx, after retries.")?,
+            api_timeout: make(py, "APITimeoutError", &[&conn, &timeout],
+                "No response within the request timeout (after any retries); `timeout` is the limit.")?,
+            response_format: make(py, "ResponseFormatError", &[&a],
+                "The server's answer does not have the documented shape (malformed JSON, wrong number of embeddings, ...).")?,
+            api_connection,
+            api_status,
+            api,
             config: make(py, "ConfigError", &[&b, &value],
                 "A setting is out of range; `field` names it.")?,
             queue_full: make(py, "QueueFullError", &[&b],
@@ -94,6 +143,31 @@ fn reason_name(r: StopReason) -> &'static str {
     }
 }
 
+fn provider_name(p: Provider) -> &'static str {
+    match p {
+        Provider::OpenAi => "openai",
+        Provider::Gemini => "gemini",
+        _ => "unknown",
+    }
+}
+
+/// The attributes every `APIError` carries (openai-python's names, plus `status`).
+fn set_api_fields(
+    value: &Bound<'_, PyAny>,
+    status: Option<u16>,
+    message: &str,
+    body: Option<&str>,
+    code: Option<&str>,
+    param: Option<&str>,
+) -> PyResult<()> {
+    value.setattr("status", status)?;
+    value.setattr("status_code", status)?;
+    value.setattr("message", message)?;
+    value.setattr("body", body)?;
+    value.setattr("code", code)?;
+    value.setattr("param", param)
+}
+
 /// Build the exception instance for a core error (one instance may be shared by many items),
 /// with the error's structured fields as attributes.
 pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> {
@@ -104,6 +178,21 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         Error::Stopped { .. } => &ex.stopped,
         Error::ItemTimeout { .. } => &ex.item_timeout,
         Error::BatchSizeMismatch { .. } => &ex.size_mismatch,
+        Error::InvalidInput { .. } => &ex.invalid_input,
+        Error::Status { status, .. } => match status {
+            400 => &ex.bad_request,
+            401 => &ex.authentication,
+            403 => &ex.permission_denied,
+            404 => &ex.not_found,
+            409 => &ex.conflict,
+            422 => &ex.unprocessable,
+            429 => &ex.rate_limit,
+            500..=599 => &ex.internal_server,
+            _ => &ex.api_status,
+        },
+        Error::Timeout { .. } => &ex.api_timeout,
+        Error::Connection { .. } => &ex.api_connection,
+        Error::ResponseFormat { .. } => &ex.response_format,
         _ => &ex.base,
     };
     let value = ty
@@ -118,6 +207,29 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         Error::BatchSizeMismatch { expected, got } => value
             .setattr("expected", *expected)
             .and_then(|()| value.setattr("got", *got)),
+        Error::InvalidInput { reason } => value.setattr("reason", reason),
+        Error::Status {
+            provider,
+            status,
+            message,
+            body,
+            code,
+            param,
+        } => set_api_fields(
+            &value,
+            Some(*status),
+            message,
+            body.as_deref(),
+            code.as_deref(),
+            param.as_deref(),
+        )
+        .and_then(|()| value.setattr("provider", provider_name(*provider))),
+        Error::Timeout { after } => {
+            set_api_fields(&value, None, &err.to_string(), None, None, None)
+                .and_then(|()| value.setattr("timeout", after.as_secs_f64()))
+        }
+        Error::Connection { message } => set_api_fields(&value, None, message, None, None, None),
+        Error::ResponseFormat { reason } => set_api_fields(&value, None, reason, None, None, None),
         _ => Ok(()),
     };
     set.expect("exception instances take attributes");
@@ -156,6 +268,20 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &ex.invalid_result,
         &ex.wrong_loop,
         &ex.stop_timeout,
+        &ex.invalid_input,
+        &ex.api,
+        &ex.api_status,
+        &ex.bad_request,
+        &ex.authentication,
+        &ex.permission_denied,
+        &ex.not_found,
+        &ex.conflict,
+        &ex.unprocessable,
+        &ex.rate_limit,
+        &ex.internal_server,
+        &ex.api_connection,
+        &ex.api_timeout,
+        &ex.response_format,
     ] {
         let ty = ty.bind(py);
         m.add(ty.name()?, ty)?;

@@ -5,13 +5,21 @@
 //! - `batch`: `Batch`, one dispatched batch as the Python runner sees it;
 //! - `crossing`: how results cross into asyncio (one loop callback per batch);
 //! - `errors`: the exception tree and the one mapping from core errors;
-//! - `stats`: typed stats snapshots.
+//! - `stats`: typed stats snapshots;
+//! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
+//! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
+//! - `testserver`: the loopback test server for `ferrobatch.testing`.
 
 mod batch;
 mod batcher;
 mod crossing;
 mod errors;
+mod http;
+mod json;
+mod runtime;
 mod stats;
+mod task;
+mod testserver;
 
 use pyo3::prelude::*;
 
@@ -22,6 +30,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::Batch>()?;
     m.add_class::<stats::BatcherStats>()?;
     m.add_class::<stats::LatencySummary>()?;
+    m.add_class::<http::RateLimiter>()?;
+    m.add_class::<http::EmbeddingsClient>()?;
+    m.add_class::<http::ChatClient>()?;
+    m.add_class::<testserver::TestServer>()?;
+    m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     errors::register(m)?;
     Ok(())
 }

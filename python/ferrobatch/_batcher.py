@@ -72,6 +72,10 @@ class AsyncBatcher(Generic[T, S]):
       priority (None: no aging; starvation is then bounded only by `item_timeout`).
     """
 
+    # Whether max_batch_size=1 is accepted (async-batcher rejects it; subclasses that send one
+    # request per item accept it).
+    _single_item_batches = False
+
     def __init__(
         self,
         fn: BatchFn[T, S] | None = None,
@@ -124,6 +128,7 @@ class AsyncBatcher(Generic[T, S]):
             item_timeout=item_timeout,
             max_latency=max_latency,
             aging=aging,
+            single_item_batches=self._single_item_batches,
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}

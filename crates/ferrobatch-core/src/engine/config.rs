@@ -88,7 +88,7 @@ pub const DEFAULT_AGING: Duration = Duration::from_secs(1);
 /// limit" and times are seconds. [`UserConfig::default`] holds async-batcher's defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserConfig<'a> {
-    /// `-1` (no limit) or at least 2.
+    /// `-1` (no limit) or at least 2 (at least 1 with `single_item_batches`).
     pub max_batch_size: i64,
     /// Seconds `>= 0`, or `None` for "auto".
     pub max_queue_time: Option<f64>,
@@ -104,6 +104,10 @@ pub struct UserConfig<'a> {
     pub max_latency: Option<f64>,
     /// Seconds `> 0`, or `None` for no aging.
     pub aging: Option<f64>,
+    /// Accept `max_batch_size=1`. async-batcher rejects it, so `AsyncBatcher` does too; a
+    /// batcher whose batch function sends one request per item (chat) uses it to resolve
+    /// every item on its own.
+    pub single_item_batches: bool,
 }
 
 impl Default for UserConfig<'_> {
@@ -117,6 +121,7 @@ impl Default for UserConfig<'_> {
             item_timeout: None,
             max_latency: None,
             aging: Some(DEFAULT_AGING.as_secs_f64()),
+            single_item_batches: false,
         }
     }
 }
@@ -138,7 +143,7 @@ impl Config {
     pub fn from_user(user: &UserConfig<'_>) -> Result<Self, Error> {
         let max_batch_size = match user.max_batch_size {
             -1 => None,
-            n if n >= 2 => Some(nonzero(n)),
+            n if n >= 2 || (n == 1 && user.single_item_batches) => Some(nonzero(n)),
             n => {
                 return Err(Error::config(
                     "max_batch_size",

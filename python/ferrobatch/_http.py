@@ -1,0 +1,161 @@
+"""What the HTTP batchers share: settings resolution and the embedding batcher's body.
+
+Each batcher is an `AsyncBatcher` whose batch function is native: the whole batch goes to
+Rust in one call (HTTP, retries, rate limits, JSON) and comes back as one list with a value or
+an exception instance per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Optional, TypedDict, Union
+
+from ferrobatch._batcher import AsyncBatcher
+from ferrobatch._native import ConfigError, EmbeddingsClient, RateLimiter
+
+__all__ = ["BatcherOptions", "EmbeddingsBase", "ModelUsage", "Vector", "resolve_key"]
+
+#: An embedding: a list of floats, or a float32 numpy array with format="numpy".
+Vector = Any
+
+Prices = Mapping[str, Mapping[str, float]]
+
+
+class ModelUsage(TypedDict):
+    """What one model has used: requests whose answer was used, retried attempts, requests
+    that failed for good, tokens, and the cost in USD (None without a price for the model)."""
+
+    requests: int
+    retries: int
+    failed_requests: int
+    input_tokens: int
+    output_tokens: int
+    cost: Optional[float]
+
+
+class BatcherOptions(TypedDict, total=False):
+    """The `AsyncBatcher` keywords every HTTP batcher takes."""
+
+    max_batch_size: int
+    max_queue_time: Union[float, Literal["auto"]]
+    concurrency: int
+    max_queue_size: int
+    on_full: Literal["reject", "wait"]
+    item_timeout: Optional[float]
+    max_latency: Optional[float]
+    aging: Optional[float]
+
+
+def resolve_key(api_key: str | None, env: Sequence[str]) -> str | None:
+    """`api_key`, else the first of the environment variables `env` that is set."""
+    if api_key is not None:
+        return api_key
+    for name in env:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def require_key(key: str | None, base_url: str, official: str, env: Sequence[str]) -> None:
+    """The official endpoint needs a key; a self-hosted one may not."""
+    if key is None and base_url.rstrip("/") == official:
+        raise ConfigError(
+            f"no API key for {official}: pass api_key=... or set {' or '.join(env)}"
+        )
+
+
+def merged_headers(headers: Mapping[str, str] | None, **named: str | None) -> dict[str, str]:
+    out = dict(headers or {})
+    for name, value in named.items():
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def check_texts(texts: Iterable[Any]) -> list[str]:
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+    return out
+
+
+class EmbeddingsBase(AsyncBatcher[str, Vector]):
+    """An embedding batcher: `await emb.embed(text)` gives that text's vector."""
+
+    _client: EmbeddingsClient
+    model: str
+
+    def __init__(self, client: EmbeddingsClient, model: str, options: BatcherOptions) -> None:
+        self._client = client
+        self.model = model
+        super().__init__(**options)
+
+    async def process_batch(self, batch: list[str]) -> list[Vector | BaseException]:
+        result: list[Vector | BaseException] = await self._client.embed(batch)
+        return result
+
+    def embed(self, text: str, priority: int = 0) -> asyncio.Future[Vector]:
+        """Queue one text; a Future of its vector. Raises TypeError for a non-str at once."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        fut: asyncio.Future[Vector] = self._core.process(text, priority)
+        return fut
+
+    def process(self, item: str, priority: int = 0) -> asyncio.Future[Vector]:
+        """Same as `embed` (the `AsyncBatcher` spelling)."""
+        return self.embed(item, priority)
+
+    def embed_many(self, texts: Iterable[str], priority: int = 0) -> asyncio.Future[list[Vector]]:
+        """Queue many texts; one Future of their vectors in order (it fails with the first
+        error, like `asyncio.gather`)."""
+        fut: asyncio.Future[list[Vector]] = self._core.process_many(check_texts(texts), priority)
+        return fut
+
+    def process_many(self, items: Iterable[str], priority: int = 0) -> asyncio.Future[list[Vector]]:
+        """Same as `embed_many`."""
+        return self.embed_many(items, priority)
+
+    def usage(self) -> dict[str, ModelUsage]:
+        """Requests, retries, failed requests, tokens and cost, per model."""
+        usage: dict[str, ModelUsage] = self._client.usage()
+        return usage
+
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
+    def __repr__(self) -> str:
+        state = "running" if self._core.accepting else "stopped"
+        return (
+            f"<{type(self).__name__} {state} model={self.model!r} base_url={self.base_url!r} "
+            f"max_batch_size={self.max_batch_size} concurrency={self.concurrency}>"
+        )
+
+
+def client_kwargs(
+    *,
+    base_url: str,
+    api_key: str | None,
+    headers: Mapping[str, str] | None,
+    timeout: float,
+    max_retries: int,
+    initial_backoff: float,
+    max_backoff: float,
+    rate_limiter: RateLimiter | None,
+    prices: Prices | None,
+) -> dict[str, Any]:
+    return {
+        "base_url": base_url,
+        "api_key": api_key,
+        "headers": dict(headers) if headers else None,
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "initial_backoff": initial_backoff,
+        "max_backoff": max_backoff,
+        "rate_limiter": rate_limiter,
+        "prices": {k: dict(v) for k, v in prices.items()} if prices else None,
+    }

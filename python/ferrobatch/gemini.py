@@ -1,0 +1,103 @@
+"""A batcher for the Gemini API's `batchEmbedContents`.
+
+```python
+g = Embeddings(model="gemini-embedding-001", task_type="RETRIEVAL_DOCUMENT",
+               output_dimensionality=768)     # key from GEMINI_API_KEY, then GOOGLE_API_KEY
+vec = await g.embed("hello")
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from ferrobatch._http import (
+    BatcherOptions,
+    EmbeddingsBase,
+    Prices,
+    client_kwargs,
+    require_key,
+    resolve_key,
+)
+from ferrobatch._native import EmbeddingsClient, RateLimiter
+
+__all__ = ["DEFAULT_BASE_URL", "Embeddings"]
+
+#: The official endpoint.
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+class Embeddings(EmbeddingsBase):
+    """Batched `POST {base_url}/models/{model}:batchEmbedContents` (key in the
+    `x-goog-api-key` header): one call per batch, split at `max_inputs_per_request` (the API's
+    cap is 100), vectors in input order.
+
+    The API reports no token usage, so `usage()` counts tokens by the chars/4 estimate.
+    """
+
+    def __init__(
+        self,
+        model: str = "gemini-embedding-001",
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        task_type: str | None = None,
+        title: str | None = None,
+        output_dimensionality: int | None = None,
+        format: Literal["list", "numpy"] = "list",
+        max_batch_size: int = 100,
+        max_queue_time: float | Literal["auto"] = 0.02,
+        concurrency: int = 8,
+        max_queue_size: int = -1,
+        on_full: Literal["reject", "wait"] = "reject",
+        item_timeout: float | None = None,
+        max_latency: float | None = None,
+        aging: float | None = 1.0,
+        max_retries: int = 2,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        timeout: float = 60.0,
+        rate_limiter: RateLimiter | None = None,
+        prices: Prices | None = None,
+        max_inputs_per_request: int = 100,
+        max_tokens_per_request: int = 300_000,
+    ) -> None:
+        key = resolve_key(api_key, _KEY_ENV)
+        require_key(key, base_url, DEFAULT_BASE_URL, _KEY_ENV)
+        client = EmbeddingsClient(
+            "gemini",
+            model,
+            **client_kwargs(
+                base_url=base_url,
+                api_key=key,
+                headers=headers,
+                timeout=timeout,
+                max_retries=max_retries,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+                rate_limiter=rate_limiter,
+                prices=prices,
+            ),
+            dimensions=output_dimensionality,
+            encoding_format="float",
+            max_inputs_per_request=max_inputs_per_request,
+            max_tokens_per_request=max_tokens_per_request,
+            task_type=task_type,
+            title=title,
+            user=None,
+            format=format,
+        )
+        options: BatcherOptions = {
+            "max_batch_size": max_batch_size,
+            "max_queue_time": max_queue_time,
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "item_timeout": item_timeout,
+            "max_latency": max_latency,
+            "aging": aging,
+        }
+        super().__init__(client, model, options)

@@ -1,0 +1,238 @@
+"""Batchers for OpenAI-compatible APIs (OpenAI, Azure-style gateways, vLLM, Ollama, DeepSeek,
+... any `base_url`): `Embeddings` and `ChatCompletions`.
+
+```python
+emb = Embeddings(model="text-embedding-3-small")     # key from OPENAI_API_KEY
+vec = await emb.embed("hello")
+chat = ChatCompletions(model="deepseek-chat", base_url="https://api.deepseek.com/v1", api_key=...)
+resp = await chat.create(messages=[{"role": "user", "content": "hi"}], temperature=0.2)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from ferrobatch._batcher import AsyncBatcher
+from ferrobatch._http import (
+    BatcherOptions,
+    EmbeddingsBase,
+    ModelUsage,
+    Prices,
+    Vector,
+    client_kwargs,
+    merged_headers,
+    require_key,
+    resolve_key,
+)
+from ferrobatch._native import ChatClient, EmbeddingsClient, RateLimiter
+
+__all__ = ["DEFAULT_BASE_URL", "ChatCompletions", "Embeddings"]
+
+#: The official endpoint; `OPENAI_BASE_URL` overrides it when `base_url` is not given.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_KEY_ENV = ("OPENAI_API_KEY",)
+
+
+def _base_url(base_url: str | None) -> str:
+    return base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
+class Embeddings(EmbeddingsBase):
+    """Batched `POST {base_url}/embeddings`: one HTTP request per batch (split to stay within
+    `max_inputs_per_request` and `max_tokens_per_request`), vectors matched by `index`.
+
+    Vectors travel as base64 float32 (`encoding_format="base64"`, decoded in Rust; a server
+    that refuses it is asked for floats from then on). `format="numpy"` gives float32 arrays
+    instead of lists. An input the server rejects by position (`param: "input[3]"`) fails
+    alone; the rest are sent again.
+    """
+
+    def __init__(
+        self,
+        model: str = "text-embedding-3-small",
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        dimensions: int | None = None,
+        format: Literal["list", "numpy"] = "list",
+        encoding_format: Literal["base64", "float"] = "base64",
+        user: str | None = None,
+        max_batch_size: int = 256,
+        max_queue_time: float | Literal["auto"] = 0.02,
+        concurrency: int = 8,
+        max_queue_size: int = -1,
+        on_full: Literal["reject", "wait"] = "reject",
+        item_timeout: float | None = None,
+        max_latency: float | None = None,
+        aging: float | None = 1.0,
+        max_retries: int = 2,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        timeout: float = 60.0,
+        rate_limiter: RateLimiter | None = None,
+        prices: Prices | None = None,
+        max_inputs_per_request: int = 2048,
+        max_tokens_per_request: int = 300_000,
+    ) -> None:
+        url = _base_url(base_url)
+        key = resolve_key(api_key, _KEY_ENV)
+        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        client = EmbeddingsClient(
+            "openai",
+            model,
+            **client_kwargs(
+                base_url=url,
+                api_key=key,
+                headers=merged_headers(
+                    headers, **{"OpenAI-Organization": organization, "OpenAI-Project": project}
+                ),
+                timeout=timeout,
+                max_retries=max_retries,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+                rate_limiter=rate_limiter,
+                prices=prices,
+            ),
+            dimensions=dimensions,
+            encoding_format=encoding_format,
+            max_inputs_per_request=max_inputs_per_request,
+            max_tokens_per_request=max_tokens_per_request,
+            task_type=None,
+            title=None,
+            user=user,
+            format=format,
+        )
+        options: BatcherOptions = {
+            "max_batch_size": max_batch_size,
+            "max_queue_time": max_queue_time,
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "item_timeout": item_timeout,
+            "max_latency": max_latency,
+            "aging": aging,
+        }
+        super().__init__(client, model, options)
+
+
+class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
+    """Batched `POST {base_url}/chat/completions`: one HTTP request per item (the API takes
+    one conversation per request), `concurrency` at a time, each response returned as a dict.
+
+    Body fields other than `messages` pass through untouched (`temperature`, `tools`,
+    `response_format`, ...). With the default `max_batch_size=1` each call resolves as soon as
+    its own response arrives; a larger batch sends its items concurrently and resolves them
+    together, trading latency for fewer crossings into Python.
+    """
+
+    _single_item_batches = True
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_batch_size: int = 1,
+        max_queue_time: float | Literal["auto"] = 0.0,
+        concurrency: int = 16,
+        max_queue_size: int = -1,
+        on_full: Literal["reject", "wait"] = "reject",
+        item_timeout: float | None = None,
+        max_latency: float | None = None,
+        aging: float | None = 1.0,
+        max_retries: int = 2,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        timeout: float = 600.0,
+        rate_limiter: RateLimiter | None = None,
+        prices: Prices | None = None,
+    ) -> None:
+        url = _base_url(base_url)
+        key = resolve_key(api_key, _KEY_ENV)
+        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        self._client = ChatClient(
+            model,
+            **client_kwargs(
+                base_url=url,
+                api_key=key,
+                headers=merged_headers(
+                    headers, **{"OpenAI-Organization": organization, "OpenAI-Project": project}
+                ),
+                timeout=timeout,
+                max_retries=max_retries,
+                initial_backoff=initial_backoff,
+                max_backoff=max_backoff,
+                rate_limiter=rate_limiter,
+                prices=prices,
+            ),
+        )
+        self.model = model
+        super().__init__(
+            max_batch_size=max_batch_size,
+            max_queue_time=max_queue_time,
+            concurrency=concurrency,
+            max_queue_size=max_queue_size,
+            on_full=on_full,
+            item_timeout=item_timeout,
+            max_latency=max_latency,
+            aging=aging,
+        )
+
+    async def process_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        result: list[Any] = await self._client.create_many(batch)
+        return result
+
+    def create(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        priority: int = 0,
+        **body: Any,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Queue one chat completion request; a Future of the response dict.
+
+        `messages` and every other keyword form the request body (`model` defaults to the
+        batcher's). Raises TypeError at once when `messages` is missing.
+        """
+        if messages is None and "messages" not in body:
+            raise TypeError("create() needs messages=[...]")
+        if messages is not None:
+            body["messages"] = [dict(m) for m in messages]
+        fut: asyncio.Future[dict[str, Any]] = self._core.process(body, priority)
+        return fut
+
+    def process(self, item: dict[str, Any], priority: int = 0) -> asyncio.Future[dict[str, Any]]:
+        """Queue one whole request body (a dict with `messages`)."""
+        if not isinstance(item, dict):
+            raise TypeError(f"a chat request body must be a dict, got {type(item).__name__}")
+        fut: asyncio.Future[dict[str, Any]] = self._core.process(item, priority)
+        return fut
+
+    def usage(self) -> dict[str, ModelUsage]:
+        """Requests, retries, failed requests, tokens and cost, per model."""
+        usage: dict[str, ModelUsage] = self._client.usage()
+        return usage
+
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
+    def __repr__(self) -> str:
+        state = "running" if self._core.accepting else "stopped"
+        return (
+            f"<ChatCompletions {state} model={self.model!r} base_url={self.base_url!r} "
+            f"concurrency={self.concurrency}>"
+        )
+
+

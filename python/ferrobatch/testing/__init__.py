@@ -1,0 +1,174 @@
+"""A fake AI API server on 127.0.0.1, for testing pipelines without spending money.
+
+`FakeServer` speaks the OpenAI-compatible `/v1/embeddings` and `/v1/chat/completions` and
+Gemini's `/v1beta/models/{model}:batchEmbedContents`. It runs in Rust on ferrobatch's own
+runtime, so it is never the bottleneck of a benchmark.
+
+Its answers are FAKE: an embedding is a unit vector drawn from a pseudo-random stream seeded
+by a hash of the text (the same text always gives the same vector; meaning is not captured;
+see `fake_embedding`), and a chat answer is "fake reply to: <last message>".
+
+```python
+with FakeServer(latency=0.02) as server:
+    emb = Embeddings(base_url=server.openai_base_url, api_key="test")
+    server.fault("status", status=429, retry_after=0.1)   # the next request gets a 429
+    ...
+    assert server.request_count() == 2
+```
+
+Scripted faults (`fault(kind, ...)`), applied in order to the next matching requests:
+`"status"` (any status, with `retry_after` seconds, `retry_after_ms`, or Gemini's
+`retry_delay`), `"reset"` (the connection is closed without an answer), `"hang"` (the answer
+comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), and
+`"wrong_count"` (one embedding too few; a chat answer without `choices`). Any input containing
+`REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key` set, other
+keys get a 401 whose message echoes the key sent (as some servers do). With
+`requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and
+`x-ratelimit-*` headers.
+
+With pytest, the `fake_ai_server` fixture (from the plugin this package registers) gives a
+fresh server per test.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, Literal, Optional, TypedDict
+
+from ferrobatch._native import TestServer, fake_embedding
+
+__all__ = ["REJECT_MARKER", "FakeServer", "LoggedRequest", "fake_embedding"]
+
+#: Any input containing this text is rejected alone, with a 400 naming its position.
+REJECT_MARKER = "ferrobatch:reject"
+
+FaultKind = Literal["status", "reset", "hang", "malformed", "wrong_count"]
+
+
+class LoggedRequest(TypedDict):
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    inputs: int
+    status: int
+    fault: Optional[str]
+    at: float
+
+
+class FakeServer:
+    """A running fake server; a context manager that stops it on exit."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        dimensions: int = 1536,
+        max_inputs: int = 2048,
+        gemini_max_inputs: int = 100,
+        api_key: str | None = None,
+        requests_per_minute: int | None = None,
+    ) -> None:
+        self._server = TestServer(
+            host=host,
+            port=port,
+            latency=latency,
+            dimensions=dimensions,
+            max_inputs=max_inputs,
+            gemini_max_inputs=gemini_max_inputs,
+            api_key=api_key,
+            requests_per_minute=requests_per_minute,
+        )
+        self.dimensions = dimensions
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`."""
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def openai_base_url(self) -> str:
+        """The `base_url` for OpenAI-compatible clients: `{url}/v1`."""
+        return self._server.url + "/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        """The `base_url` for Gemini clients: `{url}/v1beta`."""
+        return self._server.url + "/v1beta"
+
+    @property
+    def latency(self) -> float:
+        """Seconds added before every answer (settable)."""
+        return self._server.latency
+
+    @latency.setter
+    def latency(self, value: float) -> None:
+        self._server.latency = value
+
+    def fault(
+        self,
+        kind: FaultKind,
+        *,
+        times: int = 1,
+        path: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retry_after_ms: int | None = None,
+        retry_delay: float | None = None,
+        duration: float = 3600.0,
+    ) -> None:
+        """Script a fault for the next `times` requests whose path contains `path`."""
+        self._server.add_fault(
+            kind,
+            times=times,
+            path=path,
+            status=status,
+            retry_after=retry_after,
+            retry_after_ms=retry_after_ms,
+            retry_delay=retry_delay,
+            duration=duration,
+        )
+
+    def clear_faults(self) -> None:
+        self._server.clear_faults()
+
+    def pending_faults(self) -> int:
+        """Scripted fault hits not yet used."""
+        return self._server.pending_faults()
+
+    def requests(self, path: str | None = None) -> list[LoggedRequest]:
+        """Every request received (whose path contains `path`), oldest first."""
+        log: list[LoggedRequest] = self._server.requests()
+        return [r for r in log if path is None or path in r["path"]]
+
+    def request_count(self) -> int:
+        return self._server.request_count()
+
+    def clear_requests(self) -> None:
+        self._server.clear_requests()
+
+    def stop(self) -> None:
+        """Stop serving; requests in progress are dropped."""
+        self._server.stop()
+
+    def __enter__(self) -> FakeServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"FakeServer(url={self.url!r})"

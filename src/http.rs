@@ -1,0 +1,507 @@
+//! The native halves of the HTTP batchers: `EmbeddingsClient` (OpenAI-compatible or Gemini),
+//! `ChatClient` and the shareable `RateLimiter`. Each call takes a whole batch, runs it on the
+//! shared runtime (HTTP, retries, JSON) and resolves one asyncio Future with one result per
+//! item — a value, or an exception instance for that item alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrobatch_core::http::embed::{embed_all, Vector};
+use ferrobatch_core::http::{
+    gemini, openai, ApiKey, Auth, Price, Transport, TransportConfig, UsageBook,
+};
+use ferrobatch_core::{Error, Provider};
+use futures_util::future::join_all;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyDict, PyList};
+use serde_json::Value;
+
+use crate::errors::{self, to_pyerr};
+use crate::json;
+use crate::task::{self, Outcome};
+
+fn config_error(field: &'static str, reason: impl Into<String>) -> PyErr {
+    to_pyerr(Error::InvalidConfig {
+        field,
+        reason: reason.into(),
+    })
+}
+
+/// A requests-per-minute and tokens-per-minute budget, shareable between clients; a 429 seen by
+/// any of them pauses them all until the server's retry time.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct RateLimiter {
+    pub(crate) inner: Arc<ferrobatch_core::http::RateLimiter>,
+    rpm: Option<f64>,
+    tpm: Option<f64>,
+}
+
+#[pymethods]
+impl RateLimiter {
+    #[new]
+    #[pyo3(signature = (requests_per_minute=None, tokens_per_minute=None))]
+    fn new(requests_per_minute: Option<f64>, tokens_per_minute: Option<f64>) -> PyResult<Self> {
+        let inner = ferrobatch_core::http::RateLimiter::new(requests_per_minute, tokens_per_minute)
+            .map_err(to_pyerr)?;
+        Ok(RateLimiter {
+            inner: Arc::new(inner),
+            rpm: requests_per_minute,
+            tpm: tokens_per_minute,
+        })
+    }
+
+    #[getter]
+    fn requests_per_minute(&self) -> Option<f64> {
+        self.rpm
+    }
+
+    #[getter]
+    fn tokens_per_minute(&self) -> Option<f64> {
+        self.tpm
+    }
+
+    fn __repr__(&self) -> String {
+        let show = |v: Option<f64>| v.map_or("None".to_string(), |x| x.to_string());
+        format!(
+            "RateLimiter(requests_per_minute={}, tokens_per_minute={})",
+            show(self.rpm),
+            show(self.tpm)
+        )
+    }
+}
+
+/// The settings every client shares, as Python passes them.
+struct Common<'py> {
+    base_url: String,
+    api_key: Option<String>,
+    headers: Option<Bound<'py, PyDict>>,
+    timeout: f64,
+    max_retries: i64,
+    initial_backoff: f64,
+    max_backoff: f64,
+    rate_limiter: Option<Bound<'py, RateLimiter>>,
+    prices: Option<Bound<'py, PyDict>>,
+}
+
+fn prices(dict: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, Price>> {
+    let mut out = BTreeMap::new();
+    let Some(dict) = dict else { return Ok(out) };
+    for (model, p) in dict.iter() {
+        let model: String = model
+            .extract()
+            .map_err(|_| config_error("prices", "keys must be model names (str)"))?;
+        let p = p.cast::<PyDict>().map_err(|_| {
+            config_error(
+                "prices",
+                format!("prices[{model:?}] must be a dict like {{'input': 0.02, 'output': 0.0}}"),
+            )
+        })?;
+        let mut price = Price::default();
+        for (k, v) in p.iter() {
+            let k: String = k.extract().unwrap_or_default();
+            let v: f64 = v
+                .extract()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| {
+                    config_error(
+                        "prices",
+                        format!("prices[{model:?}][{k:?}] must be USD per 1M tokens >= 0"),
+                    )
+                })?;
+            match k.as_str() {
+                "input" => price.input = v,
+                "output" => price.output = v,
+                _ => {
+                    return Err(config_error(
+                        "prices",
+                        format!(
+                            "prices[{model:?}] has unknown key {k:?} (use 'input' and 'output')"
+                        ),
+                    ))
+                }
+            }
+        }
+        out.insert(model, price);
+    }
+    Ok(out)
+}
+
+fn transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<Transport> {
+    let mut headers = Vec::new();
+    if let Some(h) = &c.headers {
+        for (k, v) in h.iter() {
+            match (k.extract::<String>(), v.extract::<String>()) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => return Err(config_error("headers", "must map str to str")),
+            }
+        }
+    }
+    let retry =
+        ferrobatch_core::http::RetryPolicy::new(c.max_retries, c.initial_backoff, c.max_backoff)
+            .map_err(to_pyerr)?;
+    if !(c.timeout.is_finite() && c.timeout > 0.0) {
+        return Err(config_error(
+            "timeout",
+            format!("must be seconds > 0, got {}", c.timeout),
+        ));
+    }
+    let limiter = match &c.rate_limiter {
+        Some(l) => Arc::clone(&l.get().inner),
+        None => Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?),
+    };
+    let config = TransportConfig {
+        provider,
+        base_url: c.base_url.clone(),
+        api_key: c.api_key.clone().and_then(ApiKey::new),
+        auth,
+        headers,
+        timeout: Duration::from_secs_f64(c.timeout),
+        retry,
+        limiter,
+    };
+    let usage = UsageBook::new(prices(c.prices.as_ref())?);
+    Transport::new(config, usage).map_err(to_pyerr)
+}
+
+fn usage_dict<'py>(py: Python<'py>, t: &Transport) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for (model, u) in t.usage().snapshot() {
+        let d = PyDict::new(py);
+        d.set_item("requests", u.requests)?;
+        d.set_item("retries", u.retries)?;
+        d.set_item("failed_requests", u.failed_requests)?;
+        d.set_item("input_tokens", u.input_tokens)?;
+        d.set_item("output_tokens", u.output_tokens)?;
+        d.set_item("cost", u.cost)?;
+        out.set_item(model, d)?;
+    }
+    Ok(out)
+}
+
+enum EmbeddingApi {
+    OpenAi(openai::Embeddings),
+    Gemini(gemini::Embeddings),
+}
+
+struct Embedder {
+    api: EmbeddingApi,
+    transport: Transport,
+    max_inputs: usize,
+    max_tokens: u64,
+}
+
+impl Embedder {
+    async fn embed(&self, texts: Vec<String>) -> Vec<Result<Vector, Error>> {
+        match &self.api {
+            EmbeddingApi::OpenAi(a) => {
+                embed_all(a, &self.transport, &texts, self.max_inputs, self.max_tokens).await
+            }
+            EmbeddingApi::Gemini(a) => {
+                embed_all(a, &self.transport, &texts, self.max_inputs, self.max_tokens).await
+            }
+        }
+    }
+}
+
+static NUMPY: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// `numpy.frombuffer` and `numpy.float32`, imported once.
+fn numpy(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
+    NUMPY.get_or_try_init(py, || {
+        let np = py.import("numpy").map_err(|_| {
+            pyo3::exceptions::PyImportError::new_err(
+                "format='numpy' needs numpy: pip install numpy",
+            )
+        })?;
+        Ok((
+            np.getattr("frombuffer")?.unbind(),
+            np.getattr("float32")?.unbind(),
+        ))
+    })
+}
+
+/// The native half of the embedding batchers.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct EmbeddingsClient {
+    inner: Arc<Embedder>,
+    as_numpy: bool,
+    model: String,
+}
+
+#[pymethods]
+impl EmbeddingsClient {
+    #[new]
+    #[pyo3(signature = (provider, model, *, base_url, api_key, headers, timeout, max_retries,
+                        initial_backoff, max_backoff, rate_limiter, prices, dimensions,
+                        encoding_format, max_inputs_per_request, max_tokens_per_request,
+                        task_type, title, user, format))]
+    #[allow(clippy::too_many_arguments)]
+    fn new<'py>(
+        py: Python<'py>,
+        provider: &str,
+        model: String,
+        base_url: String,
+        api_key: Option<String>,
+        headers: Option<Bound<'py, PyDict>>,
+        timeout: f64,
+        max_retries: i64,
+        initial_backoff: f64,
+        max_backoff: f64,
+        rate_limiter: Option<Bound<'py, RateLimiter>>,
+        prices: Option<Bound<'py, PyDict>>,
+        dimensions: Option<u32>,
+        encoding_format: &str,
+        max_inputs_per_request: Option<usize>,
+        max_tokens_per_request: Option<u64>,
+        task_type: Option<String>,
+        title: Option<String>,
+        user: Option<String>,
+        format: &str,
+    ) -> PyResult<Self> {
+        let common = Common {
+            base_url,
+            api_key,
+            headers,
+            timeout,
+            max_retries,
+            initial_backoff,
+            max_backoff,
+            rate_limiter,
+            prices,
+        };
+        if model.trim().is_empty() {
+            return Err(config_error("model", "must name a model"));
+        }
+        let as_numpy = match format {
+            "list" => false,
+            "numpy" => {
+                numpy(py)?;
+                true
+            }
+            other => {
+                return Err(config_error(
+                    "format",
+                    format!("must be 'list' or 'numpy', got {other:?}"),
+                ))
+            }
+        };
+        if dimensions == Some(0) {
+            return Err(config_error("dimensions", "must be at least 1"));
+        }
+        let (api, transport, cap) = match provider {
+            "openai" => {
+                let encoding = match encoding_format {
+                    "base64" => openai::EncodingFormat::Base64,
+                    "float" => openai::EncodingFormat::Float,
+                    other => {
+                        return Err(config_error(
+                            "encoding_format",
+                            format!("must be 'base64' or 'float', got {other:?}"),
+                        ))
+                    }
+                };
+                let api = openai::Embeddings::new(model.clone(), dimensions, encoding, user);
+                (
+                    EmbeddingApi::OpenAi(api),
+                    transport(Provider::OpenAi, Auth::Bearer, &common)?,
+                    openai::MAX_INPUTS,
+                )
+            }
+            "gemini" => {
+                let api = gemini::Embeddings::new(&model, task_type, dimensions, title);
+                (
+                    EmbeddingApi::Gemini(api),
+                    transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
+                    gemini::MAX_INPUTS,
+                )
+            }
+            other => {
+                return Err(config_error(
+                    "provider",
+                    format!("must be 'openai' or 'gemini', got {other:?}"),
+                ))
+            }
+        };
+        let max_inputs = max_inputs_per_request.unwrap_or(cap);
+        if max_inputs == 0 {
+            return Err(config_error("max_inputs_per_request", "must be at least 1"));
+        }
+        let max_tokens = max_tokens_per_request.unwrap_or(openai::MAX_TOKENS);
+        if max_tokens == 0 {
+            return Err(config_error("max_tokens_per_request", "must be at least 1"));
+        }
+        Ok(EmbeddingsClient {
+            inner: Arc::new(Embedder {
+                api,
+                transport,
+                max_inputs,
+                max_tokens,
+            }),
+            as_numpy,
+            model,
+        })
+    }
+
+    /// Embed a batch of texts: a Future of one vector (or exception instance) per text.
+    fn embed(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Py<PyAny>> {
+        let inner = Arc::clone(&self.inner);
+        let as_numpy = self.as_numpy;
+        task::spawn(py, async move {
+            let results = inner.embed(texts).await;
+            Box::new(move |py: Python<'_>| vectors_to_py(py, results, as_numpy)) as Outcome
+        })
+    }
+
+    /// Requests, retries, failed requests, tokens and cost per model.
+    fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        usage_dict(py, &self.inner.transport)
+    }
+
+    #[getter]
+    fn base_url(&self) -> &str {
+        self.inner.transport.base_url()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "EmbeddingsClient(model={:?}, base_url={:?})",
+            self.model,
+            self.inner.transport.base_url()
+        )
+    }
+}
+
+fn vectors_to_py(
+    py: Python<'_>,
+    results: Vec<Result<Vector, Error>>,
+    as_numpy: bool,
+) -> PyResult<Py<PyAny>> {
+    let np = if as_numpy { Some(numpy(py)?) } else { None };
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(match r {
+            Ok(v) => match np {
+                None => PyList::new(py, v.iter().map(|x| f64::from(*x)))?.into_any(),
+                Some((frombuffer, dtype)) => {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    // A bytearray, so that the array is writable.
+                    let buf = PyByteArray::new(py, &bytes);
+                    frombuffer.bind(py).call1((buf, dtype.bind(py)))?
+                }
+            },
+            Err(e) => errors::exception(py, &e),
+        });
+    }
+    Ok(PyList::new(py, out)?.into_any().unbind())
+}
+
+struct Chatter {
+    chat: openai::Chat,
+    transport: Transport,
+}
+
+/// The native half of the chat batcher.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct ChatClient {
+    inner: Arc<Chatter>,
+}
+
+#[pymethods]
+impl ChatClient {
+    #[new]
+    #[pyo3(signature = (model, *, base_url, api_key, headers, timeout, max_retries,
+                        initial_backoff, max_backoff, rate_limiter, prices))]
+    #[allow(clippy::too_many_arguments)]
+    fn new<'py>(
+        model: String,
+        base_url: String,
+        api_key: Option<String>,
+        headers: Option<Bound<'py, PyDict>>,
+        timeout: f64,
+        max_retries: i64,
+        initial_backoff: f64,
+        max_backoff: f64,
+        rate_limiter: Option<Bound<'py, RateLimiter>>,
+        prices: Option<Bound<'py, PyDict>>,
+    ) -> PyResult<Self> {
+        let common = Common {
+            base_url,
+            api_key,
+            headers,
+            timeout,
+            max_retries,
+            initial_backoff,
+            max_backoff,
+            rate_limiter,
+            prices,
+        };
+        if model.trim().is_empty() {
+            return Err(config_error("model", "must name a model"));
+        }
+        Ok(ChatClient {
+            inner: Arc::new(Chatter {
+                chat: openai::Chat { model },
+                transport: transport(Provider::OpenAi, Auth::Bearer, &common)?,
+            }),
+        })
+    }
+
+    /// Send a batch of chat request bodies (dicts), one HTTP request each, concurrently: a
+    /// Future of one response dict (or exception instance) per body.
+    fn create_many(&self, py: Python<'_>, bodies: Vec<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let parsed: Vec<Result<serde_json::Map<String, Value>, Error>> = bodies
+            .iter()
+            .map(|b| match json::to_json(b, "body") {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => Err(Error::InvalidInput {
+                    reason: "a chat request body must be a dict".to_string(),
+                }),
+                Err(reason) => Err(Error::InvalidInput { reason }),
+            })
+            .collect();
+        let inner = Arc::clone(&self.inner);
+        task::spawn(py, async move {
+            let calls = parsed.into_iter().map(|p| {
+                let inner = &inner;
+                async move {
+                    match p {
+                        Ok(body) => inner.chat.create(&inner.transport, body).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            });
+            let results = join_all(calls).await;
+            Box::new(move |py: Python<'_>| {
+                let mut out = Vec::with_capacity(results.len());
+                for r in &results {
+                    out.push(match r {
+                        Ok(v) => json::to_py(py, v)?,
+                        Err(e) => errors::exception(py, e),
+                    });
+                }
+                Ok(PyList::new(py, out)?.into_any().unbind())
+            }) as Outcome
+        })
+    }
+
+    /// Requests, retries, failed requests, tokens and cost per model.
+    fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        usage_dict(py, &self.inner.transport)
+    }
+
+    #[getter]
+    fn base_url(&self) -> &str {
+        self.inner.transport.base_url()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ChatClient(model={:?}, base_url={:?})",
+            self.inner.chat.model,
+            self.inner.transport.base_url()
+        )
+    }
+}
