@@ -2,20 +2,37 @@
 
 `await batcher.process(item)` queues the item in a Rust engine that forms batches by size or
 time, runs your batch function, and resolves each caller with its own result or error.
+`ferrobatch.openai` and `ferrobatch.gemini` hold batchers that do the whole HTTP path in Rust;
+`ferrobatch.testing` holds a fake server to test them against.
 """
 
 from ferrobatch._batcher import AsyncBatcher, BatchedFunction, batch
 from ferrobatch._native import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
     BatcherStats,
     BatcherStoppedError,
     BatchSizeMismatchError,
     ConfigError,
+    ConflictError,
     FerrobatchError,
+    InternalServerError,
     InvalidBatchResultError,
+    InvalidInputError,
     ItemTimeoutError,
     LatencySummary,
+    NotFoundError,
+    PermissionDeniedError,
     QueueFullError,
+    RateLimiter,
+    RateLimitError,
+    ResponseFormatError,
     StopTimeoutError,
+    UnprocessableEntityError,
     WrongEventLoopError,
     __version__,
 )
@@ -26,20 +43,35 @@ QueueFullException = QueueFullError
 AsyncBatchException = FerrobatchError
 
 __all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
     "AsyncBatchException",
     "AsyncBatcher",
+    "AuthenticationError",
+    "BadRequestError",
     "BatchSizeMismatchError",
     "BatchedFunction",
     "BatcherStats",
     "BatcherStoppedError",
     "ConfigError",
+    "ConflictError",
     "FerrobatchError",
+    "InternalServerError",
     "InvalidBatchResultError",
+    "InvalidInputError",
     "ItemTimeoutError",
     "LatencySummary",
+    "NotFoundError",
+    "PermissionDeniedError",
     "QueueFullError",
     "QueueFullException",
+    "RateLimitError",
+    "RateLimiter",
+    "ResponseFormatError",
     "StopTimeoutError",
+    "UnprocessableEntityError",
     "WrongEventLoopError",
     "__version__",
     "batch",
