@@ -247,7 +247,9 @@ async def test_hang_past_the_timeout(fake_ai_server: FakeServer) -> None:
 
 
 @pytest.mark.parametrize("kind", ["malformed", "wrong_count"])
-async def test_bad_answers_are_response_format_errors(fake_ai_server: FakeServer, kind: str) -> None:
+async def test_bad_answers_are_response_format_errors(
+    fake_ai_server: FakeServer, kind: str
+) -> None:
     emb = make(fake_ai_server, max_batch_size=4, max_queue_time=0.05, max_inputs_per_request=2)
     fake_ai_server.fault(kind)  # type: ignore[arg-type]
     texts = ["a", "b", "c", "d"]
@@ -280,9 +282,7 @@ async def test_the_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_extra_and_organization_headers_are_sent(fake_ai_server: FakeServer) -> None:
-    emb = make(
-        fake_ai_server, organization="org-1", project="proj-2", headers={"X-Trace": "abc"}
-    )
+    emb = make(fake_ai_server, organization="org-1", project="proj-2", headers={"X-Trace": "abc"})
     await emb.embed("x")
     h = fake_ai_server.requests()[0]["headers"]
     assert (h["openai-organization"], h["openai-project"], h["x-trace"]) == (
@@ -372,9 +372,7 @@ async def test_cancelled_callers_are_not_sent(fake_ai_server: FakeServer) -> Non
 
 async def test_random_faults_lose_nothing(fake_ai_server: FakeServer) -> None:
     """Under a mix of every fault, each item ends exactly once: a correct vector or an error."""
-    emb = make(
-        fake_ai_server, max_batch_size=16, max_queue_time=0.005, concurrency=4, timeout=0.3
-    )
+    emb = make(fake_ai_server, max_batch_size=16, max_queue_time=0.005, concurrency=4, timeout=0.3)
     kinds = ["reset", "malformed", "wrong_count", "hang"]
     for i in range(12):
         kind = kinds[i % len(kinds)]
@@ -442,8 +440,9 @@ def gemini(server: FakeServer, **kw: object) -> GeminiEmbeddings:
 
 
 async def test_gemini_batch_embed_contents(fake_ai_server: FakeServer) -> None:
-    g = gemini(fake_ai_server, task_type="RETRIEVAL_DOCUMENT", max_batch_size=250,
-               max_queue_time=0.05)
+    g = gemini(
+        fake_ai_server, task_type="RETRIEVAL_DOCUMENT", max_batch_size=250, max_queue_time=0.05
+    )
     texts = [f"doc {i}" for i in range(250)]
     vectors = await g.embed_many(texts)
     assert all(close(v, fake_embedding(t, DIMS)) for v, t in zip(vectors, texts))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import Any, Literal, TypedDict
 
 from ferrobatch._batcher import AsyncBatcher
 from ferrobatch._native import ConfigError, EmbeddingsClient, RateLimiter
@@ -32,20 +32,20 @@ class ModelUsage(TypedDict):
     failed_requests: int
     input_tokens: int
     output_tokens: int
-    cost: Optional[float]
+    cost: float | None
 
 
 class BatcherOptions(TypedDict, total=False):
     """The `AsyncBatcher` keywords every HTTP batcher takes."""
 
     max_batch_size: int
-    max_queue_time: Union[float, Literal["auto"]]
+    max_queue_time: float | Literal["auto"]
     concurrency: int
     max_queue_size: int
     on_full: Literal["reject", "wait"]
-    item_timeout: Optional[float]
-    max_latency: Optional[float]
-    aging: Optional[float]
+    item_timeout: float | None
+    max_latency: float | None
+    aging: float | None
 
 
 def resolve_key(api_key: str | None, env: Sequence[str]) -> str | None:
@@ -62,9 +62,7 @@ def resolve_key(api_key: str | None, env: Sequence[str]) -> str | None:
 def require_key(key: str | None, base_url: str, official: str, env: Sequence[str]) -> None:
     """The official endpoint needs a key; a self-hosted one may not."""
     if key is None and base_url.rstrip("/") == official:
-        raise ConfigError(
-            f"no API key for {official}: pass api_key=... or set {' or '.join(env)}"
-        )
+        raise ConfigError(f"no API key for {official}: pass api_key=... or set {' or '.join(env)}")
 
 
 def merged_headers(headers: Mapping[str, str] | None, **named: str | None) -> dict[str, str]:

@@ -5,20 +5,39 @@ from collections.abc import Iterable
 from typing import Any, Callable, Final, final
 
 __all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
     "Batch",
     "BatchSizeMismatchError",
     "BatcherStats",
     "BatcherStoppedError",
+    "ChatClient",
     "ConfigError",
+    "ConflictError",
     "Core",
+    "EmbeddingsClient",
     "FerrobatchError",
+    "InternalServerError",
     "InvalidBatchResultError",
+    "InvalidInputError",
     "ItemTimeoutError",
     "LatencySummary",
+    "NotFoundError",
+    "PermissionDeniedError",
     "QueueFullError",
+    "RateLimitError",
+    "RateLimiter",
+    "ResponseFormatError",
     "StopTimeoutError",
+    "TestServer",
+    "UnprocessableEntityError",
     "WrongEventLoopError",
     "__version__",
+    "fake_embedding",
 ]
 
 __version__: Final[str]
@@ -45,6 +64,37 @@ class BatchSizeMismatchError(FerrobatchError, ValueError):
 class InvalidBatchResultError(FerrobatchError, TypeError): ...
 class WrongEventLoopError(FerrobatchError, RuntimeError): ...
 class StopTimeoutError(FerrobatchError, TimeoutError): ...
+
+class InvalidInputError(FerrobatchError, ValueError):
+    reason: str
+
+class APIError(FerrobatchError):
+    message: str
+    status: int | None
+    status_code: int | None
+    body: str | None
+    code: str | None
+    param: str | None
+
+class APIStatusError(APIError):
+    status: int
+    status_code: int
+    provider: str
+
+class BadRequestError(APIStatusError): ...
+class AuthenticationError(APIStatusError): ...
+class PermissionDeniedError(APIStatusError): ...
+class NotFoundError(APIStatusError): ...
+class ConflictError(APIStatusError): ...
+class UnprocessableEntityError(APIStatusError): ...
+class RateLimitError(APIStatusError): ...
+class InternalServerError(APIStatusError): ...
+class APIConnectionError(APIError, ConnectionError): ...
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    timeout: float
+
+class ResponseFormatError(APIError): ...
 
 @final
 class LatencySummary:
@@ -116,6 +166,7 @@ class Core:
         item_timeout: float | None = ...,
         max_latency: float | None = ...,
         aging: float | None = ...,
+        single_item_batches: bool = ...,
     ) -> Core: ...
     def process(self, item: Any, priority: int = 0) -> asyncio.Future[Any]: ...
     def process_many(
@@ -128,3 +179,109 @@ class Core:
     @property
     def event_loop(self) -> asyncio.AbstractEventLoop | None: ...
     def stats(self) -> BatcherStats: ...
+
+@final
+class RateLimiter:
+    def __new__(
+        cls,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+    ) -> RateLimiter: ...
+    @property
+    def requests_per_minute(self) -> float | None: ...
+    @property
+    def tokens_per_minute(self) -> float | None: ...
+
+@final
+class EmbeddingsClient:
+    def __new__(
+        cls,
+        provider: str,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        headers: dict[str, str] | None,
+        timeout: float,
+        max_retries: int,
+        initial_backoff: float,
+        max_backoff: float,
+        rate_limiter: RateLimiter | None,
+        prices: dict[str, dict[str, float]] | None,
+        dimensions: int | None,
+        encoding_format: str,
+        max_inputs_per_request: int | None,
+        max_tokens_per_request: int | None,
+        task_type: str | None,
+        title: str | None,
+        user: str | None,
+        format: str,
+    ) -> EmbeddingsClient: ...
+    def embed(self, texts: list[str]) -> asyncio.Future[list[Any]]: ...
+    def usage(self) -> dict[str, Any]: ...
+    @property
+    def base_url(self) -> str: ...
+
+@final
+class ChatClient:
+    def __new__(
+        cls,
+        model: str,
+        *,
+        base_url: str,
+        api_key: str | None,
+        headers: dict[str, str] | None,
+        timeout: float,
+        max_retries: int,
+        initial_backoff: float,
+        max_backoff: float,
+        rate_limiter: RateLimiter | None,
+        prices: dict[str, dict[str, float]] | None,
+    ) -> ChatClient: ...
+    def create_many(self, bodies: list[Any]) -> asyncio.Future[list[Any]]: ...
+    def usage(self) -> dict[str, Any]: ...
+    @property
+    def base_url(self) -> str: ...
+
+@final
+class TestServer:
+    def __new__(
+        cls,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        dimensions: int = 1536,
+        max_inputs: int = 2048,
+        gemini_max_inputs: int = 100,
+        api_key: str | None = None,
+        requests_per_minute: int | None = None,
+    ) -> TestServer: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def latency(self) -> float: ...
+    @latency.setter
+    def latency(self, value: float) -> None: ...
+    def add_fault(
+        self,
+        kind: str,
+        *,
+        times: int = 1,
+        path: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        retry_after_ms: int | None = None,
+        retry_delay: float | None = None,
+        duration: float = 3600.0,
+    ) -> None: ...
+    def clear_faults(self) -> None: ...
+    def pending_faults(self) -> int: ...
+    def requests(self) -> list[Any]: ...
+    def request_count(self) -> int: ...
+    def clear_requests(self) -> None: ...
+    def stop(self) -> None: ...
+
+def fake_embedding(text: str, dimensions: int) -> list[float]: ...

@@ -22,7 +22,6 @@ from ferrobatch._http import (
     EmbeddingsBase,
     ModelUsage,
     Prices,
-    Vector,
     client_kwargs,
     merged_headers,
     require_key,
@@ -234,5 +233,3 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
             f"<ChatCompletions {state} model={self.model!r} base_url={self.base_url!r} "
             f"concurrency={self.concurrency}>"
         )
-
-

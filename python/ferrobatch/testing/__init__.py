@@ -33,7 +33,7 @@ fresh server per test.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Literal, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ferrobatch._native import TestServer, fake_embedding
 
@@ -42,7 +42,8 @@ __all__ = ["REJECT_MARKER", "FakeServer", "LoggedRequest", "fake_embedding"]
 #: Any input containing this text is rejected alone, with a 400 naming its position.
 REJECT_MARKER = "ferrobatch:reject"
 
-FaultKind = Literal["status", "reset", "hang", "malformed", "wrong_count"]
+if TYPE_CHECKING:
+    _FaultKind = Literal["status", "reset", "hang", "malformed", "wrong_count"]
 
 
 class LoggedRequest(TypedDict):
@@ -54,7 +55,7 @@ class LoggedRequest(TypedDict):
     body: Any
     inputs: int
     status: int
-    fault: Optional[str]
+    fault: str | None
     at: float
 
 
@@ -115,7 +116,7 @@ class FakeServer:
 
     def fault(
         self,
-        kind: FaultKind,
+        kind: _FaultKind,
         *,
         times: int = 1,
         path: str | None = None,
