@@ -13,6 +13,7 @@ use ferrobatch_core::http::{
 };
 use ferrobatch_core::{Error, Provider};
 use futures_util::future::join_all;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyDict, PyList};
@@ -351,7 +352,11 @@ impl EmbeddingsClient {
         let as_numpy = self.as_numpy;
         task::spawn(py, async move {
             let results = inner.embed(texts).await;
-            Box::new(move |py: Python<'_>| vectors_to_py(py, results, as_numpy)) as Outcome
+            Box::new(Vectors {
+                results: results.into_iter(),
+                out: Vec::new(),
+                as_numpy,
+            }) as Outcome
         })
     }
 
@@ -374,28 +379,72 @@ impl EmbeddingsClient {
     }
 }
 
-fn vectors_to_py(
-    py: Python<'_>,
-    results: Vec<Result<Vector, Error>>,
-    as_numpy: bool,
-) -> PyResult<Py<PyAny>> {
-    let np = if as_numpy { Some(numpy(py)?) } else { None };
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        out.push(match r {
-            Ok(v) => match np {
-                None => PyList::new(py, v.iter().map(|x| f64::from(*x)))?.into_any(),
-                Some((frombuffer, dtype)) => {
-                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    // A bytearray, so that the array is writable.
-                    let buf = PyByteArray::new(py, &bytes);
-                    frombuffer.bind(py).call1((buf, dtype.bind(py)))?
-                }
-            },
-            Err(e) => errors::exception(py, &e),
-        });
+/// A list of Python floats, built with the C API directly: it runs for every number of every
+/// vector (hundreds of thousands per batch), so the per-element conversion layer matters.
+fn float_list<'py>(py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyAny>> {
+    let n = ffi::Py_ssize_t::try_from(v.len()).expect("a vector fits in Py_ssize_t");
+    // SAFETY: the GIL is held; `PyList_New(n)` returns a new list with n empty slots (or NULL
+    // with an exception set, turned into an error); each slot is filled exactly once with a
+    // new float reference, which `PyList_SetItem` steals. A NULL float is checked first.
+    unsafe {
+        let list = Bound::from_owned_ptr_or_err(py, ffi::PyList_New(n))?;
+        for (i, x) in v.iter().enumerate() {
+            let f = ffi::PyFloat_FromDouble(f64::from(*x));
+            if f.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            ffi::PyList_SetItem(list.as_ptr(), i as ffi::Py_ssize_t, f);
+        }
+        Ok(list)
     }
-    Ok(PyList::new(py, out)?.into_any().unbind())
+}
+
+/// Numbers converted per loop iteration: about 2 ms of work, so that other tasks run between
+/// the steps of a large batch.
+const FLOATS_PER_STEP: usize = 1 << 16;
+
+/// A batch of vectors (or errors) becoming Python objects, a step at a time.
+struct Vectors {
+    results: std::vec::IntoIter<Result<Vector, Error>>,
+    out: Vec<Py<PyAny>>,
+    as_numpy: bool,
+}
+
+impl task::Convert for Vectors {
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let np = if self.as_numpy {
+            Some(numpy(py)?)
+        } else {
+            None
+        };
+        let mut budget = FLOATS_PER_STEP;
+        for r in self.results.by_ref() {
+            let obj = match r {
+                Ok(v) => {
+                    budget = budget.saturating_sub(v.len().max(1));
+                    match np {
+                        None => float_list(py, &v)?,
+                        Some((frombuffer, dtype)) => {
+                            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                            // A bytearray, so that the array is writable.
+                            let buf = PyByteArray::new(py, &bytes);
+                            frombuffer.bind(py).call1((buf, dtype.bind(py)))?
+                        }
+                    }
+                }
+                Err(e) => errors::exception(py, &e),
+            };
+            self.out.push(obj.unbind());
+            if budget == 0 {
+                break;
+            }
+        }
+        if self.results.len() > 0 {
+            return Ok(None);
+        }
+        let out = std::mem::take(&mut self.out);
+        Ok(Some(PyList::new(py, out)?.into_any().unbind()))
+    }
 }
 
 struct Chatter {
@@ -474,7 +523,7 @@ impl ChatClient {
                 }
             });
             let results = join_all(calls).await;
-            Box::new(move |py: Python<'_>| {
+            task::once(move |py: Python<'_>| {
                 let mut out = Vec::with_capacity(results.len());
                 for r in &results {
                     out.push(match r {
@@ -483,7 +532,7 @@ impl ChatClient {
                     });
                 }
                 Ok(PyList::new(py, out)?.into_any().unbind())
-            }) as Outcome
+            })
         })
     }
 

@@ -1,8 +1,9 @@
 //! Rust async work awaited from Python: [`spawn`] runs a future on the shared runtime and
 //! returns an asyncio Future of its outcome. The outcome crosses back with one
 //! `loop.call_soon_threadsafe`, and is turned into Python objects on the loop's thread, once
-//! per call (a whole batch), never once per item. Cancelling the asyncio Future aborts the
-//! Rust work.
+//! per call (a whole batch), never once per item. A large outcome converts in steps, one loop
+//! iteration each, so that other tasks run in between. Cancelling the asyncio Future aborts
+//! the Rust work.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -14,28 +15,59 @@ use tokio::task::AbortHandle;
 use crate::crossing::{log_error, set_result};
 use crate::runtime::runtime;
 
-/// Builds the Python outcome on the loop's thread: a value, or an exception to raise.
-pub(crate) type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+/// Builds the Python outcome on the loop's thread, in one or more steps.
+pub(crate) trait Convert: Send {
+    /// Convert some more: the value when done, `None` when another step is needed, or an
+    /// exception to raise.
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>>;
+}
 
-/// Sets a future's outcome; scheduled on its loop with `call_soon_threadsafe`.
+/// The outcome of Rust work, ready to convert.
+pub(crate) type Outcome = Box<dyn Convert>;
+
+struct Once<F>(Option<F>);
+
+impl<F> Convert for Once<F>
+where
+    F: FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send,
+{
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let f = self.0.take().expect("a one-step conversion runs once");
+        f(py).map(Some)
+    }
+}
+
+/// An outcome converted in one step by `f`.
+pub(crate) fn once<F>(f: F) -> Outcome
+where
+    F: FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    Box::new(Once(Some(f)))
+}
+
+/// Sets a future's outcome; scheduled on its loop with `call_soon_threadsafe`, and again with
+/// `call_soon` while a conversion has steps left.
 #[pyclass(module = "ferrobatch._native", name = "_Resolve")]
 struct Resolve {
     future: Py<PyAny>,
+    event_loop: Py<PyAny>,
     outcome: Mutex<Option<Outcome>>,
 }
 
 #[pymethods]
 impl Resolve {
-    fn __call__(&self, py: Python<'_>) {
-        let Some(outcome) = self
+    fn __call__(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.borrow();
+        let taken = this
             .outcome
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+            .take();
+        let Some(mut outcome) = taken else {
             return;
         };
-        let fut = self.future.bind(py);
+        let fut = this.future.bind(py);
         let done = fut
             .call_method0(intern!(py, "done"))
             .and_then(|d| d.is_truthy())
@@ -43,11 +75,22 @@ impl Resolve {
         if done {
             return; // cancelled by its caller meanwhile
         }
-        match outcome(py) {
-            Ok(value) => set_result(py, &self.future, value.bind(py)),
-            Err(e) => {
-                let _ = fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
+        let fail = |e: PyErr| {
+            let _ = fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
+        };
+        match outcome.step(py) {
+            Ok(Some(value)) => set_result(py, &this.future, value.bind(py)),
+            Ok(None) => {
+                *this.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+                let again = this
+                    .event_loop
+                    .bind(py)
+                    .call_method1(intern!(py, "call_soon"), (slf,));
+                if let Err(e) = again {
+                    fail(e);
+                }
             }
+            Err(e) => fail(e),
         }
     }
 }
@@ -80,6 +123,7 @@ where
         Python::attach(|py| {
             let resolve = Resolve {
                 future: fut,
+                event_loop: lp.clone_ref(py),
                 outcome: Mutex::new(Some(outcome)),
             };
             let sent = Py::new(py, resolve).and_then(|r| {

@@ -32,3 +32,9 @@ def test_adaptive_benchmark_smoke_run() -> None:
     text = run_quick("adaptive.py")
     assert "auto p99 / best fixed p99" in text, text
     assert "| auto: p50 / p99 ms, items/s" in text
+
+
+def test_embeddings_benchmark_smoke_run() -> None:
+    text = run_quick("embeddings.py")
+    assert "| ferrobatch Embeddings | " in text, text
+    assert "SDK CPU / ferrobatch CPU" in text
