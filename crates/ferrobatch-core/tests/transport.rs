@@ -1,0 +1,124 @@
+//! The transport and the embedding loop against the crate's own fake server on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrobatch_core::http::embed::embed_all;
+use ferrobatch_core::http::openai::{Embeddings, EncodingFormat};
+use ferrobatch_core::http::{
+    ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig, UsageBook,
+};
+use ferrobatch_core::testing::fake::fake_embedding;
+use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer};
+use ferrobatch_core::{Error, Provider};
+
+fn transport(server: &TestServer, key: &str, timeout: Duration) -> Transport {
+    let config = TransportConfig {
+        provider: Provider::OpenAi,
+        base_url: format!("{}/v1", server.url()),
+        api_key: ApiKey::new(key),
+        auth: Auth::Bearer,
+        headers: Vec::new(),
+        timeout,
+        retry: RetryPolicy::new(2, 0.01, 0.02).unwrap(),
+        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
+    };
+    Transport::new(config, UsageBook::default()).unwrap()
+}
+
+fn server(config: ServerConfig) -> TestServer {
+    TestServer::start(&tokio::runtime::Handle::current(), "127.0.0.1", 0, config).unwrap()
+}
+
+fn status(status: u16, times: u32) -> Fault {
+    Fault {
+        kind: FaultKind::Status {
+            status,
+            retry_after: None,
+            retry_after_ms: Some(5),
+            retry_delay: None,
+        },
+        times,
+        path: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_every_text_gets_its_own_vector() {
+    let srv = server(ServerConfig {
+        dimensions: 4,
+        ..Default::default()
+    });
+    srv.add_fault(status(503, 2));
+    let t = transport(&srv, "k", Duration::from_secs(5));
+    let api = Embeddings::new("m".into(), None, EncodingFormat::Base64, None);
+    let texts: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let out = embed_all(&api, &t, &texts, 4, 1_000).await;
+    for (r, text) in out.iter().zip(&texts) {
+        let v = r.as_ref().unwrap();
+        let want = fake_embedding(text, 4);
+        assert!(v.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+    let statuses: Vec<u16> = srv.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 2);
+    // 10 texts at 4 per request.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3);
+    assert_eq!(t.usage().snapshot()["m"].retries, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_is_scrubbed_from_an_echoing_401() {
+    let srv = server(ServerConfig {
+        api_key: Some("right".into()),
+        ..Default::default()
+    });
+    let t = transport(&srv, "sk-wrong-secret", Duration::from_secs(5));
+    let err = t
+        .post("/embeddings", "{}".into(), "m", 1)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Status {
+            status,
+            message,
+            body,
+            ..
+        } => {
+            assert_eq!(*status, 401);
+            assert!(message.contains("***"));
+            assert!(!message.contains("sk-wrong-secret"));
+            assert!(!body.as_deref().unwrap().contains("sk-wrong-secret"));
+        }
+        other => panic!("expected a status error, got {other:?}"),
+    }
+    assert!(!format!("{err:?} {err} {t:?}").contains("sk-wrong-secret"));
+    assert_eq!(srv.request_count(), 1, "401 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangs_time_out_and_resets_are_connection_errors() {
+    let srv = server(ServerConfig::default());
+    let t = transport(&srv, "k", Duration::from_millis(100));
+    srv.add_fault(Fault {
+        kind: FaultKind::Hang(Duration::from_secs(5)),
+        times: 3,
+        path: None,
+    });
+    let body = r#"{"input":["a"]}"#;
+    let err = t
+        .post("/embeddings", body.into(), "m", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    srv.add_fault(Fault {
+        kind: FaultKind::Reset,
+        times: 3,
+        path: None,
+    });
+    let err = t
+        .post("/embeddings", body.into(), "m", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Connection { .. }), "{err:?}");
+    assert_eq!(srv.request_count(), 6);
+}
