@@ -100,6 +100,30 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The job store failed (the SQLite file cannot be opened, is locked too long, ...).
+    #[error("job store error while {operation}: {message}")]
+    Store {
+        /// What the store was doing.
+        operation: &'static str,
+        /// What SQLite reported.
+        message: String,
+    },
+    /// Two requests of one job share an id.
+    #[error("duplicate request id {id:?}: request {index} repeats request {first}")]
+    DuplicateRequestId {
+        /// The repeated id.
+        id: String,
+        /// The position (0-based) of the repeat.
+        index: usize,
+        /// The position of its first use.
+        first: usize,
+    },
+    /// No job has this id in the store.
+    #[error("no job {job:?} in the store")]
+    JobNotFound {
+        /// The id asked for.
+        job: String,
+    },
     /// An item cannot be sent (for example an empty text, which the APIs reject).
     #[error("invalid input: {reason}")]
     InvalidInput {

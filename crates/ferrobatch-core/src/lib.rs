@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod testing;
 
 pub use engine::{
