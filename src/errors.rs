@@ -36,6 +36,9 @@ pub(crate) struct Exceptions {
     pub api_connection: Py<PyType>,
     pub api_timeout: Py<PyType>,
     pub response_format: Py<PyType>,
+    pub store: Py<PyType>,
+    pub duplicate_id: Py<PyType>,
+    pub job_not_found: Py<PyType>,
 }
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
@@ -95,7 +98,14 @@ impl Exceptions {
             "The connection failed or broke before a response (after any retries).",
         )?;
         let conn = api_connection.bind(py).clone();
+        let lookup = py.get_type::<pyo3::exceptions::PyLookupError>();
         Ok(Exceptions {
+            store: make(py, "StoreError", &[&b],
+                "The job store failed (the SQLite file cannot be opened, stays locked, ...).")?,
+            duplicate_id: make(py, "DuplicateRequestIdError", &[&b, &value],
+                "Two requests of one job share an id; `id`, `index` and `first` say where.")?,
+            job_not_found: make(py, "JobNotFoundError", &[&b, &lookup],
+                "No job with this id in the store; `job` holds the id.")?,
             invalid_input: make(py, "InvalidInputError", &[&b, &value],
                 "An item cannot be sent as it is (an empty text, a body that is not JSON, ...).")?,
             bad_request: make(py, "BadRequestError", &[&st], "HTTP 400: the server rejected the request.")?,
@@ -193,6 +203,9 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         Error::Timeout { .. } => &ex.api_timeout,
         Error::Connection { .. } => &ex.api_connection,
         Error::ResponseFormat { .. } => &ex.response_format,
+        Error::Store { .. } => &ex.store,
+        Error::DuplicateRequestId { .. } => &ex.duplicate_id,
+        Error::JobNotFound { .. } => &ex.job_not_found,
         _ => &ex.base,
     };
     let value = ty
@@ -230,6 +243,12 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         }
         Error::Connection { message } => set_api_fields(&value, None, message, None, None, None),
         Error::ResponseFormat { reason } => set_api_fields(&value, None, reason, None, None, None),
+        Error::Store { operation, .. } => value.setattr("operation", *operation),
+        Error::DuplicateRequestId { id, index, first } => value
+            .setattr("id", id)
+            .and_then(|()| value.setattr("index", *index))
+            .and_then(|()| value.setattr("first", *first)),
+        Error::JobNotFound { job } => value.setattr("job", job),
         _ => Ok(()),
     };
     set.expect("exception instances take attributes");
@@ -282,6 +301,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &ex.api_connection,
         &ex.api_timeout,
         &ex.response_format,
+        &ex.store,
+        &ex.duplicate_id,
+        &ex.job_not_found,
     ] {
         let ty = ty.bind(py);
         m.add(ty.name()?, ty)?;

@@ -8,13 +8,15 @@
 //! - `stats`: typed stats snapshots;
 //! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
-//! - `testserver`: the loopback test server for `ferrobatch.testing`.
+//! - `testserver`: the loopback test server for `ferrobatch.testing`;
+//! - `jobs`: the SQLite job store for `ferrobatch.jobs`.
 
 mod batch;
 mod batcher;
 mod crossing;
 mod errors;
 mod http;
+mod jobs;
 mod json;
 mod runtime;
 mod stats;
@@ -34,6 +36,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::EmbeddingsClient>()?;
     m.add_class::<http::ChatClient>()?;
     m.add_class::<testserver::TestServer>()?;
+    m.add_class::<jobs::JobStore>()?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     errors::register(m)?;
     Ok(())

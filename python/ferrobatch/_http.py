@@ -87,9 +87,17 @@ class EmbeddingsBase(AsyncBatcher[str, Vector]):
     _client: EmbeddingsClient
     model: str
 
-    def __init__(self, client: EmbeddingsClient, model: str, options: BatcherOptions) -> None:
+    def __init__(
+        self,
+        client: EmbeddingsClient,
+        model: str,
+        options: BatcherOptions,
+        prices: Prices | None = None,
+    ) -> None:
         self._client = client
         self.model = model
+        #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
+        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
         super().__init__(**options)
 
     async def process_batch(self, batch: list[str]) -> list[Vector | BaseException]:

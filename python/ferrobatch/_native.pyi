@@ -19,12 +19,15 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "Core",
+    "DuplicateRequestIdError",
     "EmbeddingsClient",
     "FerrobatchError",
     "InternalServerError",
     "InvalidBatchResultError",
     "InvalidInputError",
     "ItemTimeoutError",
+    "JobNotFoundError",
+    "JobStore",
     "LatencySummary",
     "NotFoundError",
     "PermissionDeniedError",
@@ -33,6 +36,7 @@ __all__ = [
     "RateLimiter",
     "ResponseFormatError",
     "StopTimeoutError",
+    "StoreError",
     "TestServer",
     "UnprocessableEntityError",
     "WrongEventLoopError",
@@ -95,6 +99,17 @@ class APITimeoutError(APIConnectionError, TimeoutError):
     timeout: float
 
 class ResponseFormatError(APIError): ...
+
+class StoreError(FerrobatchError):
+    operation: str
+
+class DuplicateRequestIdError(FerrobatchError, ValueError):
+    id: str
+    index: int
+    first: int
+
+class JobNotFoundError(FerrobatchError, LookupError):
+    job: str
 
 @final
 class LatencySummary:
@@ -285,3 +300,45 @@ class TestServer:
     def stop(self) -> None: ...
 
 def fake_embedding(text: str, dimensions: int) -> list[float]: ...
+
+@final
+class JobStore:
+    def __new__(cls, path: str) -> JobStore: ...
+    @property
+    def path(self) -> str: ...
+    def schema_version(self) -> int: ...
+    def create_job(
+        self,
+        job_id: str,
+        name: str | None,
+        endpoint: str,
+        settings: str | None,
+        input_hash: str | None,
+        requests: list[tuple[str, str]],
+    ) -> None: ...
+    def job(self, job_id: str) -> dict[str, Any]: ...
+    def jobs(self) -> list[dict[str, Any]]: ...
+    def find_by_input(self, input_hash: str) -> dict[str, Any] | None: ...
+    def set_status(self, job_id: str, status: str, error: str | None = None) -> None: ...
+    def claim(
+        self, job_id: str, owner: str, limit: int, lease_seconds: float
+    ) -> list[tuple[int, str, str, int]]: ...
+    def renew(self, job_id: str, owner: str, lease_seconds: float) -> int: ...
+    def complete(
+        self,
+        job_id: str,
+        seq: int,
+        owner: str,
+        ok: bool,
+        response: str | None,
+        error: str | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost: float | None = None,
+    ) -> bool: ...
+    def release(self, job_id: str, owner: str) -> int: ...
+    def cancel(self, job_id: str) -> int: ...
+    def reset_failed(self, job_id: str, cancelled: bool = False) -> int: ...
+    def leased_by_others(self, job_id: str, owner: str) -> int: ...
+    def progress(self, job_id: str) -> dict[str, Any]: ...
+    def results(self, job_id: str) -> list[tuple[int, str, str, str | None, str | None]]: ...

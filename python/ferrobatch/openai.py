@@ -118,7 +118,7 @@ class Embeddings(EmbeddingsBase):
             "max_latency": max_latency,
             "aging": aging,
         }
-        super().__init__(client, model, options)
+        super().__init__(client, model, options, prices)
 
 
 class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
@@ -177,6 +177,8 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
             ),
         )
         self.model = model
+        #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
+        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
         super().__init__(
             max_batch_size=max_batch_size,
             max_queue_time=max_queue_time,

@@ -1,0 +1,508 @@
+"""The `ferrobatch` command: run OpenAI Batch API JSONL files against any OpenAI-compatible
+endpoint with a crash-safe store, inspect and cancel jobs, and a demo against the fake server.
+
+    ferrobatch demo
+    ferrobatch run requests.jsonl -o results.jsonl --base-url https://api.openai.com/v1
+    ferrobatch jobs --store results.jsonl.jobs.db
+    ferrobatch status JOB --store ...     ferrobatch cancel JOB --store ...
+    ferrobatch results JOB --store ... [-o out.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from ferrobatch._native import RateLimiter
+from ferrobatch.jobs import BatchManager, BatchRequest, BatchResult, BatchStore, Job, JobProgress
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+
+
+class CliError(Exception):
+    """A problem with the command's input; printed without a traceback (exit code 2)."""
+
+
+# --- the JSONL format -------------------------------------------------------------------------
+
+
+def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
+    """The endpoint, requests and content hash of an OpenAI Batch API input file; every line
+    is checked before anything is written."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    requests: list[BatchRequest] = []
+    first_line: dict[str, int] = {}
+    endpoint: str | None = None
+    endpoint_line = 0
+    model: Any = None
+    for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise CliError(f"{where}: each line must be a JSON object")
+        cid = obj.get("custom_id")
+        if not isinstance(cid, str) or not cid:
+            raise CliError(f"{where}: `custom_id` must be a non-empty string")
+        if cid in first_line:
+            raise CliError(
+                f"{where}: duplicate custom_id {cid!r} (first on line {first_line[cid]})"
+            )
+        first_line[cid] = n
+        method = obj.get("method", "POST")
+        if method != "POST":
+            raise CliError(f"{where}: unsupported method {method!r} (only POST)")
+        url = obj.get("url")
+        if url not in ENDPOINTS:
+            raise CliError(f"{where}: unsupported url {url!r} (use one of {', '.join(ENDPOINTS)})")
+        if endpoint is None:
+            endpoint, endpoint_line = url, n
+        elif url != endpoint:
+            raise CliError(
+                f"{where}: url {url!r} differs from {endpoint!r} on line {endpoint_line}; "
+                "one endpoint per file"
+            )
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise CliError(f"{where}: `body` must be a JSON object")
+        if url == "/v1/embeddings":
+            inp = body.get("input")
+            if not (
+                isinstance(inp, str)
+                or (isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp))
+            ):
+                raise CliError(f"{where}: `body.input` must be a string or a list of strings")
+            if model is None:
+                model = body.get("model")
+            elif body.get("model") != model:
+                raise CliError(f"{where}: embeddings model differs from line 1's; one per file")
+        elif not isinstance(body.get("messages"), list):
+            raise CliError(f"{where}: `body.messages` must be a list")
+        requests.append(BatchRequest(id=cid, body=body))
+    if endpoint is None:
+        raise CliError(f"{path}: no requests")
+    return endpoint, requests, digest
+
+
+def output_line(seq: int, r: BatchResult) -> dict[str, Any]:
+    """One line of the OpenAI Batch API output format."""
+    response = None if r.response is None else {"status_code": 200, "body": r.response}
+    error = None
+    if r.error is not None:
+        error = {"code": r.error.get("code") or r.error.get("type"), "message": r.error["message"]}
+        status = r.error.get("status")
+        if status is not None:
+            error["status_code"] = status
+    elif r.response is None:
+        error = {"code": r.status, "message": f"the request was not run ({r.status})"}
+    return {"id": f"batch_req_{seq}", "custom_id": r.id, "response": response, "error": error}
+
+
+def write_results(results: list[BatchResult], out: Path | None) -> None:
+    """Write every result; a file is replaced atomically, never left half-written."""
+    lines = [json.dumps(output_line(i, r)) + "\n" for i, r in enumerate(results)]
+    if out is None:
+        sys.stdout.writelines(lines)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+class Reporter:
+    """Progress of a job: tqdm on a terminal (when installed), plain lines every `every`
+    seconds otherwise."""
+
+    def __init__(
+        self, total: int, already: int = 0, stream: TextIO = sys.stderr, every: float = 2.0
+    ) -> None:
+        self.total, self.stream, self.every = total, stream, every
+        self.already = already  # ended before this run: not part of its rate
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.bar: Any = None
+        self.shown = already
+        if stream.isatty():
+            try:
+                from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+                self.bar = tqdm(total=total, initial=already, unit="req", file=stream)
+            except ImportError:
+                self.bar = None
+
+    def line(self, p: JobProgress) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = (p.done - self.already) / elapsed
+        left = p.total - p.done
+        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+        return (
+            f"done {p.done}/{p.total} (failed {p.failed}) {rate:.1f} req/s "
+            f"tokens {p.input_tokens + p.output_tokens} eta {eta}"
+        )
+
+    def update(self, p: JobProgress, final: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(failed=p.failed, tokens=p.input_tokens + p.output_tokens)
+            self.bar.update(p.done - self.shown)
+            self.shown = p.done
+            if final:
+                self.bar.close()
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or (final and p.done != self.shown):
+            self.last, self.shown = now, p.done
+            print(self.line(p), file=self.stream, flush=True)
+
+
+async def follow(manager: BatchManager, job_id: str, reporter: Reporter) -> Job:
+    """Run the job to its end, reporting progress."""
+    waiter = asyncio.ensure_future(manager.wait(job_id, poll=0.1))
+    try:
+        while not waiter.done():
+            reporter.update(await manager.progress(job_id))
+            await asyncio.wait({waiter}, timeout=0.25)
+        reporter.update(await manager.progress(job_id), final=True)
+        return waiter.result()
+    finally:
+        waiter.cancel()
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespace) -> Any:
+    from ferrobatch.openai import ChatCompletions, Embeddings
+
+    key = os.environ.get(settings["api_key_env"]) if settings.get("api_key_env") else None
+    limiter = None
+    if args.rpm or args.tpm:
+        limiter = RateLimiter(requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
+    common: dict[str, Any] = {
+        "base_url": settings["base_url"],
+        "api_key": key,
+        "concurrency": args.concurrency,
+        "rate_limiter": limiter,
+    }
+    if endpoint == "/v1/embeddings":
+        return Embeddings(settings.get("model") or "text-embedding-3-small", **common)
+    return ChatCompletions(settings.get("model") or "default", **common)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    src, out = Path(args.input), Path(args.output)
+    endpoint, requests, digest = parse_requests(src)
+    store_path = args.store or str(out) + ".jobs.db"
+    store = BatchStore(store_path)
+    existing = store._native.find_by_input(digest)
+    model = requests[0].body.get("model")
+    settings = {
+        "base_url": args.base_url,
+        "api_key_env": args.api_key_env,
+        "model": model,
+        "input": str(src),
+        "output": str(out),
+    }
+    client = make_client(endpoint, settings, args)
+    manager = BatchManager(client, store, lease_seconds=args.lease_seconds)
+    try:
+        if existing is None:
+            job = await manager.submit(
+                requests, name=src.name, settings=settings, input_hash=digest, start=False
+            )
+            print(f"job {job.id}: {job.total} requests, store {store_path}", file=sys.stderr)
+        else:
+            job = await manager.get_job(existing["id"])
+            if not job.status.is_terminal:
+                print(f"job {job.id}: found in {store_path}; resuming", file=sys.stderr)
+        if job.status.is_terminal:
+            print(
+                f"job {job.id} is already {job.status.value}; writing its results", file=sys.stderr
+            )
+        else:
+            before = await manager.progress(job.id)
+            job = await follow(manager, job.id, Reporter(job.total, already=before.done))
+        results = await manager.get_results(job.id)
+        write_results(results, out)
+        p = await manager.progress(job.id)
+        print(
+            f"job {job.id} {job.status.value}: {p.succeeded} succeeded, {p.failed} failed, "
+            f"{p.cancelled} cancelled; results in {out}",
+            file=sys.stderr,
+        )
+        if job.error:
+            print(f"job error: {job.error}", file=sys.stderr)
+        return 1 if job.status.value == "failed" else 0
+    finally:
+        await manager.close()
+        await client.stop()
+
+
+def open_store(args: argparse.Namespace) -> BatchStore:
+    path = args.store or os.environ.get("FERROBATCH_STORE")
+    if not path:
+        raise CliError("which store? pass --store PATH (or set FERROBATCH_STORE)")
+    if not Path(path).exists():
+        raise CliError(f"no store at {path}")
+    return BatchStore(path)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = store._native.jobs()
+    if not rows:
+        print("no jobs")
+        return 0
+    print(f"{'job':<31} {'status':<11} {'done':>13}  name")
+    for r in rows:
+        p = store._native.progress(r["id"])
+        done = p["succeeded"] + p["failed"] + p["cancelled"]
+        print(f"{r['id']:<31} {r['status']:<11} {done:>6}/{p['total']:<6}  {r['name'] or ''}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    r = store._native.job(args.job)
+    p = store._native.progress(args.job)
+    print(f"job {r['id']} ({r['name'] or 'unnamed'}): {r['status']}")
+    if r["error"]:
+        print(f"error: {r['error']}")
+    for k in ("total", "pending", "running", "succeeded", "failed", "cancelled"):
+        print(f"  {k:<10} {p[k]}")
+    print(f"  tokens     {p['input_tokens']} in, {p['output_tokens']} out")
+    if p["cost"] is not None:
+        print(f"  cost       ${p['cost']:.6f}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    n = store._native.cancel(args.job)
+    print(f"job {args.job} cancelled; {n} pending requests will not be sent")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    rows = store._native.results(args.job)
+    results = [
+        BatchResult(
+            id=rid,
+            status=status,
+            response=json.loads(resp) if resp is not None else None,
+            error=json.loads(err) if err is not None else None,
+        )
+        for _, rid, status, resp, err in rows
+    ]
+    write_results(results, Path(args.output) if args.output else None)
+    return 0
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else 0.0
+
+
+async def timed(aw: Any, latencies: list[float]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return await aw
+    finally:
+        latencies.append(time.perf_counter() - t0)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from ferrobatch.openai import ChatCompletions, Embeddings
+    from ferrobatch.testing import FakeServer
+
+    fake = args.base_url is None
+    server = FakeServer(latency=0.02) if fake else None
+    base_url = server.openai_base_url if server else args.base_url
+    key = os.environ.get(args.api_key_env) if not fake else "demo-key"
+    n_emb, n_chat, n_job = (args.n, args.n // 5, args.n // 4) if fake else (20, 5, 5)
+    rows: list[tuple[str, str]] = []
+    label = "the local FAKE server (no real API called)" if fake else base_url
+    print(f"ferrobatch demo against {label}\n", flush=True)
+    try:
+        # 1. Embeddings: one request per batch instead of one per text.
+        emb = Embeddings(
+            args.model, base_url=base_url, api_key=key, max_batch_size=256, concurrency=8
+        )
+        lat: list[float] = []
+        texts = [f"demo text {i}: batching saves requests" for i in range(n_emb)]
+        t0 = time.perf_counter()
+        vectors = await asyncio.gather(*[timed(emb.embed(t), lat) for t in texts])
+        wall = time.perf_counter() - t0
+        u = emb.usage()[args.model]
+        sent = u["requests"] + u["retries"]
+        rows.append(("embeddings: texts embedded", f"{len(vectors)} in {wall:.2f}s"))
+        rows.append(
+            ("embeddings: HTTP requests", f"{sent} (batching saved {n_emb - sent} requests)")
+        )
+        rows.append(
+            ("embeddings: p50 / p99 latency", f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} ms")
+        )
+        await emb.stop()
+
+        # 2. Chat under injected faults: every request still ends with its answer.
+        chat = ChatCompletions(
+            args.chat_model,
+            base_url=base_url,
+            api_key=key,
+            concurrency=16,
+            initial_backoff=0.05,
+            max_retries=8,
+        )
+        if server is not None:
+            server.fault("status", status=429, times=n_chat // 10, retry_after_ms=50)
+            server.fault("status", status=500, times=n_chat // 20)
+            server.fault("reset", times=n_chat // 40)
+        lat = []
+        msgs = [[{"role": "user", "content": f"question {i}"}] for i in range(n_chat)]
+        answers = await asyncio.gather(
+            *[timed(chat.create(messages=m), lat) for m in msgs], return_exceptions=True
+        )
+        ok = sum(1 for a in answers if not isinstance(a, BaseException))
+        cu = chat.usage()[args.chat_model]
+        rows.append(("chat: answered / sent", f"{ok} / {n_chat} ({n_chat - ok} lost)"))
+        rows.append(("chat: retries survived (429, 500, reset)", str(cu["retries"])))
+        rows.append(("chat: p50 / p99 latency", f"{pct(lat, 0.5):.1f} / {pct(lat, 0.99):.1f} ms"))
+
+        # 3. A batch job in a SQLite store.
+        with tempfile.TemporaryDirectory() as tmp:
+            store = BatchStore(Path(tmp) / "demo-jobs.db")
+            async with BatchManager(chat, store) as manager:
+                reqs = [
+                    BatchRequest(
+                        id=f"r{i}",
+                        body={"messages": [{"role": "user", "content": f"job item {i}"}]},
+                    )
+                    for i in range(n_job)
+                ]
+                t0 = time.perf_counter()
+                job = await manager.submit(reqs, name="demo")
+                job = await manager.wait(job.id)
+                p = await manager.progress(job.id)
+                took = time.perf_counter() - t0
+                rows.append(
+                    (
+                        "job: status, succeeded / total",
+                        f"{job.status.value}, {p.succeeded} / {p.total} in {took:.2f}s",
+                    )
+                )
+        await chat.stop()
+    finally:
+        if server is not None:
+            server.stop()
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':<{width}}   result ({'fake server' if fake else 'real endpoint'})")
+    for k, v in rows:
+        print(f"{k:<{width}}   {v}")
+    if fake:
+        print("\nAll numbers above come from the local fake server (fake embeddings and replies).")
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ferrobatch", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an OpenAI Batch API JSONL file (rerun to resume)")
+    run.add_argument("input", help="requests in the OpenAI Batch API JSONL format")
+    run.add_argument("-o", "--output", required=True, help="results JSONL (written at the end)")
+    run.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1")
+    run.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the key (the key is never stored)",
+    )
+    run.add_argument("--rpm", type=float, default=None, help="requests per minute budget")
+    run.add_argument("--tpm", type=float, default=None, help="tokens per minute budget")
+    run.add_argument("--concurrency", type=int, default=16)
+    run.add_argument("--store", default=None, help="job store (default: OUTPUT.jobs.db)")
+    run.add_argument("--lease-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+
+    for name, help_ in (
+        ("jobs", "list jobs"),
+        ("status", "show a job"),
+        ("cancel", "cancel a job"),
+        ("results", "print a job's results"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        if name != "jobs":
+            sp.add_argument("job")
+        sp.add_argument("--store", default=None, help="job store (or set FERROBATCH_STORE)")
+        if name == "results":
+            sp.add_argument("-o", "--output", default=None, help="file (default: stdout)")
+
+    demo = sub.add_parser("demo", help="batching, faults and a job against the fake server")
+    demo.add_argument("--base-url", default=None, help="run against a real endpoint instead")
+    demo.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    demo.add_argument("--model", default="text-embedding-3-small")
+    demo.add_argument("--chat-model", default="gpt-4o-mini")
+    demo.add_argument("--n", type=int, default=2000, help="texts to embed (fake server)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return asyncio.run(cmd_run(args))
+        if args.command == "demo":
+            return asyncio.run(cmd_demo(args))
+        return {
+            "jobs": cmd_jobs,
+            "status": cmd_status,
+            "cancel": cmd_cancel,
+            "results": cmd_results,
+        }[args.command](args)
+    except CliError as e:
+        print(f"ferrobatch: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a typed ferrobatch error (unknown job, store locked, ...)
+        from ferrobatch import FerrobatchError
+
+        if isinstance(e, FerrobatchError):
+            print(f"ferrobatch: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,514 @@
+"""Batch jobs that survive crashes: `BatchManager` runs many requests through a ferrobatch HTTP
+batcher and keeps every request and result in a `BatchStore` (SQLite, WAL mode).
+
+```python
+manager = BatchManager(client=chat, store=BatchStore("batches.db"))
+job = await manager.submit([BatchRequest(id="r1", body={"messages": [...]}), ...], name="x")
+await manager.wait(job.id, progress=True)
+results = await manager.get_results(job.id)      # in submit order
+```
+
+Guarantees:
+
+- The job and its requests are written (one transaction) before `submit` returns; each result
+  is committed as it arrives.
+- Kill the process at any moment, restart, `await manager.resume()`: every request ends exactly
+  once. A request whose result was committed is never sent again. A request that was in
+  flight at the crash is sent again once its lease expires (`lease_seconds`), and nothing else
+  is.
+- Two managers on one store never run the same request at the same time: each request is
+  leased to one runner, the lease is renewed while the request is in flight, and only the
+  lease holder's result is committed.
+- `failed` is a job-level state (authentication, the server unreachable for longer than
+  `patience`); a request that fails on its own leaves the job `completed`, its result
+  carrying `error`.
+- The API key is never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from os import PathLike
+from typing import Any, Union
+
+from ferrobatch._http import EmbeddingsBase
+from ferrobatch._native import (
+    APIConnectionError,
+    AuthenticationError,
+    JobStore,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from ferrobatch.openai import ChatCompletions
+
+__all__ = [
+    "BatchManager",
+    "BatchRequest",
+    "BatchResult",
+    "BatchStatus",
+    "BatchStore",
+    "Job",
+    "JobProgress",
+]
+
+Client = Union[EmbeddingsBase, ChatCompletions]
+
+#: Errors that end the whole job: no other request can succeed while they hold.
+_FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
+
+
+class BatchStatus(Enum):
+    """A job's state: pending → processing → completed | failed | cancelled."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One request of a job: a unique `id` and the request body (a JSON object)."""
+
+    id: str
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One request's outcome: `response` (the response body) or `error` (a dict with `type`,
+    `message`, and `status` / `code` when the server gave them); both None while it has not
+    ended."""
+
+    id: str
+    status: str
+    response: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None and self.error is None
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Counts of a job's requests, with tokens and cost (None without prices) of ended ones."""
+
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+
+    @property
+    def done(self) -> int:
+        """Requests that ended (succeeded, failed or cancelled)."""
+        return self.succeeded + self.failed + self.cancelled
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored."""
+
+    id: str
+    name: str | None
+    status: BatchStatus
+    endpoint: str
+    total: int
+    created_at: float
+    error: str | None
+    settings: dict[str, Any]
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        name=row["name"],
+        status=BatchStatus(row["status"]),
+        endpoint=row["endpoint"],
+        total=row["total"],
+        created_at=row["created_at"],
+        error=row["error"],
+        settings=json.loads(row["settings"]) if row["settings"] else {},
+    )
+
+
+class BatchStore:
+    """Jobs, requests and results in one SQLite file (WAL mode); `":memory:"` (the default)
+    keeps them in memory only. Several processes may open the same file."""
+
+    def __init__(self, path: str | PathLike[str] = ":memory:") -> None:
+        self.path = str(path)
+        self._native = JobStore(self.path)
+
+    @property
+    def schema_version(self) -> int:
+        return self._native.schema_version()
+
+    def __repr__(self) -> str:
+        return f"BatchStore({self.path!r})"
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    for attr in ("status", "code", "param"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            out[attr] = value
+    return out
+
+
+def _endpoint(client: Client) -> str:
+    if isinstance(client, ChatCompletions):
+        return "/v1/chat/completions"
+    if isinstance(client, EmbeddingsBase):
+        return "/v1/embeddings"
+    raise TypeError(
+        "client must be a ferrobatch HTTP batcher (ferrobatch.openai.Embeddings, "
+        "ferrobatch.openai.ChatCompletions or ferrobatch.gemini.Embeddings), got "
+        f"{type(client).__name__}"
+    )
+
+
+def _check_body(endpoint: str, rid: str, body: Mapping[str, Any]) -> None:
+    if endpoint == "/v1/embeddings":
+        inp = body.get("input")
+        ok = isinstance(inp, str) or (
+            isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp)
+        )
+        if not ok:
+            raise ValueError(
+                f"request {rid!r}: an embeddings body needs `input`: a string or a non-empty "
+                "list of strings"
+            )
+    elif not isinstance(body.get("messages"), list):
+        raise ValueError(f"request {rid!r}: a chat body needs `messages`: a list")
+
+
+class BatchManager:
+    """Runs jobs through `client` (any ferrobatch HTTP batcher), recording them in `store`.
+
+    - `lease_seconds`: how long a claimed request is reserved for this manager without a
+      renewal; after a crash its in-flight requests are sent again once it runs out.
+    - `patience`: seconds of connection failures (no successful request) after which the job
+      fails instead of waiting for the server.
+    - `window`: most requests this manager has in flight per job.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        store: BatchStore | None = None,
+        *,
+        lease_seconds: float = 60.0,
+        patience: float = 300.0,
+        window: int = 1024,
+    ) -> None:
+        self.client = client
+        self.endpoint = _endpoint(client)
+        self.store = store if store is not None else BatchStore()
+        if not (lease_seconds > 0 and math.isfinite(lease_seconds)):
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.lease_seconds = lease_seconds
+        self.patience = patience
+        self.window = window
+        self.owner = f"{uuid.uuid4().hex}"
+        self._db = self.store._native
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._last_ok = time.monotonic()
+
+    # --- submitting ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        requests: Iterable[BatchRequest],
+        name: str | None = None,
+        *,
+        settings: Mapping[str, Any] | None = None,
+        input_hash: str | None = None,
+        start: bool = True,
+    ) -> Job:
+        """Store a job and start running it; returns once every request is written.
+
+        Raises `DuplicateRequestIdError` for a repeated id, `TypeError` / `ValueError` for a
+        request that cannot be sent (naming its id); nothing is written then.
+        """
+        rows: list[tuple[str, str]] = []
+        for i, r in enumerate(requests):
+            if not isinstance(r, BatchRequest):
+                raise TypeError(f"requests[{i}] must be a BatchRequest, got {type(r).__name__}")
+            if not isinstance(r.id, str) or not r.id:
+                raise ValueError(f"requests[{i}]: id must be a non-empty str")
+            if not isinstance(r.body, Mapping):
+                raise TypeError(f"request {r.id!r}: body must be a dict")
+            _check_body(self.endpoint, r.id, r.body)
+            try:
+                text = json.dumps(dict(r.body), allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"request {r.id!r}: body is not JSON: {e}") from None
+            rows.append((r.id, text))
+        job_id = f"batch_{uuid.uuid4().hex[:24]}"
+        settings_json = json.dumps(dict(settings or {}))
+        await asyncio.to_thread(
+            self._db.create_job, job_id, name, self.endpoint, settings_json, input_hash, rows
+        )
+        if start:
+            self._start(job_id)
+        return await self.get_job(job_id)
+
+    # --- reading -------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job:
+        return _job(self._db.job(job_id))
+
+    async def get_status(self, job_id: str) -> BatchStatus:
+        """The job's state (`JobNotFoundError` for an unknown id)."""
+        return BatchStatus(self._db.job(job_id)["status"])
+
+    async def progress(self, job_id: str) -> JobProgress:
+        """Counts of the job's requests, tokens and cost."""
+        return JobProgress(**self._db.progress(job_id))
+
+    async def get_results(self, job_id: str) -> list[BatchResult]:
+        """Every request's outcome, in submit order."""
+        rows = await asyncio.to_thread(self._db.results, job_id)
+        return [
+            BatchResult(
+                id=rid,
+                status=status,
+                response=json.loads(resp) if resp is not None else None,
+                error=json.loads(err) if err is not None else None,
+            )
+            for _, rid, status, resp, err in rows
+        ]
+
+    def list_jobs(self) -> list[Job]:
+        """Every job in the store, oldest first."""
+        return [_job(r) for r in self._db.jobs()]
+
+    # --- controlling ---------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> int:
+        """Cancel the job: pending requests are never sent; in-flight ones finish and are
+        recorded. Returns how many requests were cancelled."""
+        return self._db.cancel(job_id)
+
+    async def retry_failed(self, job_id: str) -> int:
+        """Run the job's failed requests again (and, for a failed job, its unsent ones);
+        returns how many were reset."""
+        n = self._db.reset_failed(job_id)
+        job = self._db.job(job_id)
+        if n or job["status"] == "failed":
+            self._db.set_status(job_id, "processing")
+            self._start(job_id)
+        return n
+
+    async def resume(self) -> list[Job]:
+        """Continue every unfinished job in the store (after a restart); returns them."""
+        jobs = [j for j in self.list_jobs() if not j.status.is_terminal]
+        for j in jobs:
+            self._start(j.id)
+        return jobs
+
+    async def wait(self, job_id: str, progress: bool = False, poll: float = 0.2) -> Job:
+        """Wait until the job is completed, failed or cancelled (and nothing of it is in
+        flight here). With `progress`, draw a progress bar (tqdm, if installed) on a terminal."""
+        if not BatchStatus(self._db.job(job_id)["status"]).is_terminal:
+            self._start(job_id)
+        bar = _bar(self._db.job(job_id)["total"]) if progress else None
+        try:
+            while True:
+                runner = self._runners.get(job_id)
+                p = await self.progress(job_id)
+                if bar is not None:
+                    bar.update(p)
+                status = await self.get_status(job_id)
+                if runner is None or runner.done():
+                    if runner is not None and not runner.cancelled() and runner.exception():
+                        raise runner.exception()  # type: ignore[misc]
+                    if status.is_terminal or runner is None:
+                        return await self.get_job(job_id)
+                    self._start(job_id)
+                await asyncio.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    async def close(self) -> None:
+        """Stop this manager's runners; their leased requests go back to pending."""
+        for job_id, task in list(self._runners.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self._db.release(job_id, self.owner)
+        self._runners.clear()
+
+    async def __aenter__(self) -> BatchManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- running -------------------------------------------------------------------------
+
+    def _start(self, job_id: str) -> None:
+        task = self._runners.get(job_id)
+        if task is None or task.done():
+            self._runners[job_id] = asyncio.get_running_loop().create_task(self._run(job_id))
+
+    async def _run(self, job_id: str) -> None:
+        db = self._db
+        if db.job(job_id)["status"] == "pending":
+            db.set_status(job_id, "processing")
+        in_flight: set[asyncio.Task[None]] = set()
+        renew = asyncio.get_running_loop().create_task(self._renew(job_id))
+        self._last_ok = time.monotonic()
+        try:
+            while True:
+                status = db.job(job_id)["status"]
+                if status in ("cancelled", "failed", "completed"):
+                    break
+                free = self.window - len(in_flight)
+                claimed = db.claim(job_id, self.owner, free, self.lease_seconds) if free else []
+                for seq, rid, body, _attempts in claimed:
+                    t = asyncio.get_running_loop().create_task(self._one(job_id, seq, rid, body))
+                    in_flight.add(t)
+                if in_flight:
+                    done, _ = await asyncio.wait(
+                        in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    in_flight -= done
+                    continue
+                if claimed:
+                    continue
+                p = db.progress(job_id)
+                if p["pending"] == 0 and p["running"] == 0:
+                    db.set_status(job_id, "completed")
+                    break
+                # Requests leased by another runner (alive, or dead until its lease expires).
+                await asyncio.sleep(min(0.5, self.lease_seconds / 4))
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+        finally:
+            renew.cancel()
+            for t in in_flight:
+                t.cancel()
+
+    async def _renew(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            self._db.renew(job_id, self.owner, self.lease_seconds)
+
+    async def _one(self, job_id: str, seq: int, rid: str, body_text: str) -> None:
+        body = json.loads(body_text)
+        response: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        tokens = (0, 0)
+        try:
+            response, tokens = await self._execute(body)
+            self._last_ok = time.monotonic()
+        except asyncio.CancelledError:
+            raise
+        except _FATAL as exc:
+            error = _error_dict(exc)
+            self._db.set_status(job_id, "failed", f"{type(exc).__name__}: {exc}")
+        except APIConnectionError as exc:
+            error = _error_dict(exc)
+            if time.monotonic() - self._last_ok > self.patience:
+                self._db.set_status(
+                    job_id,
+                    "failed",
+                    f"the server was unreachable for more than {self.patience:g}s: {exc}",
+                )
+        except Exception as exc:  # every request ends with a result or an error
+            error = _error_dict(exc)
+        self._db.complete(
+            job_id,
+            seq,
+            self.owner,
+            error is None,
+            json.dumps(response) if response is not None else None,
+            json.dumps(error) if error is not None else None,
+            tokens[0],
+            tokens[1],
+            self._cost(body, tokens),
+        )
+
+    def _cost(self, body: Mapping[str, Any], tokens: tuple[int, int]) -> float | None:
+        model = body.get("model") or getattr(self.client, "model", None)
+        price = self.client.prices.get(model) if isinstance(model, str) else None
+        if price is None:
+            return None
+        return (tokens[0] * price.get("input", 0.0) + tokens[1] * price.get("output", 0.0)) / 1e6
+
+    async def _execute(self, body: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
+        client = self.client
+        if isinstance(client, ChatCompletions):
+            resp = await client.process(body)
+            usage = resp.get("usage") or {}
+            return resp, (
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+            )
+        inp = body["input"]
+        texts = [inp] if isinstance(inp, str) else list(inp)
+        vectors = await client.embed_many(texts)
+        tokens = sum(max(1, math.ceil(len(t) / 4)) for t in texts)
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+            for i, v in enumerate(vectors)
+        ]
+        resp = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", client.model),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return resp, (tokens, 0)
+
+
+class _Bar:
+    """A progress display: tqdm on a terminal when installed, else nothing."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        self._bar = tqdm(total=total, unit="req", file=sys.stderr)
+        self._done = 0
+
+    def update(self, p: JobProgress) -> None:
+        self._bar.set_postfix(failed=p.failed, tokens=p.input_tokens + p.output_tokens)
+        self._bar.update(p.done - self._done)
+        self._done = p.done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _bar(total: int) -> _Bar | None:
+    if not sys.stderr.isatty():
+        return None
+    try:
+        return _Bar(total)
+    except ImportError:
+        return None

@@ -1,0 +1,202 @@
+"""The `ferrobatch` command against the shipped fake server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrobatch.cli import main
+from ferrobatch.testing import FakeServer
+
+
+def write_jsonl(path: Path, lines: list[Any]) -> Path:
+    path.write_text("".join((ln if isinstance(ln, str) else json.dumps(ln)) + "\n" for ln in lines))
+    return path
+
+
+def chat_line(i: int, **extra: Any) -> dict[str, Any]:
+    line = {
+        "custom_id": f"req-{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
+    }
+    line.update(extra)
+    return line
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_run_round_trip_and_rerun_resumes(
+    tmp_path: Path, fake_ai_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(30)])
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(src), "-o", str(out), "--base-url", fake_ai_server.openai_base_url]
+    assert main(args) == 0
+    lines = read_jsonl(out)
+    assert [ln["custom_id"] for ln in lines] == [f"req-{i}" for i in range(30)]
+    assert [ln["id"] for ln in lines] == [f"batch_req_{i}" for i in range(30)]
+    first = lines[0]
+    assert first["error"] is None and first["response"]["status_code"] == 200
+    assert first["response"]["body"]["choices"][0]["message"]["content"] == "fake reply to: q0"
+    assert (tmp_path / "out.jsonl.jobs.db").exists()
+    assert fake_ai_server.request_count() == 30
+    # The same command again finds the finished job: nothing is sent twice.
+    assert main(args) == 0
+    assert fake_ai_server.request_count() == 30
+    assert read_jsonl(out) == lines
+    err = capsys.readouterr().err
+    assert "already completed" in err
+
+
+def test_jobs_status_cancel_results_commands(
+    tmp_path: Path, fake_ai_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(5)])
+    out = tmp_path / "out.jsonl"
+    store = str(tmp_path / "s.db")
+    base = fake_ai_server.openai_base_url
+    assert main(["run", str(src), "-o", str(out), "--base-url", base, "--store", store]) == 0
+    capsys.readouterr()
+    assert main(["jobs", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    job_id = listing.splitlines()[1].split()[0]
+    assert "completed" in listing and "5/5" in listing
+    assert main(["status", job_id, "--store", store]) == 0
+    assert "succeeded  5" in capsys.readouterr().out
+    assert main(["results", job_id, "--store", store]) == 0
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert printed == read_jsonl(out)
+    assert main(["cancel", job_id, "--store", store]) == 0  # a finished job: nothing to cancel
+    assert "0 pending" in capsys.readouterr().out
+    assert main(["status", "batch_nope", "--store", store]) == 1
+    assert 'no job "batch_nope"' in capsys.readouterr().err
+    assert main(["jobs"]) == 2
+    assert "--store" in capsys.readouterr().err
+
+
+def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": [f"a{i}", f"b{i}"]},
+        }
+        for i in range(10)
+    ]
+    src = write_jsonl(tmp_path / "emb.jsonl", lines)
+    out = tmp_path / "emb-out.jsonl"
+    assert (
+        main(["run", str(src), "-o", str(out), "--base-url", fake_ai_server.openai_base_url]) == 0
+    )
+    res = read_jsonl(out)
+    assert all(len(r["response"]["body"]["data"]) == 2 for r in res)
+    assert len(res[0]["response"]["body"]["data"][0]["embedding"]) == 1536
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([chat_line(0), "{not json"], "in.jsonl:2: not valid JSON"),
+        ([chat_line(0), chat_line(1, method="GET")], "in.jsonl:2: unsupported method 'GET'"),
+        ([chat_line(0, url="/v1/completions")], "in.jsonl:1: unsupported url '/v1/completions'"),
+        (
+            [chat_line(0), chat_line(1), chat_line(0)],
+            "in.jsonl:3: duplicate custom_id 'req-0' (first on line 1)",
+        ),
+        (
+            [
+                chat_line(0),
+                {
+                    "custom_id": "x",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"input": "t"},
+                },
+            ],
+            "in.jsonl:2: url '/v1/embeddings' differs",
+        ),
+        (
+            [{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {}}],
+            "in.jsonl:1: `body.messages` must be a list",
+        ),
+        ([{"method": "POST"}], "in.jsonl:1: `custom_id` must be a non-empty string"),
+    ],
+)
+def test_bad_input_names_the_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[Any], message: str
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    assert main(["run", str(src), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
+    with FakeServer(latency=0.05) as server:
+        src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(300)])
+        out = tmp_path / "out.jsonl"
+        cmd = [
+            sys.executable,
+            "-m",
+            "ferrobatch.cli",
+            "run",
+            str(src),
+            "-o",
+            str(out),
+            "--base-url",
+            server.openai_base_url,
+            "--concurrency",
+            "4",
+        ]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while server.request_count() < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "run the same command again to resume" in err
+        assert not out.exists()
+        first = server.request_count()
+        assert first < 300
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "resuming" in rerun.stderr
+        assert len(read_jsonl(out)) == 300
+        counts: dict[str, int] = {}
+        for r in server.requests():
+            c = r["body"]["messages"][0]["content"]
+            counts[c] = counts.get(c, 0) + 1
+        assert set(counts) == {f"q{i}" for i in range(300)}
+        # Only requests in flight at the interrupt may have been sent twice.
+        assert sum(counts.values()) - 300 <= 16
+
+
+def test_demo_runs_against_the_fake_server() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ferrobatch.cli", "demo", "--n", "400"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "FAKE server" in out.stdout
+    assert "(0 lost)" in out.stdout
+    assert "batching saved" in out.stdout
+    assert "completed, 100 / 100" in out.stdout
