@@ -38,3 +38,8 @@ def test_embeddings_benchmark_smoke_run() -> None:
     text = run_quick("embeddings.py")
     assert "| ferrobatch Embeddings | " in text, text
     assert "SDK CPU / ferrobatch CPU" in text
+
+
+def test_jobs_benchmark_smoke_run() -> None:
+    text = run_quick("jobs.py")
+    assert "| BatchManager, SQLite file store | " in text, text
