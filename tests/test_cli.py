@@ -92,7 +92,11 @@ def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
             "custom_id": f"e{i}",
             "method": "POST",
             "url": "/v1/embeddings",
-            "body": {"model": "text-embedding-3-small", "input": [f"a{i}", f"b{i}"]},
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": [f"a{i}", f"b{i}"],
+                "dimensions": 8,
+            },
         }
         for i in range(10)
     ]
@@ -103,7 +107,8 @@ def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
     )
     res = read_jsonl(out)
     assert all(len(r["response"]["body"]["data"]) == 2 for r in res)
-    assert len(res[0]["response"]["body"]["data"][0]["embedding"]) == 1536
+    assert len(res[0]["response"]["body"]["data"][0]["embedding"]) == 8
+    assert fake_ai_server.requests()[0]["body"]["dimensions"] == 8
 
 
 @pytest.mark.parametrize(
@@ -133,6 +138,10 @@ def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
             "in.jsonl:1: `body.messages` must be a list",
         ),
         ([{"method": "POST"}], "in.jsonl:1: `custom_id` must be a non-empty string"),
+        (
+            [{"custom_id": "x", "url": "/v1/embeddings", "body": {"input": "t", "dims": 3}}],
+            "in.jsonl:1: unsupported embeddings field(s) ['dims']",
+        ),
     ],
 )
 def test_bad_input_names_the_line_and_writes_nothing(

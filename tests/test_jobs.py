@@ -191,6 +191,10 @@ async def test_embeddings_jobs(fake_ai_server: FakeServer) -> None:
         assert all(abs(a - b) < 1e-6 for a, b in zip(d["embedding"], fake_embedding(text, 4)))
     with pytest.raises(ValueError, match="needs `input`"):
         await manager.submit([BatchRequest(id="x", body={"input": []})])
+    with pytest.raises(ValueError, match="dimensions=8 differs from the client's dimensions=4"):
+        await manager.submit([BatchRequest(id="x", body={"input": "a", "dimensions": 8})])
+    with pytest.raises(ValueError, match=r"unsupported embeddings field\(s\) \['foo'\]"):
+        await manager.submit([BatchRequest(id="x", body={"input": "a", "foo": 1})])
     await emb.stop()
 
 

@@ -93,9 +93,12 @@ class EmbeddingsBase(AsyncBatcher[str, Vector]):
         model: str,
         options: BatcherOptions,
         prices: Prices | None = None,
+        dimensions: int | None = None,
     ) -> None:
         self._client = client
         self.model = model
+        #: The vector length asked for (None: the model's default).
+        self.dimensions = dimensions
         #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
         self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
         super().__init__(**options)

@@ -89,10 +89,19 @@ def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
                 or (isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp))
             ):
                 raise CliError(f"{where}: `body.input` must be a string or a list of strings")
+            unknown = sorted(
+                set(body) - {"input", "model", "dimensions", "encoding_format", "user"}
+            )
+            if unknown:
+                raise CliError(f"{where}: unsupported embeddings field(s) {unknown}")
+            shape = (body.get("model"), body.get("dimensions"))
             if model is None:
-                model = body.get("model")
-            elif body.get("model") != model:
-                raise CliError(f"{where}: embeddings model differs from line 1's; one per file")
+                model = shape
+            elif shape != model:
+                raise CliError(
+                    f"{where}: embeddings model or dimensions differ from the first line's; "
+                    "one of each per file"
+                )
         elif not isinstance(body.get("messages"), list):
             raise CliError(f"{where}: `body.messages` must be a list")
         requests.append(BatchRequest(id=cid, body=body))
@@ -210,7 +219,11 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
         "rate_limiter": limiter,
     }
     if endpoint == "/v1/embeddings":
-        return Embeddings(settings.get("model") or "text-embedding-3-small", **common)
+        return Embeddings(
+            settings.get("model") or "text-embedding-3-small",
+            dimensions=settings.get("dimensions"),
+            **common,
+        )
     return ChatCompletions(settings.get("model") or "default", **common)
 
 
@@ -220,11 +233,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
     store_path = args.store or str(out) + ".jobs.db"
     store = BatchStore(store_path)
     existing = store._native.find_by_input(digest)
-    model = requests[0].body.get("model")
     settings = {
         "base_url": args.base_url,
         "api_key_env": args.api_key_env,
-        "model": model,
+        "model": requests[0].body.get("model"),
+        "dimensions": requests[0].body.get("dimensions"),
         "input": str(src),
         "output": str(out),
     }
@@ -232,9 +245,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
     manager = BatchManager(client, store, lease_seconds=args.lease_seconds)
     try:
         if existing is None:
-            job = await manager.submit(
-                requests, name=src.name, settings=settings, input_hash=digest, start=False
-            )
+            try:
+                job = await manager.submit(
+                    requests, name=src.name, settings=settings, input_hash=digest, start=False
+                )
+            except (TypeError, ValueError) as e:
+                raise CliError(str(e)) from None
             print(f"job {job.id}: {job.total} requests, store {store_path}", file=sys.stderr)
         else:
             job = await manager.get_job(existing["id"])

@@ -100,4 +100,4 @@ class Embeddings(EmbeddingsBase):
             "max_latency": max_latency,
             "aging": aging,
         }
-        super().__init__(client, model, options, prices)
+        super().__init__(client, model, options, prices, output_dimensionality)

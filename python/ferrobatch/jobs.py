@@ -188,8 +188,21 @@ def _endpoint(client: Client) -> str:
     )
 
 
-def _check_body(endpoint: str, rid: str, body: Mapping[str, Any]) -> None:
-    if endpoint == "/v1/embeddings":
+#: Embedding body fields a job honours; the client's settings must match them.
+_EMBEDDING_FIELDS = {"input", "model", "dimensions", "encoding_format", "user"}
+
+
+def _check_body(client: Client, endpoint: str, rid: str, body: Mapping[str, Any]) -> None:
+    if isinstance(client, EmbeddingsBase):
+        unknown = sorted(set(body) - _EMBEDDING_FIELDS)
+        if unknown:
+            raise ValueError(f"request {rid!r}: unsupported embeddings field(s) {unknown}")
+        for field, have in (("model", client.model), ("dimensions", client.dimensions)):
+            if field in body and body[field] != have:
+                raise ValueError(
+                    f"request {rid!r}: {field}={body[field]!r} differs from the client's "
+                    f"{field}={have!r}; a job's embeddings use the client's settings"
+                )
         inp = body.get("input")
         ok = isinstance(inp, str) or (
             isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp)
@@ -261,7 +274,7 @@ class BatchManager:
                 raise ValueError(f"requests[{i}]: id must be a non-empty str")
             if not isinstance(r.body, Mapping):
                 raise TypeError(f"request {r.id!r}: body must be a dict")
-            _check_body(self.endpoint, r.id, r.body)
+            _check_body(self.client, self.endpoint, r.id, r.body)
             try:
                 text = json.dumps(dict(r.body), allow_nan=False)
             except (TypeError, ValueError) as e:

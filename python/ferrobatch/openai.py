@@ -118,7 +118,7 @@ class Embeddings(EmbeddingsBase):
             "max_latency": max_latency,
             "aging": aging,
         }
-        super().__init__(client, model, options, prices)
+        super().__init__(client, model, options, prices, dimensions)
 
 
 class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
