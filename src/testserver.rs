@@ -46,7 +46,7 @@ pub(crate) struct TestServer {
 impl TestServer {
     #[new]
     #[pyo3(signature = (*, host="127.0.0.1", port=0, latency=0.0, dimensions=1536, max_inputs=2048,
-                        gemini_max_inputs=100, api_key=None, requests_per_minute=None))]
+                        gemini_max_inputs=100, api_key=None, requests_per_minute=None, base64=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -57,6 +57,7 @@ impl TestServer {
         gemini_max_inputs: usize,
         api_key: Option<String>,
         requests_per_minute: Option<u32>,
+        base64: bool,
     ) -> PyResult<Self> {
         let config = ServerConfig {
             latency: seconds("latency", latency)?,
@@ -65,6 +66,7 @@ impl TestServer {
             gemini_max_inputs,
             api_key,
             requests_per_minute: requests_per_minute.filter(|r| *r > 0),
+            base64,
         };
         let rt = runtime();
         let server = Server::start(rt.handle(), host, port, config).map_err(|e| {

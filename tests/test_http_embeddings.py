@@ -61,6 +61,16 @@ async def test_embed_many_keeps_order_and_float_format_works(fake_ai_server: Fak
     await emb.stop()
 
 
+async def test_a_server_refusing_base64_gets_floats_from_then_on() -> None:
+    with FakeServer(base64=False) as server:
+        emb = make(server)
+        assert close(await emb.embed("a"), fake_embedding("a", DIMS))
+        assert close(await emb.embed("b"), fake_embedding("b", DIMS))
+        formats = [(r["status"], r["body"]["encoding_format"]) for r in server.requests()]
+        assert formats == [(400, "base64"), (200, "float"), (200, "float")]
+        await emb.stop()
+
+
 async def test_batches_split_at_the_input_cap(fake_ai_server: FakeServer) -> None:
     emb = make(fake_ai_server, max_batch_size=100, max_queue_time=0.05, max_inputs_per_request=30)
     texts = [f"x{i}" for i in range(100)]

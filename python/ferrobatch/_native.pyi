@@ -271,6 +271,7 @@ class TestServer:
         gemini_max_inputs: int = 100,
         api_key: str | None = None,
         requests_per_minute: int | None = None,
+        base64: bool = True,
     ) -> TestServer: ...
     @property
     def url(self) -> str: ...

@@ -24,7 +24,8 @@ comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), a
 `REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key` set, other
 keys get a 401 whose message echoes the key sent (as some servers do). With
 `requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and
-`x-ratelimit-*` headers.
+`x-ratelimit-*` headers. With `base64=False`, embeddings requests asking for base64 get a 400
+about `encoding_format`, as some OpenAI-compatible servers answer.
 
 With pytest, the `fake_ai_server` fixture (from the plugin this package registers) gives a
 fresh server per test.
@@ -73,6 +74,7 @@ class FakeServer:
         gemini_max_inputs: int = 100,
         api_key: str | None = None,
         requests_per_minute: int | None = None,
+        base64: bool = True,
     ) -> None:
         self._server = TestServer(
             host=host,
@@ -83,6 +85,7 @@ class FakeServer:
             gemini_max_inputs=gemini_max_inputs,
             api_key=api_key,
             requests_per_minute=requests_per_minute,
+            base64=base64,
         )
         self.dimensions = dimensions
 

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// When set, more requests than this within a minute get a 429 with `retry-after-ms`.
     pub requests_per_minute: Option<u32>,
+    /// Whether `encoding_format="base64"` is accepted; when false such requests get a 400
+    /// about `encoding_format`, as some OpenAI-compatible servers answer.
+    pub base64: bool,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +53,7 @@ impl Default for ServerConfig {
             gemini_max_inputs: 100,
             api_key: None,
             requests_per_minute: None,
+            base64: true,
         }
     }
 }
@@ -722,6 +726,13 @@ fn respond(
                     Some(param(i)),
                 );
             }
+            let b64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+            if route == "embeddings" && b64 && !config.base64 {
+                return bad(
+                    "encoding_format 'base64' is not supported by this server".into(),
+                    Some("encoding_format".into()),
+                );
+            }
             let dims_field = if route == "gemini" {
                 "outputDimensionality"
             } else {
@@ -742,7 +753,6 @@ fn respond(
             let answer = if route == "gemini" {
                 json!({"embeddings": vectors.into_iter().map(|v| json!({"values": v})).collect::<Vec<_>>()})
             } else {
-                let b64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
                 let tokens: u64 = texts.iter().map(|t| fake_tokens(t)).sum();
                 let data: Vec<Value> = vectors
                     .into_iter()
