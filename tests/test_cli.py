@@ -154,6 +154,18 @@ def test_bad_input_names_the_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_a_missing_key_for_the_official_endpoint_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(0)])
+    out = tmp_path / "out.jsonl"
+    code = main(["run", str(src), "-o", str(out), "--base-url", "https://api.openai.com/v1"])
+    assert code == 1
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path: Path) -> None:
     with FakeServer(latency=0.05) as server:
         src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(300)])

@@ -231,8 +231,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.output)
     endpoint, requests, digest = parse_requests(src)
     store_path = args.store or str(out) + ".jobs.db"
-    store = BatchStore(store_path)
-    existing = store._native.find_by_input(digest)
     settings = {
         "base_url": args.base_url,
         "api_key_env": args.api_key_env,
@@ -241,7 +239,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         "input": str(src),
         "output": str(out),
     }
-    client = make_client(endpoint, settings, args)
+    client = make_client(endpoint, settings, args)  # before the store: a bad setting writes nothing
+    store = BatchStore(store_path)
+    existing = store._native.find_by_input(digest)
     manager = BatchManager(client, store, lease_seconds=args.lease_seconds)
     try:
         if existing is None:
