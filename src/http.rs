@@ -73,7 +73,9 @@ impl RateLimiter {
     }
 }
 
-/// The settings every client shares, as Python passes them.
+/// The settings every client shares: the `transport` dict Python passes (every key present).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
 struct Common<'py> {
     base_url: String,
     api_key: Option<String>,
@@ -130,7 +132,7 @@ fn prices(dict: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, Price>>
     Ok(out)
 }
 
-fn transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<Transport> {
+fn build_transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<Transport> {
     let mut headers = Vec::new();
     if let Some(h) = &c.headers {
         for (k, v) in h.iter() {
@@ -235,24 +237,15 @@ pub(crate) struct EmbeddingsClient {
 #[pymethods]
 impl EmbeddingsClient {
     #[new]
-    #[pyo3(signature = (provider, model, *, base_url, api_key, headers, timeout, max_retries,
-                        initial_backoff, max_backoff, rate_limiter, prices, dimensions,
-                        encoding_format, max_inputs_per_request, max_tokens_per_request,
-                        task_type, title, user, format))]
+    #[pyo3(signature = (provider, model, *, transport, dimensions, encoding_format,
+                        max_inputs_per_request, max_tokens_per_request, task_type, title, user,
+                        format))]
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
         py: Python<'py>,
         provider: &str,
         model: String,
-        base_url: String,
-        api_key: Option<String>,
-        headers: Option<Bound<'py, PyDict>>,
-        timeout: f64,
-        max_retries: i64,
-        initial_backoff: f64,
-        max_backoff: f64,
-        rate_limiter: Option<Bound<'py, RateLimiter>>,
-        prices: Option<Bound<'py, PyDict>>,
+        transport: Common<'py>,
         dimensions: Option<u32>,
         encoding_format: &str,
         max_inputs_per_request: Option<usize>,
@@ -262,17 +255,7 @@ impl EmbeddingsClient {
         user: Option<String>,
         format: &str,
     ) -> PyResult<Self> {
-        let common = Common {
-            base_url,
-            api_key,
-            headers,
-            timeout,
-            max_retries,
-            initial_backoff,
-            max_backoff,
-            rate_limiter,
-            prices,
-        };
+        let common = transport;
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
@@ -307,7 +290,7 @@ impl EmbeddingsClient {
                 let api = openai::Embeddings::new(model.clone(), dimensions, encoding, user);
                 (
                     EmbeddingApi::OpenAi(api),
-                    transport(Provider::OpenAi, Auth::Bearer, &common)?,
+                    build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
                     openai::MAX_INPUTS,
                 )
             }
@@ -315,7 +298,7 @@ impl EmbeddingsClient {
                 let api = gemini::Embeddings::new(&model, task_type, dimensions, title);
                 (
                     EmbeddingApi::Gemini(api),
-                    transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
+                    build_transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
                     gemini::MAX_INPUTS,
                 )
             }
@@ -461,39 +444,16 @@ pub(crate) struct ChatClient {
 #[pymethods]
 impl ChatClient {
     #[new]
-    #[pyo3(signature = (model, *, base_url, api_key, headers, timeout, max_retries,
-                        initial_backoff, max_backoff, rate_limiter, prices))]
-    #[allow(clippy::too_many_arguments)]
-    fn new<'py>(
-        model: String,
-        base_url: String,
-        api_key: Option<String>,
-        headers: Option<Bound<'py, PyDict>>,
-        timeout: f64,
-        max_retries: i64,
-        initial_backoff: f64,
-        max_backoff: f64,
-        rate_limiter: Option<Bound<'py, RateLimiter>>,
-        prices: Option<Bound<'py, PyDict>>,
-    ) -> PyResult<Self> {
-        let common = Common {
-            base_url,
-            api_key,
-            headers,
-            timeout,
-            max_retries,
-            initial_backoff,
-            max_backoff,
-            rate_limiter,
-            prices,
-        };
+    #[pyo3(signature = (model, *, transport))]
+    fn new(model: String, transport: Common<'_>) -> PyResult<Self> {
+        let common = transport;
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
         Ok(ChatClient {
             inner: Arc::new(Chatter {
                 chat: openai::Chat { model },
-                transport: transport(Provider::OpenAi, Auth::Bearer, &common)?,
+                transport: build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
             }),
         })
     }

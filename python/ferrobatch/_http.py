@@ -10,12 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import ConfigError, EmbeddingsClient, RateLimiter
+from ferrobatch._native import ChatClient, ConfigError, EmbeddingsClient, RateLimiter
 
-__all__ = ["BatcherOptions", "EmbeddingsBase", "ModelUsage", "Vector", "resolve_key"]
+__all__ = [
+    "BatcherOptions",
+    "EmbeddingsBase",
+    "HttpBatcher",
+    "ModelUsage",
+    "Vector",
+    "resolve_key",
+    "transport_options",
+]
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 #: An embedding: a list of floats, or a float32 numpy array with format="numpy".
 Vector = Any
@@ -81,11 +92,45 @@ def check_texts(texts: Iterable[Any]) -> list[str]:
     return out
 
 
-class EmbeddingsBase(AsyncBatcher[str, Vector]):
+class HttpBatcher(AsyncBatcher[T, S]):
+    """What every HTTP batcher shares: its native client, model, prices and usage."""
+
+    _client: EmbeddingsClient | ChatClient
+
+    def __init__(
+        self,
+        client: EmbeddingsClient | ChatClient,
+        model: str,
+        options: BatcherOptions,
+        prices: Prices | None = None,
+    ) -> None:
+        self._client = client
+        self.model = model
+        #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
+        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
+        super().__init__(**options)
+
+    def usage(self) -> dict[str, ModelUsage]:
+        """Requests, retries, failed requests, tokens and cost, per model."""
+        usage: dict[str, ModelUsage] = self._client.usage()
+        return usage
+
+    @property
+    def base_url(self) -> str:
+        return self._client.base_url
+
+    def __repr__(self) -> str:
+        state = "running" if self._core.accepting else "stopped"
+        return (
+            f"<{type(self).__name__} {state} model={self.model!r} base_url={self.base_url!r} "
+            f"max_batch_size={self.max_batch_size} concurrency={self.concurrency}>"
+        )
+
+
+class EmbeddingsBase(HttpBatcher[str, Vector]):
     """An embedding batcher: `await emb.embed(text)` gives that text's vector."""
 
     _client: EmbeddingsClient
-    model: str
 
     def __init__(
         self,
@@ -95,13 +140,9 @@ class EmbeddingsBase(AsyncBatcher[str, Vector]):
         prices: Prices | None = None,
         dimensions: int | None = None,
     ) -> None:
-        self._client = client
-        self.model = model
         #: The vector length asked for (None: the model's default).
         self.dimensions = dimensions
-        #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
-        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
-        super().__init__(**options)
+        super().__init__(client, model, options, prices)
 
     async def process_batch(self, batch: list[str]) -> list[Vector | BaseException]:
         result: list[Vector | BaseException] = await self._client.embed(batch)
@@ -128,24 +169,8 @@ class EmbeddingsBase(AsyncBatcher[str, Vector]):
         """Same as `embed_many`."""
         return self.embed_many(items, priority)
 
-    def usage(self) -> dict[str, ModelUsage]:
-        """Requests, retries, failed requests, tokens and cost, per model."""
-        usage: dict[str, ModelUsage] = self._client.usage()
-        return usage
 
-    @property
-    def base_url(self) -> str:
-        return self._client.base_url
-
-    def __repr__(self) -> str:
-        state = "running" if self._core.accepting else "stopped"
-        return (
-            f"<{type(self).__name__} {state} model={self.model!r} base_url={self.base_url!r} "
-            f"max_batch_size={self.max_batch_size} concurrency={self.concurrency}>"
-        )
-
-
-def client_kwargs(
+def transport_options(
     *,
     base_url: str,
     api_key: str | None,
@@ -157,6 +182,7 @@ def client_kwargs(
     rate_limiter: RateLimiter | None,
     prices: Prices | None,
 ) -> dict[str, Any]:
+    """The `transport` settings every native client takes, as one dict."""
     return {
         "base_url": base_url,
         "api_key": api_key,

@@ -214,15 +214,7 @@ class EmbeddingsClient:
         provider: str,
         model: str,
         *,
-        base_url: str,
-        api_key: str | None,
-        headers: dict[str, str] | None,
-        timeout: float,
-        max_retries: int,
-        initial_backoff: float,
-        max_backoff: float,
-        rate_limiter: RateLimiter | None,
-        prices: dict[str, dict[str, float]] | None,
+        transport: dict[str, Any],
         dimensions: int | None,
         encoding_format: str,
         max_inputs_per_request: int | None,
@@ -239,20 +231,7 @@ class EmbeddingsClient:
 
 @final
 class ChatClient:
-    def __new__(
-        cls,
-        model: str,
-        *,
-        base_url: str,
-        api_key: str | None,
-        headers: dict[str, str] | None,
-        timeout: float,
-        max_retries: int,
-        initial_backoff: float,
-        max_backoff: float,
-        rate_limiter: RateLimiter | None,
-        prices: dict[str, dict[str, float]] | None,
-    ) -> ChatClient: ...
+    def __new__(cls, model: str, *, transport: dict[str, Any]) -> ChatClient: ...
     def create_many(self, bodies: list[Any]) -> asyncio.Future[list[Any]]: ...
     def usage(self) -> dict[str, Any]: ...
     @property

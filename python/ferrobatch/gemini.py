@@ -16,9 +16,9 @@ from ferrobatch._http import (
     BatcherOptions,
     EmbeddingsBase,
     Prices,
-    client_kwargs,
     require_key,
     resolve_key,
+    transport_options,
 )
 from ferrobatch._native import EmbeddingsClient, RateLimiter
 
@@ -70,7 +70,7 @@ class Embeddings(EmbeddingsBase):
         client = EmbeddingsClient(
             "gemini",
             model,
-            **client_kwargs(
+            transport=transport_options(
                 base_url=base_url,
                 api_key=key,
                 headers=headers,

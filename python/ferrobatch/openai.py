@@ -16,16 +16,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from ferrobatch._batcher import AsyncBatcher
 from ferrobatch._http import (
     BatcherOptions,
     EmbeddingsBase,
-    ModelUsage,
+    HttpBatcher,
     Prices,
-    client_kwargs,
     merged_headers,
     require_key,
     resolve_key,
+    transport_options,
 )
 from ferrobatch._native import ChatClient, EmbeddingsClient, RateLimiter
 
@@ -86,7 +85,7 @@ class Embeddings(EmbeddingsBase):
         client = EmbeddingsClient(
             "openai",
             model,
-            **client_kwargs(
+            transport=transport_options(
                 base_url=url,
                 api_key=key,
                 headers=merged_headers(
@@ -121,7 +120,7 @@ class Embeddings(EmbeddingsBase):
         super().__init__(client, model, options, prices, dimensions)
 
 
-class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
+class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
     """Batched `POST {base_url}/chat/completions`: one HTTP request per item (the API takes
     one conversation per request), `concurrency` at a time, each response returned as a dict.
 
@@ -132,6 +131,7 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
     """
 
     _single_item_batches = True
+    _client: ChatClient
 
     def __init__(
         self,
@@ -160,9 +160,9 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
         url = _base_url(base_url)
         key = resolve_key(api_key, _KEY_ENV)
         require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
-        self._client = ChatClient(
+        client = ChatClient(
             model,
-            **client_kwargs(
+            transport=transport_options(
                 base_url=url,
                 api_key=key,
                 headers=merged_headers(
@@ -176,19 +176,17 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
                 prices=prices,
             ),
         )
-        self.model = model
-        #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
-        self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
-        super().__init__(
-            max_batch_size=max_batch_size,
-            max_queue_time=max_queue_time,
-            concurrency=concurrency,
-            max_queue_size=max_queue_size,
-            on_full=on_full,
-            item_timeout=item_timeout,
-            max_latency=max_latency,
-            aging=aging,
-        )
+        options: BatcherOptions = {
+            "max_batch_size": max_batch_size,
+            "max_queue_time": max_queue_time,
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "item_timeout": item_timeout,
+            "max_latency": max_latency,
+            "aging": aging,
+        }
+        super().__init__(client, model, options, prices)
 
     async def process_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
         result: list[Any] = await self._client.create_many(batch)
@@ -219,19 +217,3 @@ class ChatCompletions(AsyncBatcher[dict[str, Any], dict[str, Any]]):
             raise TypeError(f"a chat request body must be a dict, got {type(item).__name__}")
         fut: asyncio.Future[dict[str, Any]] = self._core.process(item, priority)
         return fut
-
-    def usage(self) -> dict[str, ModelUsage]:
-        """Requests, retries, failed requests, tokens and cost, per model."""
-        usage: dict[str, ModelUsage] = self._client.usage()
-        return usage
-
-    @property
-    def base_url(self) -> str:
-        return self._client.base_url
-
-    def __repr__(self) -> str:
-        state = "running" if self._core.accepting else "stopped"
-        return (
-            f"<ChatCompletions {state} model={self.model!r} base_url={self.base_url!r} "
-            f"concurrency={self.concurrency}>"
-        )
