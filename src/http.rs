@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use serde_json::Value;
 
 use crate::errors::{self, to_pyerr};
@@ -209,7 +209,24 @@ impl Embedder {
     }
 }
 
+/// The Python type vectors are handed out as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VectorFormat {
+    /// `list[float]`.
+    List,
+    /// A writable float32 `numpy.ndarray`.
+    Numpy,
+    /// A stdlib `array.array("f")`: one buffer, no numpy needed.
+    Array,
+}
+
 static NUMPY: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+static ARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `array.array`, imported once.
+fn array_type(py: Python<'_>) -> PyResult<&'static Py<PyAny>> {
+    ARRAY.get_or_try_init(py, || Ok(py.import("array")?.getattr("array")?.unbind()))
+}
 
 /// `numpy.frombuffer` and `numpy.float32`, imported once.
 fn numpy(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
@@ -230,7 +247,7 @@ fn numpy(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct EmbeddingsClient {
     inner: Arc<Embedder>,
-    as_numpy: bool,
+    format: VectorFormat,
     model: String,
 }
 
@@ -259,16 +276,17 @@ impl EmbeddingsClient {
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
-        let as_numpy = match format {
-            "list" => false,
+        let format = match format {
+            "list" => VectorFormat::List,
+            "array" => VectorFormat::Array,
             "numpy" => {
                 numpy(py)?;
-                true
+                VectorFormat::Numpy
             }
             other => {
                 return Err(config_error(
                     "format",
-                    format!("must be 'list' or 'numpy', got {other:?}"),
+                    format!("must be 'list', 'numpy' or 'array', got {other:?}"),
                 ))
             }
         };
@@ -324,7 +342,7 @@ impl EmbeddingsClient {
                 max_inputs,
                 max_tokens,
             }),
-            as_numpy,
+            format,
             model,
         })
     }
@@ -332,13 +350,13 @@ impl EmbeddingsClient {
     /// Embed a batch of texts: a Future of one vector (or exception instance) per text.
     fn embed(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Py<PyAny>> {
         let inner = Arc::clone(&self.inner);
-        let as_numpy = self.as_numpy;
+        let format = self.format;
         task::spawn(py, async move {
             let results = inner.embed(texts).await;
             Box::new(Vectors {
                 results: results.into_iter(),
                 out: Vec::new(),
-                as_numpy,
+                format,
             }) as Outcome
         })
     }
@@ -390,28 +408,32 @@ const FLOATS_PER_STEP: usize = 1 << 16;
 struct Vectors {
     results: std::vec::IntoIter<Result<Vector, Error>>,
     out: Vec<Py<PyAny>>,
-    as_numpy: bool,
+    format: VectorFormat,
+}
+
+/// A vector's float32s in native byte order (what numpy's `float32` and array's `"f"` read).
+fn native_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
 impl task::Convert for Vectors {
     fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let np = if self.as_numpy {
-            Some(numpy(py)?)
-        } else {
-            None
-        };
         let mut budget = FLOATS_PER_STEP;
         for r in self.results.by_ref() {
             let obj = match r {
                 Ok(v) => {
                     budget = budget.saturating_sub(v.len().max(1));
-                    match np {
-                        None => float_list(py, &v)?,
-                        Some((frombuffer, dtype)) => {
-                            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    match self.format {
+                        VectorFormat::List => float_list(py, &v)?,
+                        VectorFormat::Numpy => {
+                            let (frombuffer, dtype) = numpy(py)?;
                             // A bytearray, so that the array is writable.
-                            let buf = PyByteArray::new(py, &bytes);
+                            let buf = PyByteArray::new(py, &native_bytes(&v));
                             frombuffer.bind(py).call1((buf, dtype.bind(py)))?
+                        }
+                        VectorFormat::Array => {
+                            let bytes = PyBytes::new(py, &native_bytes(&v));
+                            array_type(py)?.bind(py).call1(("f", bytes))?
                         }
                     }
                 }

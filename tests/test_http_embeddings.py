@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
 import time
@@ -109,6 +110,14 @@ async def test_numpy_format_gives_writable_float32_arrays(fake_ai_server: FakeSe
     assert v.dtype == np.float32 and v.shape == (DIMS,)
     assert np.allclose(v, fake_embedding("hello", DIMS), atol=1e-6)
     v[0] = 1.0  # writable
+    await emb.stop()
+
+
+async def test_array_format_gives_stdlib_float32_arrays(fake_ai_server: FakeServer) -> None:
+    emb = make(fake_ai_server, format="array")
+    v = await emb.embed("hello")
+    assert isinstance(v, array.array) and v.typecode == "f" and len(v) == DIMS
+    assert close(list(v), fake_embedding("hello", DIMS))
     await emb.stop()
 
 

@@ -28,7 +28,8 @@ __all__ = [
 T = TypeVar("T")
 S = TypeVar("S")
 
-#: An embedding: a list of floats, or a float32 numpy array with format="numpy".
+#: An embedding: a list of floats; a float32 numpy array with format="numpy"; an
+#: `array.array("f")` with format="array".
 Vector = Any
 
 Prices = Mapping[str, Mapping[str, float]]

@@ -47,7 +47,7 @@ class Embeddings(EmbeddingsBase):
         task_type: str | None = None,
         title: str | None = None,
         output_dimensionality: int | None = None,
-        format: Literal["list", "numpy"] = "list",
+        format: Literal["list", "numpy", "array"] = "list",
         max_batch_size: int = 100,
         max_queue_time: float | Literal["auto"] = 0.02,
         concurrency: int = 8,

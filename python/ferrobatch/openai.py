@@ -44,9 +44,10 @@ class Embeddings(EmbeddingsBase):
     `max_inputs_per_request` and `max_tokens_per_request`), vectors matched by `index`.
 
     Vectors travel as base64 float32 (`encoding_format="base64"`, decoded in Rust; a server
-    that refuses it is asked for floats from then on). `format="numpy"` gives float32 arrays
-    instead of lists. An input the server rejects by position (`param: "input[3]"`) fails
-    alone; the rest are sent again.
+    that refuses it is asked for floats from then on). `format="numpy"` gives writable float32
+    numpy arrays instead of lists, and `format="array"` gives stdlib `array.array("f")` (one
+    buffer per vector, no numpy needed, zero-copy into numpy or torch). An input the server
+    rejects by position (`param: "input[3]"`) fails alone; the rest are sent again.
     """
 
     def __init__(
@@ -59,7 +60,7 @@ class Embeddings(EmbeddingsBase):
         project: str | None = None,
         headers: Mapping[str, str] | None = None,
         dimensions: int | None = None,
-        format: Literal["list", "numpy"] = "list",
+        format: Literal["list", "numpy", "array"] = "list",
         encoding_format: Literal["base64", "float"] = "base64",
         user: str | None = None,
         max_batch_size: int = 256,
