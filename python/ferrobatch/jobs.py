@@ -223,7 +223,9 @@ class BatchManager:
       renewal; after a crash its in-flight requests are sent again once it runs out.
     - `patience`: seconds of connection failures (no successful request) after which the job
       fails instead of waiting for the server.
-    - `window`: most requests this manager has in flight per job.
+    - `window`: most requests this manager has claimed per job at once. The default is twice
+      what the client can have in flight (`2 * concurrency * max_batch_size`, capped at 4096),
+      so that little more than what is really being sent is leased when a crash happens.
     """
 
     def __init__(
@@ -233,13 +235,17 @@ class BatchManager:
         *,
         lease_seconds: float = 60.0,
         patience: float = 300.0,
-        window: int = 1024,
+        window: int | None = None,
     ) -> None:
         self.client = client
         self.endpoint = _endpoint(client)
         self.store = store if store is not None else BatchStore()
         if not (lease_seconds > 0 and math.isfinite(lease_seconds)):
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if window is None:
+            slots = client.concurrency if client.concurrency > 0 else 64
+            per_batch = client.max_batch_size if client.max_batch_size > 0 else 256
+            window = min(4096, 2 * slots * per_batch)
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.lease_seconds = lease_seconds
