@@ -237,7 +237,7 @@ async def test_sigkill_mid_job_then_resume_sends_nothing_committed_twice(tmp_pat
             job_id = worker.stdout.readline().strip()
             store = BatchStore(path)
             deadline = time.monotonic() + 30
-            while store._native.progress(job_id)["succeeded"] < 40:
+            while store.progress(job_id).succeeded < 40:
                 assert time.monotonic() < deadline, "the worker made no progress"
                 await asyncio.sleep(0.02)
             os.kill(worker.pid, signal.SIGKILL)
@@ -249,9 +249,9 @@ async def test_sigkill_mid_job_then_resume_sends_nothing_committed_twice(tmp_pat
             if worker.stdout is not None:
                 worker.stdout.close()
         # What the store says was committed at the moment of the kill.
-        rows = store._native.results(job_id)
-        committed = {rid for _, rid, status, _, _ in rows if status == "succeeded"}
-        in_flight = {rid for _, rid, status, _, _ in rows if status == "running"}
+        rows = store.results(job_id)
+        committed = {r.id for r in rows if r.status == "succeeded"}
+        in_flight = {r.id for r in rows if r.status == "running"}
         assert 40 <= len(committed) < n
         sent_before = sends(server)
 

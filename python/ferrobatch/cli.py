@@ -20,10 +20,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ferrobatch._native import RateLimiter
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchResult, BatchStore, Job, JobProgress
+from ferrobatch.jobs import (
+    BatchManager,
+    BatchRequest,
+    BatchResult,
+    BatchStore,
+    ProgressReporter,
+)
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
 
@@ -141,67 +147,6 @@ def write_results(results: list[BatchResult], out: Path | None) -> None:
         raise
 
 
-# --- progress ---------------------------------------------------------------------------------
-
-
-class Reporter:
-    """Progress of a job: tqdm on a terminal (when installed), plain lines every `every`
-    seconds otherwise."""
-
-    def __init__(
-        self, total: int, already: int = 0, stream: TextIO = sys.stderr, every: float = 2.0
-    ) -> None:
-        self.total, self.stream, self.every = total, stream, every
-        self.already = already  # ended before this run: not part of its rate
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.bar: Any = None
-        self.shown = already
-        if stream.isatty():
-            try:
-                from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
-
-                self.bar = tqdm(total=total, initial=already, unit="req", file=stream)
-            except ImportError:
-                self.bar = None
-
-    def line(self, p: JobProgress) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        rate = (p.done - self.already) / elapsed
-        left = p.total - p.done
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        return (
-            f"done {p.done}/{p.total} (failed {p.failed}) {rate:.1f} req/s "
-            f"tokens {p.input_tokens + p.output_tokens} eta {eta}"
-        )
-
-    def update(self, p: JobProgress, final: bool = False) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(failed=p.failed, tokens=p.input_tokens + p.output_tokens)
-            self.bar.update(p.done - self.shown)
-            self.shown = p.done
-            if final:
-                self.bar.close()
-            return
-        now = time.monotonic()
-        if now - self.last >= self.every or (final and p.done != self.shown):
-            self.last, self.shown = now, p.done
-            print(self.line(p), file=self.stream, flush=True)
-
-
-async def follow(manager: BatchManager, job_id: str, reporter: Reporter) -> Job:
-    """Run the job to its end, reporting progress."""
-    waiter = asyncio.ensure_future(manager.wait(job_id, poll=0.1))
-    try:
-        while not waiter.done():
-            reporter.update(await manager.progress(job_id))
-            await asyncio.wait({waiter}, timeout=0.25)
-        reporter.update(await manager.progress(job_id), final=True)
-        return waiter.result()
-    finally:
-        waiter.cancel()
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -241,7 +186,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     }
     client = make_client(endpoint, settings, args)  # before the store: a bad setting writes nothing
     store = BatchStore(store_path)
-    existing = store._native.find_by_input(digest)
+    existing = store.find_by_input(digest)
     manager = BatchManager(client, store, lease_seconds=args.lease_seconds)
     try:
         if existing is None:
@@ -253,7 +198,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 raise CliError(str(e)) from None
             print(f"job {job.id}: {job.total} requests, store {store_path}", file=sys.stderr)
         else:
-            job = await manager.get_job(existing["id"])
+            job = existing
             if not job.status.is_terminal:
                 print(f"job {job.id}: found in {store_path}; resuming", file=sys.stderr)
         if job.status.is_terminal:
@@ -261,8 +206,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 f"job {job.id} is already {job.status.value}; writing its results", file=sys.stderr
             )
         else:
-            before = await manager.progress(job.id)
-            job = await follow(manager, job.id, Reporter(job.total, already=before.done))
+            before = store.progress(job.id)
+            reporter = ProgressReporter(job.total, already=before.done, every=2.0)
+            job = await manager.wait(job.id, progress=reporter, poll=0.1)
         results = await manager.get_results(job.id)
         write_results(results, out)
         p = await manager.progress(job.id)
@@ -290,52 +236,40 @@ def open_store(args: argparse.Namespace) -> BatchStore:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     store = open_store(args)
-    rows = store._native.jobs()
-    if not rows:
+    jobs = store.jobs()
+    if not jobs:
         print("no jobs")
         return 0
     print(f"{'job':<31} {'status':<11} {'done':>13}  name")
-    for r in rows:
-        p = store._native.progress(r["id"])
-        done = p["succeeded"] + p["failed"] + p["cancelled"]
-        print(f"{r['id']:<31} {r['status']:<11} {done:>6}/{p['total']:<6}  {r['name'] or ''}")
+    for j in jobs:
+        p = store.progress(j.id)
+        print(f"{j.id:<31} {j.status.value:<11} {p.done:>6}/{p.total:<6}  {j.name or ''}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(args)
-    r = store._native.job(args.job)
-    p = store._native.progress(args.job)
-    print(f"job {r['id']} ({r['name'] or 'unnamed'}): {r['status']}")
-    if r["error"]:
-        print(f"error: {r['error']}")
+    j = store.job(args.job)
+    p = store.progress(args.job)
+    print(f"job {j.id} ({j.name or 'unnamed'}): {j.status.value}")
+    if j.error:
+        print(f"error: {j.error}")
     for k in ("total", "pending", "running", "succeeded", "failed", "cancelled"):
-        print(f"  {k:<10} {p[k]}")
-    print(f"  tokens     {p['input_tokens']} in, {p['output_tokens']} out")
-    if p["cost"] is not None:
-        print(f"  cost       ${p['cost']:.6f}")
+        print(f"  {k:<10} {getattr(p, k)}")
+    print(f"  tokens     {p.input_tokens} in, {p.output_tokens} out")
+    if p.cost is not None:
+        print(f"  cost       ${p.cost:.6f}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    n = store._native.cancel(args.job)
+    n = open_store(args).cancel(args.job)
     print(f"job {args.job} cancelled; {n} pending requests will not be sent")
     return 0
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    store = open_store(args)
-    rows = store._native.results(args.job)
-    results = [
-        BatchResult(
-            id=rid,
-            status=status,
-            response=json.loads(resp) if resp is not None else None,
-            error=json.loads(err) if err is not None else None,
-        )
-        for _, rid, status, resp, err in rows
-    ]
+    results = open_store(args).results(args.job)
     write_results(results, Path(args.output) if args.output else None)
     return 0
 

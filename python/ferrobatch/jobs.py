@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from os import PathLike
-from typing import Any, Union
+from typing import Any, TextIO, Union
 
 from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import (
@@ -58,6 +58,7 @@ __all__ = [
     "BatchStore",
     "Job",
     "JobProgress",
+    "ProgressReporter",
 ]
 
 Client = Union[EmbeddingsBase, ChatCompletions]
@@ -162,6 +163,39 @@ class BatchStore:
     @property
     def schema_version(self) -> int:
         return self._native.schema_version()
+
+    def job(self, job_id: str) -> Job:
+        """One job (`JobNotFoundError` for an unknown id)."""
+        return _job(self._native.job(job_id))
+
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        return [_job(r) for r in self._native.jobs()]
+
+    def find_by_input(self, input_hash: str) -> Job | None:
+        """The newest job submitted with this `input_hash`."""
+        row = self._native.find_by_input(input_hash)
+        return None if row is None else _job(row)
+
+    def progress(self, job_id: str) -> JobProgress:
+        """Counts of the job's requests, tokens and cost."""
+        return JobProgress(**self._native.progress(job_id))
+
+    def results(self, job_id: str) -> list[BatchResult]:
+        """Every request's outcome, in submit order."""
+        return [
+            BatchResult(
+                id=rid,
+                status=status,
+                response=json.loads(resp) if resp is not None else None,
+                error=json.loads(err) if err is not None else None,
+            )
+            for _, rid, status, resp, err in self._native.results(job_id)
+        ]
+
+    def cancel(self, job_id: str) -> int:
+        """Cancel the job: its pending requests will never be sent; how many there were."""
+        return self._native.cancel(job_id)
 
     def __repr__(self) -> str:
         return f"BatchStore({self.path!r})"
@@ -298,39 +332,30 @@ class BatchManager:
     # --- reading -------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job:
-        return _job(self._db.job(job_id))
+        return self.store.job(job_id)
 
     async def get_status(self, job_id: str) -> BatchStatus:
         """The job's state (`JobNotFoundError` for an unknown id)."""
-        return BatchStatus(self._db.job(job_id)["status"])
+        return self.store.job(job_id).status
 
     async def progress(self, job_id: str) -> JobProgress:
         """Counts of the job's requests, tokens and cost."""
-        return JobProgress(**self._db.progress(job_id))
+        return self.store.progress(job_id)
 
     async def get_results(self, job_id: str) -> list[BatchResult]:
         """Every request's outcome, in submit order."""
-        rows = await asyncio.to_thread(self._db.results, job_id)
-        return [
-            BatchResult(
-                id=rid,
-                status=status,
-                response=json.loads(resp) if resp is not None else None,
-                error=json.loads(err) if err is not None else None,
-            )
-            for _, rid, status, resp, err in rows
-        ]
+        return await asyncio.to_thread(self.store.results, job_id)
 
     def list_jobs(self) -> list[Job]:
         """Every job in the store, oldest first."""
-        return [_job(r) for r in self._db.jobs()]
+        return self.store.jobs()
 
     # --- controlling ---------------------------------------------------------------------
 
     async def cancel(self, job_id: str) -> int:
         """Cancel the job: pending requests are never sent; in-flight ones finish and are
         recorded. Returns how many requests were cancelled."""
-        return self._db.cancel(job_id)
+        return self.store.cancel(job_id)
 
     async def retry_failed(self, job_id: str) -> int:
         """Run the job's failed requests again (and, for a failed job, its unsent ones);
@@ -349,19 +374,26 @@ class BatchManager:
             self._start(j.id)
         return jobs
 
-    async def wait(self, job_id: str, progress: bool = False, poll: float = 0.2) -> Job:
+    async def wait(
+        self, job_id: str, progress: bool | ProgressReporter = False, poll: float = 0.2
+    ) -> Job:
         """Wait until the job is completed, failed or cancelled (and nothing of it is in
-        flight here). With `progress`, draw a progress bar (tqdm, if installed) on a terminal."""
-        if not BatchStatus(self._db.job(job_id)["status"]).is_terminal:
+        flight here). With `progress=True`, draw a progress bar (tqdm, if installed) on a
+        terminal; or pass a `ProgressReporter` to choose how progress is shown."""
+        job = self.store.job(job_id)
+        if not job.status.is_terminal:
             self._start(job_id)
-        bar = _bar(self._db.job(job_id)["total"]) if progress else None
+        bar: ProgressReporter | None
+        if isinstance(progress, ProgressReporter):
+            bar = progress
+        else:
+            bar = ProgressReporter(job.total, every=None) if progress else None
         try:
             while True:
                 runner = self._runners.get(job_id)
-                p = await self.progress(job_id)
                 if bar is not None:
-                    bar.update(p)
-                status = await self.get_status(job_id)
+                    bar.update(self.store.progress(job_id))
+                status = self.store.job(job_id).status
                 if runner is None or runner.done():
                     if runner is not None and not runner.cancelled() and runner.exception():
                         raise runner.exception()  # type: ignore[misc]
@@ -371,7 +403,7 @@ class BatchManager:
                 await asyncio.sleep(poll)
         finally:
             if bar is not None:
-                bar.close()
+                bar.update(self.store.progress(job_id), final=True)
 
     async def close(self) -> None:
         """Stop this manager's runners; their leased requests go back to pending."""
@@ -506,28 +538,54 @@ class BatchManager:
         return resp, (tokens, 0)
 
 
-class _Bar:
-    """A progress display: tqdm on a terminal when installed, else nothing."""
+class ProgressReporter:
+    """Shows a job's progress (done, failed, rate, tokens, ETA): a tqdm bar when `stream` is a
+    terminal and tqdm is installed; otherwise a plain line every `every` seconds (nothing when
+    `every` is None). `already` requests ended before this run and do not count in its rate."""
 
-    def __init__(self, total: int) -> None:
-        from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
+    def __init__(
+        self,
+        total: int,
+        already: int = 0,
+        stream: TextIO | None = None,
+        every: float | None = 2.0,
+    ) -> None:
+        self.total, self.already, self.every = total, already, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = already
+        self.bar: Any = None
+        if self.stream.isatty():
+            try:
+                from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-        self._bar = tqdm(total=total, unit="req", file=sys.stderr)
-        self._done = 0
+                self.bar = tqdm(total=total, initial=already, unit="req", file=self.stream)
+            except ImportError:
+                self.bar = None
 
-    def update(self, p: JobProgress) -> None:
-        self._bar.set_postfix(failed=p.failed, tokens=p.input_tokens + p.output_tokens)
-        self._bar.update(p.done - self._done)
-        self._done = p.done
+    def line(self, p: JobProgress) -> str:
+        """The plain progress line."""
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = (p.done - self.already) / elapsed
+        eta = f"{(p.total - p.done) / rate:.0f}s" if rate > 0 else "?"
+        return (
+            f"done {p.done}/{p.total} (failed {p.failed}) {rate:.1f} req/s "
+            f"tokens {p.input_tokens + p.output_tokens} eta {eta}"
+        )
 
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _bar(total: int) -> _Bar | None:
-    if not sys.stderr.isatty():
-        return None
-    try:
-        return _Bar(total)
-    except ImportError:
-        return None
+    def update(self, p: JobProgress, final: bool = False) -> None:
+        """Show `p`; `final` closes the bar (or prints a last line if anything changed)."""
+        if self.bar is not None:
+            self.bar.set_postfix(failed=p.failed, tokens=p.input_tokens + p.output_tokens)
+            self.bar.update(p.done - self.shown)
+            self.shown = p.done
+            if final:
+                self.bar.close()
+            return
+        if self.every is None:
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every or (final and p.done != self.shown):
+            self.last, self.shown = now, p.done
+            print(self.line(p), file=self.stream, flush=True)
