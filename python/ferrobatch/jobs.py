@@ -63,6 +63,9 @@ __all__ = [
 
 Client = Union[EmbeddingsBase, ChatCompletions]
 
+#: Seconds between a runner's looks at its job's status (for a cancel from elsewhere).
+_STATUS_EVERY = 0.25
+
 #: Errors that end the whole job: no other request can succeed while they hold.
 _FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
 
@@ -288,6 +291,8 @@ class BatchManager:
         self.owner = f"{uuid.uuid4().hex}"
         self._db = self.store._native
         self._runners: dict[str, asyncio.Task[None]] = {}
+        # Jobs this manager failed: their runner stops claiming at once.
+        self._failed: set[str] = set()
         self._last_ok = time.monotonic()
 
     # --- submitting ----------------------------------------------------------------------
@@ -363,6 +368,7 @@ class BatchManager:
         n = self._db.reset_failed(job_id)
         job = self._db.job(job_id)
         if n or job["status"] == "failed":
+            self._failed.discard(job_id)
             self._db.set_status(job_id, "processing")
             self._start(job_id)
         return n
@@ -434,13 +440,22 @@ class BatchManager:
         in_flight: set[asyncio.Task[None]] = set()
         renew = asyncio.get_running_loop().create_task(self._renew(job_id))
         self._last_ok = time.monotonic()
+        # Claim in chunks (a claim is a write transaction), and look for a cancel or a
+        # job-level failure a few times a second rather than after every completion.
+        refill = max(1, self.window // 4)
+        checked = 0.0
         try:
             while True:
-                status = db.job(job_id)["status"]
-                if status in ("cancelled", "failed", "completed"):
+                now = time.monotonic()
+                if job_id in self._failed:
                     break
+                if now - checked >= _STATUS_EVERY or not in_flight:
+                    checked = now
+                    if db.job(job_id)["status"] in ("cancelled", "failed", "completed"):
+                        break
                 free = self.window - len(in_flight)
-                claimed = db.claim(job_id, self.owner, free, self.lease_seconds) if free else []
+                due = free >= refill or not in_flight
+                claimed = db.claim(job_id, self.owner, free, self.lease_seconds) if due else []
                 for seq, rid, body, _attempts in claimed:
                     t = asyncio.get_running_loop().create_task(self._one(job_id, seq, rid, body))
                     in_flight.add(t)
@@ -482,14 +497,12 @@ class BatchManager:
             raise
         except _FATAL as exc:
             error = _error_dict(exc)
-            self._db.set_status(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            self._fail(job_id, f"{type(exc).__name__}: {exc}")
         except APIConnectionError as exc:
             error = _error_dict(exc)
             if time.monotonic() - self._last_ok > self.patience:
-                self._db.set_status(
-                    job_id,
-                    "failed",
-                    f"the server was unreachable for more than {self.patience:g}s: {exc}",
+                self._fail(
+                    job_id, f"the server was unreachable for more than {self.patience:g}s: {exc}"
                 )
         except Exception as exc:  # every request ends with a result or an error
             error = _error_dict(exc)
@@ -504,6 +517,10 @@ class BatchManager:
             tokens[1],
             self._cost(body, tokens),
         )
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        self._failed.add(job_id)
+        self._db.set_status(job_id, "failed", reason)
 
     def _cost(self, body: Mapping[str, Any], tokens: tuple[int, int]) -> float | None:
         model = body.get("model") or getattr(self.client, "model", None)
