@@ -199,14 +199,15 @@ impl Transport {
             .await
             .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return response.bytes().await.map_err(|e| self.transport_error(&e));
+        }
+        // Only a failure needs the headers (for its retry hint).
         let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
             .map_err(|e| self.transport_error(&e))?;
-        if (200..300).contains(&status) {
-            return Ok(bytes);
-        }
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let mut hint = retry_after(header, SystemTime::now());
         let parsed = ErrorBody::parse(&bytes);
