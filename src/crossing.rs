@@ -88,7 +88,7 @@ fn call_method<'py>(
     }
 }
 
-fn future_done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
+pub(crate) fn future_done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
     // A failing `done()` means something is badly off with the future; treat it as finished
     // so that nothing is dispatched for a caller who can no longer receive it.
     call_method(fut.bind(py), intern!(py, "done"), None)
@@ -102,7 +102,7 @@ pub(crate) fn set_result(py: Python<'_>, fut: &Py<PyAny>, value: &Bound<'_, PyAn
 }
 
 /// `fut.set_exception(exc)`; a future its caller cancelled meanwhile refuses, which is fine.
-fn set_exception(py: Python<'_>, fut: &Py<PyAny>, exc: &Bound<'_, PyAny>) {
+pub(crate) fn set_exception(py: Python<'_>, fut: &Py<PyAny>, exc: &Bound<'_, PyAny>) {
     let _ = call_method(fut.bind(py), intern!(py, "set_exception"), Some(exc));
 }
 

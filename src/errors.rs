@@ -255,6 +255,11 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
     value
 }
 
+/// `ConfigError` for the setting `field`.
+pub(crate) fn config_error(field: &'static str, reason: impl Into<String>) -> PyErr {
+    to_pyerr(Error::config(field, reason))
+}
+
 /// The one conversion from a core error to a Python exception.
 pub(crate) fn to_pyerr(err: Error) -> PyErr {
     Python::attach(|py| PyErr::from_value(exception(py, &err)))

@@ -19,16 +19,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
 use serde_json::Value;
 
-use crate::errors::{self, to_pyerr};
+use crate::errors::{self, config_error, to_pyerr};
 use crate::json;
 use crate::task::{self, Outcome};
-
-fn config_error(field: &'static str, reason: impl Into<String>) -> PyErr {
-    to_pyerr(Error::InvalidConfig {
-        field,
-        reason: reason.into(),
-    })
-}
 
 /// A requests-per-minute and tokens-per-minute budget, shareable between clients; a 429 seen by
 /// any of them pauses them all until the server's retry time.

@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferrobatch_core::jobs::{Completion, JobRow, JobStatus, NewRequest, Store};
-use ferrobatch_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::errors::to_pyerr;
+use crate::errors::{config_error, to_pyerr};
 
 fn now() -> f64 {
     SystemTime::now()
@@ -18,22 +17,17 @@ fn now() -> f64 {
 }
 
 fn status(s: &str) -> PyResult<JobStatus> {
-    JobStatus::parse(s).ok_or_else(|| {
-        to_pyerr(Error::InvalidConfig {
-            field: "status",
-            reason: format!("unknown job status {s:?}"),
-        })
-    })
+    JobStatus::parse(s).ok_or_else(|| config_error("status", format!("unknown job status {s:?}")))
 }
 
 fn lease(seconds: f64) -> PyResult<Duration> {
     if seconds.is_finite() && seconds > 0.0 {
         Ok(Duration::from_secs_f64(seconds))
     } else {
-        Err(to_pyerr(Error::InvalidConfig {
-            field: "lease_seconds",
-            reason: format!("must be seconds > 0, got {seconds}"),
-        }))
+        Err(config_error(
+            "lease_seconds",
+            format!("must be seconds > 0, got {seconds}"),
+        ))
     }
 }
 

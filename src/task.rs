@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
-use crate::crossing::{log_error, set_result};
+use crate::crossing::{future_done, log_error, set_exception, set_result};
 use crate::runtime::runtime;
 
 /// Builds the Python outcome on the loop's thread, in one or more steps.
@@ -67,17 +67,10 @@ impl Resolve {
         let Some(mut outcome) = taken else {
             return;
         };
-        let fut = this.future.bind(py);
-        let done = fut
-            .call_method0(intern!(py, "done"))
-            .and_then(|d| d.is_truthy())
-            .unwrap_or(true);
-        if done {
+        if future_done(py, &this.future) {
             return; // cancelled by its caller meanwhile
         }
-        let fail = |e: PyErr| {
-            let _ = fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),));
-        };
+        let fail = |e: PyErr| set_exception(py, &this.future, e.value(py).as_any());
         match outcome.step(py) {
             Ok(Some(value)) => set_result(py, &this.future, value.bind(py)),
             Ok(None) => {

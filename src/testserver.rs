@@ -7,22 +7,18 @@ use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer as Ser
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::errors::to_pyerr;
+use crate::errors::config_error;
 use crate::json;
 use crate::runtime::runtime;
-
-fn invalid(field: &'static str, reason: impl Into<String>) -> PyErr {
-    to_pyerr(ferrobatch_core::Error::InvalidConfig {
-        field,
-        reason: reason.into(),
-    })
-}
 
 fn seconds(field: &'static str, v: f64) -> PyResult<Duration> {
     if v.is_finite() && v >= 0.0 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(invalid(field, format!("must be seconds >= 0, got {v}")))
+        Err(config_error(
+            field,
+            format!("must be seconds >= 0, got {v}"),
+        ))
     }
 }
 
@@ -120,9 +116,9 @@ impl TestServer {
     ) -> PyResult<()> {
         let kind = match kind {
             "status" => {
-                let status = status.ok_or_else(|| invalid("status", "kind='status' needs status=..."))?;
+                let status = status.ok_or_else(|| config_error("status", "kind='status' needs status=..."))?;
                 if !(100..=599).contains(&status) {
-                    return Err(invalid("status", format!("must be an HTTP status, got {status}")));
+                    return Err(config_error("status", format!("must be an HTTP status, got {status}")));
                 }
                 FaultKind::Status {
                     status,
@@ -136,7 +132,7 @@ impl TestServer {
             "malformed" => FaultKind::Malformed,
             "wrong_count" => FaultKind::WrongCount,
             other => {
-                return Err(invalid(
+                return Err(config_error(
                     "kind",
                     format!("must be 'status', 'reset', 'hang', 'malformed' or 'wrong_count', got {other:?}"),
                 ))

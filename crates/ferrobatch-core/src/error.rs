@@ -150,7 +150,8 @@ fn provider_label(p: Provider) -> &'static str {
 }
 
 impl Error {
-    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+    /// An [`Error::InvalidConfig`] for the setting `field`.
+    pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidConfig {
             field,
             reason: reason.into(),

@@ -58,35 +58,29 @@ pub struct Transport {
     usage: UsageBook,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        field,
-        reason: reason.into(),
-    }
-}
-
 impl Transport {
     /// A client for `config`; checks the URL, the headers and the timeout.
     pub fn new(config: TransportConfig, usage: UsageBook) -> Result<Transport, Error> {
         let url = config.base_url.trim_end_matches('/');
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| invalid("base_url", format!("{e}: {url:?}")))?;
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::config("base_url", format!("{e}: {url:?}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(invalid(
+            return Err(Error::config(
                 "base_url",
                 format!("must be http:// or https://, got {url:?}"),
             ));
         }
         if config.timeout.is_zero() {
-            return Err(invalid("timeout", "must be seconds > 0"));
+            return Err(Error::config("timeout", "must be seconds > 0"));
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in &config.headers {
-            let n = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid("headers", format!("{name:?} is not a valid header name")))?;
+            let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                Error::config("headers", format!("{name:?} is not a valid header name"))
+            })?;
             let mut v = HeaderValue::from_str(value).map_err(|_| {
-                invalid(
+                Error::config(
                     "headers",
                     format!("the value of {name:?} is not a valid header value"),
                 )
@@ -103,7 +97,7 @@ impl Transport {
                 ),
             };
             let mut v = HeaderValue::from_str(&value)
-                .map_err(|_| invalid("api_key", "holds characters a header cannot carry"))?;
+                .map_err(|_| Error::config("api_key", "holds characters a header cannot carry"))?;
             v.set_sensitive(true);
             headers.insert(name, v);
         }
@@ -112,7 +106,7 @@ impl Transport {
             .user_agent(concat!("ferrobatch/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| invalid("http client", e.to_string()))?;
+            .map_err(|e| Error::config("http client", e.to_string()))?;
         let config = TransportConfig {
             base_url: url.to_string(),
             ..config
