@@ -330,16 +330,32 @@ impl Delivery {
     }
 }
 
+/// Whether `event_loop` is closed: nothing scheduled on it would ever run, and nobody can
+/// await its futures any more.
+pub(crate) fn loop_closed(py: Python<'_>, event_loop: &Py<PyAny>) -> bool {
+    call_method(event_loop.bind(py), intern!(py, "is_closed"), None)
+        .and_then(|v| v.is_truthy())
+        .unwrap_or(true)
+}
+
 /// The engine's dispatcher for Python batchers: runs on the timer thread.
 pub(crate) struct LoopDispatcher(pub(crate) Arc<Crossing>);
 
 impl Dispatcher<PyItem> for LoopDispatcher {
     fn dispatch(&self, work: Work<PyItem>, receipt: Receipt<PyItem>) {
-        Python::attach(|py| {
+        // At interpreter exit Python can no longer be entered: the work is dropped unseen (its
+        // futures belong to a loop that no longer runs; pyo3 defers their reference counts),
+        // without a panic or a message.
+        let _ = Python::try_attach(|py| {
             let Some((event_loop, _)) = self.0.event_loop.get() else {
                 // No loop was ever bound, so no item was ever queued: nothing to deliver.
                 return;
             };
+            if loop_closed(py, event_loop) {
+                // The loop ended (`asyncio.run` returned) with items queued: their futures
+                // can never be awaited again, so there is nobody to tell.
+                return;
+            }
             let delivery = Delivery {
                 crossing: Arc::clone(&self.0),
                 work: Mutex::new(Some((work, receipt))),
@@ -350,11 +366,13 @@ impl Dispatcher<PyItem> for LoopDispatcher {
                     .call_method1(intern!(py, "call_soon_threadsafe"), (d,))
             });
             if let Err(e) = result {
-                log_error(
-                    py,
-                    "could not hand work to the batcher's event loop (is it closed?); its items cannot be resolved",
-                    Some(e),
-                );
+                if !loop_closed(py, event_loop) {
+                    log_error(
+                        py,
+                        "could not hand work to the batcher's event loop; its items cannot be resolved",
+                        Some(e),
+                    );
+                }
             }
         });
     }

@@ -36,6 +36,7 @@ pub(crate) struct Exceptions {
     pub api_connection: Py<PyType>,
     pub api_timeout: Py<PyType>,
     pub response_format: Py<PyType>,
+    pub response_too_large: Py<PyType>,
     pub store: Py<PyType>,
     pub duplicate_id: Py<PyType>,
     pub job_not_found: Py<PyType>,
@@ -99,7 +100,13 @@ impl Exceptions {
         )?;
         let conn = api_connection.bind(py).clone();
         let lookup = py.get_type::<pyo3::exceptions::PyLookupError>();
+        let response_format = make(py, "ResponseFormatError", &[&a],
+            "The server's answer does not have the documented shape (malformed JSON, wrong number of embeddings, ...).")?;
+        let rf = response_format.bind(py).clone();
         Ok(Exceptions {
+            response_too_large: make(py, "ResponseTooLargeError", &[&rf],
+                "The server's answer was larger than max_response_bytes; the rest was not read. `limit` is the cap.")?,
+            response_format,
             store: make(py, "StoreError", &[&b],
                 "The job store failed (the SQLite file cannot be opened, stays locked, ...).")?,
             duplicate_id: make(py, "DuplicateRequestIdError", &[&b, &value],
@@ -118,8 +125,7 @@ impl Exceptions {
             internal_server: make(py, "InternalServerError", &[&st], "HTTP 5xx, after retries.")?,
             api_timeout: make(py, "APITimeoutError", &[&conn, &timeout],
                 "No response within the request timeout (after any retries); `timeout` is the limit.")?,
-            response_format: make(py, "ResponseFormatError", &[&a],
-                "The server's answer does not have the documented shape (malformed JSON, wrong number of embeddings, ...).")?,
+
             api_connection,
             api_status,
             api,
@@ -203,6 +209,7 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         Error::Timeout { .. } => &ex.api_timeout,
         Error::Connection { .. } => &ex.api_connection,
         Error::ResponseFormat { .. } => &ex.response_format,
+        Error::ResponseTooLarge { .. } => &ex.response_too_large,
         Error::Store { .. } => &ex.store,
         Error::DuplicateRequestId { .. } => &ex.duplicate_id,
         Error::JobNotFound { .. } => &ex.job_not_found,
@@ -243,6 +250,10 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
         }
         Error::Connection { message } => set_api_fields(&value, None, message, None, None, None),
         Error::ResponseFormat { reason } => set_api_fields(&value, None, reason, None, None, None),
+        Error::ResponseTooLarge { limit } => {
+            set_api_fields(&value, None, &err.to_string(), None, None, None)
+                .and_then(|()| value.setattr("limit", *limit))
+        }
         Error::Store { operation, .. } => value.setattr("operation", *operation),
         Error::DuplicateRequestId { id, index, first } => value
             .setattr("id", id)
@@ -306,6 +317,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &ex.api_connection,
         &ex.api_timeout,
         &ex.response_format,
+        &ex.response_too_large,
         &ex.store,
         &ex.duplicate_id,
         &ex.job_not_found,

@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString};
 use serde_json::Value;
 
 use crate::errors::{self, config_error, to_pyerr};
@@ -77,6 +77,7 @@ struct Common<'py> {
     max_retries: i64,
     initial_backoff: f64,
     max_backoff: f64,
+    max_response_bytes: i64,
     rate_limiter: Option<Bound<'py, RateLimiter>>,
     prices: Option<Bound<'py, PyDict>>,
 }
@@ -144,6 +145,15 @@ fn build_transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<T
             format!("must be seconds > 0, got {}", c.timeout),
         ));
     }
+    let max_response_bytes = usize::try_from(c.max_response_bytes)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            config_error(
+                "max_response_bytes",
+                format!("must be at least 1, got {}", c.max_response_bytes),
+            )
+        })?;
     let limiter = match &c.rate_limiter {
         Some(l) => Arc::clone(&l.get().inner),
         None => Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?),
@@ -155,6 +165,7 @@ fn build_transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<T
         auth,
         headers,
         timeout: Duration::from_secs_f64(c.timeout),
+        max_response_bytes,
         retry,
         limiter,
     };
@@ -190,16 +201,70 @@ struct Embedder {
 }
 
 impl Embedder {
-    async fn embed(&self, texts: Vec<String>) -> Vec<Result<Vector, Error>> {
-        match &self.api {
-            EmbeddingApi::OpenAi(a) => {
-                embed_all(a, &self.transport, &texts, self.max_inputs, self.max_tokens).await
-            }
-            EmbeddingApi::Gemini(a) => {
-                embed_all(a, &self.transport, &texts, self.max_inputs, self.max_tokens).await
+    /// One result per entry: the texts are embedded, the refused entries keep their error.
+    async fn embed(&self, texts: Vec<Result<String, Error>>) -> Vec<Result<Vector, Error>> {
+        let mut out: Vec<Result<Vector, Error>> = Vec::with_capacity(texts.len());
+        let mut sendable = Vec::with_capacity(texts.len());
+        let mut at = Vec::with_capacity(texts.len());
+        for (i, t) in texts.into_iter().enumerate() {
+            match t {
+                Ok(text) => {
+                    at.push(i);
+                    sendable.push(text);
+                    out.push(Ok(Vector::new()));
+                }
+                Err(e) => out.push(Err(e)),
             }
         }
+        let embedded = match &self.api {
+            EmbeddingApi::OpenAi(a) => {
+                embed_all(
+                    a,
+                    &self.transport,
+                    &sendable,
+                    self.max_inputs,
+                    self.max_tokens,
+                )
+                .await
+            }
+            EmbeddingApi::Gemini(a) => {
+                embed_all(
+                    a,
+                    &self.transport,
+                    &sendable,
+                    self.max_inputs,
+                    self.max_tokens,
+                )
+                .await
+            }
+        };
+        for (i, r) in at.into_iter().zip(embedded) {
+            out[i] = r;
+        }
+        out
     }
+}
+
+/// A text as UTF-8, or the reason it cannot be sent (not a str; a lone surrogate, which a
+/// Python str may hold but UTF-8 cannot encode). Only that text fails.
+fn text(obj: &Bound<'_, PyAny>) -> Result<String, Error> {
+    let s = obj.cast::<PyString>().map_err(|_| Error::InvalidInput {
+        reason: format!(
+            "a text must be str, got {}",
+            obj.get_type()
+                .name()
+                .map_or("object".into(), |n| n.to_string())
+        ),
+    })?;
+    s.to_cow()
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| Error::InvalidInput {
+            reason: format!(
+                "the text cannot be sent as UTF-8 ({}); decode its source with \
+                 errors='replace' or clean the data",
+                e.value(obj.py())
+            ),
+        })
 }
 
 /// The Python type vectors are handed out as.
@@ -341,7 +406,8 @@ impl EmbeddingsClient {
     }
 
     /// Embed a batch of texts: a Future of one vector (or exception instance) per text.
-    fn embed(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Py<PyAny>> {
+    fn embed(&self, py: Python<'_>, texts: Vec<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        let texts: Vec<Result<String, Error>> = texts.iter().map(text).collect();
         let inner = Arc::clone(&self.inner);
         let format = self.format;
         task::spawn(py, async move {

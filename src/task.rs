@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
-use crate::crossing::{future_done, log_error, set_exception, set_result};
+use crate::crossing::{future_done, log_error, loop_closed, set_exception, set_result};
 use crate::runtime::runtime;
 
 /// Builds the Python outcome on the loop's thread, in one or more steps.
@@ -113,7 +113,11 @@ where
     let lp = event_loop.unbind();
     let handle = runtime().spawn(async move {
         let outcome = work.await;
-        Python::attach(|py| {
+        // At interpreter exit Python can no longer be entered: the outcome is dropped unseen.
+        let _ = Python::try_attach(|py| {
+            if loop_closed(py, &lp) {
+                return; // the loop ended first: nobody can await the future any more
+            }
             let resolve = Resolve {
                 future: fut,
                 event_loop: lp.clone_ref(py),
@@ -124,11 +128,9 @@ where
                     .call_method1(intern!(py, "call_soon_threadsafe"), (r,))
             });
             if let Err(e) = sent {
-                log_error(
-                    py,
-                    "could not hand a result to its event loop (is it closed?)",
-                    Some(e),
-                );
+                if !loop_closed(py, &lp) {
+                    log_error(py, "could not hand a result to its event loop", Some(e));
+                }
             }
         });
     });

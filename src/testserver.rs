@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer as Server};
+use ferrobatch_core::testing::{ErrorStyle, Fault, FaultKind, ServerConfig, TestServer as Server};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -42,7 +42,8 @@ pub(crate) struct TestServer {
 impl TestServer {
     #[new]
     #[pyo3(signature = (*, host="127.0.0.1", port=0, latency=0.0, dimensions=1536, max_inputs=2048,
-                        gemini_max_inputs=100, api_key=None, requests_per_minute=None, base64=true))]
+                        gemini_max_inputs=100, api_key=None, requests_per_minute=None, base64=true,
+                        error_style="openai"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -54,7 +55,18 @@ impl TestServer {
         api_key: Option<String>,
         requests_per_minute: Option<u32>,
         base64: bool,
+        error_style: &str,
     ) -> PyResult<Self> {
+        let error_style = match error_style {
+            "openai" => ErrorStyle::OpenAi,
+            "pydantic" => ErrorStyle::Pydantic,
+            other => {
+                return Err(config_error(
+                    "error_style",
+                    format!("must be 'openai' or 'pydantic', got {other:?}"),
+                ))
+            }
+        };
         let config = ServerConfig {
             latency: seconds("latency", latency)?,
             dimensions,
@@ -63,6 +75,7 @@ impl TestServer {
             api_key,
             requests_per_minute: requests_per_minute.filter(|r| *r > 0),
             base64,
+            error_style,
         };
         let rt = runtime();
         let server = Server::start(rt.handle(), host, port, config).map_err(|e| {
@@ -131,10 +144,17 @@ impl TestServer {
             "hang" => FaultKind::Hang(seconds("duration", duration)?),
             "malformed" => FaultKind::Malformed,
             "wrong_count" => FaultKind::WrongCount,
+            "endless" => {
+                let status = status.unwrap_or(200);
+                if !(200..=599).contains(&status) {
+                    return Err(config_error("status", format!("must be an HTTP status, got {status}")));
+                }
+                FaultKind::Endless(status)
+            }
             other => {
                 return Err(config_error(
                     "kind",
-                    format!("must be 'status', 'reset', 'hang', 'malformed' or 'wrong_count', got {other:?}"),
+                    format!("must be 'status', 'reset', 'hang', 'malformed', 'wrong_count' or 'endless', got {other:?}"),
                 ))
             }
         };

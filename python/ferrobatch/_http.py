@@ -16,6 +16,7 @@ from ferrobatch._batcher import AsyncBatcher
 from ferrobatch._native import ChatClient, ConfigError, EmbeddingsClient, RateLimiter
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "BatcherOptions",
     "EmbeddingsBase",
     "HttpBatcher",
@@ -33,6 +34,12 @@ S = TypeVar("S")
 Vector = Any
 
 Prices = Mapping[str, Mapping[str, float]]
+
+#: The default `max_response_bytes`: the most of one successful answer a client reads (256 MiB,
+#: about twice the largest documented answer). A larger answer fails its items with
+#: `ResponseTooLargeError` as soon as the cap is passed; the rest is never read. Error bodies are
+#: read up to 64 KiB.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 class ModelUsage(TypedDict):
@@ -180,6 +187,7 @@ def transport_options(
     max_retries: int,
     initial_backoff: float,
     max_backoff: float,
+    max_response_bytes: int,
     rate_limiter: RateLimiter | None,
     prices: Prices | None,
 ) -> dict[str, Any]:
@@ -192,6 +200,7 @@ def transport_options(
         "max_retries": max_retries,
         "initial_backoff": initial_backoff,
         "max_backoff": max_backoff,
+        "max_response_bytes": max_response_bytes,
         "rate_limiter": rate_limiter,
         "prices": {k: dict(v) for k, v in prices.items()} if prices else None,
     }

@@ -35,6 +35,7 @@ __all__ = [
     "RateLimitError",
     "RateLimiter",
     "ResponseFormatError",
+    "ResponseTooLargeError",
     "StopTimeoutError",
     "StoreError",
     "TestServer",
@@ -99,6 +100,9 @@ class APITimeoutError(APIConnectionError, TimeoutError):
     timeout: float
 
 class ResponseFormatError(APIError): ...
+
+class ResponseTooLargeError(ResponseFormatError):
+    limit: int
 
 class StoreError(FerrobatchError):
     operation: str
@@ -224,7 +228,7 @@ class EmbeddingsClient:
         user: str | None,
         format: str,
     ) -> EmbeddingsClient: ...
-    def embed(self, texts: list[str]) -> asyncio.Future[list[Any]]: ...
+    def embed(self, texts: list[Any]) -> asyncio.Future[list[Any]]: ...
     def usage(self) -> dict[str, Any]: ...
     @property
     def base_url(self) -> str: ...
@@ -251,6 +255,7 @@ class TestServer:
         api_key: str | None = None,
         requests_per_minute: int | None = None,
         base64: bool = True,
+        error_style: str = "openai",
     ) -> TestServer: ...
     @property
     def url(self) -> str: ...

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Literal
 
 from ferrobatch._http import (
+    MAX_RESPONSE_BYTES,
     BatcherOptions,
     EmbeddingsBase,
     Prices,
@@ -60,6 +61,7 @@ class Embeddings(EmbeddingsBase):
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
         timeout: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
         max_inputs_per_request: int = 100,
@@ -78,6 +80,7 @@ class Embeddings(EmbeddingsBase):
                 max_retries=max_retries,
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,
+                max_response_bytes=max_response_bytes,
                 rate_limiter=rate_limiter,
                 prices=prices,
             ),

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from ferrobatch._http import (
+    MAX_RESPONSE_BYTES,
     BatcherOptions,
     EmbeddingsBase,
     HttpBatcher,
@@ -75,6 +76,7 @@ class Embeddings(EmbeddingsBase):
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
         timeout: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
         max_inputs_per_request: int = 2048,
@@ -96,6 +98,7 @@ class Embeddings(EmbeddingsBase):
                 max_retries=max_retries,
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,
+                max_response_bytes=max_response_bytes,
                 rate_limiter=rate_limiter,
                 prices=prices,
             ),
@@ -155,6 +158,7 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
         timeout: float = 600.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
     ) -> None:
@@ -173,6 +177,7 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
                 max_retries=max_retries,
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,
+                max_response_bytes=max_response_bytes,
                 rate_limiter=rate_limiter,
                 prices=prices,
             ),

@@ -100,6 +100,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The server's answer was larger than `max_response_bytes`; the rest was not read.
+    #[error("the response body exceeds max_response_bytes={limit}; the rest was not read")]
+    ResponseTooLarge {
+        /// The configured cap, in bytes.
+        limit: usize,
+    },
     /// The job store failed (the SQLite file cannot be opened, is locked too long, ...).
     #[error("job store error while {operation}: {message}")]
     Store {

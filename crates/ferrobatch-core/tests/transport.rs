@@ -5,14 +5,21 @@ use std::time::Duration;
 
 use ferrobatch_core::http::embed::embed_all;
 use ferrobatch_core::http::openai::{Embeddings, EncodingFormat};
+use ferrobatch_core::http::transport::{DEFAULT_MAX_RESPONSE_BYTES, MAX_ERROR_BODY};
 use ferrobatch_core::http::{
     ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig, UsageBook,
 };
 use ferrobatch_core::testing::fake::fake_embedding;
-use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer};
+use ferrobatch_core::testing::{
+    ErrorStyle, Fault, FaultKind, ServerConfig, TestServer, REJECT_MARKER,
+};
 use ferrobatch_core::{Error, Provider};
 
 fn transport(server: &TestServer, key: &str, timeout: Duration) -> Transport {
+    capped_transport(server, key, timeout, DEFAULT_MAX_RESPONSE_BYTES)
+}
+
+fn capped_transport(server: &TestServer, key: &str, timeout: Duration, cap: usize) -> Transport {
     let config = TransportConfig {
         provider: Provider::OpenAi,
         base_url: format!("{}/v1", server.url()),
@@ -20,6 +27,7 @@ fn transport(server: &TestServer, key: &str, timeout: Duration) -> Transport {
         auth: Auth::Bearer,
         headers: Vec::new(),
         timeout,
+        max_response_bytes: cap,
         retry: RetryPolicy::new(2, 0.01, 0.02).unwrap(),
         limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
     };
@@ -121,4 +129,74 @@ async fn hangs_time_out_and_resets_are_connection_errors() {
         .unwrap_err();
     assert!(matches!(err, Error::Connection { .. }), "{err:?}");
     assert_eq!(srv.request_count(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pydantic_errors_isolate_inputs_and_trigger_the_float_fallback() {
+    let srv = server(ServerConfig {
+        dimensions: 4,
+        base64: false,
+        error_style: ErrorStyle::Pydantic,
+        ..Default::default()
+    });
+    let t = transport(&srv, "k", Duration::from_secs(5));
+    let api = Embeddings::new("m".into(), None, EncodingFormat::Base64, None);
+    let texts: Vec<String> = vec!["a".into(), format!("b {REJECT_MARKER}"), "c".into()];
+    let out = embed_all(&api, &t, &texts, 16, 1_000).await;
+    assert!(out[0].is_ok() && out[2].is_ok(), "{out:?}");
+    match &out[1] {
+        Err(Error::Status {
+            status: 422,
+            message,
+            param,
+            ..
+        }) => {
+            assert_eq!(param.as_deref(), Some("input[1]"));
+            assert!(message.contains("rejected by the test server"), "{message}");
+        }
+        other => panic!("expected the 422 for input 1 alone, got {other:?}"),
+    }
+    // base64 refused (422 on encoding_format), floats asked, input 1 refused, the rest sent.
+    let statuses: Vec<u16> = srv.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![422, 422, 200]);
+    let u = &t.usage().snapshot()["m"];
+    assert_eq!((u.requests, u.retries, u.failed_requests), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_bodies_stop_at_the_cap() {
+    let srv = server(ServerConfig::default());
+    let t = capped_transport(&srv, "k", Duration::from_secs(10), 1 << 20);
+    srv.add_fault(Fault {
+        kind: FaultKind::Endless(200),
+        times: 1,
+        path: None,
+    });
+    let err = t
+        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(err, Error::ResponseTooLarge { limit: 1 << 20 });
+    assert_eq!(srv.request_count(), 1, "a body over the cap is not retried");
+    // An endless error body is read up to MAX_ERROR_BODY and kept as far as it went.
+    srv.add_fault(Fault {
+        kind: FaultKind::Endless(400),
+        times: 1,
+        path: None,
+    });
+    let err = t
+        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
+        .await
+        .unwrap_err();
+    match err {
+        Error::Status {
+            status: 400, body, ..
+        } => assert_eq!(body.unwrap().len(), MAX_ERROR_BODY),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    // The client keeps working.
+    assert!(t
+        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
+        .await
+        .is_ok());
 }

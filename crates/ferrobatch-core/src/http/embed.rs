@@ -129,6 +129,8 @@ async fn embed_request<A: EmbeddingApi>(
             transport.usage().record_failure(&model);
         }
         if !adapted && api.adapt(&error) {
+            // Sent again at once in a form the server takes: a retry, not a failure.
+            transport.usage().failure_was_retried(&model);
             adapted = true;
             continue;
         }

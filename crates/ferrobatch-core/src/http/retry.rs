@@ -23,6 +23,8 @@ pub enum Failure {
     Connection,
     /// No response within the request timeout.
     Timeout,
+    /// The answer was larger than the client reads; another attempt would meet the same.
+    TooLarge,
 }
 
 impl Failure {
@@ -32,6 +34,7 @@ impl Failure {
         match self {
             Failure::Status(s) => matches!(s, 408 | 409 | 429) || (500..=599).contains(&s),
             Failure::Connection | Failure::Timeout => true,
+            Failure::TooLarge => false,
         }
     }
 }
@@ -152,6 +155,7 @@ mod tests {
         }
         assert!(Failure::Connection.is_retryable());
         assert!(Failure::Timeout.is_retryable());
+        assert!(!Failure::TooLarge.is_retryable());
     }
 
     #[test]

@@ -16,8 +16,12 @@ use super::secret::{redact, ApiKey};
 use super::usage::UsageBook;
 use crate::error::{Error, Provider};
 
-/// The most of an error body kept in [`Error::Status`].
+/// The most of an error body read and kept in [`Error::Status`]; the rest is never read.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The default cap on a successful answer's body: far above the largest documented answer
+/// (2,048 vectors of 3,072 floats as JSON is about 130 MB), far below what exhausts memory.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How the key is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,9 @@ pub struct TransportConfig {
     pub headers: Vec<(String, String)>,
     /// The limit on one attempt, connection included.
     pub timeout: Duration,
+    /// The most bytes of a successful answer read; a larger one fails with
+    /// [`Error::ResponseTooLarge`] as soon as the cap is passed (the rest is not read).
+    pub max_response_bytes: usize,
     /// When to retry and how long to wait.
     pub retry: RetryPolicy,
     /// The shared rate budget (a private one when the user gives none, so that a 429 still
@@ -72,6 +79,9 @@ impl Transport {
         }
         if config.timeout.is_zero() {
             return Err(Error::config("timeout", "must be seconds > 0"));
+        }
+        if config.max_response_bytes == 0 {
+            return Err(Error::config("max_response_bytes", "must be at least 1"));
         }
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -194,12 +204,22 @@ impl Transport {
             .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
-            return response.bytes().await.map_err(|e| self.transport_error(&e));
+            let cap = self.config.max_response_bytes;
+            return match read_capped(response, cap).await {
+                Ok((bytes, false)) => Ok(bytes),
+                Ok((_, true)) => Err((
+                    Failure::TooLarge,
+                    None,
+                    Error::ResponseTooLarge { limit: cap },
+                )),
+                Err(e) => Err(self.transport_error(&e)),
+            };
         }
         // Only a failure needs the headers (for its retry hint).
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
+        // At most MAX_ERROR_BODY is read; a longer body is cut there (and parsed as far as it
+        // goes), so an endless error body costs no more than that.
+        let (bytes, _) = read_capped(response, MAX_ERROR_BODY)
             .await
             .map_err(|e| self.transport_error(&e))?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -217,10 +237,7 @@ impl Transport {
                 .unwrap_or("error")
                 .to_string(),
         };
-        let body_text = (!bytes.is_empty()).then(|| {
-            let cut = bytes.len().min(MAX_ERROR_BODY);
-            redact(key, &String::from_utf8_lossy(&bytes[..cut]))
-        });
+        let body_text = (!bytes.is_empty()).then(|| redact(key, &String::from_utf8_lossy(&bytes)));
         let error = Error::Status {
             provider: self.config.provider,
             status,
@@ -252,10 +269,34 @@ impl Transport {
     }
 }
 
+/// A response's body, read chunk by chunk up to `cap` bytes: the bytes (at most `cap`) and
+/// whether more followed. A declared `Content-Length` over the cap is refused before reading.
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    let declared = response.content_length();
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Ok((Bytes::new(), true));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((buf.freeze(), true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf.freeze(), false))
+}
+
 /// The parts of an error body the client uses. OpenAI-compatible servers send
 /// `{"error": {"message", "type", "param", "code"}}`; Gemini sends
 /// `{"error": {"code", "message", "status", "details": [...]}}` where a `RetryInfo` detail
-/// carries `retryDelay` and a `BadRequest` detail names fields in `fieldViolations`.
+/// carries `retryDelay` and a `BadRequest` detail names fields in `fieldViolations`; servers
+/// written with FastAPI send `{"detail": "text"}` or pydantic's validation list
+/// `{"detail": [{"type", "loc", "msg", "input"}]}`, whose `loc` becomes the `param`.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct ErrorBody {
     pub message: Option<String>,
@@ -272,6 +313,77 @@ fn as_text(v: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The most validation errors of one pydantic `detail` list quoted in a message.
+const MAX_DETAIL_ERRORS: usize = 5;
+
+/// A pydantic `loc` as a parameter path: `["body", "input", 1]` is `input[1]`,
+/// `["body", "encoding_format"]` is `encoding_format`. The request part (`body`, `query`, ...)
+/// and pydantic's type tags (`list[constrained-str]`, `function-after[...]`) are left out.
+fn loc_to_param(loc: &[serde_json::Value]) -> Option<String> {
+    let mut out = String::new();
+    for (i, seg) in loc.iter().enumerate() {
+        match seg {
+            serde_json::Value::String(s)
+                if i == 0
+                    && matches!(s.as_str(), "body" | "query" | "path" | "header" | "cookie") => {}
+            serde_json::Value::String(s)
+                if !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_') =>
+            {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(s);
+            }
+            serde_json::Value::Number(n) => {
+                out.push('[');
+                out.push_str(&n.to_string());
+                out.push(']');
+            }
+            _ => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// FastAPI's `detail`: a text, or pydantic's list of validation errors.
+fn parse_detail(detail: &serde_json::Value) -> ErrorBody {
+    let Some(list) = detail.as_array() else {
+        return ErrorBody {
+            message: as_text(detail).or_else(|| Some(detail.to_string())),
+            ..Default::default()
+        };
+    };
+    let mut parts = Vec::new();
+    let mut param = None;
+    let mut code = None;
+    for entry in list {
+        let loc = entry
+            .get("loc")
+            .and_then(|l| l.as_array())
+            .and_then(|l| loc_to_param(l));
+        let msg = entry.get("msg").and_then(as_text).unwrap_or_default();
+        if param.is_none() {
+            param.clone_from(&loc);
+            code = entry.get("type").and_then(as_text);
+        }
+        if parts.len() < MAX_DETAIL_ERRORS {
+            parts.push(match loc {
+                Some(l) => format!("{l}: {msg}"),
+                None => msg,
+            });
+        }
+    }
+    if list.len() > MAX_DETAIL_ERRORS {
+        parts.push(format!("and {} more", list.len() - MAX_DETAIL_ERRORS));
+    }
+    ErrorBody {
+        message: (!parts.is_empty()).then(|| parts.join("; ")),
+        code,
+        param,
+        retry_delay: None,
+    }
+}
+
 impl ErrorBody {
     pub(crate) fn parse(bytes: &[u8]) -> ErrorBody {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
@@ -281,6 +393,11 @@ impl ErrorBody {
                 ..Default::default()
             };
         };
+        if value.get("error").is_none() {
+            if let Some(detail) = value.get("detail") {
+                return parse_detail(detail);
+            }
+        }
         let err = value.get("error").unwrap_or(&value);
         let message = match err {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -316,15 +433,22 @@ impl ErrorBody {
     }
 }
 
-/// The input position an error's `param` names, such as 3 in `input[3]` or
-/// `requests[3].content`, when its field is `field`.
+/// The input position an error's `param` names, such as 3 in `input[3]`, `requests[3].content`
+/// or `text.input[3]`, when one of its path components is `field`.
 pub(crate) fn param_index(param: &str, field: &str) -> Option<usize> {
-    let rest = param.trim_start_matches("$.").strip_prefix(field)?;
-    let rest = rest.strip_prefix('[').or_else(|| rest.strip_prefix('.'))?;
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    let param = param.trim_start_matches("$.");
+    param.match_indices(field).find_map(|(at, _)| {
+        let starts_component = at == 0 || param[..at].ends_with('.');
+        let rest = &param[at + field.len()..];
+        let rest = rest.strip_prefix('[').or_else(|| rest.strip_prefix('.'))?;
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if !starts_component {
+            return None;
+        }
+        rest[..end].parse().ok()
+    })
 }
 
 #[cfg(test)]
@@ -370,5 +494,57 @@ mod tests {
         assert_eq!(param_index("input", "input"), None);
         assert_eq!(param_index("model", "input"), None);
         assert_eq!(param_index("inputs[1]", "input"), None);
+        assert_eq!(param_index("text.input[1]", "input"), Some(1));
+        assert_eq!(param_index("myinput[1]", "input"), None);
+    }
+
+    #[test]
+    fn pydantic_validation_lists() {
+        let b = ErrorBody::parse(
+            br#"{"detail":[{"type":"string_too_long","loc":["body","input",1],
+                "msg":"String should have at most 10 characters","input":"xxxxxxxxxxxx"}]}"#,
+        );
+        assert_eq!(b.param.as_deref(), Some("input[1]"));
+        assert_eq!(b.code.as_deref(), Some("string_too_long"));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("input[1]: String should have at most 10 characters")
+        );
+        // pydantic v2 puts the union member's type tag in the location.
+        let b = ErrorBody::parse(
+            br#"{"detail":[{"type":"too_long","loc":["body","text","input","list[constrained-str]",1],"msg":"too long"},
+                           {"type":"missing","loc":["body","model"],"msg":"Field required"}]}"#,
+        );
+        assert_eq!(b.param.as_deref(), Some("text.input[1]"));
+        assert_eq!(param_index(b.param.as_deref().unwrap(), "input"), Some(1));
+        assert_eq!(
+            b.message.as_deref(),
+            Some("text.input[1]: too long; model: Field required")
+        );
+        let b = ErrorBody::parse(
+            br#"{"detail":[{"type":"literal_error","loc":["body","encoding_format"],"msg":"Input should be 'float'"}]}"#,
+        );
+        assert_eq!(b.param.as_deref(), Some("encoding_format"));
+    }
+
+    #[test]
+    fn pydantic_detail_texts_and_long_lists() {
+        let b = ErrorBody::parse(br#"{"detail":"Model not found"}"#);
+        assert_eq!(b.message.as_deref(), Some("Model not found"));
+        assert_eq!(b.param, None);
+        let many: Vec<String> = (0..8)
+            .map(|i| format!(r#"{{"loc":["body","input",{i}],"msg":"bad"}}"#))
+            .collect();
+        let body = format!(r#"{{"detail":[{}]}}"#, many.join(","));
+        let b = ErrorBody::parse(body.as_bytes());
+        assert_eq!(b.param.as_deref(), Some("input[0]"));
+        assert!(b
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("input[4]: bad; and 3 more"));
+        // An `error` object wins over a stray `detail`.
+        let b = ErrorBody::parse(br#"{"error":{"message":"m"},"detail":"d"}"#);
+        assert_eq!(b.message.as_deref(), Some("m"));
     }
 }

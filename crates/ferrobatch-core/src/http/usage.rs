@@ -76,6 +76,15 @@ impl UsageBook {
         self.with(model, |u| u.failed_requests += 1);
     }
 
+    /// A request recorded as failed is sent again in a form the server accepts (floats after
+    /// a refused base64): it counts as a retry, not as a failure.
+    pub fn failure_was_retried(&self, model: &str) {
+        self.with(model, |u| {
+            u.failed_requests = u.failed_requests.saturating_sub(1);
+            u.retries += 1;
+        });
+    }
+
     /// A snapshot of every model's usage; a priced model that has not been used yet shows
     /// zero counts and a zero cost.
     pub fn snapshot(&self) -> BTreeMap<String, ModelUsage> {

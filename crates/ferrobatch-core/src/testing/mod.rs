@@ -6,4 +6,6 @@
 pub mod fake;
 mod server;
 
-pub use server::{Fault, FaultKind, LoggedRequest, ServerConfig, TestServer, REJECT_MARKER};
+pub use server::{
+    ErrorStyle, Fault, FaultKind, LoggedRequest, ServerConfig, TestServer, REJECT_MARKER,
+};

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures_util::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -42,6 +45,21 @@ pub struct ServerConfig {
     /// Whether `encoding_format="base64"` is accepted; when false such requests get a 400
     /// about `encoding_format`, as some OpenAI-compatible servers answer.
     pub base64: bool,
+    /// How OpenAI-compatible routes word their errors.
+    pub error_style: ErrorStyle,
+}
+
+/// How the OpenAI-compatible routes word their errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorStyle {
+    /// `{"error": {"message", "type", "param", "code"}}`, as OpenAI answers.
+    #[default]
+    OpenAi,
+    /// As a FastAPI + pydantic server answers: a rejected input is a
+    /// `422 {"detail": [{"type", "loc", "msg", "input"}]}` whose `loc` names it
+    /// (`["body", "input", "list[constrained-str]", 3]`); other errors are
+    /// `{"detail": "text"}`.
+    Pydantic,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +72,7 @@ impl Default for ServerConfig {
             api_key: None,
             requests_per_minute: None,
             base64: true,
+            error_style: ErrorStyle::OpenAi,
         }
     }
 }
@@ -81,6 +100,9 @@ pub enum FaultKind {
     Malformed,
     /// Answer 200 with one embedding too few (a chat answer without `choices`).
     WrongCount,
+    /// Answer with this status and a body that never ends, as a broken or hostile server
+    /// might; the server writes as fast as the client reads, until it hangs up.
+    Endless(u16),
 }
 
 impl FaultKind {
@@ -91,6 +113,7 @@ impl FaultKind {
             FaultKind::Hang(_) => "hang".into(),
             FaultKind::Malformed => "malformed".into(),
             FaultKind::WrongCount => "wrong_count".into(),
+            FaultKind::Endless(status) => format!("endless {status}"),
         }
     }
 }
@@ -206,7 +229,10 @@ impl std::fmt::Display for Reset {
 
 impl std::error::Error for Reset {}
 
-type Answer = Result<Response<Full<Bytes>>, Reset>;
+/// A response body: whole, or streamed without end.
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+type Answer = Result<Response<Body>, Reset>;
 
 impl TestServer {
     /// Bind `host:port` (port 0 picks a free one) and serve on `runtime`.
@@ -335,7 +361,7 @@ async fn accept_loop(
     }
 }
 
-fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Response<Full<Bytes>> {
+fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Response<Body> {
     bytes_response(
         status,
         Bytes::from(serde_json::to_vec(body).expect("JSON serializes")),
@@ -343,17 +369,54 @@ fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Respons
     )
 }
 
-fn bytes_response(status: u16, body: Bytes, extra: &[(&str, String)]) -> Response<Full<Bytes>> {
+fn bytes_response(status: u16, body: Bytes, extra: &[(&str, String)]) -> Response<Body> {
     let mut b = Response::builder()
         .status(status)
         .header("content-type", "application/json");
     for (k, v) in extra {
         b = b.header(*k, v.as_str());
     }
-    b.body(Full::new(body)).expect("a valid response")
+    b.body(Full::new(body).boxed()).expect("a valid response")
+}
+
+/// A JSON-looking body that never ends: an opening, then numbers in 64 KiB chunks for as long
+/// as the client reads.
+fn endless_response(status: u16) -> Response<Body> {
+    let opening =
+        Bytes::from_static(b"{\"object\":\"list\",\"data\":[{\"index\":0,\"embedding\":[");
+    let numbers = Bytes::from("0.0123456789,".repeat(64 * 1024 / 13));
+    let chunks = futures_util::stream::iter([opening])
+        .chain(futures_util::stream::repeat(numbers))
+        .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(StreamBody::new(chunks)))
+        .expect("a valid response")
+}
+
+/// A pydantic `loc` for a parameter the server names: `input[3]` is
+/// `["body", "input", "list[constrained-str]", 3]` (the union member's type tag included, as
+/// pydantic v2 reports it), `encoding_format` is `["body", "encoding_format"]`.
+fn pydantic_loc(param: Option<&str>) -> Value {
+    let mut loc = vec![Value::from("body")];
+    if let Some(p) = param {
+        match p.split_once('[') {
+            Some((field, rest)) => {
+                loc.push(Value::from(field));
+                loc.push(Value::from("list[constrained-str]"));
+                if let Ok(i) = rest.trim_end_matches(']').parse::<u64>() {
+                    loc.push(Value::from(i));
+                }
+            }
+            None => loc.push(Value::from(p)),
+        }
+    }
+    Value::from(loc)
 }
 
 fn error_body(
+    style: ErrorStyle,
     api: Api,
     status: u16,
     message: &str,
@@ -361,6 +424,7 @@ fn error_body(
     retry_delay: Option<f64>,
 ) -> Value {
     match api {
+        Api::OpenAi if style == ErrorStyle::Pydantic => json!({ "detail": message }),
         Api::OpenAi => {
             let kind = match status {
                 401 => "invalid_api_key",
@@ -504,7 +568,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         _ => 0,
     };
 
-    let (response, hang): (Option<Response<Full<Bytes>>>, Option<Duration>) = respond(
+    let (response, hang): (Option<Response<Body>>, Option<Duration>) = respond(
         &state,
         &config,
         api,
@@ -544,8 +608,9 @@ fn respond(
     query: &str,
     inputs: Result<Vec<String>, String>,
     fault: Option<&FaultKind>,
-) -> (Option<Response<Full<Bytes>>>, Option<Duration>) {
+) -> (Option<Response<Body>>, Option<Duration>) {
     let mut hang = None;
+    let style = config.error_style;
     match fault {
         Some(FaultKind::Reset) => return (None, None),
         Some(FaultKind::Status {
@@ -562,9 +627,10 @@ fn respond(
                 extra.push(("retry-after-ms", ms.to_string()));
             }
             let msg = format!("scripted fault: status {status}");
-            let b = error_body(api, *status, &msg, None, *retry_delay);
+            let b = error_body(style, api, *status, &msg, None, *retry_delay);
             return (Some(json_response(*status, &b, &extra)), None);
         }
+        Some(FaultKind::Endless(status)) => return (Some(endless_response(*status)), None),
         Some(FaultKind::Malformed) => {
             return (
                 Some(bytes_response(
@@ -580,6 +646,7 @@ fn respond(
     }
     let Some(route) = route else {
         let b = error_body(
+            style,
             api,
             404,
             "no such endpoint on the ferrobatch test server",
@@ -611,7 +678,7 @@ fn respond(
             return (
                 Some(json_response(
                     401,
-                    &error_body(api, 401, &msg, None, None),
+                    &error_body(style, api, 401, &msg, None, None),
                     &[],
                 )),
                 hang,
@@ -622,6 +689,7 @@ fn respond(
         let mut extra = rate_headers(config, state);
         extra.push(("retry-after-ms", wait.as_millis().to_string()));
         let b = error_body(
+            style,
             api,
             429,
             "rate limit reached for requests",
@@ -632,14 +700,14 @@ fn respond(
     }
     let extra = rate_headers(config, state);
     let bad = |msg: String, param: Option<String>| {
-        (
-            Some(json_response(
-                400,
-                &error_body(api, 400, &msg, param, None),
-                &extra,
-            )),
-            hang,
-        )
+        let answer = if api == Api::OpenAi && style == ErrorStyle::Pydantic {
+            let detail = json!([{"type": "value_error", "loc": pydantic_loc(param.as_deref()),
+                                 "msg": msg, "input": Value::Null}]);
+            json_response(422, &json!({ "detail": detail }), &extra)
+        } else {
+            json_response(400, &error_body(style, api, 400, &msg, param, None), &extra)
+        };
+        (Some(answer), hang)
     };
     let wrong_count = fault == Some(&FaultKind::WrongCount);
     match route {
