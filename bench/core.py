@@ -6,7 +6,8 @@
 
 Every number in one table comes from the same run on the same machine: compare ratios, not
 absolute values, on a shared machine. Each cell is the median of --reps repetitions, with
-min and max. Peers come from bench/requirements.txt; a peer that is not installed is skipped.
+min and max. Peers come from the `bench` extra (pip install ".[bench]"); a peer that is not
+installed is skipped.
 """
 
 from __future__ import annotations
@@ -187,9 +188,7 @@ def available() -> list[str]:
             metadata.version(dist)
             names.append(name)
         except metadata.PackageNotFoundError:
-            print(
-                f"# skipped {name}: {dist} is not installed (pip install -r bench/requirements.txt)"
-            )
+            print(f'# skipped {name}: {dist} is not installed (pip install ".[bench]")')
     return names
 
 

@@ -154,6 +154,31 @@ def test_bad_input_names_the_line_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_a_byte_order_mark_and_line_separators_inside_strings_are_accepted(
+    tmp_path: Path, fake_ai_server: FakeServer
+) -> None:
+    lines = [chat_line(0), chat_line(1)]
+    lines[1]["body"]["messages"][0]["content"] = "one\u2028two"
+    text = "".join(json.dumps(ln, ensure_ascii=False) + "\r\n" for ln in lines)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    out = tmp_path / "out.jsonl"
+    assert (
+        main(["run", str(src), "-o", str(out), "--base-url", fake_ai_server.openai_base_url]) == 0
+    )
+    assert [ln["custom_id"] for ln in read_jsonl(out)] == ["req-0", "req-1"]
+    sent = [r["body"]["messages"][0]["content"] for r in fake_ai_server.requests()]
+    assert sorted(sent) == ["one\u2028two", "q0"]
+
+
+def test_invalid_utf8_names_its_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(json.dumps(chat_line(0)).encode() + b"\n" + b'{"custom_id": "\xff"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["run", str(src), "-o", str(out), "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "in.jsonl:2: not valid UTF-8" in capsys.readouterr().err
+
+
 def test_a_missing_key_for_the_official_endpoint_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

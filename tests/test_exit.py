@@ -16,6 +16,22 @@ import pytest
 
 from ferrobatch.testing import FakeServer
 
+SYNC_BATCH = """
+    import asyncio, sys, time
+    from ferrobatch import AsyncBatcher
+    def slow(xs):
+        time.sleep(0.3)
+        return xs
+    b = AsyncBatcher(slow, max_batch_size=2)
+    async def call(f):
+        return await f
+    async def main():
+        asyncio.create_task(call(b.process(1))); asyncio.create_task(call(b.process(2)))
+        await asyncio.sleep(0.05)            # the batch is running in the executor
+        {end}
+    asyncio.run(main())
+"""
+
 CASES = {
     "an unused module-level batcher": """
         from ferrobatch import AsyncBatcher
@@ -49,35 +65,8 @@ CASES = {
             await asyncio.sleep(0.01)
         asyncio.run(main())
     """,
-    "a sync batch running in a thread": """
-        import asyncio, time
-        from ferrobatch import AsyncBatcher
-        def slow(xs):
-            time.sleep(0.3)
-            return xs
-        b = AsyncBatcher(slow, max_batch_size=2)
-        async def call(f):
-            return await f
-        async def main():
-            asyncio.create_task(call(b.process(1))); asyncio.create_task(call(b.process(2)))
-            await asyncio.sleep(0.05)        # the batch is running in the executor
-        asyncio.run(main())
-    """,
-    "SystemExit while a sync batch runs": """
-        import asyncio, sys, time
-        from ferrobatch import AsyncBatcher
-        def slow(xs):
-            time.sleep(0.3)
-            return xs
-        b = AsyncBatcher(slow, max_batch_size=2)
-        async def call(f):
-            return await f
-        async def main():
-            asyncio.create_task(call(b.process(1))); asyncio.create_task(call(b.process(2)))
-            await asyncio.sleep(0.05)
-            sys.exit(3)
-        asyncio.run(main())
-    """,
+    "a sync batch running in a thread": SYNC_BATCH.format(end=""),
+    "SystemExit while a sync batch runs": SYNC_BATCH.format(end="sys.exit(3)"),
     "HTTP clients with requests in flight": """
         import asyncio, sys
         from ferrobatch.openai import ChatCompletions, Embeddings
@@ -113,8 +102,8 @@ CASES = {
         store = BatchStore(os.path.join(tempfile.mkdtemp(), "jobs.db"))
         manager = BatchManager(chat, store)
         async def main():
-            reqs = [BatchRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": str(i)}]})
-                    for i in range(200)]
+            body = lambda i: {"messages": [{"role": "user", "content": str(i)}]}
+            reqs = [BatchRequest(id=f"r{i}", body=body(i)) for i in range(200)]
             await manager.submit(reqs)
             await asyncio.sleep(0.5)         # the job is running
         asyncio.run(main())

@@ -54,7 +54,15 @@ def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
     endpoint: str | None = None
     endpoint_line = 0
     model: Any = None
-    for n, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    try:
+        # utf-8-sig: a leading byte-order mark (editors write one) is not part of line 1.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CliError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    # JSON Lines end at "\n" only: str.splitlines would also split inside strings holding
+    # U+2028 and the like, which JSON allows unescaped.
+    for n, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"{path}:{n}"

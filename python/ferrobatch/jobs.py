@@ -44,6 +44,7 @@ from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import (
     APIConnectionError,
     AuthenticationError,
+    InvalidInputError,
     JobStore,
     NotFoundError,
     PermissionDeniedError,
@@ -309,7 +310,8 @@ class BatchManager:
         """Store a job and start running it; returns once every request is written.
 
         Raises `DuplicateRequestIdError` for a repeated id, `TypeError` / `ValueError` for a
-        request that cannot be sent (naming its id); nothing is written then.
+        request that cannot be sent (naming its id; `InvalidInputError`, a `ValueError`, for a
+        body UTF-8 cannot encode); nothing is written then.
         """
         rows: list[tuple[str, str]] = []
         for i, r in enumerate(requests):
@@ -321,9 +323,16 @@ class BatchManager:
                 raise TypeError(f"request {r.id!r}: body must be a dict")
             _check_body(self.client, self.endpoint, r.id, r.body)
             try:
-                text = json.dumps(dict(r.body), allow_nan=False)
+                text = json.dumps(dict(r.body), allow_nan=False, ensure_ascii=False)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"request {r.id!r}: body is not JSON: {e}") from None
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidInputError(
+                    f"request {r.id!r}: the body cannot be sent as UTF-8 ({e}); decode its "
+                    "source with errors='replace' or clean the data"
+                ) from None
             rows.append((r.id, text))
         job_id = f"batch_{uuid.uuid4().hex[:24]}"
         settings_json = json.dumps(dict(settings or {}))

@@ -19,17 +19,17 @@ with FakeServer(latency=0.02) as server:
 Scripted faults (`fault(kind, ...)`), applied in order to the next matching requests:
 `"status"` (any status, with `retry_after` seconds, `retry_after_ms`, or Gemini's
 `retry_delay`), `"reset"` (the connection is closed without an answer), `"hang"` (the answer
-comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), and
-`"wrong_count"` (one embedding too few; a chat answer without `choices`), and `"endless"` (a
-body that never ends, with `status`, 200 by default, as a broken or hostile server might send). Any input containing
-`REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key` set, other
-keys get a 401 whose message echoes the key sent (as some servers do). With
-`requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and
-`x-ratelimit-*` headers. With `base64=False`, embeddings requests asking for base64 get a 400
-about `encoding_format`, as some OpenAI-compatible servers answer. With
-`error_style="pydantic"`, the OpenAI-compatible routes answer as a FastAPI server does: a
-rejected input is a `422 {"detail": [{"type", "loc", "msg", "input"}]}` whose `loc` names it,
-other errors are `{"detail": "text"}`.
+comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), `"wrong_count"`
+(one embedding too few; a chat answer without `choices`), and `"endless"` (a body that never
+ends, with `status`, 200 by default, as a broken or hostile server might send). Any input
+containing `REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key`
+set, other keys get a 401 whose message echoes the key sent (as some servers do). With
+`requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and `x-ratelimit-*`
+headers. With `base64=False`, embeddings requests asking for base64 get a 400 about
+`encoding_format`, as some OpenAI-compatible servers answer. With `error_style="pydantic"`, the
+OpenAI-compatible routes answer as a FastAPI server does: a rejected input is a `422 {"detail":
+[{"type", "loc", "msg", "input"}]}` whose `loc` names it, other errors are `{"detail":
+"text"}`.
 
 With pytest, the `fake_ai_server` fixture (from the plugin this package registers) gives a
 fresh server per test.
