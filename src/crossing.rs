@@ -346,7 +346,7 @@ impl Dispatcher<PyItem> for LoopDispatcher {
         // At interpreter exit Python can no longer be entered: the work is dropped unseen (its
         // futures belong to a loop that no longer runs; pyo3 defers their reference counts),
         // without a panic or a message.
-        let _ = Python::try_attach(|py| {
+        let _ = crate::exit::attach(|py| {
             let Some((event_loop, _)) = self.0.event_loop.get() else {
                 // No loop was ever bound, so no item was ever queued: nothing to deliver.
                 return;

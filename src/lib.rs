@@ -5,6 +5,7 @@
 //! - `batch`: `Batch`, one dispatched batch as the Python runner sees it;
 //! - `crossing`: how results cross into asyncio (one loop callback per batch);
 //! - `errors`: the exception tree and the one mapping from core errors;
+//! - `exit`: entering Python from Rust threads safely up to interpreter exit;
 //! - `stats`: typed stats snapshots;
 //! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
@@ -15,6 +16,7 @@ mod batch;
 mod batcher;
 mod crossing;
 mod errors;
+mod exit;
 mod http;
 mod jobs;
 mod json;
@@ -39,5 +41,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<jobs::JobStore>()?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     errors::register(m)?;
+    exit::register(m)?;
     Ok(())
 }

@@ -114,7 +114,7 @@ where
     let handle = runtime().spawn(async move {
         let outcome = work.await;
         // At interpreter exit Python can no longer be entered: the outcome is dropped unseen.
-        let _ = Python::try_attach(|py| {
+        let _ = crate::exit::attach(|py| {
             if loop_closed(py, &lp) {
                 return; // the loop ended first: nobody can await the future any more
             }

@@ -94,6 +94,20 @@ CASES = {
         asyncio.run(main())
         time.sleep(0.5)                      # the answer lands while Python still runs
     """,
+    "HTTP answers landing while the interpreter finalizes": """
+        import asyncio, sys
+        from ferrobatch.openai import ChatCompletions
+        chat = ChatCompletions("m", base_url=sys.argv[1], api_key="k", concurrency=64)
+        garbage = [[i] for i in range(1_000_000)]   # finalizing it takes a while
+        async def call(f):
+            return await f
+        async def main():
+            for i in range(64):
+                msg = [{"role": "user", "content": str(i)}]
+                asyncio.create_task(call(chat.create(messages=msg)))
+            await asyncio.sleep(0.28)        # the answers come at 0.3 s, as Python exits
+        asyncio.run(main())
+    """,
     "a job runner mid-job": """
         import asyncio, sys, tempfile, os
         from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
