@@ -125,7 +125,6 @@ impl Exceptions {
             internal_server: make(py, "InternalServerError", &[&st], "HTTP 5xx, after retries.")?,
             api_timeout: make(py, "APITimeoutError", &[&conn, &timeout],
                 "No response within the request timeout (after any retries); `timeout` is the limit.")?,
-
             api_connection,
             api_status,
             api,

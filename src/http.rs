@@ -216,27 +216,10 @@ impl Embedder {
                 Err(e) => out.push(Err(e)),
             }
         }
+        let (t, n, k) = (&self.transport, self.max_inputs, self.max_tokens);
         let embedded = match &self.api {
-            EmbeddingApi::OpenAi(a) => {
-                embed_all(
-                    a,
-                    &self.transport,
-                    &sendable,
-                    self.max_inputs,
-                    self.max_tokens,
-                )
-                .await
-            }
-            EmbeddingApi::Gemini(a) => {
-                embed_all(
-                    a,
-                    &self.transport,
-                    &sendable,
-                    self.max_inputs,
-                    self.max_tokens,
-                )
-                .await
-            }
+            EmbeddingApi::OpenAi(a) => embed_all(a, t, &sendable, n, k).await,
+            EmbeddingApi::Gemini(a) => embed_all(a, t, &sendable, n, k).await,
         };
         for (i, r) in at.into_iter().zip(embedded) {
             out[i] = r;

@@ -206,3 +206,28 @@ def test_an_endless_body_at_the_default_cap_keeps_memory_bounded(tmp_path: Path)
     # The body is read up to 256 MiB and dropped: the peak grows by about that, never more.
     assert grown < 600, f"peak RSS grew by {grown:.0f} MiB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+# --- the official SDK reads the fake server's answers as it reads a real server's --------------
+
+
+async def test_the_openai_sdk_reads_the_fake_server_in_both_error_styles() -> None:
+    import openai
+
+    for style, status in (("openai", 400), ("pydantic", 422)):
+        with FakeServer(error_style=style, dimensions=DIMS) as server:  # type: ignore[arg-type]
+            client = openai.AsyncOpenAI(base_url=server.openai_base_url, api_key="k")
+            ok = await client.embeddings.create(model="m", input=["a", "b"])
+            assert [d.index for d in ok.data] == [0, 1]
+            assert close(ok.data[0].embedding, fake_embedding("a", DIMS))
+            with pytest.raises(openai.APIStatusError) as info:
+                await client.embeddings.create(model="m", input=["a", f"b {REJECT_MARKER}"])
+            assert info.value.status_code == status
+            if style == "pydantic":
+                assert isinstance(info.value, openai.UnprocessableEntityError)
+                detail = info.value.body["detail"]  # type: ignore[index]
+                assert detail[0]["loc"] == ["body", "input", "list[constrained-str]", 1]
+            else:
+                assert isinstance(info.value, openai.BadRequestError)
+                assert info.value.param == "input[1]"
+            await client.close()
