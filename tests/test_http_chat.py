@@ -211,8 +211,9 @@ def test_server_runs_as_a_module() -> None:
             assert resp.status == 200
     finally:
         proc.terminate()
-        # It exits at once on SIGTERM (a bound, not a speed goal: it used to take over 1 s).
-        assert proc.wait(timeout=1) == 0
+        # It exits at once on SIGTERM (about 0.03 s here); the bound leaves room for a loaded
+        # machine and still fails a server that lingers for seconds.
+        assert proc.wait(timeout=2) == 0
         if proc.stdout is not None:
             proc.stdout.close()
 
