@@ -351,11 +351,6 @@ impl Dispatcher<PyItem> for LoopDispatcher {
                 // No loop was ever bound, so no item was ever queued: nothing to deliver.
                 return;
             };
-            if loop_closed(py, event_loop) {
-                // The loop ended (`asyncio.run` returned) with items queued: their futures
-                // can never be awaited again, so there is nobody to tell.
-                return;
-            }
             let delivery = Delivery {
                 crossing: Arc::clone(&self.0),
                 work: Mutex::new(Some((work, receipt))),
@@ -366,6 +361,8 @@ impl Dispatcher<PyItem> for LoopDispatcher {
                     .call_method1(intern!(py, "call_soon_threadsafe"), (d,))
             });
             if let Err(e) = result {
+                // A closed loop refuses (`asyncio.run` returned with items queued): their
+                // futures can never be awaited again, so there is nobody to tell.
                 if !loop_closed(py, event_loop) {
                     log_error(
                         py,

@@ -115,9 +115,6 @@ where
         let outcome = work.await;
         // At interpreter exit Python can no longer be entered: the outcome is dropped unseen.
         let _ = crate::exit::attach(|py| {
-            if loop_closed(py, &lp) {
-                return; // the loop ended first: nobody can await the future any more
-            }
             let resolve = Resolve {
                 future: fut,
                 event_loop: lp.clone_ref(py),
@@ -128,6 +125,7 @@ where
                     .call_method1(intern!(py, "call_soon_threadsafe"), (r,))
             });
             if let Err(e) = sent {
+                // A closed loop refuses: nobody can await the future any more.
                 if !loop_closed(py, &lp) {
                     log_error(py, "could not hand a result to its event loop", Some(e));
                 }

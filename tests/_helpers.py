@@ -5,6 +5,31 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ferrobatch.openai import Embeddings
+from ferrobatch.testing import FakeServer
+
+#: The key and vector length the embeddings tests use.
+KEY = "sk-test-0123456789abcdef"
+DIMS = 8
+
+
+def close(a: object, b: list[float]) -> bool:
+    """Whether `a` is a list of floats equal to `b` up to float32 rounding."""
+    return isinstance(a, list) and len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+
+
+def embeddings(server: FakeServer, **kw: object) -> Embeddings:
+    """An `Embeddings` batcher on `server` with fast retries; `kw` overrides."""
+    opts: dict[str, object] = {
+        "base_url": server.openai_base_url,
+        "api_key": KEY,
+        "dimensions": DIMS,
+        "initial_backoff": 0.01,
+        "max_backoff": 0.05,
+    }
+    opts.update(kw)
+    return Embeddings(**opts)  # type: ignore[arg-type]
+
 
 class Recorder:
     """A batch function that records every batch it is called with."""

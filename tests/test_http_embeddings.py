@@ -11,33 +11,15 @@ import numpy as np
 import pytest
 
 import ferrobatch
+from _helpers import DIMS, KEY, close, embeddings
 from ferrobatch import RateLimiter
 from ferrobatch.gemini import Embeddings as GeminiEmbeddings
 from ferrobatch.openai import Embeddings
 from ferrobatch.testing import REJECT_MARKER, FakeServer, fake_embedding
 
-KEY = "sk-test-0123456789abcdef"
-DIMS = 8
-
-
-def close(a: list[float], b: list[float]) -> bool:
-    return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
-
-
-def make(server: FakeServer, **kw: object) -> Embeddings:
-    opts: dict[str, object] = {
-        "base_url": server.openai_base_url,
-        "api_key": KEY,
-        "dimensions": DIMS,
-        "initial_backoff": 0.01,
-        "max_backoff": 0.05,
-    }
-    opts.update(kw)
-    return Embeddings(**opts)  # type: ignore[arg-type]
-
 
 async def test_vectors_come_back_in_order_for_their_own_texts(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=64, concurrency=4)
+    emb = embeddings(fake_ai_server, max_batch_size=64, concurrency=4)
     texts = [f"text number {i}" for i in range(500)]
     vectors = await asyncio.gather(*[emb.embed(t) for t in texts])
     assert all(close(v, fake_embedding(t, DIMS)) for v, t in zip(vectors, texts))
@@ -54,7 +36,7 @@ async def test_vectors_come_back_in_order_for_their_own_texts(fake_ai_server: Fa
 
 
 async def test_embed_many_keeps_order_and_float_format_works(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, encoding_format="float")
+    emb = embeddings(fake_ai_server, encoding_format="float")
     texts = [f"t{i}" for i in range(300)]
     vectors = await emb.embed_many(texts)
     assert [close(v, fake_embedding(t, DIMS)) for v, t in zip(vectors, texts)] == [True] * 300
@@ -64,7 +46,7 @@ async def test_embed_many_keeps_order_and_float_format_works(fake_ai_server: Fak
 
 async def test_a_server_refusing_base64_gets_floats_from_then_on() -> None:
     with FakeServer(base64=False) as server:
-        emb = make(server)
+        emb = embeddings(server)
         assert close(await emb.embed("a"), fake_embedding("a", DIMS))
         assert close(await emb.embed("b"), fake_embedding("b", DIMS))
         formats = [(r["status"], r["body"]["encoding_format"]) for r in server.requests()]
@@ -73,7 +55,9 @@ async def test_a_server_refusing_base64_gets_floats_from_then_on() -> None:
 
 
 async def test_batches_split_at_the_input_cap(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=100, max_queue_time=0.05, max_inputs_per_request=30)
+    emb = embeddings(
+        fake_ai_server, max_batch_size=100, max_queue_time=0.05, max_inputs_per_request=30
+    )
     texts = [f"x{i}" for i in range(100)]
     vectors = await emb.embed_many(texts)
     assert all(close(v, fake_embedding(t, DIMS)) for v, t in zip(vectors, texts))
@@ -84,7 +68,9 @@ async def test_batches_split_at_the_input_cap(fake_ai_server: FakeServer) -> Non
 
 async def test_batches_split_at_the_token_cap(fake_ai_server: FakeServer) -> None:
     # 40 chars = 10 estimated tokens per text; at most 50 tokens per request.
-    emb = make(fake_ai_server, max_batch_size=20, max_queue_time=0.05, max_tokens_per_request=50)
+    emb = embeddings(
+        fake_ai_server, max_batch_size=20, max_queue_time=0.05, max_tokens_per_request=50
+    )
     texts = [f"{i:040d}" for i in range(20)]
     vectors = await emb.embed_many(texts)
     assert all(close(v, fake_embedding(t, DIMS)) for v, t in zip(vectors, texts))
@@ -94,7 +80,7 @@ async def test_batches_split_at_the_token_cap(fake_ai_server: FakeServer) -> Non
 
 async def test_server_cap_exceeded_is_a_bad_request(fake_ai_server: FakeServer) -> None:
     with FakeServer(max_inputs=4) as server:
-        emb = make(server, max_batch_size=10, max_queue_time=0.05)
+        emb = embeddings(server, max_batch_size=10, max_queue_time=0.05)
         results = await asyncio.gather(
             *[emb.embed(f"t{i}") for i in range(6)], return_exceptions=True
         )
@@ -104,7 +90,7 @@ async def test_server_cap_exceeded_is_a_bad_request(fake_ai_server: FakeServer) 
 
 
 async def test_numpy_format_gives_writable_float32_arrays(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, format="numpy")
+    emb = embeddings(fake_ai_server, format="numpy")
     v = await emb.embed("hello")
     assert isinstance(v, np.ndarray)
     assert v.dtype == np.float32 and v.shape == (DIMS,)
@@ -114,7 +100,7 @@ async def test_numpy_format_gives_writable_float32_arrays(fake_ai_server: FakeSe
 
 
 async def test_array_format_gives_stdlib_float32_arrays(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, format="array")
+    emb = embeddings(fake_ai_server, format="array")
     v = await emb.embed("hello")
     assert isinstance(v, array.array) and v.typecode == "f" and len(v) == DIMS
     assert close(list(v), fake_embedding("hello", DIMS))
@@ -122,7 +108,7 @@ async def test_array_format_gives_stdlib_float32_arrays(fake_ai_server: FakeServ
 
 
 async def test_one_rejected_input_fails_alone(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=5, max_queue_time=0.05)
+    emb = embeddings(fake_ai_server, max_batch_size=5, max_queue_time=0.05)
     texts = ["a", "b", f"c {REJECT_MARKER}", "d", "e"]
     results = await asyncio.gather(*[emb.embed(t) for t in texts], return_exceptions=True)
     bad = results[2]
@@ -136,7 +122,7 @@ async def test_one_rejected_input_fails_alone(fake_ai_server: FakeServer) -> Non
 
 
 async def test_empty_text_is_invalid_input_and_not_sent(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=2, max_queue_time=0.05)
+    emb = embeddings(fake_ai_server, max_batch_size=2, max_queue_time=0.05)
     ok, empty = await asyncio.gather(emb.embed("fine"), emb.embed(""), return_exceptions=True)
     assert close(ok, fake_embedding("fine", DIMS))  # type: ignore[arg-type]
     assert isinstance(empty, ferrobatch.InvalidInputError)
@@ -146,7 +132,7 @@ async def test_empty_text_is_invalid_input_and_not_sent(fake_ai_server: FakeServ
 
 
 async def test_non_str_input_raises_type_error_at_once(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server)
+    emb = embeddings(fake_ai_server)
     with pytest.raises(TypeError, match="text must be str, got int"):
         emb.embed(123)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"texts\[1\] must be str"):
@@ -165,7 +151,7 @@ async def test_non_str_input_raises_type_error_at_once(fake_ai_server: FakeServe
 async def test_429_waits_for_the_server_hint_then_succeeds(
     fake_ai_server: FakeServer, fault: dict[str, float], hint: float
 ) -> None:
-    emb = make(fake_ai_server)
+    emb = embeddings(fake_ai_server)
     fake_ai_server.fault("status", status=429, **fault)  # type: ignore[arg-type]
     v = await emb.embed("hello")
     assert close(v, fake_embedding("hello", DIMS))
@@ -179,7 +165,7 @@ async def test_429_waits_for_the_server_hint_then_succeeds(
 
 @pytest.mark.parametrize("status", [408, 409, 500, 502, 503])
 async def test_retryable_statuses_are_retried(fake_ai_server: FakeServer, status: int) -> None:
-    emb = make(fake_ai_server)
+    emb = embeddings(fake_ai_server)
     fake_ai_server.fault("status", status=status, times=2)
     v = await emb.embed("x")
     assert close(v, fake_embedding("x", DIMS))
@@ -200,7 +186,7 @@ async def test_retryable_statuses_are_retried(fake_ai_server: FakeServer, status
 async def test_final_statuses_are_not_retried(
     fake_ai_server: FakeServer, status: int, exc: type[Exception]
 ) -> None:
-    emb = make(fake_ai_server, max_batch_size=3, max_queue_time=0.05)
+    emb = embeddings(fake_ai_server, max_batch_size=3, max_queue_time=0.05)
     fake_ai_server.fault("status", status=status)
     results = await asyncio.gather(*[emb.embed(t) for t in "abc"], return_exceptions=True)
     for r in results:
@@ -216,7 +202,7 @@ async def test_final_statuses_are_not_retried(
 async def test_retries_run_out_into_typed_errors_for_every_item(
     fake_ai_server: FakeServer,
 ) -> None:
-    emb = make(fake_ai_server, max_batch_size=4, max_queue_time=0.05, max_retries=2)
+    emb = embeddings(fake_ai_server, max_batch_size=4, max_queue_time=0.05, max_retries=2)
     fake_ai_server.fault("status", status=503, times=3)
     results = await asyncio.gather(*[emb.embed(t) for t in "abcd"], return_exceptions=True)
     assert len(results) == 4
@@ -229,7 +215,7 @@ async def test_retries_run_out_into_typed_errors_for_every_item(
 
 
 async def test_rate_limit_error_after_retries(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_retries=1)
+    emb = embeddings(fake_ai_server, max_retries=1)
     fake_ai_server.fault("status", status=429, times=2, retry_after_ms=10)
     with pytest.raises(ferrobatch.RateLimitError) as info:
         await emb.embed("x")
@@ -239,7 +225,7 @@ async def test_rate_limit_error_after_retries(fake_ai_server: FakeServer) -> Non
 
 
 async def test_connection_reset_is_retried_then_reported(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_retries=1)
+    emb = embeddings(fake_ai_server, max_retries=1)
     fake_ai_server.fault("reset")
     assert close(await emb.embed("x"), fake_embedding("x", DIMS))
     fake_ai_server.fault("reset", times=2)
@@ -251,7 +237,7 @@ async def test_connection_reset_is_retried_then_reported(fake_ai_server: FakeSer
 
 
 async def test_hang_past_the_timeout(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, timeout=0.2, max_retries=1)
+    emb = embeddings(fake_ai_server, timeout=0.2, max_retries=1)
     fake_ai_server.fault("hang", duration=5.0)
     t0 = time.monotonic()
     assert close(await emb.embed("x"), fake_embedding("x", DIMS))  # the retry succeeds
@@ -269,7 +255,9 @@ async def test_hang_past_the_timeout(fake_ai_server: FakeServer) -> None:
 async def test_bad_answers_are_response_format_errors(
     fake_ai_server: FakeServer, kind: str
 ) -> None:
-    emb = make(fake_ai_server, max_batch_size=4, max_queue_time=0.05, max_inputs_per_request=2)
+    emb = embeddings(
+        fake_ai_server, max_batch_size=4, max_queue_time=0.05, max_inputs_per_request=2
+    )
     fake_ai_server.fault(kind)  # type: ignore[arg-type]
     texts = ["a", "b", "c", "d"]
     results = await asyncio.gather(*[emb.embed(t) for t in texts], return_exceptions=True)
@@ -286,7 +274,7 @@ async def test_bad_answers_are_response_format_errors(
 async def test_the_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with FakeServer(api_key="sk-right") as server:
-        emb = make(server, api_key=KEY)  # the wrong key: the server echoes it back
+        emb = embeddings(server, api_key=KEY)  # the wrong key: the server echoes it back
         with pytest.raises(ferrobatch.AuthenticationError) as info:
             await emb.embed("x")
         err = info.value
@@ -301,7 +289,9 @@ async def test_the_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_extra_and_organization_headers_are_sent(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, organization="org-1", project="proj-2", headers={"X-Trace": "abc"})
+    emb = embeddings(
+        fake_ai_server, organization="org-1", project="proj-2", headers={"X-Trace": "abc"}
+    )
     await emb.embed("x")
     h = fake_ai_server.requests()[0]["headers"]
     assert (h["openai-organization"], h["openai-project"], h["x-trace"]) == (
@@ -313,7 +303,7 @@ async def test_extra_and_organization_headers_are_sent(fake_ai_server: FakeServe
 
 
 async def test_usage_and_cost(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, prices={"text-embedding-3-small": {"input": 0.02}})
+    emb = embeddings(fake_ai_server, prices={"text-embedding-3-small": {"input": 0.02}})
     texts = ["abcd" * 25] * 10  # 25 tokens each by the server's count
     await emb.embed_many(texts)
     u = emb.usage()["text-embedding-3-small"]
@@ -324,8 +314,8 @@ async def test_usage_and_cost(fake_ai_server: FakeServer) -> None:
 
 async def test_shared_limiter_pauses_every_client_after_a_429(fake_ai_server: FakeServer) -> None:
     limiter = RateLimiter(requests_per_minute=10_000)
-    a = make(fake_ai_server, rate_limiter=limiter)
-    b = make(fake_ai_server, rate_limiter=limiter)
+    a = embeddings(fake_ai_server, rate_limiter=limiter)
+    b = embeddings(fake_ai_server, rate_limiter=limiter)
     fake_ai_server.fault("status", status=429, retry_after=0.4)
     await a.embed("first")  # 429, waits 0.4 s, succeeds
     # Meanwhile b was not used; now make a 429 hit a and have b start during the pause.
@@ -347,7 +337,7 @@ async def test_shared_limiter_pauses_every_client_after_a_429(fake_ai_server: Fa
 async def test_requests_per_minute_budget_spaces_requests(fake_ai_server: FakeServer) -> None:
     # A budget of 120/min starts full (120) and refills 2/s: the 122nd request waits ~1 s.
     limiter = RateLimiter(requests_per_minute=120)
-    emb = make(fake_ai_server, rate_limiter=limiter, max_batch_size=2, concurrency=-1)
+    emb = embeddings(fake_ai_server, rate_limiter=limiter, max_batch_size=2, concurrency=-1)
     t0 = time.monotonic()
     await emb.embed_many([f"t{i}" for i in range(244)])
     assert time.monotonic() - t0 >= 0.8
@@ -357,7 +347,7 @@ async def test_requests_per_minute_budget_spaces_requests(fake_ai_server: FakeSe
 
 async def test_stop_drains_in_flight_requests() -> None:
     with FakeServer(latency=0.2) as server:
-        emb = make(server)
+        emb = embeddings(server)
         futs = [emb.embed(f"t{i}") for i in range(10)]
         await asyncio.sleep(0.05)
         await emb.stop()
@@ -369,7 +359,7 @@ async def test_stop_drains_in_flight_requests() -> None:
 
 async def test_force_stop_ends_hung_requests_with_stopped() -> None:
     with FakeServer() as server:
-        emb = make(server, timeout=30.0)
+        emb = embeddings(server, timeout=30.0)
         server.fault("hang", duration=30.0)
         fut = emb.embed("x")
         await asyncio.sleep(0.2)
@@ -381,7 +371,7 @@ async def test_force_stop_ends_hung_requests_with_stopped() -> None:
 
 
 async def test_cancelled_callers_are_not_sent(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=3, max_queue_time=0.1)
+    emb = embeddings(fake_ai_server, max_batch_size=3, max_queue_time=0.1)
     futs = [emb.embed(t) for t in "abc"]
     futs[1].cancel()
     await asyncio.gather(futs[0], futs[2])
@@ -391,7 +381,9 @@ async def test_cancelled_callers_are_not_sent(fake_ai_server: FakeServer) -> Non
 
 async def test_random_faults_lose_nothing(fake_ai_server: FakeServer) -> None:
     """Under a mix of every fault, each item ends exactly once: a correct vector or an error."""
-    emb = make(fake_ai_server, max_batch_size=16, max_queue_time=0.005, concurrency=4, timeout=0.3)
+    emb = embeddings(
+        fake_ai_server, max_batch_size=16, max_queue_time=0.005, concurrency=4, timeout=0.3
+    )
     kinds = ["reset", "malformed", "wrong_count", "hang"]
     for i in range(12):
         kind = kinds[i % len(kinds)]

@@ -14,28 +14,12 @@ from pathlib import Path
 import pytest
 
 import ferrobatch
+from _helpers import DIMS, close, embeddings
 from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
-from ferrobatch.openai import ChatCompletions, Embeddings
+from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import REJECT_MARKER, FakeServer, fake_embedding
 
-DIMS = 8
 LONE = "bad \ud800 text"
-
-
-def close(a: object, b: list[float]) -> bool:
-    return isinstance(a, list) and len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b))
-
-
-def make(server: FakeServer, **kw: object) -> Embeddings:
-    opts: dict[str, object] = {
-        "base_url": server.openai_base_url,
-        "api_key": "k",
-        "dimensions": DIMS,
-        "initial_backoff": 0.01,
-        "max_backoff": 0.05,
-    }
-    opts.update(kw)
-    return Embeddings(**opts)  # type: ignore[arg-type]
 
 
 # --- FastAPI / pydantic error bodies ---------------------------------------------------------
@@ -43,7 +27,7 @@ def make(server: FakeServer, **kw: object) -> Embeddings:
 
 async def test_a_pydantic_422_naming_an_input_fails_it_alone() -> None:
     with FakeServer(error_style="pydantic", dimensions=DIMS) as server:
-        emb = make(server, max_batch_size=4, max_queue_time=0.05, encoding_format="float")
+        emb = embeddings(server, max_batch_size=4, max_queue_time=0.05, encoding_format="float")
         texts = ["a", f"b {REJECT_MARKER}", "c", "d"]
         results = await asyncio.gather(*[emb.embed(t) for t in texts], return_exceptions=True)
         bad = results[1]
@@ -61,7 +45,7 @@ async def test_a_pydantic_422_naming_an_input_fails_it_alone() -> None:
 
 async def test_a_pydantic_422_on_encoding_format_falls_back_to_floats() -> None:
     with FakeServer(error_style="pydantic", base64=False, dimensions=DIMS) as server:
-        emb = make(server)
+        emb = embeddings(server)
         assert close(await emb.embed("a"), fake_embedding("a", DIMS))
         assert close(await emb.embed("b"), fake_embedding("b", DIMS))
         formats = [(r["status"], r["body"]["encoding_format"]) for r in server.requests()]
@@ -71,7 +55,7 @@ async def test_a_pydantic_422_on_encoding_format_falls_back_to_floats() -> None:
 
 async def test_a_refused_base64_that_then_succeeds_is_a_retry_not_a_failure() -> None:
     with FakeServer(base64=False, dimensions=DIMS) as server:
-        emb = make(server)
+        emb = embeddings(server)
         await emb.embed("a")
         usage = emb.usage()["text-embedding-3-small"]
         assert (usage["requests"], usage["retries"], usage["failed_requests"]) == (1, 1, 0)
@@ -81,7 +65,7 @@ async def test_a_refused_base64_that_then_succeeds_is_a_retry_not_a_failure() ->
 async def test_a_pydantic_detail_text_becomes_the_message() -> None:
     with FakeServer(error_style="pydantic") as server:
         server.fault("status", status=404)
-        emb = make(server)
+        emb = embeddings(server)
         with pytest.raises(ferrobatch.NotFoundError) as info:
             await emb.embed("a")
         assert info.value.message == "scripted fault: status 404"
@@ -92,7 +76,7 @@ async def test_a_pydantic_detail_text_becomes_the_message() -> None:
 
 
 async def test_a_lone_surrogate_fails_alone_with_invalid_input(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server, max_batch_size=3, max_queue_time=0.05)
+    emb = embeddings(fake_ai_server, max_batch_size=3, max_queue_time=0.05)
     results = await asyncio.gather(
         emb.embed("fine"), emb.embed(LONE), emb.embed("also fine"), return_exceptions=True
     )
@@ -140,7 +124,9 @@ async def test_a_job_request_with_a_lone_surrogate_is_refused_at_submit(
 async def test_an_answer_over_the_cap_fails_typed_and_the_batcher_keeps_working(
     fake_ai_server: FakeServer,
 ) -> None:
-    emb = make(fake_ai_server, max_response_bytes=64 * 1024, max_batch_size=2, max_queue_time=0.05)
+    emb = embeddings(
+        fake_ai_server, max_response_bytes=64 * 1024, max_batch_size=2, max_queue_time=0.05
+    )
     fake_ai_server.fault("endless")
     results = await asyncio.gather(emb.embed("a"), emb.embed("b"), return_exceptions=True)
     for r in results:
@@ -150,12 +136,12 @@ async def test_an_answer_over_the_cap_fails_typed_and_the_batcher_keeps_working(
     assert fake_ai_server.request_count() == 1  # not retried
     assert close(await emb.embed("c"), fake_embedding("c", DIMS))
     with pytest.raises(ferrobatch.ConfigError, match="max_response_bytes"):
-        make(fake_ai_server, max_response_bytes=0)
+        embeddings(fake_ai_server, max_response_bytes=0)
     await emb.stop()
 
 
 async def test_an_endless_error_body_is_cut_at_64_kib(fake_ai_server: FakeServer) -> None:
-    emb = make(fake_ai_server)
+    emb = embeddings(fake_ai_server)
     fake_ai_server.fault("endless", status=400)
     with pytest.raises(ferrobatch.BadRequestError) as info:
         await emb.embed("a")

@@ -38,17 +38,23 @@ fn server(config: ServerConfig) -> TestServer {
     TestServer::start(&tokio::runtime::Handle::current(), "127.0.0.1", 0, config).unwrap()
 }
 
-fn status(status: u16, times: u32) -> Fault {
+/// `kind` for the next `times` requests, whatever their path.
+fn fault(kind: FaultKind, times: u32) -> Fault {
     Fault {
-        kind: FaultKind::Status {
-            status,
-            retry_after: None,
-            retry_after_ms: Some(5),
-            retry_delay: None,
-        },
+        kind,
         times,
         path: None,
     }
+}
+
+fn status(status: u16, times: u32) -> Fault {
+    let kind = FaultKind::Status {
+        status,
+        retry_after: None,
+        retry_after_ms: Some(5),
+        retry_delay: None,
+    };
+    fault(kind, times)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,22 +113,14 @@ async fn the_key_is_scrubbed_from_an_echoing_401() {
 async fn hangs_time_out_and_resets_are_connection_errors() {
     let srv = server(ServerConfig::default());
     let t = transport(&srv, "k", Duration::from_millis(100));
-    srv.add_fault(Fault {
-        kind: FaultKind::Hang(Duration::from_secs(5)),
-        times: 3,
-        path: None,
-    });
+    srv.add_fault(fault(FaultKind::Hang(Duration::from_secs(5)), 3));
     let body = r#"{"input":["a"]}"#;
     let err = t
         .post("/embeddings", body.into(), "m", 1)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    srv.add_fault(Fault {
-        kind: FaultKind::Reset,
-        times: 3,
-        path: None,
-    });
+    srv.add_fault(fault(FaultKind::Reset, 3));
     let err = t
         .post("/embeddings", body.into(), "m", 1)
         .await
@@ -167,27 +165,14 @@ async fn pydantic_errors_isolate_inputs_and_trigger_the_float_fallback() {
 async fn endless_bodies_stop_at_the_cap() {
     let srv = server(ServerConfig::default());
     let t = capped_transport(&srv, "k", Duration::from_secs(10), 1 << 20);
-    srv.add_fault(Fault {
-        kind: FaultKind::Endless(200),
-        times: 1,
-        path: None,
-    });
-    let err = t
-        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
-        .await
-        .unwrap_err();
+    let send = || t.post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1);
+    srv.add_fault(fault(FaultKind::Endless(200), 1));
+    let err = send().await.unwrap_err();
     assert_eq!(err, Error::ResponseTooLarge { limit: 1 << 20 });
     assert_eq!(srv.request_count(), 1, "a body over the cap is not retried");
     // An endless error body is read up to MAX_ERROR_BODY and kept as far as it went.
-    srv.add_fault(Fault {
-        kind: FaultKind::Endless(400),
-        times: 1,
-        path: None,
-    });
-    let err = t
-        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
-        .await
-        .unwrap_err();
+    srv.add_fault(fault(FaultKind::Endless(400), 1));
+    let err = send().await.unwrap_err();
     match err {
         Error::Status {
             status: 400, body, ..
@@ -195,8 +180,5 @@ async fn endless_bodies_stop_at_the_cap() {
         other => panic!("expected a 400, got {other:?}"),
     }
     // The client keeps working.
-    assert!(t
-        .post("/embeddings", r#"{"input":["a"]}"#.into(), "m", 1)
-        .await
-        .is_ok());
+    assert!(send().await.is_ok());
 }
