@@ -1,5 +1,5 @@
-//! The native halves of the HTTP batchers: `EmbeddingsClient` (OpenAI-compatible or Gemini),
-//! `ChatClient` and the shareable `RateLimiter`. Each call takes a whole batch, runs it on the
+//! The native halves of the HTTP batchers: `EmbeddingsClient` (OpenAI-compatible or Gemini)
+//! and `ChatClient`. Each call takes a whole batch, runs it on the
 //! shared runtime (HTTP, retries, JSON) and resolves one asyncio Future with one result per
 //! item — a value, or an exception instance for that item alone.
 
@@ -21,50 +21,8 @@ use serde_json::Value;
 
 use crate::errors::{self, config_error, to_pyerr};
 use crate::json;
+use crate::limits::RateLimiter;
 use crate::task::{self, Outcome};
-
-/// A requests-per-minute and tokens-per-minute budget, shareable between clients; a 429 seen by
-/// any of them pauses them all until the server's retry time.
-#[pyclass(module = "ferrobatch._native", frozen)]
-pub(crate) struct RateLimiter {
-    pub(crate) inner: Arc<ferrobatch_core::http::RateLimiter>,
-    rpm: Option<f64>,
-    tpm: Option<f64>,
-}
-
-#[pymethods]
-impl RateLimiter {
-    #[new]
-    #[pyo3(signature = (requests_per_minute=None, tokens_per_minute=None))]
-    fn new(requests_per_minute: Option<f64>, tokens_per_minute: Option<f64>) -> PyResult<Self> {
-        let inner = ferrobatch_core::http::RateLimiter::new(requests_per_minute, tokens_per_minute)
-            .map_err(to_pyerr)?;
-        Ok(RateLimiter {
-            inner: Arc::new(inner),
-            rpm: requests_per_minute,
-            tpm: tokens_per_minute,
-        })
-    }
-
-    #[getter]
-    fn requests_per_minute(&self) -> Option<f64> {
-        self.rpm
-    }
-
-    #[getter]
-    fn tokens_per_minute(&self) -> Option<f64> {
-        self.tpm
-    }
-
-    fn __repr__(&self) -> String {
-        let show = |v: Option<f64>| v.map_or("None".to_string(), |x| x.to_string());
-        format!(
-            "RateLimiter(requests_per_minute={}, tokens_per_minute={})",
-            show(self.rpm),
-            show(self.tpm)
-        )
-    }
-}
 
 /// The settings every client shares: the `transport` dict Python passes (every key present).
 #[derive(FromPyObject)]

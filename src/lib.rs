@@ -9,6 +9,7 @@
 //! - `stats`: typed stats snapshots;
 //! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
+//! - `limits`: `RateLimiter`, in process or shared through Redis;
 //! - `testserver`: the loopback test server for `ferrobatch.testing`;
 //! - `jobs`: the SQLite job store for `ferrobatch.jobs`.
 
@@ -20,6 +21,7 @@ mod exit;
 mod http;
 mod jobs;
 mod json;
+mod limits;
 mod runtime;
 mod stats;
 mod task;
@@ -34,7 +36,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batch::Batch>()?;
     m.add_class::<stats::BatcherStats>()?;
     m.add_class::<stats::LatencySummary>()?;
-    m.add_class::<http::RateLimiter>()?;
+    m.add_class::<limits::RateLimiter>()?;
     m.add_class::<http::EmbeddingsClient>()?;
     m.add_class::<http::ChatClient>()?;
     m.add_class::<testserver::TestServer>()?;

@@ -43,3 +43,10 @@ def test_embeddings_benchmark_smoke_run() -> None:
 def test_jobs_benchmark_smoke_run() -> None:
     text = run_quick("jobs.py")
     assert "| BatchManager, SQLite file store | " in text, text
+
+
+def test_shared_limit_benchmark_smoke_run(redis_server: object) -> None:
+    # The fixture only makes a missing redis-server skip (or fail under CI); the benchmark
+    # starts its own.
+    text = run_quick("shared_limit.py")
+    assert "| 3 | " in text and "utilization" in text, text

@@ -34,6 +34,7 @@ __all__ = [
     "QueueFullError",
     "RateLimitError",
     "RateLimiter",
+    "RateLimiterUnavailableError",
     "ResponseFormatError",
     "ResponseTooLargeError",
     "StopTimeoutError",
@@ -103,6 +104,8 @@ class ResponseFormatError(APIError): ...
 
 class ResponseTooLargeError(ResponseFormatError):
     limit: int
+
+class RateLimiterUnavailableError(FerrobatchError, ConnectionError): ...
 
 class StoreError(FerrobatchError):
     operation: str
@@ -205,11 +208,26 @@ class RateLimiter:
         cls,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
+        *,
+        redis_url: str | None = None,
+        name: str | None = None,
+        burst: float | None = None,
+        on_redis_error: str = "local",
     ) -> RateLimiter: ...
     @property
     def requests_per_minute(self) -> float | None: ...
     @property
     def tokens_per_minute(self) -> float | None: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def burst(self) -> float: ...
+    @property
+    def shared(self) -> bool: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def live_processes(self) -> int: ...
 
 @final
 class EmbeddingsClient:

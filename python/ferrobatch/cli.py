@@ -158,13 +158,27 @@ def write_results(results: list[BatchResult], out: Path | None) -> None:
 # --- commands ---------------------------------------------------------------------------------
 
 
+def shared_bucket(base_url: str, key: str | None) -> str:
+    """The Redis bucket every process with this endpoint and key shares: the key only hashed."""
+    digest = hashlib.sha256(f"{base_url}\0{key or ''}".encode()).hexdigest()[:24]
+    return f"cli:{digest}"
+
+
 def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespace) -> Any:
     from ferrobatch.openai import ChatCompletions, Embeddings
 
     key = os.environ.get(settings["api_key_env"]) if settings.get("api_key_env") else None
     limiter = None
+    redis_url = args.redis or os.environ.get("FERROBATCH_REDIS") or None
+    if redis_url and not (args.rpm or args.tpm):
+        raise CliError("--redis shares a limit: give --rpm and/or --tpm too")
     if args.rpm or args.tpm:
-        limiter = RateLimiter(requests_per_minute=args.rpm, tokens_per_minute=args.tpm)
+        limiter = RateLimiter(
+            requests_per_minute=args.rpm,
+            tokens_per_minute=args.tpm,
+            redis_url=redis_url,
+            name=shared_bucket(settings["base_url"], key) if redis_url else None,
+        )
     common: dict[str, Any] = {
         "base_url": settings["base_url"],
         "api_key": key,
@@ -408,6 +422,13 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--rpm", type=float, default=None, help="requests per minute budget")
     run.add_argument("--tpm", type=float, default=None, help="tokens per minute budget")
+    run.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="share --rpm/--tpm with every process using this endpoint and key, through Redis "
+        "(or set FERROBATCH_REDIS)",
+    )
     run.add_argument("--concurrency", type=int, default=16)
     run.add_argument("--store", default=None, help="job store (default: OUTPUT.jobs.db)")
     run.add_argument("--lease-seconds", type=float, default=60.0, help=argparse.SUPPRESS)

@@ -19,6 +19,16 @@ else:  # pragma: no cover
 
 async def use() -> None:
     limiter = RateLimiter(requests_per_minute=3000, tokens_per_minute=1_000_000)
+    shared = RateLimiter(
+        3000,
+        redis_url="redis://127.0.0.1:6379/0",
+        name="openai:emb",
+        burst=5.0,
+        on_redis_error="fail",
+    )
+    assert_type(shared.degraded, bool)
+    assert_type(shared.live_processes, int)
+    assert_type(shared.name, "str | None")
     with FakeServer(latency=0.02) as server:
         emb = Embeddings(
             "text-embedding-3-small",

@@ -106,6 +106,13 @@ pub enum Error {
         /// The configured cap, in bytes.
         limit: usize,
     },
+    /// The shared rate limit cannot be consulted (Redis unreachable) and the policy is to
+    /// fail rather than limit in process.
+    #[error("rate limiter unavailable: {message}")]
+    RateLimiterUnavailable {
+        /// What failed (never holds a password).
+        message: String,
+    },
     /// The job store failed (the SQLite file cannot be opened, is locked too long, ...).
     #[error("job store error while {operation}: {message}")]
     Store {

@@ -3,12 +3,14 @@
 //! This crate holds no Python types: the Python bindings (the `ferrobatch` crate at the
 //! workspace root) wrap it, and Rust users can drive it directly. See [`engine`] for the
 //! batching state machine, [`http`] for the pure parts of the HTTP layer (retry and backoff
-//! rules, the shared rate limiter), and [`error`] for the one error type of this layer.
+//! rules, the shared rate limiter), [`limits`] for rate limits shared in process or across
+//! hosts in Redis, and [`error`] for the one error type of this layer.
 
 pub mod engine;
 pub mod error;
 pub mod http;
 pub mod jobs;
+pub mod limits;
 pub mod testing;
 
 pub use engine::{

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::limits::{jittered, BoxFuture, RateLimit};
 
 /// Estimated tokens of `text`: its characters divided by 4, rounded up (at least 1 when
 /// non-empty).
@@ -30,11 +31,14 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(per_minute: f64, now: Instant) -> Self {
+    /// `per_minute` with at most `burst` of that rate's worth at once (full at the start).
+    fn new(per_minute: f64, burst: Duration, now: Instant) -> Self {
+        let per_sec = per_minute / 60.0;
+        let capacity = per_sec * burst.as_secs_f64();
         Bucket {
-            capacity: per_minute,
-            per_sec: per_minute / 60.0,
-            level: per_minute,
+            capacity,
+            per_sec,
+            level: capacity,
             updated: now,
         }
     }
@@ -82,19 +86,35 @@ fn per_minute(field: &'static str, v: Option<f64>) -> Result<Option<f64>, Error>
     }
 }
 
+/// The in-process default burst: a whole minute's budget at once.
+pub const DEFAULT_LOCAL_BURST: Duration = Duration::from_secs(60);
+
 impl RateLimiter {
-    /// A limiter with optional requests-per-minute and tokens-per-minute budgets.
+    /// A limiter with optional requests-per-minute and tokens-per-minute budgets, and up to
+    /// a minute's budget at once.
     pub fn new(
         requests_per_minute: Option<f64>,
         tokens_per_minute: Option<f64>,
     ) -> Result<Self, Error> {
+        Self::with_burst(requests_per_minute, tokens_per_minute, DEFAULT_LOCAL_BURST)
+    }
+
+    /// A limiter that allows at most `burst` of its rate's worth at once.
+    pub fn with_burst(
+        requests_per_minute: Option<f64>,
+        tokens_per_minute: Option<f64>,
+        burst: Duration,
+    ) -> Result<Self, Error> {
         let now = Instant::now();
         let rpm = per_minute("requests_per_minute", requests_per_minute)?;
         let tpm = per_minute("tokens_per_minute", tokens_per_minute)?;
+        if burst.is_zero() {
+            return Err(Error::config("burst", "must be seconds > 0"));
+        }
         Ok(RateLimiter {
             inner: Mutex::new(Inner {
-                requests: rpm.map(|r| Bucket::new(r, now)),
-                tokens: tpm.map(|t| Bucket::new(t, now)),
+                requests: rpm.map(|r| Bucket::new(r, burst, now)),
+                tokens: tpm.map(|t| Bucket::new(t, burst, now)),
                 paused_until: None,
             }),
         })
@@ -155,6 +175,26 @@ impl RateLimiter {
         if g.paused_until.is_none_or(|t| t < until) {
             g.paused_until = Some(until);
         }
+    }
+}
+
+impl RateLimit for RateLimiter {
+    fn acquire(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            while let Err(wait) = self.try_acquire(tokens, Instant::now()) {
+                tokio::time::sleep(jittered(wait)).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn settle(&self, estimated: u64, actual: u64) {
+        RateLimiter::settle(self, estimated, actual, Instant::now());
+    }
+
+    fn pause(&self, pause: Duration) -> BoxFuture<'_, ()> {
+        self.pause_until(Instant::now() + pause);
+        Box::pin(std::future::ready(()))
     }
 }
 

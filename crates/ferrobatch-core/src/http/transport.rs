@@ -5,16 +5,16 @@
 //! key scrubbed from it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
-use super::limiter::RateLimiter;
 use super::retry::{proto_duration, retry_after, Failure, RetryPolicy};
 use super::secret::{redact, ApiKey};
 use super::usage::UsageBook;
 use crate::error::{Error, Provider};
+use crate::limits::RateLimit;
 
 /// The most of an error body read and kept in [`Error::Status`]; the rest is never read.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -52,9 +52,9 @@ pub struct TransportConfig {
     pub max_response_bytes: usize,
     /// When to retry and how long to wait.
     pub retry: RetryPolicy,
-    /// The shared rate budget (a private one when the user gives none, so that a 429 still
-    /// pauses every request of this client).
-    pub limiter: Arc<RateLimiter>,
+    /// The shared rate budget, in process or in Redis (a private one when the user gives
+    /// none, so that a 429 still pauses every request of this client).
+    pub limiter: Arc<dyn RateLimit>,
 }
 
 /// One provider's HTTP client; cheap to share behind an `Arc`.
@@ -145,15 +145,7 @@ impl Transport {
 
     /// Correct the limiter's estimate of a request with the tokens it really used.
     pub fn settle_tokens(&self, estimated: u64, actual: u64) {
-        self.config
-            .limiter
-            .settle(estimated, actual, Instant::now());
-    }
-
-    async fn acquire(&self, tokens: u64) {
-        while let Err(wait) = self.config.limiter.try_acquire(tokens, Instant::now()) {
-            tokio::time::sleep(wait).await;
-        }
+        self.config.limiter.settle(estimated, actual);
     }
 
     /// POST `body` to `{base_url}{path}` with retries; the body of the successful answer, or
@@ -169,14 +161,16 @@ impl Transport {
         let url = format!("{}{}", self.config.base_url, path);
         let mut attempt: u32 = 0;
         loop {
-            self.acquire(tokens).await;
+            self.config.limiter.acquire(tokens).await?;
             let (failure, hint, error) = match self.attempt(&url, body.clone()).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(f) => f,
             };
+            // A failed attempt gives its estimated tokens back (its request slot stays spent).
+            self.config.limiter.settle(tokens, 0);
             if failure == Failure::Status(429) {
                 let pause = hint.unwrap_or_else(|| self.config.retry.step(attempt));
-                self.config.limiter.pause_until(Instant::now() + pause);
+                self.config.limiter.pause(pause).await;
             }
             if !self.config.retry.should_retry(attempt, failure) {
                 self.usage.record_failure(model);
