@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -162,3 +166,96 @@ def test_config_errors_and_the_fail_policy() -> None:
             await chat.stop()
 
     asyncio.run(send())
+
+
+def redis_cli(redis: RedisServer, *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-p", str(redis.port), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_one_round_trip_per_request_and_no_key_in_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    secret = "sk-very-secret-0123456789"
+    src = tmp_path / "in.jsonl"
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
+        }
+        for i in range(40)
+    ]
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with FakeServer() as server:
+        env = {**os.environ, "MY_KEY": secret, "FERROBATCH_REDIS": redis_server.url}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ferrobatch.cli",
+                "run",
+                str(src),
+                "-o",
+                str(tmp_path / "o"),
+                "--base-url",
+                server.openai_base_url,
+                "--api-key-env",
+                "MY_KEY",
+                "--rpm",
+                "6000",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert server.request_count() == 40
+    stats = redis_cli(redis_server, "INFO", "commandstats")
+    calls = {
+        line.split(":")[0]: int(line.split("calls=")[1].split(",")[0])
+        for line in stats.splitlines()
+        if line.startswith("cmdstat_")
+    }
+    # One script call per admitted request, and the script loaded once.
+    assert calls.get("cmdstat_evalsha") == 40, stats
+    assert calls.get("cmdstat_script|load") == 1, stats
+    assert "cmdstat_eval" not in calls, stats
+    keys = redis_cli(redis_server, "--scan").split()
+    assert keys and all(k.startswith("ferrobatch:rl:{cli:") for k in keys), keys
+    dump = "".join(keys) + "".join(
+        redis_cli(redis_server, "ZRANGE", k, "0", "-1")
+        if k.endswith(":live")
+        else redis_cli(redis_server, "GET", k)
+        for k in keys
+    )
+    assert secret not in dump
+
+
+def test_the_cli_needs_a_limit_to_share(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": []}})
+        + "\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ferrobatch.cli",
+            "run",
+            str(src),
+            "-o",
+            str(tmp_path / "o"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--rpm" in proc.stderr, proc.stderr

@@ -166,6 +166,9 @@ pub struct RedisLimiter {
     config: RedisLimiterConfig,
     conn: ConnectionManager,
     script: Script,
+    /// Set once the script is loaded, so that a first wave of callers does not each meet
+    /// NOSCRIPT and load it (after a Redis restart, `invoke_async` reloads it).
+    loaded: tokio::sync::OnceCell<()>,
     keys: [String; 3],
     member: String,
     req_us: f64,
@@ -235,6 +238,7 @@ impl RedisLimiter {
             live: AtomicU64::new(1),
             fallback: Mutex::new(None),
             script: Script::new(GCRA),
+            loaded: tokio::sync::OnceCell::new(),
             conn,
             listener,
             config,
@@ -257,8 +261,18 @@ impl RedisLimiter {
 
     /// One script call: `Ok(wait)` (zero when admitted or paused), or the Redis error.
     async fn call(&self, mode: &str, tokens: u64, pause: Duration) -> Result<Duration, String> {
-        let delta = self.pending.swap(0, Ordering::Relaxed);
         let mut conn = self.conn.clone();
+        let loaded = self
+            .loaded
+            .get_or_try_init(|| async {
+                let mut c = self.conn.clone();
+                self.script.load_async(&mut c).await.map(|_| ())
+            })
+            .await;
+        if let Err(e) = loaded {
+            return Err(unavailable(&e, &self.config.url));
+        }
+        let delta = self.pending.swap(0, Ordering::Relaxed);
         let mut inv = self.script.prepare_invoke();
         for k in &self.keys {
             inv.key(k);
