@@ -1,6 +1,7 @@
-"""One rate limit shared through Redis by 1 and 3 processes: achieved rate against the limit.
+"""One rate limit shared through Redis by 1 and 3 processes: achieved rate against the limit,
+and the same 3 processes each holding its own in-process limiter (what Redis replaces).
 
-    python bench/shared_limit.py              # 1 then 3 processes, 70 s each, 600 requests/min
+    python bench/shared_limit.py              # 1, 3 and 3 unshared processes, 70 s each
     python bench/shared_limit.py --plot       # also writes bench/results/shared_limit.png
     python bench/shared_limit.py --quick      # a smoke run (8 s each)
 
@@ -76,18 +77,11 @@ async def worker(args: argparse.Namespace) -> None:
 
 
 def spawn_workers(
-    n: int, redis_url: str, base_url: str, **kw: object
+    n: int, redis_url: str | None, base_url: str, **kw: object
 ) -> list[subprocess.Popen[str]]:
-    """`n` worker processes sharing one bucket."""
-    cmd = [
-        sys.executable,
-        os.path.join(HERE, "shared_limit.py"),
-        "--worker",
-        "--redis",
-        redis_url,
-        "--base-url",
-        base_url,
-    ]
+    """`n` worker processes sharing one bucket (each with its own limit without `redis_url`)."""
+    cmd = [sys.executable, os.path.join(HERE, "shared_limit.py"), "--worker"]
+    cmd += ["--base-url", base_url] + (["--redis", redis_url] if redis_url else [])
     for k, v in kw.items():
         if v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -117,7 +111,7 @@ def max_in_window(times: list[float], width: float) -> int:
     return best
 
 
-def run(procs: int, seconds: float, rpm: float, burst: float) -> dict[str, object]:
+def run(procs: int, seconds: float, rpm: float, burst: float, shared: bool) -> dict[str, object]:
     from ferrobatch.testing import FakeServer
     from ferrobatch.testing.redis import RedisServer
 
@@ -125,7 +119,7 @@ def run(procs: int, seconds: float, rpm: float, burst: float) -> dict[str, objec
         started = time.monotonic()
         ws = spawn_workers(
             procs,
-            redis.url,
+            redis.url if shared else None,
             server.openai_base_url,
             rpm=rpm,
             name=f"bench-{procs}",
@@ -140,6 +134,7 @@ def run(procs: int, seconds: float, rpm: float, burst: float) -> dict[str, objec
     last = [t for t in rel if t >= rel[-1] - window] if rel else []
     return {
         "procs": procs,
+        "how": "one bucket in Redis" if shared else "a limiter per process",
         "ok": sum(int(r["ok"]) for r in results),  # type: ignore[call-overload]
         "failed": sum(int(r["failed"]) for r in results),  # type: ignore[call-overload]
         "max_window": max_in_window(rel, window),
@@ -168,17 +163,20 @@ def main() -> None:
         asyncio.run(worker(args))
         return
     seconds = 8.0 if args.quick else args.seconds
-    rows = [run(n, seconds, args.rpm, args.burst) for n in (1, 3)]
+    rows = [
+        run(n, seconds, args.rpm, args.burst, shared)
+        for n, shared in ((1, True), (3, True), (3, False))
+    ]
     window = min(60.0, seconds)
     print(f"# limit {args.rpm:.0f} requests/min, burst {args.burst} s, {seconds:.0f} s per run")
     print(
-        f"| processes | ok | failed | max in any {window:.0f} s window | bound (limit + burst) "
-        f"| utilization of the last {window:.0f} s |"
+        f"| processes | limit held by | ok | failed | max in any {window:.0f} s window "
+        f"| bound (limit + burst) | achieved / limit, last {window:.0f} s |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['procs']} | {r['ok']} | {r['failed']} | {r['max_window']} | "
+            f"| {r['procs']} | {r['how']} | {r['ok']} | {r['failed']} | {r['max_window']} | "
             f"{r['bound']:.0f} | {r['utilization']:.2f} |"
         )
     if args.plot:
@@ -196,7 +194,8 @@ def plot(rows: list[dict[str, object]], rpm: float) -> None:
         times: list[float] = r["times"]  # type: ignore[assignment]
         secs = [int(t) for t in times]
         per_sec = [secs.count(s) for s in range(max(secs) + 1)] if secs else []
-        ax.plot(range(len(per_sec)), [x * 60 for x in per_sec], label=f"{r['procs']} process(es)")
+        label = f"{r['procs']} process(es), {r['how']}"
+        ax.plot(range(len(per_sec)), [x * 60 for x in per_sec], label=label)
     ax.axhline(rpm, color="k", linestyle="--", label="limit")
     ax.set_xlabel("seconds")
     ax.set_ylabel("requests/min (per-second rate x 60)")
