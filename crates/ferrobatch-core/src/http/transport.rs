@@ -161,7 +161,11 @@ impl Transport {
         let url = format!("{}{}", self.config.base_url, path);
         let mut attempt: u32 = 0;
         loop {
-            self.config.limiter.acquire(tokens).await?;
+            if let Err(e) = self.config.limiter.acquire(tokens).await {
+                // The shared limit cannot be consulted and the policy is to fail.
+                self.usage.record_failure(model);
+                return Err(e);
+            }
             let (failure, hint, error) = match self.attempt(&url, body.clone()).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(f) => f,
