@@ -103,6 +103,21 @@ def collect(procs: list[subprocess.Popen[str]], timeout: float) -> list[dict[str
     return out
 
 
+def redis_script_calls(port: int) -> int:
+    """How many times Redis ran the limiter's script (`INFO commandstats`)."""
+    stats = subprocess.run(
+        ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(
+        int(line.split("calls=")[1].split(",")[0])
+        for line in stats.splitlines()
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:"))
+    )
+
+
 def max_in_window(times: list[float], width: float) -> int:
     """The largest number of `times` (sorted) in any window of `width` seconds."""
     best = 0
@@ -127,6 +142,7 @@ def run(procs: int, seconds: float, rpm: float, burst: float, shared: bool) -> d
             seconds=seconds,
         )
         results = collect(ws, timeout=seconds + 60)
+        script_calls = redis_script_calls(redis.port)
         at = sorted(r["at"] for r in server.requests("/chat/completions") if r["status"] == 200)
     t0 = at[0] if at else 0.0
     rel = [t - t0 for t in at]
@@ -138,6 +154,7 @@ def run(procs: int, seconds: float, rpm: float, burst: float, shared: bool) -> d
         "ok": sum(int(r["ok"]) for r in results),  # type: ignore[call-overload]
         "failed": sum(int(r["failed"]) for r in results),  # type: ignore[call-overload]
         "max_window": max_in_window(rel, window),
+        "calls_per_request": script_calls / max(1, len(at)) if shared else None,
         "bound": rpm * window / 60 + burst * rpm / 60,
         "utilization": len(last) / (rpm * window / 60),
         "times": rel,
@@ -171,13 +188,16 @@ def main() -> None:
     print(f"# limit {args.rpm:.0f} requests/min, burst {args.burst} s, {seconds:.0f} s per run")
     print(
         f"| processes | limit held by | ok | failed | max in any {window:.0f} s window "
-        f"| bound (limit + burst) | achieved / limit, last {window:.0f} s |"
+        f"| bound (limit + burst) | achieved / limit, last {window:.0f} s "
+        "| Redis calls per request |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        cpr = r["calls_per_request"]
+        calls = "-" if cpr is None else f"{cpr:.2f}"
         print(
             f"| {r['procs']} | {r['how']} | {r['ok']} | {r['failed']} | {r['max_window']} | "
-            f"{r['bound']:.0f} | {r['utilization']:.2f} |"
+            f"{r['bound']:.0f} | {r['utilization']:.2f} | {calls} |"
         )
     if args.plot:
         plot(rows, args.rpm)

@@ -4,7 +4,8 @@
 //! GCRA (one "theoretical arrival time" per bucket) in one Lua script: requests and tokens are
 //! checked and charged together, all or nothing, on Redis's own clock (`TIME`); keys expire by
 //! themselves. A refused caller sleeps the wait the script returns (plus jitter) and asks
-//! again: one round trip per admission, no polling loop. Token estimates are settled by a
+//! again; a process's waiters queue behind one head of line, so an admission costs one round
+//! trip (two when it had to wait), however many requests wait. Token estimates are settled by a
 //! signed delta carried on the next call; a 429 pushes both buckets past its retry time, so
 //! that nothing is admitted before it and admissions after it are paced.
 //!
@@ -173,6 +174,10 @@ pub struct RedisLimiter {
     member: String,
     req_us: f64,
     tok_us: f64,
+    /// This process's waiters queue here (first come, first served), so that only the head of
+    /// the line asks Redis: one round trip to be admitted, or two when it must wait first,
+    /// instead of every waiter asking again at each wake-up.
+    line: tokio::sync::Mutex<()>,
     /// Token corrections not yet sent (carried on the next call).
     pending: AtomicI64,
     /// Live processes, as last counted by Redis.
@@ -234,6 +239,7 @@ impl RedisLimiter {
             member: process_member(),
             req_us: rpm.map_or(0.0, |r| 60e6 / r),
             tok_us: tpm.map_or(0.0, |t| 60e6 / t),
+            line: tokio::sync::Mutex::new(()),
             pending: AtomicI64::new(0),
             live: AtomicU64::new(1),
             fallback: Mutex::new(None),
@@ -358,6 +364,7 @@ fn positive(field: &'static str, v: Option<f64>) -> Result<Option<f64>, Error> {
 impl RateLimit for RedisLimiter {
     fn acquire(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
+            let _head_of_line = self.line.lock().await;
             let mut failure = None;
             loop {
                 // In fall-back: the in-process share, waking for Redis's probe if that comes
