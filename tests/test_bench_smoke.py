@@ -49,4 +49,4 @@ def test_shared_limit_benchmark_smoke_run(redis_server: object) -> None:
     # The fixture only makes a missing redis-server skip (or fail under CI); the benchmark
     # starts its own.
     text = run_quick("shared_limit.py")
-    assert "| 3 | " in text and "utilization" in text, text
+    assert "| 3 | one bucket in Redis |" in text and "Redis calls per request" in text, text
