@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +19,7 @@ import pytest
 
 import ferrobatch
 from ferrobatch import RateLimiter
+from ferrobatch.cli import main
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
 from ferrobatch.testing.redis import RedisServer
@@ -174,44 +173,29 @@ def redis_cli(redis: RedisServer, *args: str) -> str:
     ).stdout
 
 
-def test_one_round_trip_per_request_and_no_key_in_redis(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    secret = "sk-very-secret-0123456789"
-    src = tmp_path / "in.jsonl"
+def write_chat_file(path: Path, n: int) -> Path:
     lines = [
         {
             "custom_id": f"r{i}",
             "url": "/v1/chat/completions",
             "body": {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]},
         }
-        for i in range(40)
+        for i in range(n)
     ]
-    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_one_round_trip_per_request_and_no_key_in_redis(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-very-secret-0123456789"
+    src = write_chat_file(tmp_path / "in.jsonl", 40)
+    monkeypatch.setenv("MY_KEY", secret)
+    monkeypatch.setenv("FERROBATCH_REDIS", redis_server.url)
     with FakeServer() as server:
-        env = {**os.environ, "MY_KEY": secret, "FERROBATCH_REDIS": redis_server.url}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ferrobatch.cli",
-                "run",
-                str(src),
-                "-o",
-                str(tmp_path / "o"),
-                "--base-url",
-                server.openai_base_url,
-                "--api-key-env",
-                "MY_KEY",
-                "--rpm",
-                "6000",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-        assert proc.returncode == 0, proc.stderr
+        args = ["run", str(src), "-o", str(tmp_path / "o"), "--base-url", server.openai_base_url]
+        assert main([*args, "--api-key-env", "MY_KEY", "--rpm", "6000"]) == 0
         assert server.request_count() == 40
     stats = redis_cli(redis_server, "INFO", "commandstats")
     calls = {
@@ -234,28 +218,8 @@ def test_one_round_trip_per_request_and_no_key_in_redis(
     assert secret not in dump
 
 
-def test_the_cli_needs_a_limit_to_share(tmp_path: Path) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text(
-        json.dumps({"custom_id": "a", "url": "/v1/chat/completions", "body": {"messages": []}})
-        + "\n"
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ferrobatch.cli",
-            "run",
-            str(src),
-            "-o",
-            str(tmp_path / "o"),
-            "--base-url",
-            "http://127.0.0.1:9/v1",
-            "--redis",
-            "redis://127.0.0.1:1/0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2 and "--rpm" in proc.stderr, proc.stderr
+def test_the_cli_needs_a_limit_to_share(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_chat_file(tmp_path / "in.jsonl", 1)
+    args = ["run", str(src), "-o", str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9/v1"]
+    assert main([*args, "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert "--rpm" in capsys.readouterr().err

@@ -83,12 +83,16 @@ fn redis() -> Option<Redis> {
 
 type Events = Arc<Mutex<Vec<LimiterEvent>>>;
 
-fn limiter(
+/// A limiter on bucket `name` with a 1 s burst that falls back to a local share.
+fn limiter(port: u16, name: &str, rpm: Option<f64>, tpm: Option<f64>) -> (RedisLimiter, Events) {
+    limiter_with(port, name, rpm, tpm, OnRedisError::Local)
+}
+
+fn limiter_with(
     port: u16,
     name: &str,
     rpm: Option<f64>,
     tpm: Option<f64>,
-    burst: f64,
     on_error: OnRedisError,
 ) -> (RedisLimiter, Events) {
     let events: Events = Arc::default();
@@ -99,7 +103,7 @@ fn limiter(
             name: name.into(),
             requests_per_minute: rpm,
             tokens_per_minute: tpm,
-            burst: Duration::from_secs_f64(burst),
+            burst: Duration::from_secs(1),
             on_error,
             timeout: Duration::from_millis(300),
         },
@@ -113,22 +117,8 @@ fn limiter(
 async fn two_limiters_on_one_bucket_share_one_budget() {
     let Some(r) = redis() else { return };
     // 600/min = one per 100 ms, with 1 s (10 requests) of burst, shared by both.
-    let (a, _) = limiter(
-        r.port,
-        "shared",
-        Some(600.0),
-        None,
-        1.0,
-        OnRedisError::Local,
-    );
-    let (b, _) = limiter(
-        r.port,
-        "shared",
-        Some(600.0),
-        None,
-        1.0,
-        OnRedisError::Local,
-    );
+    let (a, _) = limiter(r.port, "shared", Some(600.0), None);
+    let (b, _) = limiter(r.port, "shared", Some(600.0), None);
     let start = Instant::now();
     for i in 0..20 {
         let l = if i % 2 == 0 { &a } else { &b };
@@ -140,7 +130,7 @@ async fn two_limiters_on_one_bucket_share_one_budget() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(a.live_processes(), 1, "one process, however many limiters");
     // Another bucket is another budget.
-    let (c, _) = limiter(r.port, "other", Some(600.0), None, 1.0, OnRedisError::Local);
+    let (c, _) = limiter(r.port, "other", Some(600.0), None);
     let start = Instant::now();
     for _ in 0..10 {
         c.acquire(1).await.unwrap();
@@ -152,7 +142,7 @@ async fn two_limiters_on_one_bucket_share_one_budget() {
 async fn tokens_settle_and_an_oversized_request_waits_for_a_full_bucket() {
     let Some(r) = redis() else { return };
     // 6,000 tokens/min = 100 per second; burst 1 s = 100 tokens.
-    let (l, _) = limiter(r.port, "tok", None, Some(6000.0), 1.0, OnRedisError::Local);
+    let (l, _) = limiter(r.port, "tok", None, Some(6000.0));
     l.acquire(100).await.unwrap();
     // Refund 50 of the estimate: 50 tokens fit again at once.
     l.settle(100, 50);
@@ -176,8 +166,8 @@ async fn tokens_settle_and_an_oversized_request_waits_for_a_full_bucket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_holds_every_sharer_then_paces() {
     let Some(r) = redis() else { return };
-    let (a, _) = limiter(r.port, "p", Some(600.0), None, 1.0, OnRedisError::Local);
-    let (b, _) = limiter(r.port, "p", Some(600.0), None, 1.0, OnRedisError::Local);
+    let (a, _) = limiter(r.port, "p", Some(600.0), None);
+    let (b, _) = limiter(r.port, "p", Some(600.0), None);
     a.pause(Duration::from_millis(400)).await;
     let start = Instant::now();
     b.acquire(1).await.unwrap();
@@ -201,8 +191,8 @@ async fn a_pause_holds_every_sharer_then_paces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_falls_back_then_recovers_or_fails_by_policy() {
     let Some(mut r) = redis() else { return };
-    let (l, events) = limiter(r.port, "down", Some(6000.0), None, 1.0, OnRedisError::Local);
-    let (strict, _) = limiter(r.port, "down", Some(6000.0), None, 1.0, OnRedisError::Fail);
+    let (l, events) = limiter(r.port, "down", Some(6000.0), None);
+    let (strict, _) = limiter_with(r.port, "down", Some(6000.0), None, OnRedisError::Fail);
     l.acquire(1).await.unwrap();
     let _ = r.child.kill();
     let _ = r.child.wait();
