@@ -13,6 +13,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::crossing::{fail_all, Crossing, PyItem};
 use crate::errors;
+use crate::future::Resolver;
 
 struct Inner {
     items: Vec<PyItem>,
@@ -52,18 +53,55 @@ impl Batch {
             cancelled: inner.cancelled,
         };
         let work = inner.ticket.finish(outcome);
-        if !work.is_empty() {
-            self.crossing.deliver(py, work);
-        }
+        self.crossing.handle(py, work);
     }
 
     /// Fail every item with `exc` and settle.
     pub(crate) fn fail_with(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
         if let Some(inner) = self.take() {
-            fail_all(py, &inner.items, exc);
+            let mut r = Resolver::default();
+            fail_all(py, &inner.items, exc, &mut r);
+            r.flush(py);
             let n = inner.items.len();
             self.finish(py, inner, 0, n);
         }
+    }
+
+    /// Forced stop: every unsettled item gets `BatcherStoppedError`.
+    pub(crate) fn abort_now(&self, py: Python<'_>) {
+        self.fail_error(
+            py,
+            &Error::Stopped {
+                reason: StopReason::ForceStopped,
+            },
+        );
+    }
+
+    /// The values of the items whose callers still wait, oldest first (see `items`).
+    pub(crate) fn live_items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(inner) = guard.as_mut() else {
+            return Ok(PyList::empty(py));
+        };
+        if !inner.filtered {
+            inner.filtered = true;
+            let before = inner.items.len();
+            inner.items.retain(|i| i.sink.claim(py));
+            inner.cancelled = before - inner.items.len();
+        }
+        PyList::new(py, inner.items.iter().map(|i| i.value.bind(py)))
+    }
+
+    /// Map the batch function's return value onto the items (see `resolve`).
+    pub(crate) fn resolve_with(&self, py: Python<'_>, results: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(inner) = self.take() else {
+            return Ok(());
+        };
+        let mut r = Resolver::default();
+        let (completed, failed) = settle_items(py, &inner.items, results, &mut r);
+        r.flush(py);
+        self.finish(py, inner, completed, failed);
+        Ok(())
     }
 
     fn fail_error(&self, py: Python<'_>, err: &Error) {
@@ -88,78 +126,71 @@ fn collect_results<'py>(results: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, Py
     results.try_iter().ok()?.collect::<PyResult<Vec<_>>>().ok()
 }
 
+/// Settle each item from the batch function's return value; returns (completed, failed).
+fn settle_items(
+    py: Python<'_>,
+    items: &[PyItem],
+    results: &Bound<'_, PyAny>,
+    r: &mut Resolver,
+) -> (usize, usize) {
+    let n = items.len();
+    if results.is_none() {
+        for item in items {
+            item.sink.succeed(py, py.None(), r);
+        }
+        return (n, 0);
+    }
+    let Some(values) = collect_results(results) else {
+        let type_name = results
+            .get_type()
+            .name()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let err = errors::raise(
+            py,
+            |e| &e.invalid_result,
+            format!("the batch function must return a list, a tuple or None, got {type_name}"),
+        );
+        fail_all(py, items, err.value(py).as_any(), r);
+        return (0, n);
+    };
+    if values.len() != n {
+        let exc = errors::exception(
+            py,
+            &Error::BatchSizeMismatch {
+                expected: n,
+                got: values.len(),
+            },
+        );
+        fail_all(py, items, &exc, r);
+        return (0, n);
+    }
+    let (mut completed, mut failed) = (0, 0);
+    for (item, value) in items.iter().zip(values) {
+        if value.is_instance_of::<PyException>() {
+            item.sink.fail(py, &value, r);
+            failed += 1;
+        } else {
+            item.sink.succeed(py, value.unbind(), r);
+            completed += 1;
+        }
+    }
+    (completed, failed)
+}
+
 #[pymethods]
 impl Batch {
     /// The values of the items whose callers still wait, oldest first. Items whose callers
     /// cancelled are dropped here and never reach the batch function.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(inner) = guard.as_mut() else {
-            return Ok(PyList::empty(py));
-        };
-        if !inner.filtered {
-            inner.filtered = true;
-            let before = inner.items.len();
-            inner.items.retain(|i| i.sink.is_live(py));
-            inner.cancelled = before - inner.items.len();
-        }
-        PyList::new(py, inner.items.iter().map(|i| i.value.bind(py)))
+        self.live_items(py)
     }
 
     /// Map the batch function's return value onto the items: a list (or tuple, or sized
     /// iterable) with one entry per item, or None for "every item gets None". An `Exception`
     /// instance in a slot fails that item alone.
     fn resolve(&self, py: Python<'_>, results: &Bound<'_, PyAny>) -> PyResult<()> {
-        let Some(inner) = self.take() else {
-            return Ok(());
-        };
-        let n = inner.items.len();
-        if results.is_none() {
-            for item in &inner.items {
-                item.sink.succeed(py, py.None());
-            }
-            self.finish(py, inner, n, 0);
-            return Ok(());
-        }
-        let Some(values) = collect_results(results) else {
-            let type_name = results
-                .get_type()
-                .name()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            let err = errors::raise(
-                py,
-                |e| &e.invalid_result,
-                format!("the batch function must return a list, a tuple or None, got {type_name}"),
-            );
-            fail_all(py, &inner.items, err.value(py).as_any());
-            self.finish(py, inner, 0, n);
-            return Ok(());
-        };
-        if values.len() != n {
-            let exc = errors::exception(
-                py,
-                &Error::BatchSizeMismatch {
-                    expected: n,
-                    got: values.len(),
-                },
-            );
-            fail_all(py, &inner.items, &exc);
-            self.finish(py, inner, 0, n);
-            return Ok(());
-        }
-        let (mut completed, mut failed) = (0, 0);
-        for (item, value) in inner.items.iter().zip(values) {
-            if value.is_instance_of::<PyException>() {
-                item.sink.fail(py, &value);
-                failed += 1;
-            } else {
-                item.sink.succeed(py, value.unbind());
-                completed += 1;
-            }
-        }
-        self.finish(py, inner, completed, failed);
-        Ok(())
+        self.resolve_with(py, results)
     }
 
     /// The batch function raised `exc`: every item of the batch gets it.
@@ -169,12 +200,7 @@ impl Batch {
 
     /// The batcher was force-stopped: every unsettled item gets `BatcherStoppedError`.
     fn abort(&self, py: Python<'_>) {
-        self.fail_error(
-            py,
-            &Error::Stopped {
-                reason: StopReason::ForceStopped,
-            },
-        );
+        self.abort_now(py);
     }
 
     /// Whether the batch has settled.

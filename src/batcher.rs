@@ -1,60 +1,190 @@
-//! `Core`: the native half of `ferrobatch.AsyncBatcher`. It owns the engine, binds to the
-//! event loop it is first used on, and turns `process(item)` into one queued item and one
-//! asyncio Future (created on that loop, so `asyncio.gather` takes it as is).
+//! `Core`: the native half of `ferrobatch.AsyncBatcher`. It owns the engine and turns a call
+//! into one queued item and its sink: an `ItemFuture` for asyncio callers, a blocking wait or
+//! a `concurrent.futures.Future` for callers on threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ferrobatch_core::{Config, Engine, UserConfig};
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
+use pyo3::{PyTraverseError, PyVisit};
 
-use crate::crossing::{Crossing, Group, LoopDispatcher, PyItem, Sink};
+use crate::crossing::{Crossing, Group, LoopDispatcher, PyItem, Sink, Target, Threaded};
 use crate::errors::{self, to_pyerr};
+use crate::future::{current_thread, running_loop, Deferred, ItemFuture, LoopRef, Outcome};
 use crate::stats::BatcherStats;
+use crate::waiter::Waiter;
 
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let f = GET_RUNNING_LOOP.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("asyncio")?.getattr("get_running_loop")?.unbind())
-    })?;
-    f.bind(py).call0()
-}
+static CONCURRENT_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The engine and its crossing into Python.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct Core {
     engine: Engine<PyItem>,
     crossing: Arc<Crossing>,
+    /// The last event loop other than the home one that used a threaded batcher.
+    recent: Mutex<Option<Arc<LoopRef>>>,
+}
+
+fn wrong_loop(py: Python<'_>, message: &str) -> PyErr {
+    errors::raise(py, |e| &e.wrong_loop, message.to_string())
 }
 
 impl Core {
-    /// The loop this batcher belongs to and its `create_future`, binding on first use.
-    fn bind_loop<'py>(&self, py: Python<'py>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
-        let running = running_loop(py)?;
-        let bound = match self.crossing.event_loop.get() {
-            Some(b) => b,
-            None => {
-                let create = running.getattr(intern!(py, "create_future"))?.unbind();
-                let _ = self
-                    .crossing
-                    .event_loop
-                    .set((running.clone().unbind(), create));
-                self.crossing.event_loop.get().expect("just set")
-            }
-        };
-        if !bound.0.bind(py).is(&running) {
-            return Err(errors::raise(
+    /// The loop an asyncio caller on `running` belongs to, binding the home loop on first use.
+    /// An async batch function runs on the home loop, so other loops are refused; a threaded
+    /// batcher serves any loop.
+    pub(crate) fn loop_for(
+        &self,
+        py: Python<'_>,
+        running: &Bound<'_, PyAny>,
+    ) -> PyResult<Arc<LoopRef>> {
+        let home = self
+            .crossing
+            .home
+            .get_or_init(|| LoopRef::here(running.clone().unbind()));
+        if home.event_loop.bind(py).is(running) {
+            return Ok(Arc::clone(home));
+        }
+        if self.crossing.threaded.is_none() {
+            return Err(wrong_loop(
                 py,
-                |e| &e.wrong_loop,
                 "this batcher belongs to another event loop (the one it was first used on); \
-                 create one batcher per event loop"
-                    .to_string(),
+                 create one batcher per event loop, or use a synchronous batch function, \
+                 which serves any loop and any thread",
             ));
         }
-        Ok(bound)
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = recent.as_ref() {
+            if r.event_loop.bind(py).is(running) {
+                return Ok(Arc::clone(r));
+            }
+        }
+        let r = LoopRef::here(running.clone().unbind());
+        *recent = Some(Arc::clone(&r));
+        Ok(r)
+    }
+
+    /// Callers on plain threads: fine for a threaded batcher; an async batch function needs
+    /// its loop running elsewhere.
+    fn check_thread_caller(&self, py: Python<'_>, blocking: bool) -> PyResult<()> {
+        if self.crossing.threaded.is_some() {
+            if blocking && running_loop(py)?.is_some() {
+                return Err(wrong_loop(
+                    py,
+                    "a blocking call from a coroutine would stall its event loop; \
+                     use `await batcher.process(item)` there",
+                ));
+            }
+            return Ok(());
+        }
+        match self.crossing.home.get() {
+            None => Err(wrong_loop(
+                py,
+                "an async batch function runs on the batcher's event loop, and this batcher \
+                 has none yet: use it from a coroutine first, or give it a synchronous batch \
+                 function, which needs no event loop",
+            )),
+            Some(h) if blocking && h.thread == current_thread() => Err(wrong_loop(
+                py,
+                "a blocking call on the batcher's own event loop would never return; \
+                 use `await batcher.process(item)` there",
+            )),
+            Some(h) if crate::crossing::loop_closed(py, &h.event_loop) => Err(wrong_loop(
+                py,
+                "the event loop this batcher's async batch function runs on is closed",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Queue one item with its sink.
+    fn enqueue_one(
+        &self,
+        py: Python<'_>,
+        value: Py<PyAny>,
+        sink: Sink,
+        priority: i64,
+    ) -> PyResult<()> {
+        let work = self
+            .engine
+            .submit_with_priority(PyItem { value, sink }, priority)
+            .map_err(to_pyerr)?;
+        if !work.is_empty() {
+            self.crossing.handle(py, work);
+        }
+        Ok(())
+    }
+
+    /// Queue every value into one group; on a refusal the group is abandoned (items already
+    /// queued become dead) and the error returned.
+    fn submit_group(
+        &self,
+        py: Python<'_>,
+        values: Vec<Py<PyAny>>,
+        target: Target,
+        priority: i64,
+    ) -> PyResult<()> {
+        let group = Group::new(target, values.len());
+        for (idx, value) in values.into_iter().enumerate() {
+            let sink = Sink::Group(Arc::clone(&group), idx);
+            if let Err(e) = self.enqueue_one(py, value, sink, priority) {
+                group.abandon();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue a deferred future's items now that a loop awaits it.
+    pub(crate) fn enqueue(
+        &self,
+        py: Python<'_>,
+        fut: &Bound<'_, ItemFuture>,
+        what: Deferred,
+        priority: i64,
+    ) -> PyResult<()> {
+        match what {
+            Deferred::One(value) => {
+                self.enqueue_one(py, value, Sink::Future(fut.clone().unbind()), priority)
+            }
+            Deferred::Many(values) => {
+                if values.is_empty() {
+                    ItemFuture::settle_now(
+                        &fut.clone().unbind(),
+                        py,
+                        Outcome::Value(PyList::empty(py).into_any().unbind()),
+                    );
+                    return Ok(());
+                }
+                self.submit_group(py, values, Target::Future(fut.clone().unbind()), priority)
+            }
+        }
+    }
+
+    /// The `ItemFuture` of `what`: queued now on the running loop, or deferred if none runs.
+    fn future_of(slf: &Bound<'_, Self>, what: Deferred, priority: i64) -> PyResult<Py<ItemFuture>> {
+        let py = slf.py();
+        let Some(running) = running_loop(py)? else {
+            return Py::new(
+                py,
+                ItemFuture::deferred(slf.clone().unbind(), what, priority),
+            );
+        };
+        let home = slf.get().loop_for(py, &running)?;
+        let fut = Bound::new(py, ItemFuture::pending(home))?;
+        slf.get().enqueue(py, &fut, what, priority)?;
+        Ok(fut.unbind())
+    }
+
+    /// Raise an outcome to a blocking caller.
+    fn unwrap(py: Python<'_>, outcome: Outcome) -> PyResult<Py<PyAny>> {
+        match outcome {
+            Outcome::Value(v) => Ok(v),
+            Outcome::Error(e) => Err(PyErr::from_value(e.into_bound(py))),
+        }
     }
 }
 
@@ -64,7 +194,8 @@ impl Core {
     #[pyo3(signature = (*, start, max_batch_size=-1, max_queue_time=None, concurrency=1,
                         max_queue_size=-1, on_full="reject", item_timeout=None,
                         max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64()),
-                        single_item_batches=false))]
+                        single_item_batches=false, sync_fn=None, sync_fn_weak=false,
+                        finish=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -78,6 +209,9 @@ impl Core {
         max_latency: Option<f64>,
         aging: Option<f64>,
         single_item_batches: bool,
+        sync_fn: Option<Py<PyAny>>,
+        sync_fn_weak: bool,
+        finish: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let max_queue_time = match max_queue_time {
             None => Some(0.01),
@@ -102,89 +236,142 @@ impl Core {
             single_item_batches,
         })
         .map_err(to_pyerr)?;
-        let crossing = Crossing::new(start);
+        let threaded = sync_fn.map(|func| Threaded {
+            func,
+            weak: sync_fn_weak,
+            finish: finish.unwrap_or_else(|| py.None()),
+        });
+        let crossing = Crossing::new(start, threaded);
         let engine = Engine::new(config, LoopDispatcher(Arc::clone(&crossing))).map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!("could not start the timer thread: {e}"))
         })?;
-        Ok(Core { engine, crossing })
+        Ok(Core {
+            engine,
+            crossing,
+            recent: Mutex::new(None),
+        })
     }
 
-    /// Queue one item; return the asyncio Future of its result.
+    /// Queue one item; return the `ItemFuture` of its result. With no loop running the future
+    /// is deferred: the item is queued when a loop first awaits it.
     #[pyo3(signature = (item, priority=0))]
-    fn process(&self, py: Python<'_>, item: Py<PyAny>, priority: i64) -> PyResult<Py<PyAny>> {
-        let (_, create_future) = self.bind_loop(py)?;
-        let fut = create_future.bind(py).call0()?.unbind();
-        let sink = Sink::Future(fut.clone_ref(py));
-        let work = self
-            .engine
-            .submit_with_priority(PyItem { value: item, sink }, priority)
-            .map_err(to_pyerr)?;
-        if !work.is_empty() {
-            self.crossing.deliver(py, work);
-        }
-        Ok(fut)
+    fn process(slf: &Bound<'_, Self>, item: Py<PyAny>, priority: i64) -> PyResult<Py<ItemFuture>> {
+        Self::future_of(slf, Deferred::One(item), priority)
     }
 
-    /// Queue many items; return one asyncio Future of the list of their results, in order.
+    /// Queue many items; return one `ItemFuture` of the list of their results, in order.
     /// It fails with the first item error (like `asyncio.gather`).
     #[pyo3(signature = (items, priority=0))]
     fn process_many(
+        slf: &Bound<'_, Self>,
+        items: &Bound<'_, PyAny>,
+        priority: i64,
+    ) -> PyResult<Py<ItemFuture>> {
+        let values: Vec<Py<PyAny>> = items
+            .try_iter()?
+            .map(|v| v.map(Bound::unbind))
+            .collect::<PyResult<_>>()?;
+        Self::future_of(slf, Deferred::Many(values), priority)
+    }
+
+    /// Queue one item from a plain thread and block (GIL released) until its result.
+    #[pyo3(signature = (item, priority=0, timeout=None))]
+    fn process_sync(
+        &self,
+        py: Python<'_>,
+        item: Py<PyAny>,
+        priority: i64,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        self.check_thread_caller(py, true)?;
+        let timeout = seconds(py, timeout)?;
+        let waiter = Arc::new(Waiter::default());
+        self.enqueue_one(py, item, Sink::Waiter(Arc::clone(&waiter)), priority)?;
+        match waiter.wait(py, timeout)? {
+            Some(outcome) => Self::unwrap(py, outcome),
+            None => Err(item_wait_timeout(py, timeout)),
+        }
+    }
+
+    /// Queue many items from a plain thread and block until the list of their results.
+    #[pyo3(signature = (items, priority=0, timeout=None))]
+    fn process_many_sync(
         &self,
         py: Python<'_>,
         items: &Bound<'_, PyAny>,
         priority: i64,
+        timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        let (_, create_future) = self.bind_loop(py)?;
-        let values: Vec<Bound<'_, PyAny>> = items.try_iter()?.collect::<PyResult<_>>()?;
-        let fut = create_future.bind(py).call0()?;
+        self.check_thread_caller(py, true)?;
+        let timeout = seconds(py, timeout)?;
+        let values: Vec<Py<PyAny>> = items
+            .try_iter()?
+            .map(|v| v.map(Bound::unbind))
+            .collect::<PyResult<_>>()?;
         if values.is_empty() {
-            fut.call_method1(intern!(py, "set_result"), (PyList::empty(py),))?;
-            return Ok(fut.unbind());
+            return Ok(PyList::empty(py).into_any().unbind());
         }
-        let group = Group::new(fut.clone().unbind(), values.len());
-        for (idx, value) in values.into_iter().enumerate() {
-            let sink = Sink::Group(Arc::clone(&group), idx);
-            match self.engine.submit_with_priority(
-                PyItem {
-                    value: value.unbind(),
-                    sink,
-                },
-                priority,
-            ) {
-                Ok(work) => {
-                    if !work.is_empty() {
-                        self.crossing.deliver(py, work);
-                    }
-                }
-                Err(e) => {
-                    // Items already queued become dead and are dropped when their batch forms.
-                    group.abandon();
-                    let _ = fut.call_method0(intern!(py, "cancel"));
-                    return Err(to_pyerr(e));
-                }
-            }
+        let waiter = Arc::new(Waiter::default());
+        self.submit_group(py, values, Target::Waiter(Arc::clone(&waiter)), priority)?;
+        match waiter.wait(py, timeout)? {
+            Some(outcome) => Self::unwrap(py, outcome),
+            None => Err(item_wait_timeout(py, timeout)),
         }
-        Ok(fut.unbind())
     }
 
-    /// Stop accepting items; drain (or, with `force`, fail every queued item).
+    /// Queue one item from any thread; return a `concurrent.futures.Future` of its result.
+    #[pyo3(signature = (item, priority=0))]
+    fn submit(&self, py: Python<'_>, item: Py<PyAny>, priority: i64) -> PyResult<Py<PyAny>> {
+        self.check_thread_caller(py, false)?;
+        let cls = CONCURRENT_FUTURE.get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("concurrent.futures")?.getattr("Future")?.unbind())
+        })?;
+        let fut = cls.bind(py).call0()?.unbind();
+        self.enqueue_one(py, item, Sink::Concurrent(fut.clone_ref(py)), priority)?;
+        Ok(fut)
+    }
+
+    /// Stop accepting items; drain (or, with `force`, fail every queued item and every batch
+    /// running on a Rust thread).
     fn close(&self, py: Python<'_>, force: bool) {
         let work = self.engine.close(force);
-        if !work.is_empty() {
-            self.crossing.deliver(py, work);
+        self.crossing.handle(py, work);
+        if force {
+            self.crossing.abort_running(py);
         }
     }
 
-    /// A Future resolved once every accepted item has ended after `close`; None if the
-    /// batcher never bound an event loop (it never held an item).
-    fn drain_waiter(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        if self.crossing.event_loop.get().is_none() {
-            return Ok(None);
-        }
-        let (event_loop, _) = self.bind_loop(py)?;
+    /// An `ItemFuture` (of the running loop) resolved once every accepted item has ended
+    /// after `close`.
+    fn drain_waiter(&self, py: Python<'_>) -> PyResult<Py<ItemFuture>> {
+        let Some(running) = running_loop(py)? else {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "no running event loop",
+            ));
+        };
+        let home = match self.crossing.home.get() {
+            Some(h) if h.event_loop.bind(py).is(&running) => Arc::clone(h),
+            _ => LoopRef::here(running.unbind()),
+        };
+        let fut = Py::new(py, ItemFuture::pending(home))?;
         self.crossing
-            .drain_waiter(py, event_loop.bind(py))
-            .map(Some)
+            .wait_drain(py, Sink::Future(fut.clone_ref(py)));
+        Ok(fut)
+    }
+
+    /// Block (GIL released) until every accepted item has ended after `close`; False if
+    /// `timeout` passed first.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_drained(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = seconds(py, timeout)?;
+        let waiter = Arc::new(Waiter::default());
+        self.crossing
+            .wait_drain(py, Sink::Waiter(Arc::clone(&waiter)));
+        if waiter.try_take().is_some() {
+            return Ok(true);
+        }
+        self.check_thread_caller(py, true)?;
+        Ok(waiter.wait(py, timeout)?.is_some())
     }
 
     /// Whether the batcher accepts items.
@@ -196,10 +383,47 @@ impl Core {
     /// The event loop the batcher belongs to, or None before first use.
     #[getter]
     fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.crossing.event_loop.get().map(|(l, _)| l.clone_ref(py))
+        self.crossing.home.get().map(|h| h.event_loop.clone_ref(py))
+    }
+
+    /// Whether batches run on Rust threads (a synchronous batch function).
+    #[getter]
+    fn threaded(&self) -> bool {
+        self.crossing.threaded.is_some()
     }
 
     fn stats(&self) -> BatcherStats {
         self.engine.stats().into()
     }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(t) = &self.crossing.threaded {
+            if !t.weak {
+                visit.call(&t.func)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as a `Duration`; negative or NaN is a `ConfigError`.
+fn seconds(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(errors::raise(
+            py,
+            |e| &e.config,
+            format!("invalid timeout: must be seconds >= 0, got {t}"),
+        )),
+    }
+}
+
+/// A blocking caller's `timeout` passed: the builtin `TimeoutError` (the item is dropped if
+/// its batch has not started).
+fn item_wait_timeout(_py: Python<'_>, timeout: Option<Duration>) -> PyErr {
+    let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+    pyo3::exceptions::PyTimeoutError::new_err(format!(
+        "no result within {secs}s; the item was withdrawn if its batch had not started"
+    ))
 }

@@ -3,7 +3,10 @@
 //! Only conversion lives here; batching rules live in the `ferrobatch-core` crate.
 //! - `batcher`: `Core`, the native half of `AsyncBatcher`;
 //! - `batch`: `Batch`, one dispatched batch as the Python runner sees it;
-//! - `crossing`: how results cross into asyncio (one loop callback per batch);
+//! - `crossing`: how outcomes reach their callers (one callback per batch);
+//! - `future`: `ItemFuture`, the awaitable `process()` returns;
+//! - `waiter`: where blocking callers on threads wait; `worker`: sync batch functions on
+//!   Rust-owned threads;
 //! - `errors`: the exception tree and the one mapping from core errors;
 //! - `exit`: entering Python from Rust threads safely up to interpreter exit;
 //! - `stats`: typed stats snapshots;
@@ -18,6 +21,7 @@ mod batcher;
 mod crossing;
 mod errors;
 mod exit;
+mod future;
 mod http;
 mod jobs;
 mod json;
@@ -26,6 +30,8 @@ mod runtime;
 mod stats;
 mod task;
 mod testserver;
+mod waiter;
+mod worker;
 
 use pyo3::prelude::*;
 
@@ -34,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<batcher::Core>()?;
     m.add_class::<batch::Batch>()?;
+    m.add_class::<future::ItemFuture>()?;
     m.add_class::<stats::BatcherStats>()?;
     m.add_class::<stats::LatencySummary>()?;
     m.add_class::<limits::RateLimiter>()?;

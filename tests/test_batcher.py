@@ -62,10 +62,10 @@ async def test_sync_process_batch_runs_in_the_given_executor() -> None:
     await sd.stop()
 
 
-async def test_process_returns_a_plain_asyncio_future() -> None:
+async def test_process_returns_a_future_asyncio_takes_as_is() -> None:
     b = Doubler(max_batch_size=4)
     fut = b.process(1)
-    assert isinstance(fut, asyncio.Future)
+    assert asyncio.isfuture(fut) and asyncio.iscoroutine(fut)
     assert asyncio.ensure_future(fut) is fut  # gather/wait_for/shield take it as is
     assert fut.get_loop() is asyncio.get_running_loop()
     assert await fut == 2

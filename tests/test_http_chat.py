@@ -65,9 +65,10 @@ async def test_a_slow_answer_does_not_hold_back_others() -> None:
     with FakeServer() as server:
         chat = make(server, concurrency=4)
         server.fault("hang", duration=1.0)
-        slow = chat.create(messages=[{"role": "user", "content": "slow"}])
+        # asyncio.wait refuses coroutines, which ItemFutures also are: wrap them in tasks.
+        slow = asyncio.create_task(chat.create(messages=[{"role": "user", "content": "slow"}]))
         await asyncio.sleep(0.05)
-        fast = chat.create(messages=[{"role": "user", "content": "fast"}])
+        fast = asyncio.create_task(chat.create(messages=[{"role": "user", "content": "fast"}]))
         done, _ = await asyncio.wait([slow, fast], return_when=asyncio.FIRST_COMPLETED)
         assert done == {fast}
         await slow

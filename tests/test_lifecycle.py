@@ -238,10 +238,15 @@ def test_a_batcher_belongs_to_the_loop_it_was_first_used_on() -> None:
     assert isinstance(info.value, RuntimeError) and isinstance(info.value, FerrobatchError)
 
 
-def test_process_outside_a_running_loop_raises() -> None:
-    b = AsyncBatcher(Recorder())
+def test_process_outside_a_running_loop_queues_when_first_awaited() -> None:
+    rec = Recorder()
+    b = AsyncBatcher(rec, max_batch_size=4)
+    fut = b.process(1)
+    assert not fut.done() and b.stats().submitted == 0
     with pytest.raises(RuntimeError, match="no running event loop"):
-        b.process(1)
+        fut.send(None)  # only a running loop can take it
+    assert asyncio.run(fut) == 2  # type: ignore[arg-type]
+    assert rec.seen == [1]
 
 
 def test_works_under_uvloop() -> None:

@@ -6,7 +6,7 @@ time, runs your batch function, and resolves each caller with its own result or 
 `ferrobatch.testing` holds a fake server to test them against.
 """
 
-from ferrobatch._batcher import AsyncBatcher, BatchedFunction, batch
+from ferrobatch._batcher import AsyncBatcher, BatchedFunction, ItemFuture, batch
 from ferrobatch._native import (
     APIConnectionError,
     APIError,
@@ -67,6 +67,7 @@ __all__ = [
     "InternalServerError",
     "InvalidBatchResultError",
     "InvalidInputError",
+    "ItemFuture",
     "ItemTimeoutError",
     "JobNotFoundError",
     "LatencySummary",

@@ -1,13 +1,15 @@
 """`AsyncBatcher` and the `batch` decorator: the Python half of the batcher.
 
-The native `Core` queues items and forms batches; this module runs the user's batch function
-on the event loop (async) or an executor (sync) and hands the outcome back to `Core`, once per
-batch.
+The native `Core` queues items and forms batches. An async batch function (or a sync one with
+an `executor`) runs here, on the event loop, and its outcome goes back to `Core` once per
+batch; a plain sync batch function runs on Rust-owned threads and never passes through here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -26,9 +28,13 @@ from typing import (
     overload,
 )
 
-from ferrobatch._native import Batch, BatcherStats, Core, StopTimeoutError
+from ferrobatch._native import Batch, BatcherStats, Core, ItemFuture, StopTimeoutError
 
-__all__ = ["AsyncBatcher", "BatchedFunction", "batch"]
+__all__ = ["AsyncBatcher", "BatchedFunction", "ItemFuture", "batch"]
+
+# `asyncio.create_task`, `TaskGroup.create_task` and `asyncio.run` take coroutines only; an
+# ItemFuture speaks the coroutine protocol too.
+collections.abc.Coroutine.register(ItemFuture)
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -61,7 +67,9 @@ class AsyncBatcher(Generic[T, S]):
       "auto": dispatch at once while a concurrency slot is free, accumulate while all are busy.
     - `concurrency`: most batches running at once; -1 for no limit.
     - `max_queue_size`: most items queued; -1 (or 0) for no limit.
-    - `executor`: where a synchronous batch function runs (None: the loop's default executor).
+    - `executor`: where a synchronous batch function runs. None (the default): on threads the
+      batcher owns, with no event loop involved, so callers on plain threads
+      (`process_sync`, `submit`) and on any event loop share its batches.
     - `on_full`: "reject" raises `QueueFullError` when the queue is full; "wait" accepts the
       item, which waits for room before it can join a batch.
     - `item_timeout`: seconds an item may wait to be dispatched before it fails with
@@ -113,6 +121,11 @@ class AsyncBatcher(Generic[T, S]):
             raise TypeError(f"the batch function must be callable, got {type(fn).__name__}")
         self._fn: BatchFn[T, S] = fn
         self._is_async = _is_async(fn)
+        # A plain function with no executor runs on Rust-owned threads (GIL taken once per
+        # batch). A bound method of this batcher is held weakly, so the batcher can be freed.
+        threaded = not self._is_async and executor is None
+        weak = threaded and getattr(fn, "__self__", None) is self
+        sync_fn: Any = (weakref.WeakMethod(fn) if weak else fn) if threaded else None
         self.max_batch_size = max_batch_size
         self.max_queue_time = max_queue_time
         self.concurrency = concurrency
@@ -129,6 +142,9 @@ class AsyncBatcher(Generic[T, S]):
             max_latency=max_latency,
             aging=aging,
             single_item_batches=self._single_item_batches,
+            sync_fn=sync_fn,
+            sync_fn_weak=weak,
+            finish=weakref.WeakMethod(self._finish),
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}
@@ -145,41 +161,77 @@ class AsyncBatcher(Generic[T, S]):
 
     # --- submitting -----------------------------------------------------------------------
 
-    def process(self, item: T, priority: int = 0) -> asyncio.Future[S]:
-        """Queue `item` and return an asyncio Future of its result.
+    def process(self, item: T, priority: int = 0) -> ItemFuture[S]:
+        """Queue `item` and return an `ItemFuture` of its result.
 
-        Higher `priority` items enter the next batch first; equal priorities keep arrival
-        order. Raises `QueueFullError` if the queue is full (on_full="reject"),
-        `BatcherStoppedError` after `stop()`, `WrongEventLoopError` from a loop other than the
-        batcher's.
+        Await it, gather it, or hand it to `create_task`, `TaskGroup.create_task`,
+        `asyncio.run`, `wait_for`, `shield` or `as_completed`: it is both an asyncio Future
+        and a coroutine. Called with no loop running, the item is queued when a loop first
+        awaits it. Higher `priority` items enter the next batch first; equal priorities keep
+        arrival order. Raises `QueueFullError` if the queue is full (on_full="reject"),
+        `BatcherStoppedError` after `stop()`, `WrongEventLoopError` (async batch functions
+        only) from a loop other than the batcher's.
         """
-        fut: asyncio.Future[S] = self._core.process(item, priority)
+        fut: ItemFuture[S] = self._core.process(item, priority)
         return fut
 
-    def process_many(self, items: Iterable[T], priority: int = 0) -> asyncio.Future[list[S]]:
-        """Queue every item and return one Future of the list of their results, in order.
+    def process_many(self, items: Iterable[T], priority: int = 0) -> ItemFuture[list[S]]:
+        """Queue every item and return one `ItemFuture` of the list of their results, in order.
 
         It fails with the first item error, like `asyncio.gather`; cancelling it drops the
         items not yet dispatched.
         """
-        fut: asyncio.Future[list[S]] = self._core.process_many(items, priority)
+        fut: ItemFuture[list[S]] = self._core.process_many(items, priority)
+        return fut
+
+    # --- callers on threads ---------------------------------------------------------------
+
+    def process_sync(self, item: T, priority: int = 0, timeout: float | None = None) -> S:
+        """From a plain thread: queue `item` and block (GIL released) until its result.
+
+        Raises the item's exception; `TimeoutError` if `timeout` seconds pass first (the item
+        is withdrawn if its batch has not started). A sync batch function needs no event loop;
+        an async one runs on the loop the batcher was first used from, which must be running
+        in another thread. Calling it from a coroutine raises `WrongEventLoopError`: await
+        `process` there.
+        """
+        result: S = self._core.process_sync(item, priority, timeout)
+        return result
+
+    def process_many_sync(
+        self, items: Iterable[T], priority: int = 0, timeout: float | None = None
+    ) -> list[S]:
+        """From a plain thread: queue every item and block until the list of their results,
+        in order. Fails with the first item error."""
+        results: list[S] = self._core.process_many_sync(items, priority, timeout)
+        return results
+
+    def submit(self, item: T, priority: int = 0) -> concurrent.futures.Future[S]:
+        """From any thread: queue `item` and return a `concurrent.futures.Future` of its
+        result. Cancelling it before its batch starts withdraws the item."""
+        fut: concurrent.futures.Future[S] = self._core.submit(item, priority)
         return fut
 
     # --- running batches (called by the native core, on the event loop) --------------------
 
-    def _start(self, batch: Batch) -> None:
+    def _start(self, batch: Batch, awaitable: Awaitable[BatchResult[S]] | None = None) -> None:
         if self._forced:
             # Formed before a forced stop and delivered after it: its items end stopped too.
             batch.abort()
             return
-        task = asyncio.get_running_loop().create_task(self._run(batch))
+        task = asyncio.get_running_loop().create_task(self._run(batch, awaitable))
         self._running[batch] = task
         task.add_done_callback(functools.partial(self._forget, batch))
 
     def _forget(self, batch: Batch, _: object) -> None:
         self._running.pop(batch, None)
 
-    async def _run(self, batch: Batch) -> None:
+    def _finish(self, batch: Batch, awaitable: Awaitable[BatchResult[S]]) -> None:
+        # A plain batch function running on a thread returned an awaitable (a lambda around an
+        # async function): it is awaited here, on the loop.
+        self._start(batch, awaitable)
+
+    async def _run(self, batch: Batch, awaitable: Awaitable[BatchResult[S]] | None) -> None:
         # Items are taken when the batch really starts, so a caller who cancels before then
         # keeps its item out of the batch function.
         items = batch.items()
@@ -187,7 +239,9 @@ class AsyncBatcher(Generic[T, S]):
             batch.resolve([])  # every caller cancelled: the batch function is not called
             return
         try:
-            if self._is_async:
+            if awaitable is not None:
+                result = await awaitable
+            elif self._is_async:
                 result = await self._fn(items)  # type: ignore[misc]
             else:
                 loop = asyncio.get_running_loop()
@@ -223,8 +277,6 @@ class AsyncBatcher(Generic[T, S]):
         else:
             self._core.close(False)
         waiter = self._core.drain_waiter()
-        if waiter is None:
-            return
         if timeout is None:
             await waiter
             return
@@ -236,6 +288,20 @@ class AsyncBatcher(Generic[T, S]):
             raise StopTimeoutError(
                 f"the drain did not finish within {timeout}s; what was left was force-stopped"
             ) from None
+
+    def stop_sync(self, force: bool = False, timeout: float | None = None) -> None:
+        """`stop` for code with no event loop: stop accepting items and block until every
+        accepted item has ended (see `stop`). Not from a coroutine: await `stop` there."""
+        if force:
+            self._force_stop()
+        else:
+            self._core.close(False)
+        if not self._core.wait_drained(timeout):
+            self._force_stop()
+            self._core.wait_drained(None)
+            raise StopTimeoutError(
+                f"the drain did not finish within {timeout}s; what was left was force-stopped"
+            )
 
     def _force_stop(self) -> None:
         self._forced = True
@@ -273,10 +339,10 @@ class BatchedFunction(Generic[T, S]):
         self.batcher: AsyncBatcher[T, S] = AsyncBatcher(fn, **options)
         functools.update_wrapper(self, fn)
 
-    def __call__(self, item: T) -> asyncio.Future[S]:
+    def __call__(self, item: T) -> ItemFuture[S]:
         return self.batcher.process(item)
 
-    def many(self, items: Iterable[T]) -> asyncio.Future[list[S]]:
+    def many(self, items: Iterable[T]) -> ItemFuture[list[S]]:
         """Queue many items; one Future of their results in order."""
         return self.batcher.process_many(items)
 

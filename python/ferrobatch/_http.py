@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict, TypeVar
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import ChatClient, ConfigError, EmbeddingsClient, RateLimiter
+from ferrobatch._native import ChatClient, ConfigError, EmbeddingsClient, ItemFuture, RateLimiter
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -156,24 +156,24 @@ class EmbeddingsBase(HttpBatcher[str, Vector]):
         result: list[Vector | BaseException] = await self._client.embed(batch)
         return result
 
-    def embed(self, text: str, priority: int = 0) -> asyncio.Future[Vector]:
+    def embed(self, text: str, priority: int = 0) -> ItemFuture[Vector]:
         """Queue one text; a Future of its vector. Raises TypeError for a non-str at once."""
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
-        fut: asyncio.Future[Vector] = self._core.process(text, priority)
+        fut: ItemFuture[Vector] = self._core.process(text, priority)
         return fut
 
-    def process(self, item: str, priority: int = 0) -> asyncio.Future[Vector]:
+    def process(self, item: str, priority: int = 0) -> ItemFuture[Vector]:
         """Same as `embed` (the `AsyncBatcher` spelling)."""
         return self.embed(item, priority)
 
-    def embed_many(self, texts: Iterable[str], priority: int = 0) -> asyncio.Future[list[Vector]]:
+    def embed_many(self, texts: Iterable[str], priority: int = 0) -> ItemFuture[list[Vector]]:
         """Queue many texts; one Future of their vectors in order (it fails with the first
         error, like `asyncio.gather`)."""
-        fut: asyncio.Future[list[Vector]] = self._core.process_many(check_texts(texts), priority)
+        fut: ItemFuture[list[Vector]] = self._core.process_many(check_texts(texts), priority)
         return fut
 
-    def process_many(self, items: Iterable[str], priority: int = 0) -> asyncio.Future[list[Vector]]:
+    def process_many(self, items: Iterable[str], priority: int = 0) -> ItemFuture[list[Vector]]:
         """Same as `embed_many`."""
         return self.embed_many(items, priority)
 

@@ -27,7 +27,7 @@ from ferrobatch._http import (
     resolve_key,
     transport_options,
 )
-from ferrobatch._native import ChatClient, EmbeddingsClient, RateLimiter
+from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter
 
 __all__ = ["DEFAULT_BASE_URL", "ChatCompletions", "Embeddings"]
 
@@ -204,7 +204,7 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
         *,
         priority: int = 0,
         **body: Any,
-    ) -> asyncio.Future[dict[str, Any]]:
+    ) -> ItemFuture[dict[str, Any]]:
         """Queue one chat completion request; a Future of the response dict.
 
         `messages` and every other keyword form the request body (`model` defaults to the
@@ -214,12 +214,12 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
             raise TypeError("create() needs messages=[...]")
         if messages is not None:
             body["messages"] = [dict(m) for m in messages]
-        fut: asyncio.Future[dict[str, Any]] = self._core.process(body, priority)
+        fut: ItemFuture[dict[str, Any]] = self._core.process(body, priority)
         return fut
 
-    def process(self, item: dict[str, Any], priority: int = 0) -> asyncio.Future[dict[str, Any]]:
+    def process(self, item: dict[str, Any], priority: int = 0) -> ItemFuture[dict[str, Any]]:
         """Queue one whole request body (a dict with `messages`)."""
         if not isinstance(item, dict):
             raise TypeError(f"a chat request body must be a dict, got {type(item).__name__}")
-        fut: asyncio.Future[dict[str, Any]] = self._core.process(item, priority)
+        fut: ItemFuture[dict[str, Any]] = self._core.process(item, priority)
         return fut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 
 from ferrobatch import (
@@ -10,6 +11,7 @@ from ferrobatch import (
     BatchedFunction,
     BatcherStats,
     FerrobatchError,
+    ItemFuture,
     QueueFullException,
     batch,
 )
@@ -36,7 +38,12 @@ async def embed(texts: list[str]) -> list[list[float]]:
 
 async def main() -> None:
     d = Doubler(max_batch_size=64, concurrency=4)
-    assert_type(d.process(21), "asyncio.Future[int]")
+    assert_type(d.process(21), ItemFuture[int])
+    # Both a Future and a coroutine to the type checker, as at runtime.
+    assert_type(await asyncio.create_task(d.process(1)), int)
+    assert_type(await asyncio.wait_for(d.process(1), 1.0), int)
+    assert_type(await asyncio.shield(d.process(1)), int)
+    assert_type(await asyncio.gather(d.process(1), d.process(2)), tuple[int, int])
     assert_type(await d.process(21), int)
     assert_type(await d.process_many([1, 2]), list[int])
     assert_type(d.stats(), BatcherStats)
@@ -59,3 +66,16 @@ async def main() -> None:
         await asyncio.gather(d.process(1), b.process("y"))
     except QueueFullException as e:
         assert isinstance(e, FerrobatchError)
+
+
+def on_a_thread() -> None:
+    def double(xs: list[int]) -> list[int]:
+        return [x * 2 for x in xs]
+
+    t = AsyncBatcher(double, max_batch_size=64)
+    assert_type(t.process_sync(1), int)
+    assert_type(t.process_sync(1, priority=2, timeout=1.0), int)
+    assert_type(t.process_many_sync([1, 2]), list[int])
+    assert_type(t.submit(1), concurrent.futures.Future[int])
+    assert_type(asyncio.run(t.process(1)), int)
+    t.stop_sync(timeout=5.0)

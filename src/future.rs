@@ -1,0 +1,672 @@
+//! `ItemFuture`: what `process()` and `process_many()` return. One object that asyncio takes
+//! both as a Future (`await`, `gather`, `wait_for`, `shield`, `as_completed`, done callbacks)
+//! and as a coroutine (`create_task`, `TaskGroup.create_task`, `asyncio.run`), the way the
+//! coroutine `async-batcher`'s `process()` returns is taken.
+//!
+//! Made inside a running loop, it belongs to that loop and its item is queued at once. Made
+//! with no loop running (before `asyncio.run`, on a plain thread), it is *deferred*: its item
+//! is queued on the loop that first awaits it (or asks for its loop).
+//!
+//! Resolving is cheap and batched: results are stored without entering Python, and the done
+//! callbacks of every future a batch resolved run from one loop callback ([`Resolver`]), not
+//! one per future as `asyncio.Future` schedules them. From another thread that callback is
+//! handed over with one `call_soon_threadsafe`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::batcher::Core;
+use crate::crossing::{log_error, loop_closed};
+
+thread_local! {
+    static THREAD: ThreadId = std::thread::current().id();
+}
+
+/// The calling thread's id, cheaply.
+pub(crate) fn current_thread() -> ThreadId {
+    THREAD.with(|t| *t)
+}
+
+/// An event loop and the thread it runs on.
+pub(crate) struct LoopRef {
+    pub(crate) event_loop: Py<PyAny>,
+    pub(crate) thread: ThreadId,
+}
+
+impl LoopRef {
+    /// The loop running on this thread.
+    pub(crate) fn here(event_loop: Py<PyAny>) -> Arc<LoopRef> {
+        Arc::new(LoopRef {
+            event_loop,
+            thread: current_thread(),
+        })
+    }
+
+    /// Run `callable` on the loop soon: `call_soon` from its own thread, `call_soon_threadsafe`
+    /// from any other. A closed loop is skipped quietly (nobody can await its futures).
+    pub(crate) fn schedule(&self, py: Python<'_>, callable: Bound<'_, PyAny>) {
+        let name = if self.thread == current_thread() {
+            intern!(py, "call_soon")
+        } else {
+            intern!(py, "call_soon_threadsafe")
+        };
+        if let Err(e) = self.event_loop.bind(py).call_method1(name, (callable,)) {
+            if !loop_closed(py, &self.event_loop) {
+                log_error(py, "could not schedule callbacks on an event loop", Some(e));
+            }
+        }
+    }
+}
+
+/// Python objects the future needs, looked up once.
+struct Asyncio {
+    get_running_loop: Py<PyAny>,
+    copy_context: Py<PyAny>,
+    cancelled_error: Py<PyAny>,
+    invalid_state: Py<PyAny>,
+}
+
+static ASYNCIO: PyOnceLock<Asyncio> = PyOnceLock::new();
+
+fn asyncio(py: Python<'_>) -> &Asyncio {
+    ASYNCIO
+        .get_or_try_init(py, || {
+            let aio = py.import("asyncio")?;
+            Ok::<_, PyErr>(Asyncio {
+                // Returns None instead of raising when no loop runs: cheap on the hot path.
+                get_running_loop: aio.getattr("_get_running_loop")?.unbind(),
+                copy_context: py.import("contextvars")?.getattr("copy_context")?.unbind(),
+                cancelled_error: aio.getattr("CancelledError")?.unbind(),
+                invalid_state: aio.getattr("InvalidStateError")?.unbind(),
+            })
+        })
+        .expect("asyncio is importable")
+}
+
+/// The loop running on this thread, if any.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    let l = asyncio(py).get_running_loop.bind(py).call0()?;
+    Ok(if l.is_none() { None } else { Some(l) })
+}
+
+/// What a deferred future queues once a loop awaits it.
+pub(crate) enum Deferred {
+    One(Py<PyAny>),
+    Many(Vec<Py<PyAny>>),
+}
+
+enum State {
+    /// Made with no loop running: nothing queued yet.
+    Deferred {
+        core: Py<Core>,
+        what: Deferred,
+        priority: i64,
+    },
+    Pending,
+    Done(Py<PyAny>),
+    Failed(Py<PyAny>),
+    Cancelled(Option<Py<PyAny>>),
+}
+
+struct Inner {
+    state: State,
+    home: Option<Arc<LoopRef>>,
+    /// (callback, context) pairs, run in order once the future is done.
+    callbacks: Vec<(Py<PyAny>, Py<PyAny>)>,
+    blocking: bool,
+}
+
+/// The result of one queued item (or of one `process_many` call), awaitable from asyncio.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct ItemFuture {
+    inner: Mutex<Inner>,
+}
+
+/// How a future ends.
+pub(crate) enum Outcome {
+    Value(Py<PyAny>),
+    Error(Py<PyAny>),
+}
+
+/// Done callbacks collected while resolving many futures; [`Resolver::flush`] schedules them
+/// with one loop callback per event loop.
+#[derive(Default)]
+pub(crate) struct Resolver {
+    groups: Vec<(Arc<LoopRef>, Vec<Pending>)>,
+}
+
+struct Pending {
+    func: Py<PyAny>,
+    context: Py<PyAny>,
+    future: Py<ItemFuture>,
+}
+
+impl Resolver {
+    fn push(
+        &mut self,
+        home: &Arc<LoopRef>,
+        callbacks: Vec<(Py<PyAny>, Py<PyAny>)>,
+        future: &Py<ItemFuture>,
+        py: Python<'_>,
+    ) {
+        let idx = match self.groups.iter().position(|(l, _)| Arc::ptr_eq(l, home)) {
+            Some(i) => i,
+            None => {
+                self.groups.push((Arc::clone(home), Vec::new()));
+                self.groups.len() - 1
+            }
+        };
+        let list = &mut self.groups[idx].1;
+        for (func, context) in callbacks {
+            list.push(Pending {
+                func,
+                context,
+                future: future.clone_ref(py),
+            });
+        }
+    }
+
+    /// Schedule every collected callback: one loop callback per event loop.
+    pub(crate) fn flush(self, py: Python<'_>) {
+        for (home, list) in self.groups {
+            if list.is_empty() {
+                continue;
+            }
+            let callbacks = Callbacks {
+                home: Arc::clone(&home),
+                list: Mutex::new(list),
+            };
+            match Py::new(py, callbacks) {
+                Ok(c) => home.schedule(py, c.into_bound(py).into_any()),
+                Err(e) => log_error(py, "could not schedule done callbacks", Some(e)),
+            }
+        }
+    }
+}
+
+/// Done callbacks of many futures, run by one event-loop callback, each in its own context.
+#[pyclass(module = "ferrobatch._native", name = "_Callbacks", frozen)]
+pub(crate) struct Callbacks {
+    home: Arc<LoopRef>,
+    list: Mutex<Vec<Pending>>,
+}
+
+#[pymethods]
+impl Callbacks {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let list = std::mem::take(&mut *self.list.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut rest = list.into_iter();
+        while let Some(p) = rest.next() {
+            let run = p
+                .context
+                .bind(py)
+                .call_method1(intern!(py, "run"), (p.func.bind(py), p.future.bind(py)));
+            let Err(err) = run else { continue };
+            if !err.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                // KeyboardInterrupt, SystemExit: let it through; the others still run later.
+                let left: Vec<Pending> = rest.collect();
+                if !left.is_empty() {
+                    let more = Callbacks {
+                        home: Arc::clone(&self.home),
+                        list: Mutex::new(left),
+                    };
+                    if let Ok(m) = Py::new(py, more) {
+                        self.home.schedule(py, m.into_bound(py).into_any());
+                    }
+                }
+                return Err(err);
+            }
+            // Like asyncio's Handle: report through the loop's exception handler, go on.
+            let context = PyDict::new(py);
+            let message = format!("Exception in callback {}", p.func.bind(py).repr()?);
+            context.set_item("message", message)?;
+            context.set_item("exception", err.value(py))?;
+            context.set_item("future", p.future.bind(py))?;
+            self.home
+                .event_loop
+                .bind(py)
+                .call_method1(intern!(py, "call_exception_handler"), (context,))?;
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(list) = self.list.try_lock() {
+            for p in list.iter() {
+                visit.call(&p.func)?;
+                visit.call(&p.context)?;
+                visit.call(&p.future)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Ok(mut list) = self.list.try_lock() {
+            list.clear();
+        }
+    }
+}
+
+impl ItemFuture {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pending future of the loop `home`; its item is queued by the caller.
+    pub(crate) fn pending(home: Arc<LoopRef>) -> ItemFuture {
+        ItemFuture {
+            inner: Mutex::new(Inner {
+                state: State::Pending,
+                home: Some(home),
+                callbacks: Vec::new(),
+                blocking: false,
+            }),
+        }
+    }
+
+    /// A future whose items are queued on the loop that first awaits it.
+    pub(crate) fn deferred(core: Py<Core>, what: Deferred, priority: i64) -> ItemFuture {
+        ItemFuture {
+            inner: Mutex::new(Inner {
+                state: State::Deferred {
+                    core,
+                    what,
+                    priority,
+                },
+                home: None,
+                callbacks: Vec::new(),
+                blocking: false,
+            }),
+        }
+    }
+
+    /// Whether the future has ended (result, exception or cancelled).
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(
+            self.lock().state,
+            State::Done(_) | State::Failed(_) | State::Cancelled(_)
+        )
+    }
+
+    /// End the future (if still pending) and collect its callbacks into `resolver`.
+    pub(crate) fn settle(
+        slf: &Py<ItemFuture>,
+        py: Python<'_>,
+        outcome: Outcome,
+        resolver: &mut Resolver,
+    ) {
+        let fut = slf.get();
+        let mut inner = fut.lock();
+        if !matches!(inner.state, State::Pending | State::Deferred { .. }) {
+            return;
+        }
+        inner.state = match outcome {
+            Outcome::Value(v) => State::Done(v),
+            Outcome::Error(e) => State::Failed(e),
+        };
+        let callbacks = std::mem::take(&mut inner.callbacks);
+        let home = inner.home.clone();
+        drop(inner);
+        if let (false, Some(home)) = (callbacks.is_empty(), home) {
+            resolver.push(&home, callbacks, slf, py);
+        }
+    }
+
+    /// Settle one future on its own and schedule its callbacks.
+    pub(crate) fn settle_now(slf: &Py<ItemFuture>, py: Python<'_>, outcome: Outcome) {
+        let mut r = Resolver::default();
+        Self::settle(slf, py, outcome, &mut r);
+        r.flush(py);
+    }
+
+    /// Queue a deferred future's items on the running loop. No-op for other states.
+    fn activate(slf: &Bound<'_, ItemFuture>) -> PyResult<()> {
+        let py = slf.py();
+        let fut = slf.get();
+        if !matches!(fut.lock().state, State::Deferred { .. }) {
+            return Ok(());
+        }
+        let Some(running) = running_loop(py)? else {
+            return Err(PyRuntimeError::new_err("no running event loop"));
+        };
+        let (core, what, priority) = {
+            let mut inner = fut.lock();
+            match std::mem::replace(&mut inner.state, State::Pending) {
+                State::Deferred {
+                    core,
+                    what,
+                    priority,
+                } => (core, what, priority),
+                other => {
+                    inner.state = other;
+                    return Ok(());
+                }
+            }
+        };
+        let home = match core.get().loop_for(py, &running) {
+            Ok(home) => home,
+            Err(e) => {
+                fut.lock().home = Some(LoopRef::here(running.unbind()));
+                Self::settle_now(
+                    &slf.clone().unbind(),
+                    py,
+                    Outcome::Error(e.into_value(py).into_any()),
+                );
+                return Ok(());
+            }
+        };
+        fut.lock().home = Some(home);
+        // A refused submit (queue full, stopped) becomes the future's exception.
+        if let Err(e) = core.get().enqueue(py, slf, what, priority) {
+            Self::settle_now(
+                &slf.clone().unbind(),
+                py,
+                Outcome::Error(e.into_value(py).into_any()),
+            );
+        }
+        Ok(())
+    }
+
+    fn raise_cancelled(py: Python<'_>, msg: &Option<Py<PyAny>>) -> PyErr {
+        let cls = asyncio(py).cancelled_error.bind(py);
+        let exc = match msg {
+            Some(m) => cls.call1((m.bind(py),)),
+            None => cls.call0(),
+        };
+        match exc {
+            Ok(e) => PyErr::from_value(e),
+            Err(e) => e,
+        }
+    }
+
+    fn invalid_state(py: Python<'_>, msg: &str) -> PyErr {
+        match asyncio(py).invalid_state.bind(py).call1((msg,)) {
+            Ok(e) => PyErr::from_value(e),
+            Err(e) => e,
+        }
+    }
+
+    /// One step of the coroutine protocol: yield self while pending, return the result.
+    fn step(slf: &Bound<'_, ItemFuture>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        Self::activate(slf)?;
+        let mut inner = slf.get().lock();
+        match &inner.state {
+            State::Pending | State::Deferred { .. } => {
+                inner.blocking = true;
+                drop(inner);
+                Ok(Some(slf.clone().into_any().unbind()))
+            }
+            State::Done(v) => Err(PyStopIteration::new_err((v.clone_ref(py),))),
+            State::Failed(e) => Err(PyErr::from_value(e.bind(py).clone())),
+            State::Cancelled(msg) => Err(Self::raise_cancelled(py, msg)),
+        }
+    }
+
+    /// Cancel if still pending: the item leaves the queue (it is skipped when its batch forms).
+    fn cancel_inner(slf: &Bound<'_, ItemFuture>, msg: Option<Py<PyAny>>) -> bool {
+        let py = slf.py();
+        let mut inner = slf.get().lock();
+        match inner.state {
+            State::Pending | State::Deferred { .. } => {}
+            _ => return false,
+        }
+        inner.state = State::Cancelled(msg);
+        let callbacks = std::mem::take(&mut inner.callbacks);
+        let home = inner.home.clone();
+        drop(inner);
+        if let (false, Some(home)) = (callbacks.is_empty(), home) {
+            let mut r = Resolver::default();
+            r.push(&home, callbacks, &slf.clone().unbind(), py);
+            r.flush(py);
+        }
+        true
+    }
+}
+
+#[pymethods]
+impl ItemFuture {
+    /// asyncio's marker of Future-like objects (`asyncio.isfuture`); a Task sets it back.
+    #[getter(_asyncio_future_blocking)]
+    fn asyncio_future_blocking(&self) -> bool {
+        self.lock().blocking
+    }
+
+    #[setter(_asyncio_future_blocking)]
+    fn set_asyncio_future_blocking(&self, value: bool) {
+        self.lock().blocking = value;
+    }
+
+    /// The event loop the future belongs to (a deferred future is queued on the running one).
+    fn get_loop(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Self::activate(slf)?;
+        let py = slf.py();
+        match &slf.get().lock().home {
+            Some(h) => Ok(h.event_loop.clone_ref(py)),
+            None => Err(PyRuntimeError::new_err("no running event loop")),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.is_done()
+    }
+
+    /// The message `cancel(msg)` was given (asyncio's `gather` reads it).
+    #[getter(_cancel_message)]
+    fn cancel_message(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        match &self.lock().state {
+            State::Cancelled(Some(m)) => Some(m.clone_ref(py)),
+            _ => None,
+        }
+    }
+
+    /// The `CancelledError` to raise for a cancelled future (asyncio's `gather` calls it).
+    fn _make_cancelled_error(&self, py: Python<'_>) -> Py<PyAny> {
+        let msg = match &self.lock().state {
+            State::Cancelled(m) => m.as_ref().map(|m| m.clone_ref(py)),
+            _ => None,
+        };
+        Self::raise_cancelled(py, &msg).into_value(py).into_any()
+    }
+
+    fn cancelled(&self) -> bool {
+        matches!(self.lock().state, State::Cancelled(_))
+    }
+
+    /// The item's result; raises its exception, `CancelledError`, or `InvalidStateError`
+    /// while pending.
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.lock().state {
+            State::Done(v) => Ok(v.clone_ref(py)),
+            State::Failed(e) => Err(PyErr::from_value(e.bind(py).clone())),
+            State::Cancelled(msg) => Err(Self::raise_cancelled(py, msg)),
+            _ => Err(Self::invalid_state(py, "Result is not set.")),
+        }
+    }
+
+    /// The item's exception (None if it succeeded); raises `CancelledError`, or
+    /// `InvalidStateError` while pending.
+    fn exception(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match &self.lock().state {
+            State::Done(_) => Ok(None),
+            State::Failed(e) => Ok(Some(e.clone_ref(py))),
+            State::Cancelled(msg) => Err(Self::raise_cancelled(py, msg)),
+            _ => Err(Self::invalid_state(py, "Exception is not set.")),
+        }
+    }
+
+    /// Run `fn(future)` on the loop once the future is done (soon, if it already is), in
+    /// `context` (default: a copy of the current one).
+    #[pyo3(signature = (func, *, context=None))]
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        func: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        Self::activate(slf)?;
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => asyncio(py).copy_context.bind(py).call0()?.unbind(),
+        };
+        let mut inner = slf.get().lock();
+        if matches!(inner.state, State::Pending | State::Deferred { .. }) {
+            inner.callbacks.push((func, context));
+            return Ok(());
+        }
+        let home = inner.home.clone();
+        drop(inner);
+        let Some(home) = home else {
+            return Err(PyRuntimeError::new_err("no running event loop"));
+        };
+        let mut r = Resolver::default();
+        r.push(&home, vec![(func, context)], &slf.clone().unbind(), py);
+        r.flush(py);
+        Ok(())
+    }
+
+    /// Remove every registration of `fn`; returns how many there were.
+    fn remove_done_callback(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let callbacks = std::mem::take(&mut self.lock().callbacks);
+        let mut kept = Vec::with_capacity(callbacks.len());
+        let mut removed = 0;
+        for (f, c) in callbacks {
+            if f.bind(py).eq(func)? {
+                removed += 1;
+            } else {
+                kept.push((f, c));
+            }
+        }
+        let mut inner = self.lock();
+        kept.append(&mut inner.callbacks);
+        inner.callbacks = kept;
+        Ok(removed)
+    }
+
+    /// Cancel the future: its item leaves the queue if its batch has not started. Returns
+    /// False if the future was already done.
+    #[pyo3(signature = (msg=None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> bool {
+        Self::cancel_inner(slf, msg)
+    }
+
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        Self::step(slf)
+    }
+
+    /// Coroutine protocol (what `create_task` drives): like `__next__`.
+    #[pyo3(signature = (_value=None))]
+    fn send(slf: &Bound<'_, Self>, _value: Option<&Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
+        match Self::step(slf)? {
+            Some(v) => Ok(v),
+            None => Err(PyStopIteration::new_err(())),
+        }
+    }
+
+    /// Coroutine protocol: the awaiting task was cancelled (or something was thrown in). The
+    /// item is cancelled if still pending, and the exception goes back out.
+    #[pyo3(signature = (typ, val=None, _tb=None))]
+    fn throw(
+        slf: &Bound<'_, Self>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let exc = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            typ.clone()
+        } else if let Ok(cls) = typ.cast::<PyType>() {
+            match val {
+                Some(v) if v.is_instance_of::<pyo3::exceptions::PyBaseException>() => v.clone(),
+                Some(v) if !v.is_none() => cls.call1((v,))?,
+                _ => cls.call0()?,
+            }
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "throw() needs an exception type or instance",
+            ));
+        };
+        let _ = py;
+        Self::cancel_inner(slf, None);
+        Err(PyErr::from_value(exc))
+    }
+
+    /// Coroutine protocol: the item is cancelled if still pending.
+    fn close(slf: &Bound<'_, Self>) {
+        Self::cancel_inner(slf, None);
+    }
+
+    /// `ItemFuture[int]` in annotations.
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
+        cls.clone().unbind()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match &self.lock().state {
+            State::Deferred { .. } => "<ItemFuture deferred>".to_string(),
+            State::Pending => "<ItemFuture pending>".to_string(),
+            State::Done(v) => {
+                let r = v.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+                let r: String = r.chars().take(80).collect();
+                format!("<ItemFuture finished result={r}>")
+            }
+            State::Failed(e) => {
+                let r = e.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+                format!("<ItemFuture finished exception={r}>")
+            }
+            State::Cancelled(_) => "<ItemFuture cancelled>".to_string(),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(inner) = self.inner.try_lock() else {
+            return Ok(());
+        };
+        match &inner.state {
+            State::Deferred { core, what, .. } => {
+                visit.call(core)?;
+                match what {
+                    Deferred::One(v) => visit.call(v)?,
+                    Deferred::Many(vs) => {
+                        for v in vs {
+                            visit.call(v)?;
+                        }
+                    }
+                }
+            }
+            State::Done(v) | State::Failed(v) => visit.call(v)?,
+            State::Cancelled(Some(m)) => visit.call(m)?,
+            _ => {}
+        }
+        for (f, c) in &inner.callbacks {
+            visit.call(f)?;
+            visit.call(c)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Ok(mut inner) = self.inner.try_lock() {
+            inner.callbacks.clear();
+            if matches!(inner.state, State::Deferred { .. }) {
+                inner.state = State::Cancelled(None);
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `Waiter`: where a blocking caller on a plain thread (`process_sync`, `process_many_sync`,
+//! `stop_sync`) waits for its outcome, with the GIL released.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use crate::future::Outcome;
+
+#[derive(Default)]
+struct Slot {
+    outcome: Option<Outcome>,
+    /// The caller stopped waiting (interrupted): its item is skipped if not yet dispatched.
+    abandoned: bool,
+}
+
+/// One outcome, handed from whichever thread resolves it to the thread blocked on it.
+#[derive(Default)]
+pub(crate) struct Waiter {
+    slot: Mutex<Slot>,
+    ready: Condvar,
+}
+
+/// How often a blocked caller wakes to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl Waiter {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand over the outcome (the first one wins).
+    pub(crate) fn set(&self, outcome: Outcome) {
+        let mut s = self.lock();
+        if s.outcome.is_none() && !s.abandoned {
+            s.outcome = Some(outcome);
+            self.ready.notify_all();
+        }
+    }
+
+    /// Whether someone still waits for the outcome.
+    pub(crate) fn is_live(&self) -> bool {
+        let s = self.lock();
+        s.outcome.is_none() && !s.abandoned
+    }
+
+    /// The outcome, if it has arrived.
+    pub(crate) fn try_take(&self) -> Option<Outcome> {
+        self.lock().outcome.take()
+    }
+
+    /// Block (GIL released) until the outcome arrives or `timeout` passes, waking now and then
+    /// for signals. On a signal's exception or the timeout, the waiter is abandoned.
+    pub(crate) fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+    ) -> PyResult<Option<Outcome>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let taken = py.detach(|| {
+                let mut s = self.lock();
+                let step = match deadline {
+                    Some(d) => d
+                        .saturating_duration_since(Instant::now())
+                        .min(SIGNAL_CHECK),
+                    None => SIGNAL_CHECK,
+                };
+                if s.outcome.is_none() && !step.is_zero() {
+                    s = self
+                        .ready
+                        .wait_timeout(s, step)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                s.outcome.take()
+            });
+            if let Some(o) = taken {
+                return Ok(Some(o));
+            }
+            if let Err(e) = py.check_signals() {
+                self.lock().abandoned = true;
+                return Err(e);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let mut s = self.lock();
+                if let Some(o) = s.outcome.take() {
+                    return Ok(Some(o));
+                }
+                s.abandoned = true;
+                return Ok(None);
+            }
+        }
+    }
+}
