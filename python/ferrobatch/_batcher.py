@@ -245,7 +245,8 @@ class AsyncBatcher(Generic[T, S]):
                 result = await self._fn(items)  # type: ignore[misc]
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self.executor, self._fn, items)
+                fn: Callable[[list[T]], Any] = self._fn
+                result = await loop.run_in_executor(self.executor, fn, items)
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     result = await result
         except asyncio.CancelledError:

@@ -11,7 +11,6 @@ resp = await chat.create(messages=[{"role": "user", "content": "hi"}], temperatu
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
