@@ -240,6 +240,7 @@ impl Core {
             func,
             weak: sync_fn_weak,
             finish: finish.unwrap_or_else(|| py.None()),
+            pool: crate::worker::Pool::new(concurrency),
         });
         let crossing = Crossing::new(start, threaded);
         let engine = Engine::new(config, LoopDispatcher(Arc::clone(&crossing))).map_err(|e| {

@@ -229,6 +229,8 @@ pub(crate) struct Threaded {
     /// `weakref.WeakMethod` of the batcher's `_finish(batch, awaitable)`, for a plain function
     /// that returned an awaitable: it is awaited on the event loop.
     pub(crate) finish: Py<PyAny>,
+    /// The threads that run the batches.
+    pub(crate) pool: crate::worker::Pool,
 }
 
 /// What a batcher shares with its timer and worker threads: the loop its async batches run

@@ -1,7 +1,8 @@
 //! `Waiter`: where a blocking caller on a plain thread (`process_sync`, `process_many_sync`,
 //! `stop_sync`) waits for its outcome, with the GIL released.
 
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::cell::RefCell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -22,6 +23,11 @@ pub(crate) struct Waiter {
     ready: Condvar,
 }
 
+thread_local! {
+    /// Waiters to wake once this thread has let go of the GIL (see [`Waiter::defer_wakeups`]).
+    static DEFERRED: RefCell<Option<Vec<Arc<Waiter>>>> = const { RefCell::new(None) };
+}
+
 /// How often a blocked caller wakes to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
@@ -31,12 +37,36 @@ impl Waiter {
     }
 
     /// Hand over the outcome (the first one wins).
-    pub(crate) fn set(&self, outcome: Outcome) {
+    pub(crate) fn set(self: &Arc<Self>, outcome: Outcome) {
         let mut s = self.lock();
         if s.outcome.is_none() && !s.abandoned {
             s.outcome = Some(outcome);
-            self.ready.notify_all();
+            drop(s);
+            let deferred = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+                Some(list) => {
+                    list.push(Arc::clone(self));
+                    true
+                }
+                None => false,
+            });
+            if !deferred {
+                self.ready.notify_all();
+            }
         }
+    }
+
+    /// Run `f` (which takes and releases the GIL) holding back the wake-ups of the waiters it
+    /// settles until it has returned: a caller woken while this thread still holds the GIL
+    /// would only block again on the GIL.
+    pub(crate) fn defer_wakeups<R>(f: impl FnOnce() -> R) -> R {
+        DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+        let out = f();
+        let woken = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for w in woken {
+            let _guard = w.lock();
+            w.ready.notify_all();
+        }
+        out
     }
 
     /// Whether someone still waits for the outcome.

@@ -1,9 +1,12 @@
-//! Running a synchronous batch function on Rust-owned threads: each batch takes a thread from
-//! the tokio runtime's blocking pool, enters Python once, calls the function with the items
-//! whose callers still wait, and settles every item from there. No event loop is involved, so
-//! callers on plain threads and on any event loop share the same batches.
+//! Running a synchronous batch function on Rust-owned threads. Each batcher has a small pool
+//! of them on the tokio runtime's blocking threads (as many as its `concurrency`, or as
+//! `ThreadPoolExecutor` would start when unlimited): a worker enters Python once per batch,
+//! calls the function with the items whose callers still wait, and settles every item from
+//! there. No event loop is involved, so callers on plain threads and on any event loop share
+//! the same batches.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -11,13 +14,71 @@ use pyo3::types::{PyList, PyTuple};
 use crate::batch::Batch;
 use crate::crossing::{log_error, Crossing, PyItem};
 use crate::errors;
+use crate::waiter::Waiter;
 
-/// Run `batch` on a blocking-pool thread.
-pub(crate) fn spawn(crossing: Arc<Crossing>, batch: ferrobatch_core::Batch<PyItem>) {
-    crate::runtime::runtime().spawn_blocking(move || {
+type Queued = ferrobatch_core::Batch<PyItem>;
+
+/// Batches waiting for a worker, and how many workers run.
+pub(crate) struct Pool {
+    state: Mutex<(VecDeque<Queued>, usize)>,
+    max_workers: usize,
+}
+
+impl Pool {
+    /// A pool of at most `concurrency` workers; when unlimited (-1), `min(32, cpus + 4)`.
+    pub(crate) fn new(concurrency: i64) -> Pool {
+        let max_workers = match usize::try_from(concurrency) {
+            Ok(n) if n > 0 => n,
+            _ => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .saturating_add(4)
+                .min(32),
+        };
+        Pool {
+            state: Mutex::new((VecDeque::new(), 0)),
+            max_workers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Queued>, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Run `batch` on one of the batcher's workers, starting one if fewer than allowed run.
+pub(crate) fn spawn(crossing: Arc<Crossing>, batch: Queued) {
+    let pool = &crossing.threaded.as_ref().expect("a threaded batcher").pool;
+    let start = {
+        let mut g = pool.lock();
+        g.0.push_back(batch);
+        let start = g.1 < pool.max_workers;
+        if start {
+            g.1 += 1;
+        }
+        start
+    };
+    if start {
+        crate::runtime::runtime().spawn_blocking(move || work(&crossing));
+    }
+}
+
+/// A worker: run queued batches until none is left.
+fn work(crossing: &Arc<Crossing>) {
+    let pool = &crossing.threaded.as_ref().expect("a threaded batcher").pool;
+    loop {
+        let batch = {
+            let mut g = pool.lock();
+            match g.0.pop_front() {
+                Some(b) => b,
+                None => {
+                    g.1 -= 1;
+                    return;
+                }
+            }
+        };
         // At interpreter exit the batch is dropped unrun: its callers no longer run either.
-        let _ = crate::exit::attach(|py| run(py, &crossing, batch));
-    });
+        Waiter::defer_wakeups(|| crate::exit::attach(|py| run(py, crossing, batch)));
+    }
 }
 
 fn run(py: Python<'_>, crossing: &Arc<Crossing>, batch: ferrobatch_core::Batch<PyItem>) {

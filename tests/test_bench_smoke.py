@@ -28,6 +28,13 @@ def test_core_benchmark_smoke_run() -> None:
     assert "| ferrobatch " in text and "| asyncio floor " in text
 
 
+def test_threads_benchmark_smoke_run() -> None:
+    text = run_quick("threads.py")
+    assert '| ferrobatch (max_queue_time="auto") ' in text, text
+    assert "| queue + thread DataLoader (1 ms) " in text and "| batched " in text
+    assert "divided by each contender's" in text
+
+
 def test_adaptive_benchmark_smoke_run() -> None:
     text = run_quick("adaptive.py")
     assert "auto p99 / best fixed p99" in text, text

@@ -281,7 +281,7 @@ def test_blocking_calls_from_a_coroutine_are_refused() -> None:
     b = AsyncBatcher(SyncRecorder(), max_batch_size=4)
 
     async def main() -> None:
-        with pytest.raises(WrongEventLoopError, match="await batcher.process"):
+        with pytest.raises(WrongEventLoopError, match=r"await batcher\.process"):
             b.process_sync(1)
         assert await b.process(1) == 2
         fut = b.submit(2)  # does not block: allowed
