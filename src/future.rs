@@ -12,7 +12,7 @@
 //! one per future as `asyncio.Future` schedules them. From another thread that callback is
 //! handed over with one `call_soon_threadsafe`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
+use smallvec::SmallVec;
 
 use crate::batcher::Core;
 use crate::crossing::{log_error, loop_closed};
@@ -37,6 +38,9 @@ pub(crate) fn current_thread() -> ThreadId {
 pub(crate) struct LoopRef {
     pub(crate) event_loop: Py<PyAny>,
     pub(crate) thread: ThreadId,
+    /// Callbacks scheduled on the loop that have not started running: more are appended to
+    /// them rather than scheduled apart, so a burst costs the loop one handle.
+    open: Mutex<Option<Py<Callbacks>>>,
 }
 
 impl LoopRef {
@@ -45,7 +49,30 @@ impl LoopRef {
         Arc::new(LoopRef {
             event_loop,
             thread: current_thread(),
+            open: Mutex::new(None),
         })
+    }
+
+    /// Run done callbacks on the loop soon, joining callbacks already scheduled there.
+    fn run_soon(self: &Arc<Self>, py: Python<'_>, mut list: Vec<Pending>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = open.as_ref() {
+            c.get().lock().append(&mut list);
+            return;
+        }
+        let callbacks = Callbacks {
+            home: Arc::downgrade(self),
+            event_loop: self.event_loop.clone_ref(py),
+            list: Mutex::new(list),
+        };
+        match Py::new(py, callbacks) {
+            Ok(c) => {
+                *open = Some(c.clone_ref(py));
+                drop(open);
+                self.schedule(py, c.into_bound(py).into_any());
+            }
+            Err(e) => log_error(py, "could not schedule done callbacks", Some(e)),
+        }
     }
 
     /// Run `callable` on the loop soon: `call_soon` from its own thread, `call_soon_threadsafe`
@@ -101,24 +128,31 @@ pub(crate) enum Deferred {
     Many(Vec<Py<PyAny>>),
 }
 
+/// What a deferred future holds until a loop awaits it (boxed: most futures never are).
+struct Later {
+    core: Py<Core>,
+    what: Deferred,
+    priority: i64,
+}
+
 enum State {
     /// Made with no loop running: nothing queued yet.
-    Deferred {
-        core: Py<Core>,
-        what: Deferred,
-        priority: i64,
-    },
+    Deferred(Box<Later>),
     Pending,
     Done(Py<PyAny>),
     Failed(Py<PyAny>),
     Cancelled(Option<Py<PyAny>>),
 }
 
+/// A future's (callback, context) pairs; the usual one (from `await` or `gather`) is stored
+/// inline, so a million pending futures cost no extra allocation each.
+type Registered = SmallVec<[(Py<PyAny>, Py<PyAny>); 1]>;
+
 struct Inner {
     state: State,
     home: Option<Arc<LoopRef>>,
     /// (callback, context) pairs, run in order once the future is done.
-    callbacks: Vec<(Py<PyAny>, Py<PyAny>)>,
+    callbacks: Registered,
     blocking: bool,
 }
 
@@ -151,7 +185,7 @@ impl Resolver {
     fn push(
         &mut self,
         home: &Arc<LoopRef>,
-        callbacks: Vec<(Py<PyAny>, Py<PyAny>)>,
+        callbacks: Registered,
         future: &Py<ItemFuture>,
         py: Python<'_>,
     ) {
@@ -172,19 +206,12 @@ impl Resolver {
         }
     }
 
-    /// Schedule every collected callback: one loop callback per event loop.
+    /// Schedule every collected callback: at most one loop callback per event loop, none if
+    /// one already scheduled there has not started yet (they join it).
     pub(crate) fn flush(self, py: Python<'_>) {
         for (home, list) in self.groups {
-            if list.is_empty() {
-                continue;
-            }
-            let callbacks = Callbacks {
-                home: Arc::clone(&home),
-                list: Mutex::new(list),
-            };
-            match Py::new(py, callbacks) {
-                Ok(c) => home.schedule(py, c.into_bound(py).into_any()),
-                Err(e) => log_error(py, "could not schedule done callbacks", Some(e)),
+            if !list.is_empty() {
+                home.run_soon(py, list);
             }
         }
     }
@@ -193,14 +220,31 @@ impl Resolver {
 /// Done callbacks of many futures, run by one event-loop callback, each in its own context.
 #[pyclass(module = "ferrobatch._native", name = "_Callbacks", frozen)]
 pub(crate) struct Callbacks {
-    home: Arc<LoopRef>,
+    home: Weak<LoopRef>,
+    event_loop: Py<PyAny>,
     list: Mutex<Vec<Pending>>,
+}
+
+impl Callbacks {
+    fn lock(&self) -> MutexGuard<'_, Vec<Pending>> {
+        self.list.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[pymethods]
 impl Callbacks {
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let list = std::mem::take(&mut *self.list.lock().unwrap_or_else(|p| p.into_inner()));
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let home = this.home.upgrade();
+        if let Some(home) = &home {
+            // Started: callbacks settled from now on go into a new loop callback.
+            let mut open = home.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open.as_ref().is_some_and(|c| c.is(slf)) {
+                *open = None;
+            }
+        }
+        let list = std::mem::take(&mut *this.lock());
         let mut rest = list.into_iter();
         while let Some(p) = rest.next() {
             let run = p
@@ -211,14 +255,8 @@ impl Callbacks {
             if !err.is_instance_of::<pyo3::exceptions::PyException>(py) {
                 // KeyboardInterrupt, SystemExit: let it through; the others still run later.
                 let left: Vec<Pending> = rest.collect();
-                if !left.is_empty() {
-                    let more = Callbacks {
-                        home: Arc::clone(&self.home),
-                        list: Mutex::new(left),
-                    };
-                    if let Ok(m) = Py::new(py, more) {
-                        self.home.schedule(py, m.into_bound(py).into_any());
-                    }
+                if let (false, Some(home)) = (left.is_empty(), &home) {
+                    home.run_soon(py, left);
                 }
                 return Err(err);
             }
@@ -228,8 +266,7 @@ impl Callbacks {
             context.set_item("message", message)?;
             context.set_item("exception", err.value(py))?;
             context.set_item("future", p.future.bind(py))?;
-            self.home
-                .event_loop
+            this.event_loop
                 .bind(py)
                 .call_method1(intern!(py, "call_exception_handler"), (context,))?;
         }
@@ -265,7 +302,7 @@ impl ItemFuture {
             inner: Mutex::new(Inner {
                 state: State::Pending,
                 home: Some(home),
-                callbacks: Vec::new(),
+                callbacks: Registered::new(),
                 blocking: false,
             }),
         }
@@ -275,13 +312,13 @@ impl ItemFuture {
     pub(crate) fn deferred(core: Py<Core>, what: Deferred, priority: i64) -> ItemFuture {
         ItemFuture {
             inner: Mutex::new(Inner {
-                state: State::Deferred {
+                state: State::Deferred(Box::new(Later {
                     core,
                     what,
                     priority,
-                },
+                })),
                 home: None,
-                callbacks: Vec::new(),
+                callbacks: Registered::new(),
                 blocking: false,
             }),
         }
@@ -304,7 +341,7 @@ impl ItemFuture {
     ) {
         let fut = slf.get();
         let mut inner = fut.lock();
-        if !matches!(inner.state, State::Pending | State::Deferred { .. }) {
+        if !matches!(inner.state, State::Pending | State::Deferred(_)) {
             return;
         }
         inner.state = match outcome {
@@ -330,7 +367,7 @@ impl ItemFuture {
     fn activate(slf: &Bound<'_, ItemFuture>) -> PyResult<()> {
         let py = slf.py();
         let fut = slf.get();
-        if !matches!(fut.lock().state, State::Deferred { .. }) {
+        if !matches!(fut.lock().state, State::Deferred(_)) {
             return Ok(());
         }
         let Some(running) = running_loop(py)? else {
@@ -339,11 +376,7 @@ impl ItemFuture {
         let (core, what, priority) = {
             let mut inner = fut.lock();
             match std::mem::replace(&mut inner.state, State::Pending) {
-                State::Deferred {
-                    core,
-                    what,
-                    priority,
-                } => (core, what, priority),
+                State::Deferred(later) => (later.core, later.what, later.priority),
                 other => {
                     inner.state = other;
                     return Ok(());
@@ -399,7 +432,7 @@ impl ItemFuture {
         Self::activate(slf)?;
         let mut inner = slf.get().lock();
         match &inner.state {
-            State::Pending | State::Deferred { .. } => {
+            State::Pending | State::Deferred(_) => {
                 inner.blocking = true;
                 drop(inner);
                 Ok(Some(slf.clone().into_any().unbind()))
@@ -415,7 +448,7 @@ impl ItemFuture {
         let py = slf.py();
         let mut inner = slf.get().lock();
         match inner.state {
-            State::Pending | State::Deferred { .. } => {}
+            State::Pending | State::Deferred(_) => {}
             _ => return false,
         }
         inner.state = State::Cancelled(msg);
@@ -517,7 +550,7 @@ impl ItemFuture {
             _ => asyncio(py).copy_context.bind(py).call0()?.unbind(),
         };
         let mut inner = slf.get().lock();
-        if matches!(inner.state, State::Pending | State::Deferred { .. }) {
+        if matches!(inner.state, State::Pending | State::Deferred(_)) {
             inner.callbacks.push((func, context));
             return Ok(());
         }
@@ -527,7 +560,12 @@ impl ItemFuture {
             return Err(PyRuntimeError::new_err("no running event loop"));
         };
         let mut r = Resolver::default();
-        r.push(&home, vec![(func, context)], &slf.clone().unbind(), py);
+        r.push(
+            &home,
+            smallvec::smallvec![(func, context)],
+            &slf.clone().unbind(),
+            py,
+        );
         r.flush(py);
         Ok(())
     }
@@ -535,7 +573,7 @@ impl ItemFuture {
     /// Remove every registration of `fn`; returns how many there were.
     fn remove_done_callback(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<usize> {
         let callbacks = std::mem::take(&mut self.lock().callbacks);
-        let mut kept = Vec::with_capacity(callbacks.len());
+        let mut kept = Registered::with_capacity(callbacks.len());
         let mut removed = 0;
         for (f, c) in callbacks {
             if f.bind(py).eq(func)? {
@@ -545,7 +583,7 @@ impl ItemFuture {
             }
         }
         let mut inner = self.lock();
-        kept.append(&mut inner.callbacks);
+        kept.extend(inner.callbacks.drain(..));
         inner.callbacks = kept;
         Ok(removed)
     }
@@ -619,7 +657,7 @@ impl ItemFuture {
 
     fn __repr__(&self, py: Python<'_>) -> String {
         match &self.lock().state {
-            State::Deferred { .. } => "<ItemFuture deferred>".to_string(),
+            State::Deferred(_) => "<ItemFuture deferred>".to_string(),
             State::Pending => "<ItemFuture pending>".to_string(),
             State::Done(v) => {
                 let r = v.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
@@ -639,9 +677,9 @@ impl ItemFuture {
             return Ok(());
         };
         match &inner.state {
-            State::Deferred { core, what, .. } => {
-                visit.call(core)?;
-                match what {
+            State::Deferred(later) => {
+                visit.call(&later.core)?;
+                match &later.what {
                     Deferred::One(v) => visit.call(v)?,
                     Deferred::Many(vs) => {
                         for v in vs {
@@ -664,7 +702,7 @@ impl ItemFuture {
     fn __clear__(&self) {
         if let Ok(mut inner) = self.inner.try_lock() {
             inner.callbacks.clear();
-            if matches!(inner.state, State::Deferred { .. }) {
+            if matches!(inner.state, State::Deferred(_)) {
                 inner.state = State::Cancelled(None);
             }
         }
