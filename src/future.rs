@@ -365,14 +365,22 @@ impl ItemFuture {
 
     /// Queue a deferred future's items on the running loop. No-op for other states.
     fn activate(slf: &Bound<'_, ItemFuture>) -> PyResult<()> {
+        match running_loop(slf.py())? {
+            Some(running) => Self::activate_on(slf, running),
+            None if matches!(slf.get().lock().state, State::Deferred(_)) => {
+                Err(PyRuntimeError::new_err("no running event loop"))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Queue a deferred future's items on `running`, the loop that will await it.
+    fn activate_on(slf: &Bound<'_, ItemFuture>, running: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fut = slf.get();
         if !matches!(fut.lock().state, State::Deferred(_)) {
             return Ok(());
         }
-        let Some(running) = running_loop(py)? else {
-            return Err(PyRuntimeError::new_err("no running event loop"));
-        };
         let (core, what, priority) = {
             let mut inner = fut.lock();
             match std::mem::replace(&mut inner.state, State::Pending) {
@@ -478,8 +486,21 @@ impl ItemFuture {
     }
 
     /// The event loop the future belongs to (a deferred future is queued on the running one).
+    /// Asked before any loop runs (Python 3.10's `run_until_complete` does), a deferred future
+    /// is queued on the thread's current event loop, the one about to run it.
     fn get_loop(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Self::activate(slf)?;
+        let py = slf.py();
+        match running_loop(py)? {
+            Some(running) => Self::activate_on(slf, running)?,
+            None if matches!(slf.get().lock().state, State::Deferred(_)) => {
+                let current = py
+                    .import("asyncio")?
+                    .call_method0("get_event_loop_policy")?
+                    .call_method0("get_event_loop")?;
+                Self::activate_on(slf, current)?;
+            }
+            None => {}
+        }
         let py = slf.py();
         match &slf.get().lock().home {
             Some(h) => Ok(h.event_loop.clone_ref(py)),

@@ -80,8 +80,10 @@ async def case_loop_create_task(b: AsyncBatcher[int, int]) -> None:
 
 async def case_ensure_future(b: AsyncBatcher[int, int]) -> None:
     fut = b.process(4)
-    assert asyncio.ensure_future(fut) is fut
-    assert await fut == 8
+    got = asyncio.ensure_future(fut)
+    if sys.version_info >= (3, 10):
+        assert got is fut  # 3.9 looks for a coroutine first and wraps it in a Task
+    assert await got == 8
 
 
 async def case_wait_for(b: AsyncBatcher[int, int]) -> None:
@@ -194,9 +196,11 @@ async def case_task_group(b: AsyncBatcher[int, int]) -> None:
 
 
 async def case_asyncio_wait_needs_tasks(b: AsyncBatcher[int, int]) -> None:
-    # asyncio.wait refuses coroutines, and an ItemFuture is one: wrap it in a task.
-    with pytest.raises(TypeError, match="coroutines is forbidden"):
-        await asyncio.wait([b.process(1)])
+    # asyncio.wait refuses coroutines (3.11+; 3.8-3.10 warn), and an ItemFuture is one: wrap
+    # it in a task.
+    if sys.version_info >= (3, 11):
+        with pytest.raises(TypeError, match="coroutines is forbidden"):
+            await asyncio.wait([b.process(1)])
     done, _ = await asyncio.wait([asyncio.create_task(b.process(1))])
     assert [t.result() for t in done] == [2]
 

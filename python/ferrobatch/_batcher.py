@@ -219,7 +219,8 @@ class AsyncBatcher(Generic[T, S]):
             # Formed before a forced stop and delivered after it: its items end stopped too.
             batch.abort()
             return
-        task = asyncio.get_running_loop().create_task(self._run(batch, awaitable))
+        loop = self._core.event_loop or asyncio.get_running_loop()  # may not run yet
+        task = loop.create_task(self._run(batch, awaitable))
         self._running[batch] = task
         task.add_done_callback(functools.partial(self._forget, batch))
 
