@@ -13,6 +13,7 @@
 //! need no event loop at all.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ferrobatch_core::{Dispatcher, Error, Receipt, StopReason, Work};
@@ -247,6 +248,8 @@ pub(crate) struct Crossing {
     drain: Mutex<(bool, Vec<Sink>)>,
     /// Batches running on Rust threads, for a forced stop.
     running: Mutex<(u64, HashMap<u64, Py<Batch>>)>,
+    /// Set by a forced stop: batches still waiting for a thread end stopped too.
+    forced: AtomicBool,
 }
 
 impl Crossing {
@@ -257,6 +260,7 @@ impl Crossing {
             threaded,
             drain: Mutex::new((false, Vec::new())),
             running: Mutex::new((0, HashMap::new())),
+            forced: AtomicBool::new(false),
         })
     }
 
@@ -298,6 +302,7 @@ impl Crossing {
     /// Forced stop: every batch running on a Rust thread fails now with
     /// `BatcherStoppedError` (its function's late result is ignored).
     pub(crate) fn abort_running(&self, py: Python<'_>) {
+        self.forced.store(true, Ordering::SeqCst);
         let batches: Vec<Py<Batch>> = self
             .running_lock()
             .1
@@ -307,6 +312,12 @@ impl Crossing {
         for b in batches {
             b.get().abort_now(py);
         }
+    }
+
+    /// Whether a forced stop happened (batches formed before it and started after it end
+    /// stopped, as the Python runner does for async batches).
+    pub(crate) fn is_forced(&self) -> bool {
+        self.forced.load(Ordering::SeqCst)
     }
 
     /// Whether the calling thread runs the batcher's event loop.

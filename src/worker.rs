@@ -116,6 +116,11 @@ fn run(py: Python<'_>, crossing: &Arc<Crossing>, batch: ferrobatch_core::Batch<P
             return;
         }
     };
+    if crossing.is_forced() {
+        // Formed before a forced stop and started after it: its items end stopped too.
+        obj.get().abort_now(py);
+        return;
+    }
     let key = crossing.register(obj.clone_ref(py));
     call(py, crossing, &func, &obj);
     crossing.unregister(key);
