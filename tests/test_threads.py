@@ -44,6 +44,17 @@ class SyncRecorder:
         return [x for b in self.batches for x in b]
 
 
+def gated() -> tuple[threading.Event, Any]:
+    """A batch function that returns its batch once the event is set."""
+    gate = threading.Event()
+
+    def fn(xs: list[int]) -> list[int]:
+        gate.wait(5)
+        return xs
+
+    return gate, fn
+
+
 def test_process_sync_from_many_threads_forms_batches() -> None:
     rec = SyncRecorder()
     b = AsyncBatcher(rec, max_batch_size=16, max_queue_time=0.005)
@@ -99,12 +110,7 @@ def test_cancelling_a_concurrent_future_before_dispatch_withdraws_the_item() -> 
 
 
 def test_a_dispatched_concurrent_future_cannot_be_cancelled() -> None:
-    gate = threading.Event()
-
-    def fn(xs: list[int]) -> list[int]:
-        gate.wait(5)
-        return xs
-
+    gate, fn = gated()
     b = AsyncBatcher(fn, max_batch_size=2, max_queue_time=0)
     fut = b.submit(1)
     while not fut.running():
@@ -169,12 +175,7 @@ def test_stop_sync_drains_and_refuses_new_items() -> None:
 
 
 def test_force_stop_sync_fails_running_and_queued_items() -> None:
-    gate = threading.Event()
-
-    def fn(xs: list[int]) -> list[int]:
-        gate.wait(5)
-        return xs
-
+    gate, fn = gated()
     b = AsyncBatcher(fn, max_batch_size=2, max_queue_time=0)
     running = [b.submit(1), b.submit(2)]
     while not running[0].running():
@@ -190,12 +191,7 @@ def test_force_stop_sync_fails_running_and_queued_items() -> None:
 
 
 def test_stop_sync_timeout_force_stops_the_rest() -> None:
-    gate = threading.Event()
-
-    def fn(xs: list[int]) -> list[int]:
-        gate.wait(5)
-        return xs
-
+    gate, fn = gated()
     b = AsyncBatcher(fn, max_batch_size=2, max_queue_time=0)
     fut = b.submit(1)
     with pytest.raises(StopTimeoutError):
@@ -205,12 +201,7 @@ def test_stop_sync_timeout_force_stops_the_rest() -> None:
 
 
 def test_queue_full_reaches_thread_callers() -> None:
-    gate = threading.Event()
-
-    def fn(xs: list[int]) -> list[int]:
-        gate.wait(5)
-        return xs
-
+    gate, fn = gated()
     b = AsyncBatcher(fn, max_batch_size=2, max_queue_time=0, max_queue_size=1)
     b.submit(1)
     time.sleep(0.05)  # the first item is running; one more fits in the queue
