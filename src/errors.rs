@@ -63,6 +63,36 @@ fn make(
 }
 
 impl Exceptions {
+    /// The class of a core error's [`Error::type_name`].
+    fn class(&self, name: &str) -> &Py<PyType> {
+        match name {
+            "ConfigError" => &self.config,
+            "QueueFullError" => &self.queue_full,
+            "BatcherStoppedError" => &self.stopped,
+            "ItemTimeoutError" => &self.item_timeout,
+            "BatchSizeMismatchError" => &self.size_mismatch,
+            "InvalidInputError" => &self.invalid_input,
+            "BadRequestError" => &self.bad_request,
+            "AuthenticationError" => &self.authentication,
+            "PermissionDeniedError" => &self.permission_denied,
+            "NotFoundError" => &self.not_found,
+            "ConflictError" => &self.conflict,
+            "UnprocessableEntityError" => &self.unprocessable,
+            "RateLimitError" => &self.rate_limit,
+            "InternalServerError" => &self.internal_server,
+            "APIStatusError" => &self.api_status,
+            "APITimeoutError" => &self.api_timeout,
+            "APIConnectionError" => &self.api_connection,
+            "ResponseFormatError" => &self.response_format,
+            "ResponseTooLargeError" => &self.response_too_large,
+            "RateLimiterUnavailableError" => &self.limiter_unavailable,
+            "StoreError" => &self.store,
+            "DuplicateRequestIdError" => &self.duplicate_id,
+            "JobNotFoundError" => &self.job_not_found,
+            _ => &self.base,
+        }
+    }
+
     pub(crate) fn get(py: Python<'_>) -> &Exceptions {
         EXCEPTIONS
             .get_or_try_init(py, || Self::build(py))
@@ -190,34 +220,7 @@ fn set_api_fields(
 /// with the error's structured fields as attributes.
 pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> {
     let ex = Exceptions::get(py);
-    let ty = match err {
-        Error::InvalidConfig { .. } => &ex.config,
-        Error::QueueFull { .. } => &ex.queue_full,
-        Error::Stopped { .. } => &ex.stopped,
-        Error::ItemTimeout { .. } => &ex.item_timeout,
-        Error::BatchSizeMismatch { .. } => &ex.size_mismatch,
-        Error::InvalidInput { .. } => &ex.invalid_input,
-        Error::Status { status, .. } => match status {
-            400 => &ex.bad_request,
-            401 => &ex.authentication,
-            403 => &ex.permission_denied,
-            404 => &ex.not_found,
-            409 => &ex.conflict,
-            422 => &ex.unprocessable,
-            429 => &ex.rate_limit,
-            500..=599 => &ex.internal_server,
-            _ => &ex.api_status,
-        },
-        Error::Timeout { .. } => &ex.api_timeout,
-        Error::Connection { .. } => &ex.api_connection,
-        Error::ResponseFormat { .. } => &ex.response_format,
-        Error::ResponseTooLarge { .. } => &ex.response_too_large,
-        Error::RateLimiterUnavailable { .. } => &ex.limiter_unavailable,
-        Error::Store { .. } => &ex.store,
-        Error::DuplicateRequestId { .. } => &ex.duplicate_id,
-        Error::JobNotFound { .. } => &ex.job_not_found,
-        _ => &ex.base,
-    };
+    let ty = ex.class(err.type_name());
     let value = ty
         .bind(py)
         .call1((err.to_string(),))

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrobatch_core::http::embed::{embed_all, Vector};
+use ferrobatch_core::http::embed::Vector;
 use ferrobatch_core::http::{
-    gemini, openai, ApiKey, Auth, Price, Transport, TransportConfig, UsageBook,
+    gemini, openai, ApiKey, Auth, Embedder, EmbeddingModel, Price, Transport, TransportConfig,
+    UsageBook,
 };
 use ferrobatch_core::{Error, Provider};
 use futures_util::future::join_all;
@@ -146,46 +147,6 @@ fn usage_dict<'py>(py: Python<'py>, t: &Transport) -> PyResult<Bound<'py, PyDict
     Ok(out)
 }
 
-enum EmbeddingApi {
-    OpenAi(openai::Embeddings),
-    Gemini(gemini::Embeddings),
-}
-
-struct Embedder {
-    api: EmbeddingApi,
-    transport: Transport,
-    max_inputs: usize,
-    max_tokens: u64,
-}
-
-impl Embedder {
-    /// One result per entry: the texts are embedded, the refused entries keep their error.
-    async fn embed(&self, texts: Vec<Result<String, Error>>) -> Vec<Result<Vector, Error>> {
-        let mut out: Vec<Result<Vector, Error>> = Vec::with_capacity(texts.len());
-        let mut sendable = Vec::with_capacity(texts.len());
-        let mut at = Vec::with_capacity(texts.len());
-        for (i, t) in texts.into_iter().enumerate() {
-            match t {
-                Ok(text) => {
-                    at.push(i);
-                    sendable.push(text);
-                    out.push(Ok(Vector::new()));
-                }
-                Err(e) => out.push(Err(e)),
-            }
-        }
-        let (t, n, k) = (&self.transport, self.max_inputs, self.max_tokens);
-        let embedded = match &self.api {
-            EmbeddingApi::OpenAi(a) => embed_all(a, t, &sendable, n, k).await,
-            EmbeddingApi::Gemini(a) => embed_all(a, t, &sendable, n, k).await,
-        };
-        for (i, r) in at.into_iter().zip(embedded) {
-            out[i] = r;
-        }
-        out
-    }
-}
-
 /// A text as UTF-8, or the reason it cannot be sent (not a str; a lone surrogate, which a
 /// Python str may hold but UTF-8 cannot encode). Only that text fails.
 fn text(obj: &Bound<'_, PyAny>) -> Result<String, Error> {
@@ -245,7 +206,7 @@ fn numpy(py: Python<'_>) -> PyResult<&'static (Py<PyAny>, Py<PyAny>)> {
 /// The native half of the embedding batchers.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct EmbeddingsClient {
-    inner: Arc<Embedder>,
+    pub(crate) inner: Arc<Embedder>,
     format: VectorFormat,
     model: String,
 }
@@ -306,7 +267,7 @@ impl EmbeddingsClient {
                 };
                 let api = openai::Embeddings::new(model.clone(), dimensions, encoding, user);
                 (
-                    EmbeddingApi::OpenAi(api),
+                    EmbeddingModel::OpenAi(api),
                     build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
                     openai::MAX_INPUTS,
                 )
@@ -314,7 +275,7 @@ impl EmbeddingsClient {
             "gemini" => {
                 let api = gemini::Embeddings::new(&model, task_type, dimensions, title);
                 (
-                    EmbeddingApi::Gemini(api),
+                    EmbeddingModel::Gemini(api),
                     build_transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
                     gemini::MAX_INPUTS,
                 )
@@ -336,7 +297,7 @@ impl EmbeddingsClient {
         }
         Ok(EmbeddingsClient {
             inner: Arc::new(Embedder {
-                api,
+                model: api,
                 transport,
                 max_inputs,
                 max_tokens,
@@ -452,15 +413,10 @@ impl task::Convert for Vectors {
     }
 }
 
-struct Chatter {
-    chat: openai::Chat,
-    transport: Transport,
-}
-
 /// The native half of the chat batcher.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct ChatClient {
-    inner: Arc<Chatter>,
+    pub(crate) inner: Arc<openai::ChatClient>,
 }
 
 #[pymethods]
@@ -473,7 +429,7 @@ impl ChatClient {
             return Err(config_error("model", "must name a model"));
         }
         Ok(ChatClient {
-            inner: Arc::new(Chatter {
+            inner: Arc::new(openai::ChatClient {
                 chat: openai::Chat { model },
                 transport: build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
             }),
@@ -499,7 +455,7 @@ impl ChatClient {
                 let inner = &inner;
                 async move {
                     match p {
-                        Ok(body) => inner.chat.create(&inner.transport, body).await,
+                        Ok(body) => inner.create(body).await,
                         Err(e) => Err(e),
                     }
                 }

@@ -1,33 +1,34 @@
-//! `JobStore`: the core's SQLite job store for `ferrobatch.jobs`. Every call releases the GIL
-//! while SQLite works. Bodies, responses and errors cross as JSON text.
+//! `JobStore` and `JobRunner`: the core's job store (SQLite file or PostgreSQL DSN) and job
+//! runner for `ferrobatch.jobs`. Store calls block with the GIL released; a runner's work is
+//! awaited as asyncio Futures while claim → send → record runs on the tokio runtime, with no
+//! Python per request.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use ferrobatch_core::jobs::{Completion, JobRow, JobStatus, NewRequest, Store};
+use ferrobatch_core::jobs::{
+    self, output, Endpoint, JobRow, JobStatus, NewJob, NewRequest, Runner, RunnerConfig, Store,
+};
+use ferrobatch_core::Error;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
-use crate::errors::{config_error, to_pyerr};
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+use crate::errors::{self, config_error, to_pyerr};
+use crate::http::{ChatClient, EmbeddingsClient};
+use crate::runtime::runtime;
+use crate::task;
 
 fn status(s: &str) -> PyResult<JobStatus> {
     JobStatus::parse(s).ok_or_else(|| config_error("status", format!("unknown job status {s:?}")))
 }
 
-fn lease(seconds: f64) -> PyResult<Duration> {
-    if seconds.is_finite() && seconds > 0.0 {
-        Ok(Duration::from_secs_f64(seconds))
+fn seconds(field: &'static str, s: f64, zero_ok: bool) -> PyResult<Duration> {
+    if s.is_finite() && (s > 0.0 || (zero_ok && s == 0.0)) {
+        Ok(Duration::from_secs_f64(s))
     } else {
-        Err(config_error(
-            "lease_seconds",
-            format!("must be seconds > 0, got {seconds}"),
-        ))
+        let want = if zero_ok { ">= 0" } else { "> 0" };
+        Err(config_error(field, format!("must be seconds {want}, got {s}")))
     }
 }
 
@@ -46,33 +47,64 @@ fn job_dict<'py>(py: Python<'py>, j: &JobRow) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-/// A job store in one SQLite file (or ":memory:").
+/// A job store: a SQLite file (or ":memory:") or a `postgresql://` DSN.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct JobStore {
-    store: Arc<Store>,
-    path: String,
+    store: Arc<dyn Store>,
+    location: String,
+}
+
+impl JobStore {
+    /// Run a store call on the runtime, the GIL released.
+    fn call<T: Send + 'static>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(Arc<dyn Store>) -> jobs::StoreFuture<'static, T> + Send,
+    ) -> PyResult<T> {
+        let store = Arc::clone(&self.store);
+        py.detach(move || runtime().block_on(f(store)))
+            .map_err(to_pyerr)
+    }
+}
+
+/// A store call as a `'static` future (the store is moved in).
+macro_rules! owned {
+    ($store:ident => $call:expr) => {
+        Box::pin(async move {
+            let $store = $store;
+            $call.await
+        })
+    };
 }
 
 #[pymethods]
 impl JobStore {
     #[new]
-    fn new(py: Python<'_>, path: String) -> PyResult<Self> {
-        let p = path.clone();
-        let store = py.detach(move || Store::open(&p)).map_err(to_pyerr)?;
+    fn new(py: Python<'_>, location: String) -> PyResult<Self> {
+        let loc = location.clone();
+        let store = py
+            .detach(move || runtime().block_on(jobs::open(&loc)))
+            .map_err(to_pyerr)?;
         Ok(JobStore {
-            store: Arc::new(store),
-            path,
+            store,
+            location: jobs::redact(&location),
         })
     }
 
+    /// Where the store is, with any password hidden.
     #[getter]
-    fn path(&self) -> &str {
-        &self.path
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// `"sqlite"` or `"postgresql"`.
+    #[getter]
+    fn engine(&self) -> &'static str {
+        self.store.engine()
     }
 
     fn schema_version(&self, py: Python<'_>) -> PyResult<i64> {
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.schema_version()).map_err(to_pyerr)
+        self.call(py, |s| owned!(s => s.schema_version()))
     }
 
     /// Write a job and its requests (`(id, body_json)` pairs) in one transaction.
@@ -88,34 +120,27 @@ impl JobStore {
         input_hash: Option<String>,
         requests: Vec<(String, String)>,
     ) -> PyResult<()> {
+        let job = NewJob {
+            id: job_id,
+            name,
+            endpoint,
+            settings,
+            input_hash,
+        };
         let reqs: Vec<NewRequest> = requests
             .into_iter()
             .map(|(id, body)| NewRequest { id, body })
             .collect();
-        let s = Arc::clone(&self.store);
-        py.detach(move || {
-            s.create_job(
-                &job_id,
-                name.as_deref(),
-                &endpoint,
-                settings.as_deref(),
-                input_hash.as_deref(),
-                &reqs,
-                now(),
-            )
-        })
-        .map_err(to_pyerr)
+        self.call(py, move |s| owned!(s => s.create_job(job, reqs)))
     }
 
     fn job<'py>(&self, py: Python<'py>, job_id: String) -> PyResult<Bound<'py, PyDict>> {
-        let s = Arc::clone(&self.store);
-        let j = py.detach(move || s.job(&job_id)).map_err(to_pyerr)?;
+        let j = self.call(py, move |s| owned!(s => s.job(job_id)))?;
         job_dict(py, &j)
     }
 
     fn jobs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let s = Arc::clone(&self.store);
-        let jobs = py.detach(move || s.jobs()).map_err(to_pyerr)?;
+        let jobs = self.call(py, |s| owned!(s => s.jobs()))?;
         jobs.iter().map(|j| job_dict(py, j)).collect()
     }
 
@@ -124,10 +149,7 @@ impl JobStore {
         py: Python<'py>,
         input_hash: String,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let s = Arc::clone(&self.store);
-        let j = py
-            .detach(move || s.find_by_input(&input_hash))
-            .map_err(to_pyerr)?;
+        let j = self.call(py, move |s| owned!(s => s.find_by_input(input_hash)))?;
         j.as_ref().map(|j| job_dict(py, j)).transpose()
     }
 
@@ -140,101 +162,20 @@ impl JobStore {
         error: Option<String>,
     ) -> PyResult<()> {
         let st = self::status(status)?;
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.set_status(&job_id, st, error.as_deref(), now()))
-            .map_err(to_pyerr)
+        self.call(py, move |s| owned!(s => s.set_status(job_id, st, error)))
     }
 
-    /// Lease up to `limit` requests: `(seq, id, body_json, attempts)` tuples.
-    fn claim(
-        &self,
-        py: Python<'_>,
-        job_id: String,
-        owner: String,
-        limit: usize,
-        lease_seconds: f64,
-    ) -> PyResult<Vec<(i64, String, String, u32)>> {
-        let l = lease(lease_seconds)?;
-        let s = Arc::clone(&self.store);
-        let claimed = py
-            .detach(move || s.claim(&job_id, &owner, limit, l, now()))
-            .map_err(to_pyerr)?;
-        Ok(claimed
-            .into_iter()
-            .map(|c| (c.seq, c.id, c.body, c.attempts))
-            .collect())
-    }
-
-    fn renew(
-        &self,
-        py: Python<'_>,
-        job_id: String,
-        owner: String,
-        lease_seconds: f64,
-    ) -> PyResult<usize> {
-        let l = lease(lease_seconds)?;
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.renew(&job_id, &owner, l, now()))
-            .map_err(to_pyerr)
-    }
-
-    /// Commit an outcome if `owner` still holds the lease; False when it was lost.
-    #[pyo3(signature = (job_id, seq, owner, ok, response, error, input_tokens=0, output_tokens=0, cost=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn complete(
-        &self,
-        py: Python<'_>,
-        job_id: String,
-        seq: i64,
-        owner: String,
-        ok: bool,
-        response: Option<String>,
-        error: Option<String>,
-        input_tokens: u64,
-        output_tokens: u64,
-        cost: Option<f64>,
-    ) -> PyResult<bool> {
-        let done = Completion {
-            ok,
-            response,
-            error,
-            input_tokens,
-            output_tokens,
-            cost,
-        };
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.complete(&job_id, seq, &owner, &done, now()))
-            .map_err(to_pyerr)
-    }
-
-    fn release(&self, py: Python<'_>, job_id: String, owner: String) -> PyResult<usize> {
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.release(&job_id, &owner))
-            .map_err(to_pyerr)
-    }
-
-    fn cancel(&self, py: Python<'_>, job_id: String) -> PyResult<usize> {
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.cancel(&job_id, now()))
-            .map_err(to_pyerr)
+    fn cancel(&self, py: Python<'_>, job_id: String) -> PyResult<u64> {
+        self.call(py, move |s| owned!(s => s.cancel(job_id)))
     }
 
     #[pyo3(signature = (job_id, cancelled=false))]
-    fn reset_failed(&self, py: Python<'_>, job_id: String, cancelled: bool) -> PyResult<usize> {
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.reset_failed(&job_id, cancelled))
-            .map_err(to_pyerr)
-    }
-
-    fn leased_by_others(&self, py: Python<'_>, job_id: String, owner: String) -> PyResult<u64> {
-        let s = Arc::clone(&self.store);
-        py.detach(move || s.leased_by_others(&job_id, &owner, now()))
-            .map_err(to_pyerr)
+    fn reset_failed(&self, py: Python<'_>, job_id: String, cancelled: bool) -> PyResult<u64> {
+        self.call(py, move |s| owned!(s => s.reset_failed(job_id, cancelled)))
     }
 
     fn progress<'py>(&self, py: Python<'py>, job_id: String) -> PyResult<Bound<'py, PyDict>> {
-        let s = Arc::clone(&self.store);
-        let p = py.detach(move || s.progress(&job_id)).map_err(to_pyerr)?;
+        let p = self.call(py, move |s| owned!(s => s.progress(job_id)))?;
         let d = PyDict::new(py);
         d.set_item("total", p.total)?;
         d.set_item("pending", p.pending)?;
@@ -255,15 +196,151 @@ impl JobStore {
         py: Python<'_>,
         job_id: String,
     ) -> PyResult<Vec<(i64, String, String, Option<String>, Option<String>)>> {
-        let s = Arc::clone(&self.store);
-        let rows = py.detach(move || s.results(&job_id)).map_err(to_pyerr)?;
+        let rows = self.call(py, move |s| owned!(s => s.results(job_id)))?;
         Ok(rows
             .into_iter()
             .map(|r| (r.seq, r.id, r.status, r.response, r.error))
             .collect())
     }
 
-    fn __repr__(&self) -> String {
-        format!("JobStore({:?})", self.path)
+    /// Write the job's results as an OpenAI Batch API output file (atomically); how many
+    /// lines.
+    fn write_results(&self, py: Python<'_>, job_id: String, path: PathBuf) -> PyResult<usize> {
+        let store = Arc::clone(&self.store);
+        py.detach(move || {
+            let rows = runtime().block_on(store.results(job_id))?;
+            output::write_file(&rows, &path)?;
+            Ok::<_, Error>(rows.len())
+        })
+        .map_err(to_pyerr)
     }
+
+    /// The job's results as OpenAI Batch API output lines.
+    fn results_jsonl<'py>(&self, py: Python<'py>, job_id: String) -> PyResult<Bound<'py, PyBytes>> {
+        let store = Arc::clone(&self.store);
+        let bytes = py
+            .detach(move || {
+                let rows = runtime().block_on(store.results(job_id))?;
+                let mut out = Vec::new();
+                output::write_jsonl(&rows, &mut out)?;
+                Ok::<_, Error>(out)
+            })
+            .map_err(to_pyerr)?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("JobStore({:?})", self.location)
+    }
+}
+
+/// Works jobs of a store through a ferrobatch HTTP client, on the tokio runtime.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct JobRunner {
+    runner: Arc<Runner>,
+}
+
+fn status_outcome(r: Result<JobStatus, Error>) -> task::Outcome {
+    task::once(move |py| match r {
+        Ok(s) => Ok(s.as_str().into_pyobject(py)?.into_any().unbind()),
+        Err(e) => Err(PyErr::from_value(errors::exception(py, &e))),
+    })
+}
+
+fn unit_outcome(r: Result<(), Error>) -> task::Outcome {
+    task::once(move |py| match r {
+        Ok(()) => Ok(py.None()),
+        Err(e) => Err(PyErr::from_value(errors::exception(py, &e))),
+    })
+}
+
+#[pymethods]
+impl JobRunner {
+    #[new]
+    #[pyo3(signature = (store, client, *, lease_seconds, window, concurrency, flush_interval,
+                        flush_max, patience, host))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: &Bound<'_, JobStore>,
+        client: &Bound<'_, PyAny>,
+        lease_seconds: f64,
+        window: usize,
+        concurrency: usize,
+        flush_interval: f64,
+        flush_max: usize,
+        patience: f64,
+        host: String,
+    ) -> PyResult<Self> {
+        let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
+            Endpoint::Chat(Arc::clone(&c.get().inner))
+        } else if let Ok(c) = client.cast::<EmbeddingsClient>() {
+            Endpoint::Embeddings(Arc::clone(&c.get().inner))
+        } else {
+            return Err(config_error(
+                "client",
+                "must be the native client of a ferrobatch HTTP batcher",
+            ));
+        };
+        let config = RunnerConfig {
+            lease: seconds("lease_seconds", lease_seconds, false)?,
+            window,
+            concurrency,
+            flush_interval: seconds("flush_interval", flush_interval, true)?,
+            flush_max,
+            patience: seconds("patience", patience, true)?,
+        };
+        let runner = Runner::new(Arc::clone(&store.get().store), endpoint, config, host)
+            .map_err(to_pyerr)?;
+        Ok(JobRunner { runner })
+    }
+
+    /// This runner's id in the store.
+    #[getter]
+    fn id(&self) -> &str {
+        self.runner.id()
+    }
+
+    /// Run one job until it ends or the runner stops: a Future of its status then.
+    fn run(&self, py: Python<'_>, job_id: String) -> PyResult<Py<PyAny>> {
+        let runner = Arc::clone(&self.runner);
+        task::spawn(py, async move { status_outcome(runner.run_job(&job_id).await) })
+    }
+
+    /// Run unfinished jobs (all, or `job_ids`) as they appear; with `until_idle`, until none
+    /// is left, otherwise until `stop()`.
+    #[pyo3(signature = (job_ids=None, until_idle=true))]
+    fn work(
+        &self,
+        py: Python<'_>,
+        job_ids: Option<Vec<String>>,
+        until_idle: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let runner = Arc::clone(&self.runner);
+        task::spawn(py, async move {
+            unit_outcome(runner.work(job_ids, until_idle).await)
+        })
+    }
+
+    /// Stop claiming, write what is done, hand every held request back: a Future.
+    fn stop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let runner = Arc::clone(&self.runner);
+        task::spawn(py, async move { unit_outcome(runner.stop().await) })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("JobRunner(id={:?})", self.runner.id())
+    }
+}
+
+/// Run the job store test suite against the store at `location` (for the tests: the same
+/// cases against SQLite and PostgreSQL); AssertionError naming the first failing case.
+#[pyfunction]
+pub(crate) fn _store_suite(py: Python<'_>, location: String) -> PyResult<()> {
+    py.detach(move || {
+        runtime().block_on(async move {
+            let store = jobs::open(&location).await.map_err(|e| e.to_string())?;
+            ferrobatch_core::testing::store_suite::run(store).await
+        })
+    })
+    .map_err(pyo3::exceptions::PyAssertionError::new_err)
 }

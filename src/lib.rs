@@ -14,7 +14,7 @@
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
 //! - `limits`: `RateLimiter`, in process or shared through Redis;
 //! - `testserver`: the loopback test server for `ferrobatch.testing`;
-//! - `jobs`: the SQLite job store for `ferrobatch.jobs`.
+//! - `jobs`: the job store (SQLite or PostgreSQL) and the job runner for `ferrobatch.jobs`.
 
 mod batch;
 mod batcher;
@@ -48,6 +48,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::ChatClient>()?;
     m.add_class::<testserver::TestServer>()?;
     m.add_class::<jobs::JobStore>()?;
+    m.add_class::<jobs::JobRunner>()?;
+    m.add_function(wrap_pyfunction!(jobs::_store_suite, m)?)?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     errors::register(m)?;
     exit::register(m)?;

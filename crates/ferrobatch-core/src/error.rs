@@ -163,6 +163,39 @@ fn provider_label(p: Provider) -> &'static str {
 }
 
 impl Error {
+    /// The name of the error's class in the Python exception tree (`BadRequestError`,
+    /// `APIConnectionError`, ...), which is also the `type` a job records for a failed
+    /// request. The one place a failure is classified.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Error::InvalidConfig { .. } => "ConfigError",
+            Error::QueueFull { .. } => "QueueFullError",
+            Error::Stopped { .. } => "BatcherStoppedError",
+            Error::ItemTimeout { .. } => "ItemTimeoutError",
+            Error::BatchSizeMismatch { .. } => "BatchSizeMismatchError",
+            Error::InvalidInput { .. } => "InvalidInputError",
+            Error::Status { status, .. } => match status {
+                400 => "BadRequestError",
+                401 => "AuthenticationError",
+                403 => "PermissionDeniedError",
+                404 => "NotFoundError",
+                409 => "ConflictError",
+                422 => "UnprocessableEntityError",
+                429 => "RateLimitError",
+                500..=599 => "InternalServerError",
+                _ => "APIStatusError",
+            },
+            Error::Timeout { .. } => "APITimeoutError",
+            Error::Connection { .. } => "APIConnectionError",
+            Error::ResponseFormat { .. } => "ResponseFormatError",
+            Error::ResponseTooLarge { .. } => "ResponseTooLargeError",
+            Error::RateLimiterUnavailable { .. } => "RateLimiterUnavailableError",
+            Error::Store { .. } => "StoreError",
+            Error::DuplicateRequestId { .. } => "DuplicateRequestIdError",
+            Error::JobNotFound { .. } => "JobNotFoundError",
+        }
+    }
+
     /// An [`Error::InvalidConfig`] for the setting `field`.
     pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidConfig {

@@ -6,9 +6,11 @@
 //! - [`usage`]: requests, retries, tokens and cost per model;
 //! - [`transport`]: the reqwest client that sends, retries and classifies failures;
 //! - [`embed`]: splitting a batch into requests and mapping answers back to texts;
-//! - [`openai`], [`gemini`]: the providers' request and response formats.
+//! - [`openai`], [`gemini`]: the providers' request and response formats;
+//! - [`embedder`]: one embedding model on its transport.
 
 pub mod embed;
+pub mod embedder;
 pub mod gemini;
 pub mod limiter;
 pub mod openai;
@@ -17,6 +19,7 @@ pub mod secret;
 pub mod transport;
 pub mod usage;
 
+pub use embedder::{Embedder, EmbeddingModel};
 pub use limiter::{estimate_tokens, RateLimiter};
 pub use retry::{Failure, RetryPolicy};
 pub use secret::ApiKey;

@@ -251,6 +251,22 @@ impl Chat {
     }
 }
 
+/// The chat endpoint on its transport: what a chat batcher and the job runner send through.
+#[derive(Debug)]
+pub struct ChatClient {
+    /// The endpoint and its default model.
+    pub chat: Chat,
+    /// The HTTP client.
+    pub transport: Transport,
+}
+
+impl ChatClient {
+    /// Send one chat completion request (see [`Chat::create`]).
+    pub async fn create(&self, body: Map<String, Value>) -> Result<Value, Error> {
+        self.chat.create(&self.transport, body).await
+    }
+}
+
 /// Estimated prompt tokens of a chat request: the text of its messages by the chars/4 rule,
 /// plus `max_tokens` (or `max_completion_tokens`) when set, since the rate budget counts them.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {

@@ -52,15 +52,20 @@ impl UsageBook {
         f(entry)
     }
 
+    /// What these tokens of `model` cost in USD; None without a price for it.
+    pub fn cost(&self, model: &str, input_tokens: u64, output_tokens: u64) -> Option<f64> {
+        let p = self.prices.get(model)?;
+        Some((input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1e6)
+    }
+
     /// A successful request and the tokens it used.
     pub fn record_success(&self, model: &str, input_tokens: u64, output_tokens: u64) {
-        let price = self.prices.get(model).copied();
+        let add = self.cost(model, input_tokens, output_tokens);
         self.with(model, |u| {
             u.requests += 1;
             u.input_tokens += input_tokens;
             u.output_tokens += output_tokens;
-            if let Some(p) = price {
-                let add = (input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1e6;
+            if let Some(add) = add {
                 u.cost = Some(u.cost.unwrap_or(0.0) + add);
             }
         });

@@ -1,8 +1,25 @@
-//! Batch jobs: the durable [`store`] of jobs, requests, leases and results. The runner that
-//! sends the requests lives with the HTTP batchers it drives (in the Python package).
+//! Batch jobs: requests kept in a durable store and worked by runners on any number of hosts.
+//!
+//! - [`model`]: the values a store keeps (jobs, requests, claims, outcomes, progress);
+//! - [`store`]: the one store interface, and [`open`] picking an engine from a location;
+//! - [`sqlite`]: the embedded engine (one file, one machine);
+//! - [`postgres`]: the shared engine (workers on many hosts);
+//! - [`endpoint`]: what a request is sent through, and how its outcome is written down;
+//! - [`runner`]: claim → send → record on the tokio runtime;
+//! - [`output`]: results as an OpenAI Batch API output file.
 
+pub mod endpoint;
+pub mod model;
+pub mod output;
+pub mod postgres;
+pub mod runner;
+pub mod sqlite;
 pub mod store;
 
-pub use store::{
-    Claimed, Completion, JobRow, JobStatus, NewRequest, Progress, ResultRow, Store, SCHEMA_VERSION,
+pub use endpoint::{error_json, Endpoint, Sent};
+pub use model::{
+    Claimed, Completion, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow,
+    RunnerInfo,
 };
+pub use runner::{Runner, RunnerConfig};
+pub use store::{is_postgres, open, redact, Store, StoreFuture};

@@ -2,9 +2,12 @@
 //! Gemini's `batchEmbedContents`, with fake answers ([`fake`]), configurable latency and caps,
 //! scripted faults ([`Fault`]) and a log of every request it received. Tests and benchmarks
 //! point a client at it instead of spending money on a real API.
+//!
+//! [`store_suite`] is the job store test suite every store engine must pass.
 
 pub mod fake;
 mod server;
+pub mod store_suite;
 
 pub use server::{
     ErrorStyle, Fault, FaultKind, LoggedRequest, ServerConfig, TestServer, REJECT_MARKER,

@@ -1,0 +1,166 @@
+//! `Endpoint`: what a job's stored request bodies are sent to (an OpenAI-compatible chat or
+//! embeddings client), and how an outcome is written down (response JSON, tokens, cost, or an
+//! error object).
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+use crate::http::limiter::estimate_tokens;
+use crate::http::openai::ChatClient;
+use crate::http::Embedder;
+
+/// A response, ready to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// The response body as JSON text (the OpenAI Batch API's `response.body`).
+    pub response: String,
+    /// Tokens the request used.
+    pub input_tokens: u64,
+    /// Tokens it produced.
+    pub output_tokens: u64,
+    /// Its cost in USD, when the client has a price for the model.
+    pub cost: Option<f64>,
+}
+
+/// The client a runner sends a job's requests through.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `/v1/chat/completions`: each body is a chat request.
+    Chat(Arc<ChatClient>),
+    /// `/v1/embeddings`: each body holds `input` (a text or a list of texts).
+    Embeddings(Arc<Embedder>),
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidInput {
+        reason: reason.into(),
+    }
+}
+
+impl Endpoint {
+    /// The OpenAI Batch API `url` its requests have.
+    pub fn path(&self) -> &'static str {
+        match self {
+            Endpoint::Chat(_) => "/v1/chat/completions",
+            Endpoint::Embeddings(_) => "/v1/embeddings",
+        }
+    }
+
+    /// Send one stored request body.
+    pub async fn send(&self, body: &str) -> Result<Sent, Error> {
+        let body: Map<String, Value> = serde_json::from_str(body)
+            .map_err(|e| invalid(format!("the stored body is not a JSON object: {e}")))?;
+        match self {
+            Endpoint::Chat(client) => chat(client, body).await,
+            Endpoint::Embeddings(embedder) => embed(embedder, body).await,
+        }
+    }
+}
+
+async fn chat(client: &ChatClient, body: Map<String, Value>) -> Result<Sent, Error> {
+    let model = match body.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        _ => client.chat.model.clone(),
+    };
+    let value = client.create(body).await?;
+    let usage = value.get("usage");
+    let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
+    let input = tokens("prompt_tokens").unwrap_or(0);
+    let output = tokens("completion_tokens").unwrap_or(0);
+    Ok(Sent {
+        response: value.to_string(),
+        input_tokens: input,
+        output_tokens: output,
+        cost: client.transport.usage().cost(&model, input, output),
+    })
+}
+
+async fn embed(embedder: &Embedder, body: Map<String, Value>) -> Result<Sent, Error> {
+    let texts: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| invalid("`input` must be a string or a list of strings"))?,
+        _ => return Err(invalid("`input` must be a string or a non-empty list of strings")),
+    };
+    let tokens: u64 = texts.iter().map(|t| estimate_tokens(t).max(1)).sum();
+    let vectors = embedder
+        .embed(texts.into_iter().map(Ok).collect())
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, Error>>()?;
+    let model = embedder.model_name().to_string();
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .collect();
+    let response = json!({
+        "object": "list",
+        "data": data,
+        "model": body.get("model").cloned().unwrap_or(Value::from(model.as_str())),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    Ok(Sent {
+        response: response.to_string(),
+        input_tokens: tokens,
+        output_tokens: 0,
+        cost: embedder.transport.usage().cost(&model, tokens, 0),
+    })
+}
+
+/// A failed request's error object: `type` (the Python class name), `message`, and `status`,
+/// `code`, `param` when the server gave them.
+pub fn error_json(e: &Error) -> String {
+    let mut out = Map::new();
+    out.insert("type".into(), Value::from(e.type_name()));
+    out.insert("message".into(), Value::from(e.to_string()));
+    if let Error::Status {
+        status,
+        code,
+        param,
+        ..
+    } = e
+    {
+        out.insert("status".into(), Value::from(*status));
+        if let Some(c) = code {
+            out.insert("code".into(), Value::from(c.as_str()));
+        }
+        if let Some(p) = param {
+            out.insert("param".into(), Value::from(p.as_str()));
+        }
+    }
+    Value::Object(out).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_objects_carry_type_status_and_code() {
+        let e = Error::Status {
+            provider: crate::error::Provider::OpenAi,
+            status: 400,
+            message: "bad".into(),
+            body: None,
+            code: Some("invalid_value".into()),
+            param: None,
+        };
+        let v: Value = serde_json::from_str(&error_json(&e)).unwrap();
+        assert_eq!(v["type"], "BadRequestError");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["code"], "invalid_value");
+        assert!(v.get("param").is_none());
+        let v: Value = serde_json::from_str(&error_json(&Error::Connection {
+            message: "refused".into(),
+        }))
+        .unwrap();
+        assert_eq!(v["type"], "APIConnectionError");
+        assert_eq!(v["message"], "connection error: refused");
+    }
+}

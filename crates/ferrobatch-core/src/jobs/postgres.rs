@@ -1,0 +1,676 @@
+//! `PgStore`: the shared job store in PostgreSQL, for runners on many hosts (tokio-postgres on
+//! a deadpool pool, TLS through rustls when the DSN asks for it).
+//!
+//! The way the well-kept Postgres queues do it:
+//! - a claim is one statement: a materialized CTE picks pending rows `FOR UPDATE SKIP LOCKED`
+//!   and the update marks them `RETURNING` them, so concurrent runners never wait on each
+//!   other and never get the same row;
+//! - every time comparison uses the database's `now()`, never a host's clock;
+//! - runners heartbeat into `ferrobatch_runners`; each heartbeat also hands back the requests
+//!   of runners whose heartbeat lapsed (no leader, no reaper process);
+//! - outcomes go in groups to the insert-only `ferrobatch_results`, fenced by (runner,
+//!   attempt) in the same statement that counts them on the job's row;
+//! - every statement is its own short transaction, except a job's creation;
+//! - migrations are versioned in `ferrobatch_schema` and run under an advisory lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::Row;
+
+use super::model::{
+    Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
+};
+use super::sqlite::progress_of;
+use super::store::{check_unique, redact, Store, StoreFuture};
+use crate::error::Error;
+
+/// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE ferrobatch_jobs (
+    id text PRIMARY KEY,
+    name text,
+    status text NOT NULL,
+    endpoint text NOT NULL,
+    settings text,
+    input_hash text,
+    error text,
+    total bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    succeeded bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    cancelled bigint NOT NULL DEFAULT 0,
+    input_tokens bigint NOT NULL DEFAULT 0,
+    output_tokens bigint NOT NULL DEFAULT 0,
+    cost double precision
+);
+CREATE INDEX ferrobatch_jobs_input_hash ON ferrobatch_jobs (input_hash);
+CREATE TABLE ferrobatch_requests (
+    job_id text NOT NULL REFERENCES ferrobatch_jobs (id) ON DELETE CASCADE,
+    seq bigint NOT NULL,
+    id text NOT NULL,
+    body text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    runner text,
+    attempt integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, seq),
+    UNIQUE (job_id, id)
+);
+CREATE INDEX ferrobatch_requests_pending ON ferrobatch_requests (job_id, seq)
+    WHERE status = 'pending';
+CREATE INDEX ferrobatch_requests_running ON ferrobatch_requests (job_id, runner)
+    WHERE status = 'running';
+CREATE TABLE ferrobatch_results (
+    job_id text NOT NULL,
+    seq bigint NOT NULL,
+    attempt integer NOT NULL,
+    runner text,
+    ok boolean NOT NULL,
+    response text,
+    error text,
+    input_tokens bigint NOT NULL,
+    output_tokens bigint NOT NULL,
+    cost double precision,
+    finished_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, seq, attempt)
+);
+CREATE TABLE ferrobatch_runners (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    lease interval NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+"#];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Serializes migrations of concurrent first opens (`pg_advisory_xact_lock`).
+const MIGRATION_LOCK: i64 = 0x6665_7272_6f62;
+
+/// Requests written per `COPY` when a job is created.
+const JOB_COLUMNS: &str = "id, name, status, endpoint, settings, input_hash, error, total, \
+     extract(epoch FROM created_at)::float8, extract(epoch FROM updated_at)::float8";
+
+fn pg(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
+    move |e| Error::Store {
+        operation,
+        message: describe(&e),
+    }
+}
+
+/// A driver error with the server's own message when there is one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+fn job_row(r: &Row) -> JobRow {
+    let status: String = r.get(2);
+    JobRow {
+        id: r.get(0),
+        name: r.get(1),
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        endpoint: r.get(3),
+        settings: r.get(4),
+        input_hash: r.get(5),
+        error: r.get(6),
+        total: r.get::<_, i64>(7) as u64,
+        created_at: r.get(8),
+        updated_at: r.get(9),
+    }
+}
+
+fn status_of(r: &Row) -> JobStatus {
+    JobStatus::parse(r.get(0)).unwrap_or(JobStatus::Failed)
+}
+
+/// The shared store: a pool of connections to one database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    location: String,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+impl PgStore {
+    /// Connect to the database of a `postgresql://` DSN and migrate it.
+    pub async fn open(dsn: &str) -> Result<PgStore, Error> {
+        let location = redact(dsn);
+        let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| Error::Store {
+            operation: "opening the store",
+            message: format!("{location} is not a valid PostgreSQL DSN: {e}"),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.application_name("ferrobatch");
+        let manager = Manager::from_config(
+            config,
+            tls(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::Store {
+                operation: "opening the store",
+                message: e.to_string(),
+            })?;
+        let store = PgStore { pool, location };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        self.pool.get().await.map_err(|e| Error::Store {
+            operation: "connecting",
+            message: format!("{}: {e}", self.location),
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        let mut c = self.client().await?;
+        c.batch_execute("CREATE TABLE IF NOT EXISTS ferrobatch_schema (version bigint NOT NULL)")
+            .await
+            .map_err(pg("migrating"))?;
+        let tx = c.transaction().await.map_err(pg("migrating"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg("migrating"))?;
+        let version: i64 = tx
+            .query_one("SELECT COALESCE(max(version), 0) FROM ferrobatch_schema", &[])
+            .await
+            .map_err(pg("reading the schema version"))?
+            .get(0);
+        if version > SCHEMA_VERSION {
+            return Err(Error::Store {
+                operation: "migrating",
+                message: format!(
+                    "the store has schema version {version}, newer than this ferrobatch ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(pg("migrating"))?;
+            tx.execute(
+                "INSERT INTO ferrobatch_schema (version) VALUES ($1)",
+                &[&(i as i64 + 1)],
+            )
+            .await
+            .map_err(pg("migrating"))?;
+        }
+        tx.commit().await.map_err(pg("migrating"))
+    }
+
+    async fn one(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Row>, Error> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
+        c.query_opt(&stmt, params).await.map_err(pg(op))
+    }
+
+    async fn many(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
+        c.query(&stmt, params).await.map_err(pg(op))
+    }
+
+    async fn count(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, Error> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
+        c.execute(&stmt, params).await.map_err(pg(op))
+    }
+
+    async fn status(&self, op: &'static str, sql: &str, job_id: &str) -> Result<JobStatus, Error> {
+        let row = self.one(op, sql, &[&job_id]).await?;
+        row.map(|r| status_of(&r)).ok_or_else(|| Error::JobNotFound {
+            job: job_id.to_string(),
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn engine(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn schema_version(&self) -> StoreFuture<'_, i64> {
+        Box::pin(async move {
+            let row = self
+                .one("reading the schema version", "SELECT COALESCE(max(version), 0) FROM ferrobatch_schema", &[])
+                .await?;
+            Ok(row.map_or(0, |r| r.get(0)))
+        })
+    }
+
+    fn create_job(&self, job: NewJob, requests: Vec<NewRequest>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            check_unique(&requests)?;
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(pg("creating a job"))?;
+            tx.execute(
+                "INSERT INTO ferrobatch_jobs (id, name, status, endpoint, settings, input_hash, total)
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6)",
+                &[&job.id, &job.name, &job.endpoint, &job.settings, &job.input_hash, &(requests.len() as i64)],
+            )
+            .await
+            .map_err(pg("creating a job"))?;
+            let sink = tx
+                .copy_in("COPY ferrobatch_requests (job_id, seq, id, body) FROM STDIN BINARY")
+                .await
+                .map_err(pg("storing requests"))?;
+            let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
+            let mut writer = std::pin::pin!(writer);
+            for (i, r) in requests.iter().enumerate() {
+                writer
+                    .as_mut()
+                    .write(&[&job.id, &(i as i64), &r.id, &r.body])
+                    .await
+                    .map_err(pg("storing requests"))?;
+            }
+            writer.finish().await.map_err(pg("storing requests"))?;
+            tx.commit().await.map_err(pg("creating a job"))
+        })
+    }
+
+    fn job(&self, job_id: String) -> StoreFuture<'_, JobRow> {
+        Box::pin(async move {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM ferrobatch_jobs WHERE id = $1");
+            let row = self.one("reading a job", &sql, &[&job_id]).await?;
+            row.map(|r| job_row(&r))
+                .ok_or(Error::JobNotFound { job: job_id })
+        })
+    }
+
+    fn jobs(&self) -> StoreFuture<'_, Vec<JobRow>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {JOB_COLUMNS} FROM ferrobatch_jobs ORDER BY created_at, id");
+            let rows = self.many("listing jobs", &sql, &[]).await?;
+            Ok(rows.iter().map(job_row).collect())
+        })
+    }
+
+    fn find_by_input(&self, input_hash: String) -> StoreFuture<'_, Option<JobRow>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM ferrobatch_jobs WHERE input_hash = $1
+                 ORDER BY created_at DESC LIMIT 1"
+            );
+            let row = self.one("finding a job", &sql, &[&input_hash]).await?;
+            Ok(row.map(|r| job_row(&r)))
+        })
+    }
+
+    fn set_status(
+        &self,
+        job_id: String,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let n = self
+                .count(
+                    "updating a job",
+                    "UPDATE ferrobatch_jobs SET status = $2, error = $3, updated_at = now() WHERE id = $1",
+                    &[&job_id, &status.as_str(), &error],
+                )
+                .await?;
+            if n == 0 {
+                return Err(Error::JobNotFound { job: job_id });
+            }
+            Ok(())
+        })
+    }
+
+    fn start(&self, job_id: String) -> StoreFuture<'_, JobStatus> {
+        Box::pin(async move {
+            self.count(
+                "starting a job",
+                "UPDATE ferrobatch_jobs SET status = 'processing', updated_at = now()
+                 WHERE id = $1 AND status = 'pending'",
+                &[&job_id],
+            )
+            .await?;
+            self.status("starting a job", "SELECT status FROM ferrobatch_jobs WHERE id = $1", &job_id)
+                .await
+        })
+    }
+
+    fn fail(&self, job_id: String, error: String) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let n = self
+                .count(
+                    "failing a job",
+                    "UPDATE ferrobatch_jobs SET status = 'failed', error = $2, updated_at = now()
+                     WHERE id = $1 AND status IN ('pending', 'processing')",
+                    &[&job_id, &error],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish_if_done(&self, job_id: String) -> StoreFuture<'_, JobStatus> {
+        Box::pin(async move {
+            self.count(
+                "completing a job",
+                "UPDATE ferrobatch_jobs j SET status = 'completed', updated_at = now()
+                 WHERE j.id = $1 AND j.status = 'processing'
+                   AND NOT EXISTS (SELECT 1 FROM ferrobatch_requests
+                                   WHERE job_id = $1 AND status IN ('pending', 'running'))",
+                &[&job_id],
+            )
+            .await?;
+            self.status("completing a job", "SELECT status FROM ferrobatch_jobs WHERE id = $1", &job_id)
+                .await
+        })
+    }
+
+    fn register(&self, runner: RunnerInfo) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            self.count(
+                "registering a runner",
+                "INSERT INTO ferrobatch_runners (id, host, pid, lease)
+                 VALUES ($1, $2, $3, make_interval(secs => $4))
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+                &[&runner.id, &runner.host, &i64::from(runner.pid), &runner.lease.as_secs_f64()],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self, runner_id: String) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let row = self
+                .one(
+                    "sending a heartbeat",
+                    "WITH me AS (
+                         UPDATE ferrobatch_runners SET heartbeat_at = now()
+                         WHERE id = $1 AND heartbeat_at + lease >= now() RETURNING id),
+                     dead AS (
+                         DELETE FROM ferrobatch_runners WHERE heartbeat_at + lease < now() RETURNING id),
+                     freed AS (
+                         UPDATE ferrobatch_requests r SET status = 'pending', runner = NULL
+                         WHERE r.status = 'running'
+                           AND NOT EXISTS (SELECT 1 FROM ferrobatch_runners w
+                                           WHERE w.id = r.runner AND w.heartbeat_at + w.lease >= now())
+                         RETURNING 1)
+                     SELECT (SELECT count(*) FROM me) + 0 * (SELECT count(*) FROM dead) + 0 * (SELECT count(*) FROM freed)",
+                    &[&runner_id],
+                )
+                .await?;
+            Ok(row.is_some_and(|r| r.get::<_, i64>(0) == 1))
+        })
+    }
+
+    fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let row = self
+                .one(
+                    "removing a runner",
+                    "WITH gone AS (DELETE FROM ferrobatch_runners WHERE id = $1 RETURNING id),
+                     back AS (
+                         UPDATE ferrobatch_requests SET status = 'pending', runner = NULL
+                         WHERE status = 'running' AND runner = $1 RETURNING 1)
+                     SELECT (SELECT count(*) FROM back) + 0 * (SELECT count(*) FROM gone)",
+                    &[&runner_id],
+                )
+                .await?;
+            Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    fn claim(
+        &self,
+        job_id: String,
+        runner_id: String,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>> {
+        Box::pin(async move {
+            let rows = self
+                .many(
+                    "claiming requests",
+                    "WITH picked AS MATERIALIZED (
+                         SELECT job_id, seq FROM ferrobatch_requests
+                         WHERE job_id = $1 AND status = 'pending'
+                         ORDER BY seq LIMIT $3
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE ferrobatch_requests r
+                     SET status = 'running', runner = $2, attempt = r.attempt + 1
+                     FROM picked WHERE r.job_id = picked.job_id AND r.seq = picked.seq
+                     RETURNING r.seq, r.id, r.body, r.attempt",
+                    &[&job_id, &runner_id, &(limit as i64)],
+                )
+                .await?;
+            let mut out: Vec<Claimed> = rows
+                .iter()
+                .map(|r| Claimed {
+                    job_id: job_id.clone(),
+                    seq: r.get(0),
+                    id: r.get(1),
+                    body: r.get(2),
+                    attempt: i64::from(r.get::<_, i32>(3)),
+                })
+                .collect();
+            out.sort_by_key(|c| c.seq);
+            Ok(out)
+        })
+    }
+
+    fn record(&self, runner_id: String, done: Arc<Vec<Finished>>) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let jobs: Vec<&str> = done.iter().map(|f| f.job_id.as_str()).collect();
+            let seqs: Vec<i64> = done.iter().map(|f| f.seq).collect();
+            let attempts: Vec<i32> = done.iter().map(|f| f.attempt as i32).collect();
+            let oks: Vec<bool> = done.iter().map(|f| f.outcome.ok).collect();
+            let responses: Vec<Option<&str>> =
+                done.iter().map(|f| f.outcome.response.as_deref()).collect();
+            let errors: Vec<Option<&str>> =
+                done.iter().map(|f| f.outcome.error.as_deref()).collect();
+            let inputs: Vec<i64> = done.iter().map(|f| f.outcome.input_tokens as i64).collect();
+            let outputs: Vec<i64> = done.iter().map(|f| f.outcome.output_tokens as i64).collect();
+            let costs: Vec<Option<f64>> = done.iter().map(|f| f.outcome.cost).collect();
+            let row = self
+                .one(
+                    "recording results",
+                    "WITH d AS (
+                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::int[], $5::bool[],
+                                              $6::text[], $7::text[], $8::bigint[], $9::bigint[],
+                                              $10::float8[])
+                             AS d(job_id, seq, attempt, ok, response, error, input_tokens,
+                                  output_tokens, cost)),
+                     fenced AS (
+                         UPDATE ferrobatch_requests r
+                         SET status = CASE WHEN d.ok THEN 'succeeded' ELSE 'failed' END, runner = NULL
+                         FROM d
+                         WHERE r.job_id = d.job_id AND r.seq = d.seq AND r.attempt = d.attempt
+                           AND r.runner = $1 AND r.status = 'running'
+                         RETURNING r.job_id, r.seq, r.attempt),
+                     kept AS (
+                         INSERT INTO ferrobatch_results (job_id, seq, attempt, runner, ok, response,
+                                                         error, input_tokens, output_tokens, cost)
+                         SELECT d.job_id, d.seq, d.attempt, $1, d.ok, d.response, d.error,
+                                d.input_tokens, d.output_tokens, d.cost
+                         FROM d JOIN fenced f
+                           ON f.job_id = d.job_id AND f.seq = d.seq AND f.attempt = d.attempt
+                         RETURNING job_id, ok, input_tokens, output_tokens, cost),
+                     counted AS (
+                         UPDATE ferrobatch_jobs j
+                         SET succeeded = j.succeeded + c.s, failed = j.failed + c.f,
+                             input_tokens = j.input_tokens + c.i,
+                             output_tokens = j.output_tokens + c.o,
+                             cost = CASE WHEN c.cost IS NULL THEN j.cost
+                                         ELSE COALESCE(j.cost, 0) + c.cost END,
+                             updated_at = now()
+                         FROM (SELECT job_id, count(*) FILTER (WHERE ok) AS s,
+                                      count(*) FILTER (WHERE NOT ok) AS f,
+                                      sum(input_tokens)::bigint AS i,
+                                      sum(output_tokens)::bigint AS o, sum(cost) AS cost
+                               FROM kept GROUP BY job_id) c
+                         WHERE j.id = c.job_id
+                         RETURNING 1)
+                     SELECT (SELECT count(*) FROM kept) + 0 * (SELECT count(*) FROM counted)",
+                    &[&runner_id, &jobs, &seqs, &attempts, &oks, &responses, &errors, &inputs, &outputs, &costs],
+                )
+                .await?;
+            Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        })
+    }
+
+    fn release(&self, job_id: String, runner_id: String) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.count(
+                "releasing requests",
+                "UPDATE ferrobatch_requests SET status = 'pending', runner = NULL
+                 WHERE job_id = $1 AND status = 'running' AND runner = $2",
+                &[&job_id, &runner_id],
+            )
+            .await
+        })
+    }
+
+    fn cancel(&self, job_id: String) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(pg("cancelling"))?;
+            let row = tx
+                .query_opt("SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE", &[&job_id])
+                .await
+                .map_err(pg("cancelling"))?
+                .ok_or_else(|| Error::JobNotFound { job: job_id.clone() })?;
+            if matches!(status_of(&row), JobStatus::Completed | JobStatus::Failed) {
+                return Ok(0);
+            }
+            let n = tx
+                .execute(
+                    "UPDATE ferrobatch_requests SET status = 'cancelled'
+                     WHERE job_id = $1 AND status = 'pending'",
+                    &[&job_id],
+                )
+                .await
+                .map_err(pg("cancelling"))?;
+            tx.execute(
+                "UPDATE ferrobatch_jobs SET status = 'cancelled', cancelled = cancelled + $2,
+                     updated_at = now() WHERE id = $1",
+                &[&job_id, &(n as i64)],
+            )
+            .await
+            .map_err(pg("cancelling"))?;
+            tx.commit().await.map_err(pg("cancelling"))?;
+            Ok(n)
+        })
+    }
+
+    fn reset_failed(&self, job_id: String, cancelled: bool) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let row = self
+                .one(
+                    "resetting failed requests",
+                    "WITH back AS (
+                         UPDATE ferrobatch_requests SET status = 'pending'
+                         WHERE job_id = $1 AND (status = 'failed' OR ($2 AND status = 'cancelled'))
+                         RETURNING status = 'failed' AS was_failed),
+                     -- RETURNING shows the new status: count from the old rows instead.
+                     old AS (
+                         SELECT count(*) FILTER (WHERE status = 'failed') AS f,
+                                count(*) FILTER (WHERE $2 AND status = 'cancelled') AS c
+                         FROM ferrobatch_requests WHERE job_id = $1),
+                     counted AS (
+                         UPDATE ferrobatch_jobs j SET failed = j.failed - old.f,
+                             cancelled = j.cancelled - old.c, updated_at = now()
+                         FROM old WHERE j.id = $1 RETURNING old.f + old.c AS n)
+                     SELECT n + 0 * (SELECT count(*) FROM back) FROM counted",
+                    &[&job_id, &cancelled],
+                )
+                .await?;
+            row.map(|r| r.get::<_, i64>(0) as u64)
+                .ok_or(Error::JobNotFound { job: job_id })
+        })
+    }
+
+    fn progress(&self, job_id: String) -> StoreFuture<'_, Progress> {
+        Box::pin(async move {
+            let row = self
+                .one(
+                    "reading progress",
+                    "SELECT total, succeeded, failed, cancelled, input_tokens, output_tokens, cost,
+                         (SELECT count(*) FROM ferrobatch_requests
+                          WHERE job_id = $1 AND status = 'running')
+                     FROM ferrobatch_jobs WHERE id = $1",
+                    &[&job_id],
+                )
+                .await?
+                .ok_or(Error::JobNotFound { job: job_id })?;
+            Ok(progress_of((
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+                row.get(6),
+                row.get(7),
+            )))
+        })
+    }
+
+    fn results(&self, job_id: String) -> StoreFuture<'_, Vec<ResultRow>> {
+        Box::pin(async move {
+            self.job(job_id.clone()).await?;
+            let rows = self
+                .many(
+                    "reading results",
+                    "SELECT q.seq, q.id, q.status, r.response, r.error FROM ferrobatch_requests q
+                     LEFT JOIN ferrobatch_results r ON q.status IN ('succeeded', 'failed')
+                         AND r.job_id = q.job_id AND r.seq = q.seq AND r.attempt = q.attempt
+                     WHERE q.job_id = $1 ORDER BY q.seq",
+                    &[&job_id],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| ResultRow {
+                    seq: r.get(0),
+                    id: r.get(1),
+                    status: r.get(2),
+                    response: r.get(3),
+                    error: r.get(4),
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,610 @@
+//! `Runner`: works a store's jobs on the tokio runtime. It claims a job's requests in chunks,
+//! sends them through an [`Endpoint`] (at most `concurrency` at once), and hands each outcome
+//! to one recorder task that writes them in groups: every `flush_interval` or `flush_max`
+//! outcomes, whichever comes first (`flush_interval` zero: one write per outcome).
+//!
+//! A heartbeat task keeps the runner's claims alive and hands back those of runners whose
+//! heartbeat lapsed. If this process dies, what is sent twice is bounded by what it had in
+//! flight plus what it had not yet recorded.
+//!
+//! Job-level failures: an authentication, permission or not-found error fails the job (no
+//! other request can succeed), and so do connection failures lasting longer than `patience`
+//! with no success in between. Any other failure is that request's own outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch, Notify, OnceCell, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+
+use super::endpoint::{error_json, Endpoint, Sent};
+use super::model::{Claimed, Completion, Finished, JobStatus, RunnerInfo};
+use super::store::Store;
+use crate::error::Error;
+
+/// How often a runner looks at its jobs' status (for a cancel from elsewhere).
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+/// How often `work` looks for new jobs.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How long a stopping runner waits for its last outcomes to be written.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A runner's settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// How long this runner's claims outlive its last heartbeat (heartbeats go every third).
+    pub lease: Duration,
+    /// Most requests of one job claimed and not yet recorded.
+    pub window: usize,
+    /// Most requests in flight at once, over all jobs.
+    pub concurrency: usize,
+    /// Longest an outcome waits before it is written; zero writes each one on its own.
+    pub flush_interval: Duration,
+    /// Most outcomes in one write.
+    pub flush_max: usize,
+    /// How long connection failures (and store outages) may last before the job fails.
+    pub patience: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            lease: Duration::from_secs(60),
+            window: 1024,
+            concurrency: 256,
+            flush_interval: Duration::from_millis(100),
+            flush_max: 1000,
+            patience: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RunnerConfig {
+    /// Refuse settings that cannot work, naming the setting.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.lease.is_zero() {
+            return Err(Error::config("lease_seconds", "must be > 0"));
+        }
+        if self.window == 0 {
+            return Err(Error::config("window", "must be at least 1"));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::config("concurrency", "must be at least 1"));
+        }
+        if self.flush_max == 0 {
+            return Err(Error::config("flush_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Outcomes of one job handed to the recorder and not yet written.
+#[derive(Default)]
+struct Tracker {
+    unrecorded: AtomicUsize,
+    written: Notify,
+}
+
+impl Tracker {
+    fn held(&self) -> usize {
+        self.unrecorded.load(Ordering::Acquire)
+    }
+
+    /// Until every outcome handed over is written (or given up on), or `deadline`.
+    async fn drained(&self, deadline: Option<Instant>) {
+        loop {
+            let written = self.written.notified();
+            if self.held() == 0 {
+                return;
+            }
+            match deadline {
+                Some(d) => {
+                    if timeout_at(d, written).await.is_err() {
+                        return;
+                    }
+                }
+                None => written.await,
+            }
+        }
+    }
+}
+
+struct Pending {
+    done: Finished,
+    tracker: Arc<Tracker>,
+}
+
+struct Started {
+    recorder: Mutex<Option<mpsc::Sender<Pending>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+type Sending = Pin<Box<dyn Future<Output = (Claimed, Result<Sent, Error>)> + Send>>;
+
+/// Works jobs of one store through one endpoint.
+pub struct Runner {
+    store: Arc<dyn Store>,
+    endpoint: Endpoint,
+    info: RunnerInfo,
+    config: RunnerConfig,
+    sends: Arc<Semaphore>,
+    stop: watch::Sender<bool>,
+    started: OnceCell<Started>,
+    active: AtomicUsize,
+    idle: Notify,
+    last_ok: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("id", &self.info.id)
+            .field("store", &self.store.engine())
+            .field("endpoint", &self.endpoint.path())
+            .finish()
+    }
+}
+
+fn is_fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Status {
+            status: 401 | 403 | 404,
+            ..
+        }
+    )
+}
+
+fn is_connection(e: &Error) -> bool {
+    matches!(e, Error::Connection { .. } | Error::Timeout { .. })
+}
+
+impl Runner {
+    /// A runner with a fresh id; it registers with the store on its first job.
+    pub fn new(
+        store: Arc<dyn Store>,
+        endpoint: Endpoint,
+        config: RunnerConfig,
+        host: String,
+    ) -> Result<Arc<Runner>, Error> {
+        config.check()?;
+        let id = format!("runner_{:016x}", fastrand::u64(..));
+        let info = RunnerInfo {
+            id,
+            host,
+            pid: std::process::id(),
+            lease: config.lease,
+        };
+        Ok(Arc::new(Runner {
+            store,
+            endpoint,
+            info,
+            sends: Arc::new(Semaphore::new(config.concurrency)),
+            config,
+            stop: watch::channel(false).0,
+            started: OnceCell::new(),
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            last_ok: Mutex::new(Instant::now()),
+        }))
+    }
+
+    /// This runner's id in the store.
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// Whether `stop` was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn start(self: &Arc<Self>) -> Result<&Started, Error> {
+        self.started
+            .get_or_try_init(|| async {
+                self.retrying(|| self.store.register(self.info.clone()))
+                    .await?;
+                let (tx, rx) = mpsc::channel(self.config.flush_max);
+                let recorder = tokio::spawn(record_loop(
+                    Arc::clone(&self.store),
+                    self.info.id.clone(),
+                    rx,
+                    self.config.flush_interval,
+                    self.config.flush_max,
+                    self.config.patience,
+                ));
+                let heart = tokio::spawn(heartbeat_loop(
+                    Arc::clone(&self.store),
+                    self.info.clone(),
+                    self.stop.subscribe(),
+                ));
+                Ok(Started {
+                    recorder: Mutex::new(Some(tx)),
+                    tasks: Mutex::new(vec![recorder, heart]),
+                })
+            })
+            .await
+    }
+
+    /// Retry a store call through outages (a restarted database) for up to `patience`.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let begun = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let mut stop = self.stop.subscribe();
+        loop {
+            match call().await {
+                Err(Error::Store { .. })
+                    if begun.elapsed() < self.config.patience && !*stop.borrow() =>
+                {
+                    tokio::select! {
+                        _ = sleep(delay) => {}
+                        _ = stop.changed() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Run one job until it is completed, failed or cancelled, or until `stop`; its status
+    /// then. Requests other runners hold are waited for.
+    pub async fn run_job(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let out = self.run_job_inner(job_id).await;
+        if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+        out
+    }
+
+    async fn run_job_inner(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
+        let started = self.start().await?;
+        let Some(recorder) = started
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return self.store.job(job_id.to_string()).await.map(|j| j.status);
+        };
+        let mut stop = self.stop.subscribe();
+        let job = job_id.to_string();
+        let me = self.info.id.clone();
+        let mut status = self.retrying(|| self.store.start(job.clone())).await?;
+        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let tracker = Arc::new(Tracker::default());
+        let mut in_flight: FuturesUnordered<Sending> = FuturesUnordered::new();
+        let window = self.config.window;
+        let refill = (window / 4).max(1);
+        let mut next_check = Instant::now() + STATUS_EVERY;
+        // The job ended (cancelled, failed): claim nothing more, finish what is in flight.
+        let mut ending = status.is_terminal();
+        // The last claim found fewer requests than asked for.
+        let mut exhausted = false;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if !ending && !exhausted {
+                let held = in_flight.len() + tracker.held();
+                let free = window.saturating_sub(held);
+                if free > 0 && (free >= refill || held == 0) {
+                    let claimed = self
+                        .retrying(|| self.store.claim(job.clone(), me.clone(), free))
+                        .await?;
+                    exhausted = claimed.len() < free;
+                    for c in claimed {
+                        in_flight.push(self.send(c));
+                    }
+                }
+            }
+            if in_flight.is_empty() {
+                tracker.drained(None).await;
+                if ending {
+                    break;
+                }
+                if exhausted {
+                    // Nothing of this job is ours any more; a claim whose answer was lost
+                    // (an outage) would still be marked ours: hand it back.
+                    self.retrying(|| self.store.release(job.clone(), me.clone()))
+                        .await?;
+                    status = self
+                        .retrying(|| self.store.finish_if_done(job.clone()))
+                        .await?;
+                    if status.is_terminal() {
+                        break;
+                    }
+                    // Other runners hold the rest; look again soon.
+                    let wait = (self.config.lease / 4).clamp(Duration::from_millis(20), STATUS_EVERY);
+                    tokio::select! {
+                        _ = sleep(wait) => {}
+                        _ = stop.changed() => {}
+                    }
+                    exhausted = false;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {}
+                Some((claimed, result)) = in_flight.next() => {
+                    let outcome = self.outcome(&job, result, &mut ending).await;
+                    tracker.unrecorded.fetch_add(1, Ordering::AcqRel);
+                    let pending = Pending {
+                        done: Finished {
+                            job_id: claimed.job_id,
+                            seq: claimed.seq,
+                            attempt: claimed.attempt,
+                            outcome,
+                        },
+                        tracker: Arc::clone(&tracker),
+                    };
+                    if recorder.send(pending).await.is_err() {
+                        tracker.unrecorded.fetch_sub(1, Ordering::AcqRel);
+                        break;
+                    }
+                }
+                _ = sleep_until(next_check) => {
+                    next_check = Instant::now() + STATUS_EVERY;
+                    exhausted = false;
+                    match self.store.job(job.clone()).await {
+                        Ok(j) => {
+                            status = j.status;
+                            ending |= status.is_terminal();
+                        }
+                        Err(e @ Error::JobNotFound { .. }) => return Err(e),
+                        Err(_) => {} // an outage: the next look will tell
+                    }
+                }
+            }
+        }
+        // Stopping (or done): what is still in flight is abandoned and handed back.
+        drop(in_flight);
+        tracker
+            .drained(Some(Instant::now() + STOP_GRACE))
+            .await;
+        if *stop.borrow() {
+            let _ = self.store.release(job.clone(), me).await;
+        }
+        match self.store.job(job).await {
+            Ok(j) => Ok(j.status),
+            Err(_) => Ok(status),
+        }
+    }
+
+    fn send(&self, claimed: Claimed) -> Sending {
+        let sends = Arc::clone(&self.sends);
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let result = match sends.acquire_owned().await {
+                Ok(_permit) => endpoint.send(&claimed.body).await,
+                Err(_) => Err(Error::Stopped {
+                    reason: crate::error::StopReason::NotAccepting,
+                }),
+            };
+            (claimed, result)
+        })
+    }
+
+    /// A request's outcome; fails the job on a job-level error.
+    async fn outcome(
+        &self,
+        job: &str,
+        result: Result<Sent, Error>,
+        ending: &mut bool,
+    ) -> Completion {
+        let e = match result {
+            Ok(sent) => {
+                *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                return Completion {
+                    ok: true,
+                    response: Some(sent.response),
+                    error: None,
+                    input_tokens: sent.input_tokens,
+                    output_tokens: sent.output_tokens,
+                    cost: sent.cost,
+                };
+            }
+            Err(e) => e,
+        };
+        let reason = if is_fatal(&e) {
+            Some(format!("{}: {e}", e.type_name()))
+        } else if is_connection(&e) && self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > self.config.patience {
+            Some(format!(
+                "the server was unreachable for more than {}s: {e}",
+                self.config.patience.as_secs_f64()
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            *ending = true;
+            let _ = self
+                .retrying(|| self.store.fail(job.to_string(), reason.clone()))
+                .await;
+        }
+        Completion {
+            ok: false,
+            response: None,
+            error: Some(error_json(&e)),
+            input_tokens: 0,
+            output_tokens: 0,
+            cost: None,
+        }
+    }
+
+    /// Run unfinished jobs (all, or those in `only`) as they appear, each concurrently; with
+    /// `until_idle`, return once none is left, otherwise run until `stop`.
+    pub async fn work(
+        self: &Arc<Self>,
+        only: Option<Vec<String>>,
+        until_idle: bool,
+    ) -> Result<(), Error> {
+        let only: Option<HashSet<String>> = only.map(|v| v.into_iter().collect());
+        let mut stop = self.stop.subscribe();
+        let mut running: JoinSet<(String, Result<JobStatus, Error>)> = JoinSet::new();
+        let mut active: HashMap<String, ()> = HashMap::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let jobs = self.retrying(|| self.store.jobs()).await?;
+            for j in jobs {
+                let wanted = only.as_ref().is_none_or(|o| o.contains(&j.id));
+                if wanted && !j.status.is_terminal() && !active.contains_key(&j.id) {
+                    active.insert(j.id.clone(), ());
+                    let me = Arc::clone(self);
+                    running.spawn(async move {
+                        let r = me.run_job(&j.id).await;
+                        (j.id, r)
+                    });
+                }
+            }
+            if running.is_empty() && until_idle {
+                break;
+            }
+            let scan = sleep(SCAN_EVERY);
+            tokio::pin!(scan);
+            loop {
+                tokio::select! {
+                    _ = &mut scan => break,
+                    _ = stop.changed() => break,
+                    Some(done) = running.join_next() => {
+                        let (id, r) = done.map_err(|e| Error::Store {
+                            operation: "running a job",
+                            message: e.to_string(),
+                        })?;
+                        active.remove(&id);
+                        match r {
+                            Ok(_) | Err(Error::JobNotFound { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                        if running.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(done) = running.join_next().await {
+            if let Ok((_, Err(e))) = done {
+                if !matches!(e, Error::JobNotFound { .. }) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop: no more claims; what is in flight is abandoned, what is done is written, and
+    /// every request this runner holds goes back to pending for other runners.
+    pub async fn stop(&self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        loop {
+            let idle = self.idle.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            idle.await;
+        }
+        let Some(started) = self.started.get() else {
+            return Ok(());
+        };
+        let recorder = started
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(recorder);
+        let tasks = std::mem::take(&mut *started.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.store.unregister(self.info.id.clone()).await.map(|_| ())
+    }
+}
+
+async fn heartbeat_loop(store: Arc<dyn Store>, info: RunnerInfo, mut stop: watch::Receiver<bool>) {
+    let every = (info.lease / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        match store.heartbeat(info.id.clone()).await {
+            Ok(true) => {}
+            // Taken over while this runner stalled: its claims are gone (their outcomes will
+            // be refused); carry on as a fresh registration.
+            Ok(false) => {
+                let _ = store.register(info.clone()).await;
+            }
+            Err(_) => {} // the store is unreachable: beat again next time
+        }
+    }
+}
+
+async fn record_loop(
+    store: Arc<dyn Store>,
+    runner: String,
+    mut rx: mpsc::Receiver<Pending>,
+    interval: Duration,
+    max: usize,
+    patience: Duration,
+) {
+    let mut buf: Vec<Pending> = Vec::with_capacity(max);
+    loop {
+        match rx.recv().await {
+            Some(p) => buf.push(p),
+            None => return,
+        }
+        if !interval.is_zero() {
+            let deadline = Instant::now() + interval;
+            while buf.len() < max {
+                match timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => buf.push(p),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        write(&*store, &runner, &mut buf, patience).await;
+    }
+}
+
+/// Write a group of outcomes, retrying through outages (a repeated write is harmless: the
+/// fence refuses what was already written). Given up after `patience`, the requests stay
+/// claimed by this runner and go back to pending when it finds them idle, or when its
+/// heartbeat lapses.
+async fn write(store: &dyn Store, runner: &str, buf: &mut Vec<Pending>, patience: Duration) {
+    let trackers: Vec<Arc<Tracker>> = buf.iter().map(|p| Arc::clone(&p.tracker)).collect();
+    let done: Arc<Vec<Finished>> = Arc::new(buf.drain(..).map(|p| p.done).collect());
+    let begun = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match store.record(runner.to_string(), Arc::clone(&done)).await {
+            Ok(_) => break,
+            Err(_) if begun.elapsed() < patience => {
+                sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(_) => break,
+        }
+    }
+    for t in trackers {
+        t.unrecorded.fetch_sub(1, Ordering::AcqRel);
+        t.written.notify_waiters();
+    }
+}

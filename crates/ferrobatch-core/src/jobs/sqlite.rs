@@ -1,0 +1,773 @@
+//! `SqliteStore`: the embedded job store, one SQLite file (WAL mode) shared by the processes of
+//! one machine. Each call runs on tokio's blocking pool, never on a runtime thread. Times are
+//! this host's clock (every runner of a SQLite store is on this host).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::model::{
+    Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
+};
+use super::store::{check_unique, Store, StoreFuture};
+use crate::error::Error;
+
+/// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and requests, each request carrying its lease and outcome.
+    r#"
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    settings TEXT,
+    input_hash TEXT,
+    error TEXT,
+    total INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX jobs_input_hash ON jobs(input_hash);
+CREATE TABLE requests (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    lease_owner TEXT,
+    lease_expires REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    response TEXT,
+    error TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL,
+    finished_at REAL,
+    PRIMARY KEY (job_id, seq),
+    UNIQUE (job_id, id)
+);
+CREATE INDEX requests_status ON requests(job_id, status);
+"#,
+    // 2: runners with heartbeats, claims fenced by (runner, attempt), outcomes in their own
+    // insert-only table, a job's counters on its row.
+    r#"
+ALTER TABLE jobs ADD COLUMN succeeded INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cost REAL;
+CREATE TABLE results (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    runner TEXT,
+    ok INTEGER NOT NULL,
+    response TEXT,
+    error TEXT,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost REAL,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (job_id, seq, attempt)
+);
+INSERT INTO results
+    SELECT job_id, seq, attempts, NULL, status = 'succeeded', response, error, input_tokens,
+           output_tokens, cost, COALESCE(finished_at, 0)
+    FROM requests WHERE status IN ('succeeded', 'failed');
+UPDATE jobs SET
+    succeeded = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'succeeded'),
+    failed = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'failed'),
+    cancelled = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'cancelled'),
+    input_tokens = (SELECT COALESCE(SUM(input_tokens), 0) FROM requests r WHERE r.job_id = jobs.id),
+    output_tokens = (SELECT COALESCE(SUM(output_tokens), 0) FROM requests r WHERE r.job_id = jobs.id),
+    cost = (SELECT SUM(cost) FROM requests r WHERE r.job_id = jobs.id);
+UPDATE requests SET status = 'pending', lease_owner = NULL WHERE status = 'running';
+DROP INDEX requests_status;
+ALTER TABLE requests DROP COLUMN lease_expires;
+ALTER TABLE requests DROP COLUMN response;
+ALTER TABLE requests DROP COLUMN error;
+ALTER TABLE requests DROP COLUMN input_tokens;
+ALTER TABLE requests DROP COLUMN output_tokens;
+ALTER TABLE requests DROP COLUMN cost;
+ALTER TABLE requests DROP COLUMN finished_at;
+ALTER TABLE requests RENAME COLUMN lease_owner TO runner;
+ALTER TABLE requests RENAME COLUMN attempts TO attempt;
+CREATE INDEX requests_status ON requests(job_id, status, seq);
+CREATE INDEX requests_running ON requests(runner) WHERE status = 'running';
+CREATE TABLE runners (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    lease REAL NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"#,
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::Store {
+        operation,
+        message: e.to_string(),
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "id, name, status, endpoint, settings, input_hash, error, total, created_at, updated_at";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+    let status: String = r.get(2)?;
+    Ok(JobRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        status: JobStatus::parse(&status).unwrap_or(JobStatus::Failed),
+        endpoint: r.get(3)?,
+        settings: r.get(4)?,
+        input_hash: r.get(5)?,
+        error: r.get(6)?,
+        total: r.get::<_, i64>(7)? as u64,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+    })
+}
+
+/// The embedded store: one connection behind a lock per open store; open one per process
+/// (or more: SQLite's locking keeps them consistent).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store at `path`; `":memory:"` keeps it in memory.
+    /// Blocking: call it off the runtime threads.
+    pub fn open(path: &str) -> Result<SqliteStore, Error> {
+        let conn = Connection::open(path).map_err(db("opening the store"))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(db("setting the busy timeout"))?;
+        if path != ":memory:" {
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .map_err(db("switching to WAL mode"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::Store {
+                    operation: "switching to WAL mode",
+                    message: format!("the journal mode stayed {mode:?}"),
+                });
+            }
+        }
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+            .map_err(db("setting pragmas"))?;
+        let store = SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("migrating"))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db("reading the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Store {
+                operation: "migrating",
+                message: format!(
+                    "the store has schema version {version}, newer than this ferrobatch ({SCHEMA_VERSION})"
+                ),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql).map_err(db("migrating"))?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .map_err(db("migrating"))?;
+        }
+        tx.commit().map_err(db("migrating"))
+    }
+
+    /// Run `f` on the blocking pool with the connection.
+    fn call<T, F>(&self, f: F) -> StoreFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let me = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&mut me.lock()))
+                .await
+                .map_err(|e| Error::Store {
+                    operation: "running a store call",
+                    message: e.to_string(),
+                })?
+        })
+    }
+}
+
+fn immediate<'c>(
+    conn: &'c mut Connection,
+    op: &'static str,
+) -> Result<rusqlite::Transaction<'c>, Error> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db(op))
+}
+
+fn read_job(conn: &Connection, job_id: &str) -> Result<JobRow, Error> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        [job_id],
+        job_row,
+    )
+    .optional()
+    .map_err(db("reading a job"))?
+    .ok_or_else(|| Error::JobNotFound {
+        job: job_id.to_string(),
+    })
+}
+
+fn status_of(conn: &Connection, job_id: &str) -> Result<JobStatus, Error> {
+    let s: Option<String> = conn
+        .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db("reading a job"))?;
+    let s = s.ok_or_else(|| Error::JobNotFound {
+        job: job_id.to_string(),
+    })?;
+    Ok(JobStatus::parse(&s).unwrap_or(JobStatus::Failed))
+}
+
+/// Hand back every running request whose runner is gone or whose heartbeat lapsed, and
+/// forget such runners.
+fn take_over(tx: &rusqlite::Transaction<'_>, at: f64) -> Result<u64, Error> {
+    let n = tx
+        .execute(
+            "UPDATE requests SET status = 'pending', runner = NULL
+             WHERE status = 'running'
+               AND runner NOT IN (SELECT id FROM runners WHERE heartbeat_at + lease >= ?1)",
+            [at],
+        )
+        .map_err(db("taking over requests"))?;
+    tx.execute("DELETE FROM runners WHERE heartbeat_at + lease < ?1", [at])
+        .map_err(db("taking over requests"))?;
+    Ok(n as u64)
+}
+
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn schema_version(&self) -> StoreFuture<'_, i64> {
+        self.call(|c| {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(db("reading the schema version"))
+        })
+    }
+
+    fn create_job(&self, job: NewJob, requests: Vec<NewRequest>) -> StoreFuture<'_, ()> {
+        self.call(move |conn| {
+            check_unique(&requests)?;
+            let tx = immediate(conn, "creating a job")?;
+            let at = now();
+            tx.execute(
+                "INSERT INTO jobs (id, name, status, endpoint, settings, input_hash, total, created_at, updated_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![job.id, job.name, job.endpoint, job.settings, job.input_hash, requests.len() as i64, at],
+            )
+            .map_err(db("creating a job"))?;
+            {
+                let mut stmt = tx
+                    .prepare(
+                        "INSERT INTO requests (job_id, seq, id, body, status) VALUES (?1, ?2, ?3, ?4, 'pending')",
+                    )
+                    .map_err(db("storing requests"))?;
+                for (i, r) in requests.iter().enumerate() {
+                    stmt.execute(params![job.id, i as i64, r.id, r.body])
+                        .map_err(db("storing requests"))?;
+                }
+            }
+            tx.commit().map_err(db("creating a job"))
+        })
+    }
+
+    fn job(&self, job_id: String) -> StoreFuture<'_, JobRow> {
+        self.call(move |c| read_job(c, &job_id))
+    }
+
+    fn jobs(&self) -> StoreFuture<'_, Vec<JobRow>> {
+        self.call(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at, id"
+                ))
+                .map_err(db("listing jobs"))?;
+            let rows = stmt
+                .query_map([], job_row)
+                .map_err(db("listing jobs"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing jobs"));
+            rows
+        })
+    }
+
+    fn find_by_input(&self, input_hash: String) -> StoreFuture<'_, Option<JobRow>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE input_hash = ?1 ORDER BY created_at DESC LIMIT 1"
+                ),
+                [input_hash],
+                job_row,
+            )
+            .optional()
+            .map_err(db("finding a job"))
+        })
+    }
+
+    fn set_status(
+        &self,
+        job_id: String,
+        status: JobStatus,
+        error: Option<String>,
+    ) -> StoreFuture<'_, ()> {
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+                    params![job_id, status.as_str(), error, now()],
+                )
+                .map_err(db("updating a job"))?;
+            if n == 0 {
+                return Err(Error::JobNotFound { job: job_id });
+            }
+            Ok(())
+        })
+    }
+
+    fn start(&self, job_id: String) -> StoreFuture<'_, JobStatus> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE jobs SET status = 'processing', updated_at = ?2 WHERE id = ?1 AND status = 'pending'",
+                params![job_id, now()],
+            )
+            .map_err(db("starting a job"))?;
+            status_of(c, &job_id)
+        })
+    }
+
+    fn fail(&self, job_id: String, error: String) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?3
+                     WHERE id = ?1 AND status IN ('pending', 'processing')",
+                    params![job_id, error, now()],
+                )
+                .map_err(db("failing a job"))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish_if_done(&self, job_id: String) -> StoreFuture<'_, JobStatus> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE jobs SET status = 'completed', updated_at = ?2
+                 WHERE id = ?1 AND status = 'processing'
+                   AND NOT EXISTS (SELECT 1 FROM requests
+                                   WHERE job_id = ?1 AND status IN ('pending', 'running'))",
+                params![job_id, now()],
+            )
+            .map_err(db("completing a job"))?;
+            status_of(c, &job_id)
+        })
+    }
+
+    fn register(&self, runner: RunnerInfo) -> StoreFuture<'_, ()> {
+        self.call(move |c| {
+            let at = now();
+            c.execute(
+                "INSERT INTO runners (id, host, pid, lease, started_at, heartbeat_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                params![
+                    runner.id,
+                    runner.host,
+                    runner.pid,
+                    runner.lease.as_secs_f64(),
+                    at
+                ],
+            )
+            .map_err(db("registering a runner"))?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self, runner_id: String) -> StoreFuture<'_, bool> {
+        self.call(move |conn| {
+            let at = now();
+            let tx = immediate(conn, "sending a heartbeat")?;
+            // Whether this runner was still alive before this beat.
+            let alive = tx
+                .execute(
+                    "UPDATE runners SET heartbeat_at = ?2 WHERE id = ?1 AND heartbeat_at + lease >= ?2",
+                    params![runner_id, at],
+                )
+                .map_err(db("sending a heartbeat"))?
+                == 1;
+            take_over(&tx, at)?;
+            tx.commit().map_err(db("sending a heartbeat"))?;
+            Ok(alive)
+        })
+    }
+
+    fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64> {
+        self.call(move |conn| {
+            let tx = immediate(conn, "removing a runner")?;
+            let n = tx
+                .execute(
+                    "UPDATE requests SET status = 'pending', runner = NULL
+                     WHERE status = 'running' AND runner = ?1",
+                    [&runner_id],
+                )
+                .map_err(db("removing a runner"))?;
+            tx.execute("DELETE FROM runners WHERE id = ?1", [&runner_id])
+                .map_err(db("removing a runner"))?;
+            tx.commit().map_err(db("removing a runner"))?;
+            Ok(n as u64)
+        })
+    }
+
+    fn claim(
+        &self,
+        job_id: String,
+        runner_id: String,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>> {
+        self.call(move |conn| {
+            let tx = immediate(conn, "claiming requests")?;
+            let mut claimed = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE requests SET status = 'running', runner = ?2, attempt = attempt + 1
+                         WHERE job_id = ?1 AND seq IN (
+                             SELECT seq FROM requests WHERE job_id = ?1 AND status = 'pending'
+                             ORDER BY seq LIMIT ?3)
+                         RETURNING seq, id, body, attempt",
+                    )
+                    .map_err(db("claiming requests"))?;
+                let rows = stmt
+                    .query_map(params![job_id, runner_id, limit as i64], |r| {
+                        Ok(Claimed {
+                            job_id: job_id.clone(),
+                            seq: r.get(0)?,
+                            id: r.get(1)?,
+                            body: r.get(2)?,
+                            attempt: r.get(3)?,
+                        })
+                    })
+                    .map_err(db("claiming requests"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db("claiming requests"))?;
+                rows
+            };
+            tx.commit().map_err(db("claiming requests"))?;
+            claimed.sort_by_key(|c| c.seq);
+            Ok(claimed)
+        })
+    }
+
+    fn record(&self, runner_id: String, done: Arc<Vec<Finished>>) -> StoreFuture<'_, u64> {
+        self.call(move |conn| {
+            let at = now();
+            let tx = immediate(conn, "recording results")?;
+            let mut kept = 0u64;
+            // Per job: succeeded, failed, input tokens, output tokens, cost.
+            let mut counts: std::collections::BTreeMap<&str, (i64, i64, i64, i64, Option<f64>)> =
+                Default::default();
+            {
+                let mut fence = tx
+                    .prepare_cached(
+                        "UPDATE requests SET status = ?5, runner = NULL
+                         WHERE job_id = ?1 AND seq = ?2 AND status = 'running'
+                           AND runner = ?3 AND attempt = ?4",
+                    )
+                    .map_err(db("recording results"))?;
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO results (job_id, seq, attempt, runner, ok, response, error,
+                             input_tokens, output_tokens, cost, finished_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .map_err(db("recording results"))?;
+                for f in done.iter() {
+                    let o = &f.outcome;
+                    let status = if o.ok { "succeeded" } else { "failed" };
+                    let n = fence
+                        .execute(params![f.job_id, f.seq, runner_id, f.attempt, status])
+                        .map_err(db("recording results"))?;
+                    if n == 0 {
+                        continue;
+                    }
+                    insert
+                        .execute(params![
+                            f.job_id,
+                            f.seq,
+                            f.attempt,
+                            runner_id,
+                            o.ok,
+                            o.response,
+                            o.error,
+                            o.input_tokens as i64,
+                            o.output_tokens as i64,
+                            o.cost,
+                            at
+                        ])
+                        .map_err(db("recording results"))?;
+                    kept += 1;
+                    let c = counts.entry(f.job_id.as_str()).or_default();
+                    if o.ok {
+                        c.0 += 1;
+                    } else {
+                        c.1 += 1;
+                    }
+                    c.2 += o.input_tokens as i64;
+                    c.3 += o.output_tokens as i64;
+                    if let Some(cost) = o.cost {
+                        c.4 = Some(c.4.unwrap_or(0.0) + cost);
+                    }
+                }
+                let mut bump = tx
+                    .prepare_cached(
+                        "UPDATE jobs SET succeeded = succeeded + ?2, failed = failed + ?3,
+                             input_tokens = input_tokens + ?4, output_tokens = output_tokens + ?5,
+                             cost = CASE WHEN ?6 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?6 END,
+                             updated_at = ?7
+                         WHERE id = ?1",
+                    )
+                    .map_err(db("recording results"))?;
+                for (job, (ok, failed, input, output, cost)) in &counts {
+                    bump.execute(params![job, ok, failed, input, output, cost, at])
+                        .map_err(db("recording results"))?;
+                }
+            }
+            tx.commit().map_err(db("recording results"))?;
+            Ok(kept)
+        })
+    }
+
+    fn release(&self, job_id: String, runner_id: String) -> StoreFuture<'_, u64> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE requests SET status = 'pending', runner = NULL
+                 WHERE job_id = ?1 AND status = 'running' AND runner = ?2",
+                params![job_id, runner_id],
+            )
+            .map(|n| n as u64)
+            .map_err(db("releasing requests"))
+        })
+    }
+
+    fn cancel(&self, job_id: String) -> StoreFuture<'_, u64> {
+        self.call(move |conn| {
+            let tx = immediate(conn, "cancelling")?;
+            let status = status_of(&tx, &job_id)?;
+            if matches!(status, JobStatus::Completed | JobStatus::Failed) {
+                return Ok(0);
+            }
+            let at = now();
+            let n = tx
+                .execute(
+                    "UPDATE requests SET status = 'cancelled' WHERE job_id = ?1 AND status = 'pending'",
+                    [&job_id],
+                )
+                .map_err(db("cancelling"))?;
+            tx.execute(
+                "UPDATE jobs SET status = 'cancelled', cancelled = cancelled + ?2, updated_at = ?3
+                 WHERE id = ?1",
+                params![job_id, n as i64, at],
+            )
+            .map_err(db("cancelling"))?;
+            tx.commit().map_err(db("cancelling"))?;
+            Ok(n as u64)
+        })
+    }
+
+    fn reset_failed(&self, job_id: String, cancelled: bool) -> StoreFuture<'_, u64> {
+        self.call(move |conn| {
+            let tx = immediate(conn, "resetting failed requests")?;
+            status_of(&tx, &job_id)?;
+            let failed = tx
+                .execute(
+                    "UPDATE requests SET status = 'pending' WHERE job_id = ?1 AND status = 'failed'",
+                    [&job_id],
+                )
+                .map_err(db("resetting failed requests"))?;
+            let back = if cancelled {
+                tx.execute(
+                    "UPDATE requests SET status = 'pending' WHERE job_id = ?1 AND status = 'cancelled'",
+                    [&job_id],
+                )
+                .map_err(db("resetting failed requests"))?
+            } else {
+                0
+            };
+            tx.execute(
+                "UPDATE jobs SET failed = failed - ?2, cancelled = cancelled - ?3 WHERE id = ?1",
+                params![job_id, failed as i64, back as i64],
+            )
+            .map_err(db("resetting failed requests"))?;
+            tx.commit().map_err(db("resetting failed requests"))?;
+            Ok((failed + back) as u64)
+        })
+    }
+
+    fn progress(&self, job_id: String) -> StoreFuture<'_, Progress> {
+        self.call(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT total, succeeded, failed, cancelled, input_tokens, output_tokens, cost,
+                         (SELECT count(*) FROM requests WHERE job_id = ?1 AND status = 'running')
+                     FROM jobs WHERE id = ?1",
+                    [&job_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, Option<f64>>(6)?,
+                            r.get::<_, i64>(7)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(db("reading progress"))?
+                .ok_or(Error::JobNotFound { job: job_id })?;
+            Ok(progress_of(row))
+        })
+    }
+
+    fn results(&self, job_id: String) -> StoreFuture<'_, Vec<ResultRow>> {
+        self.call(move |conn| {
+            read_job(conn, &job_id)?;
+            let mut stmt = conn
+                .prepare(
+                    "SELECT q.seq, q.id, q.status, r.response, r.error FROM requests q
+                     LEFT JOIN results r ON q.status IN ('succeeded', 'failed')
+                         AND r.job_id = q.job_id AND r.seq = q.seq AND r.attempt = q.attempt
+                     WHERE q.job_id = ?1 ORDER BY q.seq",
+                )
+                .map_err(db("reading results"))?;
+            let rows = stmt
+                .query_map([&job_id], |r| {
+                    Ok(ResultRow {
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        status: r.get(2)?,
+                        response: r.get(3)?,
+                        error: r.get(4)?,
+                    })
+                })
+                .map_err(db("reading results"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("reading results"));
+            rows
+        })
+    }
+}
+
+/// Progress from a job's counters: total, succeeded, failed, cancelled, input and output
+/// tokens, cost, and how many requests are running now.
+pub(crate) fn progress_of(row: (i64, i64, i64, i64, i64, i64, Option<f64>, i64)) -> Progress {
+    let (total, succeeded, failed, cancelled, input, output, cost, running) = row;
+    let u = |v: i64| v.max(0) as u64;
+    Progress {
+        total: u(total),
+        pending: u(total - succeeded - failed - cancelled - running),
+        running: u(running),
+        succeeded: u(succeeded),
+        failed: u(failed),
+        cancelled: u(cancelled),
+        input_tokens: u(input),
+        output_tokens: u(output),
+        cost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_migrates_with_its_outcomes_and_counters() {
+        let dir = std::env::temp_dir().join(format!("ferrobatch-mig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v1.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO jobs VALUES ('j', 'n', 'processing', '/e', NULL, NULL, NULL, 3, 1, 1);
+                 INSERT INTO requests VALUES ('j', 0, 'a', '{}', 'succeeded', NULL, NULL, 1, '{\"x\":1}', NULL, 5, 7, 0.5, 2);
+                 INSERT INTO requests VALUES ('j', 1, 'b', '{}', 'running', 'old', 9.0, 1, NULL, NULL, 0, 0, NULL, NULL);
+                 INSERT INTO requests VALUES ('j', 2, 'c', '{}', 'failed', NULL, NULL, 2, NULL, '{\"m\":1}', 0, 0, NULL, 3);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(path.to_str().unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert_eq!(s.schema_version().await.unwrap(), SCHEMA_VERSION);
+            let p = s.progress("j".into()).await.unwrap();
+            assert_eq!(
+                (p.total, p.pending, p.running, p.succeeded, p.failed),
+                (3, 1, 0, 1, 1)
+            );
+            assert_eq!((p.input_tokens, p.output_tokens, p.cost), (5, 7, Some(0.5)));
+            let r = s.results("j".into()).await.unwrap();
+            assert_eq!(r[0].response.as_deref(), Some("{\"x\":1}"));
+            assert_eq!(r[1].status, "pending");
+            assert_eq!(r[2].error.as_deref(), Some("{\"m\":1}"));
+            // The interrupted request is claimed again as its second attempt.
+            s.register(RunnerInfo {
+                id: "r".into(),
+                host: "h".into(),
+                pid: 1,
+                lease: Duration::from_secs(10),
+            })
+            .await
+            .unwrap();
+            let c = s.claim("j".into(), "r".into(), 10).await.unwrap();
+            assert_eq!((c.len(), c[0].seq, c[0].attempt), (1, 1, 2));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
