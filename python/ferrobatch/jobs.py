@@ -1,5 +1,6 @@
-"""Batch jobs that survive crashes: `BatchManager` runs many requests through a ferrobatch HTTP
-batcher and keeps every request and result in a `BatchStore` (SQLite, WAL mode).
+"""Batch jobs that survive crashes and scale past one machine: `BatchManager` runs many
+requests through a ferrobatch HTTP client and keeps every request and result in a `BatchStore`:
+a SQLite file on one machine, or PostgreSQL for workers on many hosts.
 
 ```python
 manager = BatchManager(client=chat, store=BatchStore("batches.db"))
@@ -8,29 +9,31 @@ await manager.wait(job.id, progress=True)
 results = await manager.get_results(job.id)      # in submit order
 ```
 
+Claim → send → record runs in the Rust core on its tokio runtime: no Python per request.
+
 Guarantees:
 
-- The job and its requests are written (one transaction) before `submit` returns; each result
-  is committed as it arrives.
-- Kill the process at any moment, restart, `await manager.resume()`: every request ends exactly
-  once. A request whose result was committed is never sent again. A request that was in
-  flight at the crash is sent again once its lease expires (`lease_seconds`), and nothing else
-  is.
-- Two managers on one store never run the same request at the same time: each request is
-  leased to one runner, the lease is renewed while the request is in flight, and only the
-  lease holder's result is committed.
+- The job and its requests are written (one transaction) before `submit` returns.
+- Outcomes are recorded in groups, every `flush_interval` seconds (0.1) or `flush_max`
+  outcomes (1000), whichever comes first; `flush_interval=0` records each on its own.
+- Kill a worker at any moment (kill -9): every request still ends exactly once in the store.
+  A request whose outcome was recorded is never sent again. What is sent again is bounded by
+  what that worker had in flight plus what it had not yet recorded; it is taken over by
+  another worker once the dead one's heartbeat is older than `lease_seconds`.
+- Any number of managers and `ferrobatch work` processes on one store never send the same
+  request at the same time: each request is claimed by one runner, whose heartbeats keep the
+  claim; an outcome is recorded only by the runner and attempt that hold the claim.
 - `failed` is a job-level state (authentication, the server unreachable for longer than
   `patience`); a request that fails on its own leaves the job `completed`, its result
   carrying `error`.
-- The API key is never stored.
+- The API key is never stored; a PostgreSQL password never shows in reprs or errors.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import math
+import socket
 import sys
 import time
 import uuid
@@ -41,14 +44,7 @@ from os import PathLike
 from typing import Any, TextIO, Union
 
 from ferrobatch._http import EmbeddingsBase
-from ferrobatch._native import (
-    APIConnectionError,
-    AuthenticationError,
-    InvalidInputError,
-    JobStore,
-    NotFoundError,
-    PermissionDeniedError,
-)
+from ferrobatch._native import InvalidInputError, JobRunner, JobStore
 from ferrobatch.openai import ChatCompletions
 
 __all__ = [
@@ -63,13 +59,6 @@ __all__ = [
 ]
 
 Client = Union[EmbeddingsBase, ChatCompletions]
-
-#: Seconds between a runner's looks at its job's status (for a cancel from elsewhere).
-_STATUS_EVERY = 0.25
-
-#: Errors that end the whole job: no other request can succeed while they hold.
-_FATAL = (AuthenticationError, PermissionDeniedError, NotFoundError)
-
 
 class BatchStatus(Enum):
     """A job's state: pending → processing → completed | failed | cancelled."""
@@ -157,12 +146,20 @@ def _job(row: dict[str, Any]) -> Job:
 
 
 class BatchStore:
-    """Jobs, requests and results in one SQLite file (WAL mode); `":memory:"` (the default)
-    keeps them in memory only. Several processes may open the same file."""
+    """Where jobs, requests and results live: a SQLite file (WAL mode; `":memory:"`, the
+    default, keeps them in memory only), or a PostgreSQL database given by a DSN
+    (`"postgresql://user:password@host/db"`, TLS with `?sslmode=require`). Several processes
+    may open the same store; with PostgreSQL they may be on many hosts."""
 
-    def __init__(self, path: str | PathLike[str] = ":memory:") -> None:
-        self.path = str(path)
-        self._native = JobStore(self.path)
+    def __init__(self, location: str | PathLike[str] = ":memory:") -> None:
+        self._native = JobStore(str(location))
+        #: The store's location (a PostgreSQL password is shown as `***`).
+        self.path = self._native.location
+
+    @property
+    def engine(self) -> str:
+        """`"sqlite"` or `"postgresql"`."""
+        return self._native.engine
 
     @property
     def schema_version(self) -> int:
@@ -182,7 +179,7 @@ class BatchStore:
         return None if row is None else _job(row)
 
     def progress(self, job_id: str) -> JobProgress:
-        """Counts of the job's requests, tokens and cost."""
+        """Counts of the job's requests, tokens and cost (work done by every runner)."""
         return JobProgress(**self._native.progress(job_id))
 
     def results(self, job_id: str) -> list[BatchResult]:
@@ -197,21 +194,21 @@ class BatchStore:
             for _, rid, status, resp, err in self._native.results(job_id)
         ]
 
+    def write_results(self, job_id: str, path: str | PathLike[str]) -> int:
+        """Write the job's results as an OpenAI Batch API output file (replaced atomically,
+        never left half-written); returns how many lines."""
+        return self._native.write_results(job_id, str(path))
+
+    def results_jsonl(self, job_id: str) -> bytes:
+        """The job's results as OpenAI Batch API output lines."""
+        return self._native.results_jsonl(job_id)
+
     def cancel(self, job_id: str) -> int:
         """Cancel the job: its pending requests will never be sent; how many there were."""
         return self._native.cancel(job_id)
 
     def __repr__(self) -> str:
         return f"BatchStore({self.path!r})"
-
-
-def _error_dict(exc: BaseException) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    for attr in ("status", "code", "param"):
-        value = getattr(exc, attr, None)
-        if value is not None:
-            out[attr] = value
-    return out
 
 
 def _endpoint(client: Client) -> str:
@@ -257,13 +254,17 @@ def _check_body(client: Client, endpoint: str, rid: str, body: Mapping[str, Any]
 class BatchManager:
     """Runs jobs through `client` (any ferrobatch HTTP batcher), recording them in `store`.
 
-    - `lease_seconds`: how long a claimed request is reserved for this manager without a
-      renewal; after a crash its in-flight requests are sent again once it runs out.
+    - `lease_seconds`: how long this manager's claims outlive its last heartbeat (it beats
+      every third of it); after a crash its requests are taken over once it runs out.
     - `patience`: seconds of connection failures (no successful request) after which the job
-      fails instead of waiting for the server.
-    - `window`: most requests this manager has claimed per job at once. The default is twice
-      what the client can have in flight (`2 * concurrency * max_batch_size`, capped at 4096),
-      so that little more than what is really being sent is leased when a crash happens.
+      fails instead of waiting for the server; store outages are waited out as long.
+    - `concurrency`: most requests in flight at once. The default is what the client has in
+      flight online: `concurrency * max_batch_size` of a chat client, `concurrency` requests
+      of an embeddings client.
+    - `window`: most requests of one job claimed and not yet recorded (default
+      `2 * concurrency`, at most 4096).
+    - `flush_interval` / `flush_max`: outcomes are recorded in groups, after at most this
+      many seconds or this many outcomes; `flush_interval=0` records each on its own.
     """
 
     def __init__(
@@ -274,27 +275,51 @@ class BatchManager:
         lease_seconds: float = 60.0,
         patience: float = 300.0,
         window: int | None = None,
+        concurrency: int | None = None,
+        flush_interval: float = 0.1,
+        flush_max: int = 1000,
     ) -> None:
         self.client = client
         self.endpoint = _endpoint(client)
         self.store = store if store is not None else BatchStore()
-        if not (lease_seconds > 0 and math.isfinite(lease_seconds)):
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds}")
-        if window is None:
+        if concurrency is None:
             slots = client.concurrency if client.concurrency > 0 else 64
-            per_batch = client.max_batch_size if client.max_batch_size > 0 else 256
-            window = min(4096, 2 * slots * per_batch)
+            per_batch = client.max_batch_size if client.max_batch_size > 0 else 1
+            if isinstance(client, EmbeddingsBase):
+                per_batch = 1
+            concurrency = min(1024, slots * per_batch)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if window is None:
+            window = min(4096, 2 * concurrency)
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
+        self._settings: dict[str, Any] = {
+            "lease_seconds": float(lease_seconds),
+            "window": int(window),
+            "concurrency": int(concurrency),
+            "flush_interval": float(flush_interval),
+            "flush_max": int(flush_max),
+            "patience": float(patience),
+            "host": socket.gethostname(),
+        }
         self.lease_seconds = lease_seconds
         self.patience = patience
         self.window = window
-        self.owner = f"{uuid.uuid4().hex}"
-        self._db = self.store._native
-        self._runners: dict[str, asyncio.Task[None]] = {}
-        # Jobs this manager failed: their runner stops claiming at once.
-        self._failed: set[str] = set()
-        self._last_ok = time.monotonic()
+        self.concurrency = concurrency
+        self._runner: JobRunner | None = None
+        self._make_runner()  # checks the settings now
+        self._runners: dict[str, asyncio.Future[str]] = {}
+
+    def _make_runner(self) -> JobRunner:
+        if self._runner is None:
+            self._runner = JobRunner(self.store._native, self.client._client, **self._settings)
+        return self._runner
+
+    @property
+    def owner(self) -> str:
+        """This manager's runner id in the store."""
+        return self._make_runner().id
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -337,7 +362,13 @@ class BatchManager:
         job_id = f"batch_{uuid.uuid4().hex[:24]}"
         settings_json = json.dumps(dict(settings or {}))
         await asyncio.to_thread(
-            self._db.create_job, job_id, name, self.endpoint, settings_json, input_hash, rows
+            self.store._native.create_job,
+            job_id,
+            name,
+            self.endpoint,
+            settings_json,
+            input_hash,
+            rows,
         )
         if start:
             self._start(job_id)
@@ -346,15 +377,15 @@ class BatchManager:
     # --- reading -------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job:
-        return self.store.job(job_id)
+        return await asyncio.to_thread(self.store.job, job_id)
 
     async def get_status(self, job_id: str) -> BatchStatus:
         """The job's state (`JobNotFoundError` for an unknown id)."""
-        return self.store.job(job_id).status
+        return (await self.get_job(job_id)).status
 
     async def progress(self, job_id: str) -> JobProgress:
-        """Counts of the job's requests, tokens and cost."""
-        return self.store.progress(job_id)
+        """Counts of the job's requests, tokens and cost (work done by every runner)."""
+        return await asyncio.to_thread(self.store.progress, job_id)
 
     async def get_results(self, job_id: str) -> list[BatchResult]:
         """Every request's outcome, in submit order."""
@@ -369,64 +400,68 @@ class BatchManager:
     async def cancel(self, job_id: str) -> int:
         """Cancel the job: pending requests are never sent; in-flight ones finish and are
         recorded. Returns how many requests were cancelled."""
-        return self.store.cancel(job_id)
+        return await asyncio.to_thread(self.store.cancel, job_id)
 
     async def retry_failed(self, job_id: str) -> int:
         """Run the job's failed requests again (and, for a failed job, its unsent ones);
         returns how many were reset."""
-        n = self._db.reset_failed(job_id)
-        job = self._db.job(job_id)
-        if n or job["status"] == "failed":
-            self._failed.discard(job_id)
-            self._db.set_status(job_id, "processing")
+        db = self.store._native
+        n = await asyncio.to_thread(db.reset_failed, job_id)
+        job = await self.get_job(job_id)
+        if n or job.status is BatchStatus.FAILED:
+            await asyncio.to_thread(db.set_status, job_id, "processing")
             self._start(job_id)
         return n
 
     async def resume(self) -> list[Job]:
         """Continue every unfinished job in the store (after a restart); returns them."""
-        jobs = [j for j in self.list_jobs() if not j.status.is_terminal]
+        jobs = [j for j in await asyncio.to_thread(self.list_jobs) if not j.status.is_terminal]
         for j in jobs:
             self._start(j.id)
         return jobs
 
+    async def work(self, job_ids: Iterable[str] | None = None, *, until_idle: bool = True) -> None:
+        """Work the store's unfinished jobs (all, or `job_ids`) beside any other workers, as
+        they appear: with `until_idle`, until none is left; otherwise until `close()`."""
+        ids = None if job_ids is None else list(job_ids)
+        await self._make_runner().work(ids, until_idle)
+
     async def wait(
         self, job_id: str, progress: bool | ProgressReporter = False, poll: float = 0.2
     ) -> Job:
-        """Wait until the job is completed, failed or cancelled (and nothing of it is in
-        flight here). With `progress=True`, draw a progress bar (tqdm, if installed) on a
-        terminal; or pass a `ProgressReporter` to choose how progress is shown."""
-        job = self.store.job(job_id)
-        if not job.status.is_terminal:
-            self._start(job_id)
+        """Wait until the job is completed, failed or cancelled, running it here meanwhile
+        (beside any other workers). With `progress=True`, draw a progress bar (tqdm, if
+        installed) on a terminal; or pass a `ProgressReporter` to choose how it is shown."""
+        job = await self.get_job(job_id)
         bar: ProgressReporter | None
         if isinstance(progress, ProgressReporter):
             bar = progress
         else:
             bar = ProgressReporter(job.total, every=None) if progress else None
         try:
-            while True:
-                runner = self._runners.get(job_id)
-                if bar is not None:
-                    bar.update(self.store.progress(job_id))
-                status = self.store.job(job_id).status
-                if runner is None or runner.done():
-                    if runner is not None and not runner.cancelled() and runner.exception():
-                        raise runner.exception()  # type: ignore[misc]
-                    if status.is_terminal or runner is None:
-                        return await self.get_job(job_id)
-                    self._start(job_id)
-                await asyncio.sleep(poll)
+            mine = self._runners.get(job_id)
+            if job.status.is_terminal and (mine is None or mine.done()):
+                return job  # and nothing of it is in flight here
+            runner = self._start(job_id)
+            while not runner.done():
+                await asyncio.wait([runner], timeout=poll)
+                if bar is not None and not runner.done():
+                    bar.update(await self.progress(job_id))
+            runner.result()  # a store error that stopped the runner is raised here
+            return await self.get_job(job_id)
         finally:
             if bar is not None:
-                bar.update(self.store.progress(job_id), final=True)
+                bar.update(await self.progress(job_id), final=True)
 
     async def close(self) -> None:
-        """Stop this manager's runners; their leased requests go back to pending."""
-        for job_id, task in list(self._runners.items()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            self._db.release(job_id, self.owner)
+        """Stop this manager's runner: nothing more is claimed, what is in flight is
+        abandoned, what is done is recorded, and its claimed requests go back to pending."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.stop()
+        for fut in self._runners.values():
+            if not fut.done():
+                fut.cancel()
         self._runners.clear()
 
     async def __aenter__(self) -> BatchManager:
@@ -437,131 +472,12 @@ class BatchManager:
 
     # --- running -------------------------------------------------------------------------
 
-    def _start(self, job_id: str) -> None:
-        task = self._runners.get(job_id)
-        if task is None or task.done():
-            self._runners[job_id] = asyncio.get_running_loop().create_task(self._run(job_id))
-
-    async def _run(self, job_id: str) -> None:
-        db = self._db
-        if db.job(job_id)["status"] == "pending":
-            db.set_status(job_id, "processing")
-        in_flight: set[asyncio.Task[None]] = set()
-        renew = asyncio.get_running_loop().create_task(self._renew(job_id))
-        self._last_ok = time.monotonic()
-        # Claim in chunks (a claim is a write transaction), and look for a cancel or a
-        # job-level failure a few times a second rather than after every completion.
-        refill = max(1, self.window // 4)
-        checked = 0.0
-        try:
-            while True:
-                now = time.monotonic()
-                if job_id in self._failed:
-                    break
-                if now - checked >= _STATUS_EVERY or not in_flight:
-                    checked = now
-                    if db.job(job_id)["status"] in ("cancelled", "failed", "completed"):
-                        break
-                free = self.window - len(in_flight)
-                due = free >= refill or not in_flight
-                claimed = db.claim(job_id, self.owner, free, self.lease_seconds) if due else []
-                for seq, rid, body, _attempts in claimed:
-                    t = asyncio.get_running_loop().create_task(self._one(job_id, seq, rid, body))
-                    in_flight.add(t)
-                if in_flight:
-                    done, _ = await asyncio.wait(
-                        in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    in_flight -= done
-                    continue
-                if claimed:
-                    continue
-                p = db.progress(job_id)
-                if p["pending"] == 0 and p["running"] == 0:
-                    db.set_status(job_id, "completed")
-                    break
-                # Requests leased by another runner (alive, or dead until its lease expires).
-                await asyncio.sleep(min(0.5, self.lease_seconds / 4))
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-        finally:
-            renew.cancel()
-            for t in in_flight:
-                t.cancel()
-
-    async def _renew(self, job_id: str) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
-            self._db.renew(job_id, self.owner, self.lease_seconds)
-
-    async def _one(self, job_id: str, seq: int, rid: str, body_text: str) -> None:
-        body = json.loads(body_text)
-        response: dict[str, Any] | None = None
-        error: dict[str, Any] | None = None
-        tokens = (0, 0)
-        try:
-            response, tokens = await self._execute(body)
-            self._last_ok = time.monotonic()
-        except asyncio.CancelledError:
-            raise
-        except _FATAL as exc:
-            error = _error_dict(exc)
-            self._fail(job_id, f"{type(exc).__name__}: {exc}")
-        except APIConnectionError as exc:
-            error = _error_dict(exc)
-            if time.monotonic() - self._last_ok > self.patience:
-                self._fail(
-                    job_id, f"the server was unreachable for more than {self.patience:g}s: {exc}"
-                )
-        except Exception as exc:  # every request ends with a result or an error
-            error = _error_dict(exc)
-        self._db.complete(
-            job_id,
-            seq,
-            self.owner,
-            error is None,
-            json.dumps(response) if response is not None else None,
-            json.dumps(error) if error is not None else None,
-            tokens[0],
-            tokens[1],
-            self._cost(body, tokens),
-        )
-
-    def _fail(self, job_id: str, reason: str) -> None:
-        self._failed.add(job_id)
-        self._db.set_status(job_id, "failed", reason)
-
-    def _cost(self, body: Mapping[str, Any], tokens: tuple[int, int]) -> float | None:
-        model = body.get("model") or getattr(self.client, "model", None)
-        price = self.client.prices.get(model) if isinstance(model, str) else None
-        if price is None:
-            return None
-        return (tokens[0] * price.get("input", 0.0) + tokens[1] * price.get("output", 0.0)) / 1e6
-
-    async def _execute(self, body: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, int]]:
-        client = self.client
-        if isinstance(client, ChatCompletions):
-            resp = await client.process(body)
-            usage = resp.get("usage") or {}
-            return resp, (
-                int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0),
-            )
-        inp = body["input"]
-        texts = [inp] if isinstance(inp, str) else list(inp)
-        vectors = await client.embed_many(texts)
-        tokens = sum(max(1, math.ceil(len(t) / 4)) for t in texts)
-        data = [
-            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
-            for i, v in enumerate(vectors)
-        ]
-        resp = {
-            "object": "list",
-            "data": data,
-            "model": body.get("model", client.model),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return resp, (tokens, 0)
+    def _start(self, job_id: str) -> asyncio.Future[str]:
+        fut = self._runners.get(job_id)
+        if fut is None or fut.done():
+            fut = self._make_runner().run(job_id)
+            self._runners[job_id] = fut
+        return fut
 
 
 class ProgressReporter:

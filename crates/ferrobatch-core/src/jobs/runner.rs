@@ -444,7 +444,8 @@ impl Runner {
         }
     }
 
-    /// Run unfinished jobs (all, or those in `only`) as they appear, each concurrently; with
+    /// Run unfinished jobs of this runner's endpoint (all, or those in `only`) as they
+    /// appear, each concurrently; with
     /// `until_idle`, return once none is left, otherwise run until `stop`.
     pub async fn work(
         self: &Arc<Self>,
@@ -461,7 +462,8 @@ impl Runner {
             }
             let jobs = self.retrying(|| self.store.jobs()).await?;
             for j in jobs {
-                let wanted = only.as_ref().is_none_or(|o| o.contains(&j.id));
+                let wanted = only.as_ref().is_none_or(|o| o.contains(&j.id))
+                    && j.endpoint == self.endpoint.path();
                 if wanted && !j.status.is_terminal() && !active.contains_key(&j.id) {
                     active.insert(j.id.clone(), ());
                     let me = Arc::clone(self);
