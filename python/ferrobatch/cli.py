@@ -1,11 +1,13 @@
 """The `ferrobatch` command: run OpenAI Batch API JSONL files against any OpenAI-compatible
-endpoint with a crash-safe store, inspect and cancel jobs, and a demo against the fake server.
+endpoint with a crash-safe store, on one machine or with workers on many hosts; inspect and
+cancel jobs; a demo against the fake server.
 
     ferrobatch demo
     ferrobatch run requests.jsonl -o results.jsonl --base-url https://api.openai.com/v1
-    ferrobatch jobs --store results.jsonl.jobs.db
-    ferrobatch status JOB --store ...     ferrobatch cancel JOB --store ...
-    ferrobatch results JOB --store ... [-o out.jsonl]
+    ferrobatch submit requests.jsonl --store postgresql://...      (prints the job id)
+    ferrobatch work --store postgresql://... --base-url URL --until-idle   (on each host)
+    ferrobatch results JOB --store ... -o results.jsonl
+    ferrobatch jobs --store ...   ferrobatch status JOB --store ...   ferrobatch cancel JOB ...
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -26,8 +29,9 @@ from ferrobatch._native import RateLimiter
 from ferrobatch.jobs import (
     BatchManager,
     BatchRequest,
-    BatchResult,
     BatchStore,
+    BatchStatus,
+    Job,
     ProgressReporter,
 )
 
@@ -124,35 +128,15 @@ def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
     return endpoint, requests, digest
 
 
-def output_line(seq: int, r: BatchResult) -> dict[str, Any]:
-    """One line of the OpenAI Batch API output format."""
-    response = None if r.response is None else {"status_code": 200, "body": r.response}
-    error = None
-    if r.error is not None:
-        error = {"code": r.error.get("code") or r.error.get("type"), "message": r.error["message"]}
-        status = r.error.get("status")
-        if status is not None:
-            error["status_code"] = status
-    elif r.response is None:
-        error = {"code": r.status, "message": f"the request was not run ({r.status})"}
-    return {"id": f"batch_req_{seq}", "custom_id": r.id, "response": response, "error": error}
-
-
-def write_results(results: list[BatchResult], out: Path | None) -> None:
-    """Write every result; a file is replaced atomically, never left half-written."""
-    lines = [json.dumps(output_line(i, r)) + "\n" for i, r in enumerate(results)]
+def write_results(store: BatchStore, job_id: str, out: Path | None) -> None:
+    """Write the job's results in the OpenAI Batch API output format (in Rust, without a
+    Python object per line); a file is replaced atomically, never left half-written."""
     if out is None:
-        sys.stdout.writelines(lines)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        sys.stdout.flush()
+        sys.stdout.buffer.write(store.results_jsonl(job_id))
+        sys.stdout.flush()
+    else:
+        store.write_results(job_id, out)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -197,7 +181,7 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
 async def cmd_run(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.output)
     endpoint, requests, digest = parse_requests(src)
-    store_path = args.store or str(out) + ".jobs.db"
+    store_path = args.store or os.environ.get("FERROBATCH_STORE") or str(out) + ".jobs.db"
     settings = {
         "base_url": args.base_url,
         "api_key_env": args.api_key_env,
@@ -209,7 +193,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     client = make_client(endpoint, settings, args)  # before the store: a bad setting writes nothing
     store = BatchStore(store_path)
     existing = store.find_by_input(digest)
-    manager = BatchManager(client, store, lease_seconds=args.lease_seconds)
+    manager = BatchManager(
+        client, store, lease_seconds=args.lease_seconds, flush_interval=args.flush_interval
+    )
     try:
         if existing is None:
             try:
@@ -231,8 +217,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             before = store.progress(job.id)
             reporter = ProgressReporter(job.total, already=before.done, every=2.0)
             job = await manager.wait(job.id, progress=reporter, poll=0.1)
-        results = await manager.get_results(job.id)
-        write_results(results, out)
+        await asyncio.to_thread(write_results, store, job.id, out)
         p = await manager.progress(job.id)
         print(
             f"job {job.id} {job.status.value}: {p.succeeded} succeeded, {p.failed} failed, "
@@ -247,13 +232,119 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await client.stop()
 
 
-def open_store(args: argparse.Namespace) -> BatchStore:
-    path = args.store or os.environ.get("FERROBATCH_STORE")
-    if not path:
-        raise CliError("which store? pass --store PATH (or set FERROBATCH_STORE)")
-    if not Path(path).exists():
-        raise CliError(f"no store at {path}")
-    return BatchStore(path)
+def store_location(args: argparse.Namespace) -> str:
+    location = args.store or os.environ.get("FERROBATCH_STORE")
+    if not location:
+        raise CliError("which store? pass --store PATH_OR_DSN (or set FERROBATCH_STORE)")
+    return str(location)
+
+
+def open_store(args: argparse.Namespace, create: bool = False) -> BatchStore:
+    """The store of --store / FERROBATCH_STORE: a SQLite path (which must exist unless
+    `create`) or a postgresql:// DSN."""
+    location = store_location(args)
+    is_dsn = location.startswith(("postgresql://", "postgres://"))
+    if not is_dsn and not create and not Path(location).exists():
+        raise CliError(f"no store at {location}")
+    return BatchStore(location)
+
+
+def job_settings(
+    args: argparse.Namespace, requests: list[BatchRequest], src: Path
+) -> dict[str, Any]:
+    """A job's non-secret settings: where it goes, which model, the key's variable name."""
+    return {
+        "base_url": args.base_url,
+        "api_key_env": args.api_key_env,
+        "model": requests[0].body.get("model"),
+        "dimensions": requests[0].body.get("dimensions"),
+        "input": str(src),
+    }
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    src = Path(args.input)
+    endpoint, requests, digest = parse_requests(src)
+    store = open_store(args, create=True)
+    settings = job_settings(args, requests, src)
+    client = make_client(endpoint, {**settings, "base_url": "http://127.0.0.1:1"}, args)
+    try:
+        manager = BatchManager(client, store)
+        try:
+            job = await manager.submit(
+                requests,
+                name=args.name or src.name,
+                settings=settings,
+                input_hash=digest,
+                start=False,
+            )
+        except (TypeError, ValueError) as e:
+            raise CliError(str(e)) from None
+        await manager.close()
+    finally:
+        await client.stop()
+    print(f"{job.id}: {job.total} requests, store {store.path}", file=sys.stderr)
+    print(job.id)
+    return 0
+
+
+def work_key(job: Job) -> tuple[Any, ...]:
+    """Jobs one client can run: every chat job; embeddings jobs of one model and size."""
+    if job.endpoint == "/v1/embeddings":
+        return (job.endpoint, job.settings.get("model"), job.settings.get("dimensions"))
+    return (job.endpoint,)
+
+
+async def cmd_work(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    only = set(args.job) if args.job else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM,):
+        loop.add_signal_handler(sig, stop.set)
+    managers: dict[tuple[Any, ...], tuple[Any, BatchManager]] = {}
+    running: dict[str, asyncio.Future[str]] = {}
+    print(f"worker on {store.path}", file=sys.stderr, flush=True)
+    try:
+        while not stop.is_set():
+            jobs = await asyncio.to_thread(store.jobs)
+            for j in jobs:
+                if j.status.is_terminal or (only is not None and j.id not in only):
+                    continue
+                if j.id in running and not running[j.id].done():
+                    continue
+                key = work_key(j)
+                if key not in managers:
+                    settings = {**j.settings, "base_url": args.base_url}
+                    settings["api_key_env"] = args.api_key_env
+                    client = make_client(j.endpoint, settings, args)
+                    manager = BatchManager(
+                        client,
+                        store,
+                        lease_seconds=args.lease_seconds,
+                        flush_interval=args.flush_interval,
+                    )
+                    managers[key] = (client, manager)
+                running[j.id] = managers[key][1]._start(j.id)
+                print(f"working job {j.id} ({j.name or 'unnamed'})", file=sys.stderr, flush=True)
+            for job_id, fut in list(running.items()):
+                if fut.done():
+                    status = fut.result()  # a store error stops the worker here
+                    del running[job_id]
+                    if BatchStatus(status).is_terminal:
+                        print(f"job {job_id} {status}", file=sys.stderr, flush=True)
+            if not running and args.until_idle:
+                break
+            waiters: list[asyncio.Future[Any]] = [*running.values()]
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([*waiters, stopper], timeout=1.0, return_when="FIRST_COMPLETED")
+            stopper.cancel()
+    finally:
+        for client, manager in managers.values():
+            await manager.close()
+            await client.stop()
+        loop.remove_signal_handler(signal.SIGTERM)
+    return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -291,8 +382,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    results = open_store(args).results(args.job)
-    write_results(results, Path(args.output) if args.output else None)
+    write_results(open_store(args), args.job, Path(args.output) if args.output else None)
     return 0
 
 
@@ -407,6 +497,22 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 # --- entry point ------------------------------------------------------------------------------
 
 
+def add_runner_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=60.0,
+        help="a dead worker's requests are taken over after this long (default 60)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.1,
+        help="seconds results wait before they are recorded in one write; 0 records each "
+        "on its own (default 0.1)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrobatch", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -430,8 +536,44 @@ def parser() -> argparse.ArgumentParser:
         "(or set FERROBATCH_REDIS)",
     )
     run.add_argument("--concurrency", type=int, default=16)
-    run.add_argument("--store", default=None, help="job store (default: OUTPUT.jobs.db)")
-    run.add_argument("--lease-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--store",
+        default=None,
+        help="job store: a SQLite path or a postgresql:// DSN (or set FERROBATCH_STORE; "
+        "default: OUTPUT.jobs.db)",
+    )
+    add_runner_options(run)
+
+    submit = sub.add_parser("submit", help="store a job from a JSONL file; prints its id")
+    submit.add_argument("input", help="requests in the OpenAI Batch API JSONL format")
+    submit.add_argument("--store", default=None, help="SQLite path or postgresql:// DSN")
+    submit.add_argument("--name", default=None, help="the job's name (default: the file name)")
+    submit.add_argument("--base-url", default=None, help="recorded with the job (optional)")
+    submit.add_argument("--api-key-env", default="OPENAI_API_KEY", help=argparse.SUPPRESS)
+    submit.add_argument("--concurrency", type=int, default=16, help=argparse.SUPPRESS)
+    submit.add_argument("--rpm", type=float, default=None, help=argparse.SUPPRESS)
+    submit.add_argument("--tpm", type=float, default=None, help=argparse.SUPPRESS)
+    submit.add_argument("--redis", default=None, help=argparse.SUPPRESS)
+
+    work = sub.add_parser(
+        "work", help="run the store's unfinished jobs beside any other workers, on any host"
+    )
+    work.add_argument("--store", default=None, help="SQLite path or postgresql:// DSN")
+    work.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1")
+    work.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the key (the key is never stored)",
+    )
+    work.add_argument("--concurrency", type=int, default=16)
+    work.add_argument("--rpm", type=float, default=None, help="requests per minute budget")
+    work.add_argument("--tpm", type=float, default=None, help="tokens per minute budget")
+    work.add_argument("--redis", default=None, metavar="URL", help="share --rpm/--tpm in Redis")
+    work.add_argument("--job", action="append", default=None, help="only this job (repeatable)")
+    work.add_argument(
+        "--until-idle", action="store_true", help="exit once no unfinished job is left"
+    )
+    add_runner_options(work)
 
     for name, help_ in (
         ("jobs", "list jobs"),
@@ -460,6 +602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(cmd_run(args))
+        if args.command == "submit":
+            return asyncio.run(cmd_submit(args))
+        if args.command == "work":
+            return asyncio.run(cmd_work(args))
         if args.command == "demo":
             return asyncio.run(cmd_demo(args))
         return {
@@ -472,7 +618,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ferrobatch: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        print(
+            "\ninterrupted; run the same command again to resume (claimed requests were "
+            "handed back)",
+            file=sys.stderr,
+        )
         return 130
     except Exception as e:  # a typed ferrobatch error (unknown job, store locked, ...)
         from ferrobatch import FerrobatchError

@@ -1,4 +1,5 @@
-"""The pytest plugin ferrobatch registers: the `fake_ai_server` and `redis_server` fixtures."""
+"""The pytest plugin ferrobatch registers: the `fake_ai_server`, `redis_server`,
+`postgres_server` and `postgres_dsn` fixtures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from ferrobatch.testing import FakeServer
+from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
 from ferrobatch.testing.redis import RedisServer, RedisUnavailable
 
 
@@ -31,3 +33,29 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.skip(str(e))
     with server:
         yield server
+
+
+def _unavailable(e: Exception) -> None:
+    if os.environ.get("FERROBATCH_REQUIRE_SERVICES"):
+        pytest.fail(f"{e}, and FERROBATCH_REQUIRE_SERVICES is set")
+    pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL on a free loopback port for the whole session. Skips (naming
+    the Debian package) when its binaries are missing, unless FERROBATCH_REQUIRE_SERVICES is
+    set, as CI sets it: then a missing server fails the test."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as e:
+        _unavailable(e)
+        raise
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """A fresh empty database on the session's PostgreSQL."""
+    return postgres_server.create_database()

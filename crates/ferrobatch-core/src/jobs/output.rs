@@ -91,7 +91,16 @@ pub fn write_jsonl(rows: &[ResultRow], out: &mut impl Write) -> Result<(), Error
                 error_object(row)
             },
         };
-        serde_json::to_writer(&mut *out, &line).map_err(|e| io(e.into()))?;
+        let mut text = serde_json::to_string(&line).map_err(|e| io(e.into()))?;
+        // Valid JSON, but line breaks to readers that split on every Unicode line break
+        // (Python's str.splitlines): escape them, as Python's json.dumps does.
+        if text.contains(['\u{2028}', '\u{2029}', '\u{85}']) {
+            text = text
+                .replace('\u{2028}', "\\u2028")
+                .replace('\u{2029}', "\\u2029")
+                .replace('\u{85}', "\\u0085");
+        }
+        out.write_all(text.as_bytes()).map_err(io)?;
         out.write_all(b"\n").map_err(io)?;
     }
     Ok(())
@@ -171,5 +180,9 @@ mod tests {
             lines[2]["error"]["message"],
             "the request was not run (cancelled)"
         );
+        let mut out = Vec::new();
+        write_jsonl(&[row(0, "succeeded", Some("\"a\u{2028}b\""), None)], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("a\\u2028b") && text.lines().count() == 1);
     }
 }

@@ -508,11 +508,12 @@ impl Store for PgStore {
                 .one(
                     "recording results",
                     "WITH d AS (
-                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::int[], $5::bool[],
+                         SELECT DISTINCT ON (job_id, seq, attempt) * FROM unnest($2::text[], $3::bigint[], $4::int[], $5::bool[],
                                               $6::text[], $7::text[], $8::bigint[], $9::bigint[],
                                               $10::float8[])
                              AS d(job_id, seq, attempt, ok, response, error, input_tokens,
-                                  output_tokens, cost)),
+                                  output_tokens, cost)
+                         ORDER BY job_id, seq, attempt),
                      fenced AS (
                          UPDATE ferrobatch_requests r
                          SET status = CASE WHEN d.ok THEN 'succeeded' ELSE 'failed' END, runner = NULL
@@ -604,7 +605,7 @@ impl Store for PgStore {
                          UPDATE ferrobatch_requests SET status = 'pending'
                          WHERE job_id = $1 AND (status = 'failed' OR ($2 AND status = 'cancelled'))
                          RETURNING status = 'failed' AS was_failed),
-                     -- RETURNING shows the new status: count from the old rows instead.
+                     -- Every part sees the rows as they were: count the old statuses.
                      old AS (
                          SELECT count(*) FILTER (WHERE status = 'failed') AS f,
                                 count(*) FILTER (WHERE $2 AND status = 'cancelled') AS c
