@@ -1,0 +1,171 @@
+"""Jobs on PostgreSQL (a throwaway server from the installed binaries) and workers on many
+processes: the same store suite as SQLite, kill -9 of a worker, a database restart."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ferrobatch._native import _store_suite
+from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
+from ferrobatch.openai import ChatCompletions
+from ferrobatch.testing import FakeServer
+from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
+
+
+def reqs(n: int) -> list[BatchRequest]:
+    return [
+        BatchRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"item {i}"}]})
+        for i in range(n)
+    ]
+
+
+def sends(server: FakeServer) -> collections.Counter[str]:
+    return collections.Counter(
+        r["body"]["messages"][-1]["content"] for r in server.requests("/chat/completions")
+    )
+
+
+def jsonl(path: Path, n: int) -> None:
+    with path.open("w") as f:
+        for i in range(n):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"item {i}"}]}
+            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions"}
+            f.write(json.dumps({**line, "body": body}) + "\n")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ferrobatch.cli", *args]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_same_store_suite_passes_on_both_engines(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    location = (
+        str(tmp_path / "suite.db") if engine == "sqlite" else request.getfixturevalue("postgres_dsn")
+    )
+    _store_suite(location)
+    _store_suite(location)  # again, on a store holding the first run's data
+    assert BatchStore(location).engine == engine
+
+
+async def test_a_job_on_postgres_with_results_in_order(postgres_dsn: str) -> None:
+    store = BatchStore(postgres_dsn)
+    assert store.engine == "postgresql" and store.schema_version == 1
+    with FakeServer() as server:
+        chat = ChatCompletions(
+            "m", base_url=server.openai_base_url, api_key="k", prices={"m": {"input": 1.0}}
+        )
+        async with BatchManager(chat, store) as manager:
+            job = await manager.wait((await manager.submit(reqs(50), name="pg")).id)
+            assert job.status is BatchStatus.COMPLETED and job.name == "pg"
+            results = await manager.get_results(job.id)
+            assert [r.id for r in results] == [f"r{i}" for i in range(50)]
+            assert all(r.ok for r in results)
+            p = await manager.progress(job.id)
+            assert (p.succeeded, p.pending, p.running) == (50, 0, 0)
+            assert p.cost == pytest.approx(p.input_tokens / 1e6)
+        assert sends(server) == {f"item {i}": 1 for i in range(50)}
+        await chat.stop()
+
+
+def test_a_password_never_shows(postgres_server: PostgresServer) -> None:
+    dsn = f"postgresql://nobody:s3cret-pw@127.0.0.1:{postgres_server.port}/nope"
+    with pytest.raises(Exception) as info:
+        BatchStore(dsn)
+    assert "s3cret-pw" not in str(info.value)
+    store = BatchStore(postgres_server.create_database().replace("ferrobatch@", "ferrobatch:pw@"))
+    assert "pw@" not in repr(store) and "***" in repr(store)
+
+
+def test_three_workers_one_killed_every_request_ends_once(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    n, concurrency = 600, 4
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    jsonl(src, n)
+    with FakeServer(latency=0.02) as server:
+        sub = subprocess.run(
+            cli("submit", str(src), "--store", postgres_dsn), capture_output=True, text=True
+        )
+        assert sub.returncode == 0, sub.stderr
+        job_id = sub.stdout.strip()
+        env = {**os.environ, "OPENAI_API_KEY": "k"}
+        args = ["--store", postgres_dsn, "--base-url", server.openai_base_url]
+        args += ["--concurrency", str(concurrency), "--lease-seconds", "1", "--until-idle"]
+        workers = [
+            subprocess.Popen(cli("work", *args), env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        store = BatchStore(postgres_dsn)
+        try:
+            deadline = time.monotonic() + 60
+            while store.progress(job_id).done < n // 3:
+                assert time.monotonic() < deadline, "the workers made no progress"
+                time.sleep(0.02)
+            before = store.progress(job_id)
+            workers[0].send_signal(signal.SIGKILL)
+            assert workers[0].wait(timeout=10) == -signal.SIGKILL
+            for w in workers[1:]:
+                assert w.wait(timeout=120) == 0, w.stderr.read() if w.stderr else ""
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+                if w.stderr is not None:
+                    w.stderr.close()
+        assert store.job(job_id).status is BatchStatus.COMPLETED
+        p = store.progress(job_id)
+        assert (p.succeeded, p.failed, p.pending, p.running) == (n, 0, 0, 0)
+        results = store.results(job_id)
+        assert [r.id for r in results] == [f"c{i}" for i in range(n)]
+        counts = sends(server)
+        assert set(counts) == {f"item {i}" for i in range(n)}
+        resent = sum(counts.values()) - n
+        # Sent twice: at most what the killed worker held (its window: twice its
+        # concurrency), and at most what was running anywhere when it died.
+        assert resent <= 2 * concurrency
+        assert resent <= before.running
+        assert subprocess.run(
+            cli("results", job_id, "--store", postgres_dsn, "-o", str(out))
+        ).returncode == 0
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [x["custom_id"] for x in lines] == [f"c{i}" for i in range(n)]
+        assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in lines)
+
+
+async def test_postgres_restarted_mid_job_the_workers_reconnect_and_finish() -> None:
+    try:
+        pg = PostgresServer()
+    except PostgresUnavailable as e:
+        if os.environ.get("FERROBATCH_REQUIRE_SERVICES"):
+            pytest.fail(f"{e}, and FERROBATCH_REQUIRE_SERVICES is set")
+        pytest.skip(str(e))
+    n = 400
+    with pg, FakeServer(latency=0.01) as server:
+        store = BatchStore(pg.create_database())
+        chat = ChatCompletions("m", base_url=server.openai_base_url, api_key="k", concurrency=8)
+        async with BatchManager(chat, store, lease_seconds=5.0) as manager:
+            job = await manager.submit(reqs(n))
+            while (await manager.progress(job.id)).done < n // 4:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(pg.stop)
+            await asyncio.sleep(1.0)  # requests still finish; their outcomes wait
+            await asyncio.to_thread(pg.start)
+            job = await asyncio.wait_for(manager.wait(job.id), 60)
+            assert job.status is BatchStatus.COMPLETED
+            results = await manager.get_results(job.id)
+            assert len(results) == n and all(r.ok for r in results)
+        assert set(sends(server)) == {f"item {i}" for i in range(n)}
+        await chat.stop()
