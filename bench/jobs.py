@@ -1,29 +1,33 @@
-"""Batch job overhead: what the durable store costs per request.
+"""Batch jobs against the online path: client CPU per request and throughput.
 
-    python bench/jobs.py            # 5,000 chat requests, fake server with 5 ms latency
-    python bench/jobs.py --quick    # a smoke run (used by the test suite)
+    python bench/jobs.py                       # 20,000 chat requests, SQLite and PostgreSQL
+    python bench/jobs.py --sizes 20000,1000000 # and a job of a million requests
+    python bench/jobs.py --quick               # a smoke run (used by the test suite)
 
-The fake server runs in a subprocess. Contenders, one after another on a fresh event loop,
-all through one `ChatCompletions` setting (concurrency 64):
+The fake server runs in a subprocess (10 ms latency), so its CPU is not the client's. For each
+size, one after another on a fresh event loop, through the same `ChatCompletions` settings
+(concurrency 64):
 
-- `asyncio.gather` over `chat.create(...)`: no job, no store (the floor);
-- `BatchManager` with an in-memory store;
-- `BatchManager` with a SQLite file store (WAL; every result committed as it arrives).
+- online: `asyncio.gather` over `chat.process(body)` in chunks of 20,000 (no store);
+- a job on SQLite: `BatchManager.submit` + `wait` (outcomes recorded every 100 ms);
+- jobs on PostgreSQL (a throwaway server, when its binaries are installed), worked by 1, 2 and
+  3 `ferrobatch work` processes at once: their CPU from `getrusage(RUSAGE_CHILDREN)`.
 
-Reported: wall time, requests per second, client CPU time, and each job's cost relative to
-the floor. Medians of --reps runs.
+Reported: wall time, requests per second, client CPU µs per request, and each job's CPU and
+throughput relative to the online path of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import statistics
+import resource
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
@@ -33,81 +37,141 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embeddings import start_server
 
 CONCURRENCY = 64
+CHUNK = 20_000
 
 
 def client(url: str) -> ChatCompletions:
     return ChatCompletions("fake", base_url=url, api_key="bench", concurrency=CONCURRENCY)
 
 
-def bodies(n: int) -> list[dict[str, object]]:
-    return [{"messages": [{"role": "user", "content": f"review {i}"}]} for i in range(n)]
+def body(i: int) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": f"review {i}"}]}
 
 
-async def floor(url: str, n: int) -> int:
+async def online(url: str, n: int) -> int:
     chat = client(url)
-    resps = await asyncio.gather(*[chat.process(b) for b in bodies(n)])  # type: ignore[arg-type]
+    done = 0
+    for start in range(0, n, CHUNK):
+        chunk = [chat.process(body(i)) for i in range(start, min(n, start + CHUNK))]
+        done += len(await asyncio.gather(*chunk))  # type: ignore[arg-type]
     await chat.stop()
-    return len(resps)
+    return done
 
 
 async def job(url: str, n: int, store: BatchStore) -> int:
     chat = client(url)
-    async with BatchManager(chat, store, window=4 * CONCURRENCY) as manager:
-        reqs = [BatchRequest(id=f"r{i}", body=b) for i, b in enumerate(bodies(n))]
-        j = await manager.submit(reqs)
-        j = await manager.wait(j.id, poll=0.02)
+    async with BatchManager(chat, store) as manager:
+        j = await manager.submit(BatchRequest(id=f"r{i}", body=body(i)) for i in range(n))
+        j = await manager.wait(j.id, poll=0.05)
         p = await manager.progress(j.id)
     await chat.stop()
     return p.succeeded
 
 
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def workers(url: str, n: int, dsn: str, count: int, tmp: Path) -> tuple[float, float, int]:
+    """Submit a job of `n` requests to PostgreSQL, work it with `count` worker processes;
+    wall seconds, their CPU seconds, requests that succeeded."""
+    src = tmp / f"in-{n}.jsonl"
+    if not src.exists():
+        with src.open("w") as f:
+            for i in range(n):
+                line = {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions"}
+                f.write(json.dumps({**line, "body": {"model": "fake", **body(i)}}) + "\n")
+    cli = [sys.executable, "-m", "ferrobatch.cli"]
+    name = f"bench-{count}-{time.monotonic_ns()}"
+    sub = subprocess.run(
+        [*cli, "submit", str(src), "--store", dsn, "--name", name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = sub.stdout.strip()
+    env = {**os.environ, "OPENAI_API_KEY": "bench"}
+    cmd = [*cli, "work", "--store", dsn, "--base-url", url, "--until-idle", "--job", job_id]
+    cmd += ["--concurrency", str(CONCURRENCY)]
+    cpu0, t0 = children_cpu(), time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL) for _ in range(count)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"a worker exited with {p.returncode}")
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    return wall, cpu, BatchStore(dsn).progress(job_id).succeeded
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--latency", type=float, default=0.005)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--sizes", default="20000", help="comma-separated job sizes")
+    p.add_argument("--latency", type=float, default=0.01)
+    p.add_argument("--workers", default="1,2,3", help="PostgreSQL worker process counts")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    counts = [int(c) for c in args.workers.split(",") if c]
     if args.quick:
-        args.n, args.reps = 300, 1
+        sizes, counts = [300], [1]
     proc, url = start_server(args.latency)
     tmp = tempfile.TemporaryDirectory()
-    runs: dict[str, Callable[[], Awaitable[int]]] = {
-        "gather over chat.create (no job)": lambda: floor(url, args.n),
-        "BatchManager, in-memory store": lambda: job(url, args.n, BatchStore()),
-        "BatchManager, SQLite file store": lambda: job(
-            url, args.n, BatchStore(Path(tmp.name) / f"jobs-{time.monotonic_ns()}.db")
-        ),
-    }
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    pg = None
     try:
-        for _ in range(args.reps):
+        from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
+
+        try:
+            pg = PostgresServer()
+        except PostgresUnavailable as e:
+            print(f"(PostgreSQL rows skipped: {e})\n")
+        rows: list[tuple[int, str, float, float]] = []
+        for n in sizes:
+            runs = {
+                "online: gather over chat.process": lambda n=n: online(url, n),
+                "job, SQLite file store": lambda n=n: job(
+                    url, n, BatchStore(Path(tmp.name) / f"jobs-{n}.db")
+                ),
+            }
             for name, run in runs.items():
                 c0, t0 = time.process_time(), time.perf_counter()
                 done = asyncio.run(run())
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                if done != args.n:
-                    raise SystemExit(f"{name}: {done} of {args.n} requests succeeded")
-                results[name].append((wall, cpu))
+                if done != n:
+                    raise SystemExit(f"{name}: {done} of {n} requests succeeded")
+                rows.append((n, name, wall, cpu))
+            if pg is not None:
+                dsn = pg.create_database()
+                for count in counts:
+                    wall, cpu, done = workers(url, n, dsn, count, Path(tmp.name))
+                    if done != n:
+                        raise SystemExit(f"{count} workers: {done} of {n} requests succeeded")
+                    label = f"job, PostgreSQL, {count} worker process{'es' if count > 1 else ''}"
+                    rows.append((n, label, wall, cpu))
     finally:
         proc.terminate()
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+        if pg is not None:
+            pg.close()
         tmp.cleanup()
     print(
-        f"Jobs: {args.n} chat requests, server latency {args.latency * 1000:g} ms, "
-        f"concurrency {CONCURRENCY}; {os.cpu_count()} CPUs; medians of {args.reps} runs\n"
+        f"Jobs: chat requests, server latency {args.latency * 1000:g} ms, concurrency "
+        f"{CONCURRENCY} per process; {os.cpu_count()} CPUs\n"
     )
-    print("| client | wall s | requests/s | client CPU s | CPU µs per request | wall / floor |")
-    print("|---|---:|---:|---:|---:|---:|")
-    base = statistics.median(w for w, _ in results["gather over chat.create (no job)"])
-    for name, rs in results.items():
-        wall = statistics.median(w for w, _ in rs)
-        cpu = statistics.median(c for _, c in rs)
+    print(
+        "| requests | client | wall s | requests/s | CPU µs per request | CPU / online "
+        "| throughput / online |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    base: dict[int, tuple[float, float]] = {}
+    for n, name, wall, cpu in rows:
+        if name.startswith("online"):
+            base[n] = (wall, cpu)
+        bw, bc = base[n]
         print(
-            f"| {name} | {wall:.2f} | {args.n / wall:,.0f} | {cpu:.2f} | "
-            f"{cpu / args.n * 1e6:.0f} | {wall / base:.2f} |"
+            f"| {n:,} | {name} | {wall:.2f} | {n / wall:,.0f} | {cpu / n * 1e6:.0f} | "
+            f"{cpu / bc:.2f} | {bw / wall:.2f} |"
         )
 
 

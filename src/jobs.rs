@@ -28,7 +28,10 @@ fn seconds(field: &'static str, s: f64, zero_ok: bool) -> PyResult<Duration> {
         Ok(Duration::from_secs_f64(s))
     } else {
         let want = if zero_ok { ">= 0" } else { "> 0" };
-        Err(config_error(field, format!("must be seconds {want}, got {s}")))
+        Err(config_error(
+            field,
+            format!("must be seconds {want}, got {s}"),
+        ))
     }
 }
 
@@ -303,7 +306,10 @@ impl JobRunner {
     /// Run one job until it ends or the runner stops: a Future of its status then.
     fn run(&self, py: Python<'_>, job_id: String) -> PyResult<Py<PyAny>> {
         let runner = Arc::clone(&self.runner);
-        task::spawn(py, async move { status_outcome(runner.run_job(&job_id).await) })
+        task::spawn(
+            py,
+            async move { status_outcome(runner.run_job(&job_id).await) },
+        )
     }
 
     /// Run unfinished jobs (all, or `job_ids`) as they appear; with `until_idle`, until none

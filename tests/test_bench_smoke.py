@@ -49,7 +49,7 @@ def test_embeddings_benchmark_smoke_run() -> None:
 
 def test_jobs_benchmark_smoke_run() -> None:
     text = run_quick("jobs.py")
-    assert "| BatchManager, SQLite file store | " in text, text
+    assert "| job, SQLite file store | " in text and "throughput / online" in text, text
 
 
 def test_shared_limit_benchmark_smoke_run(redis_server: object) -> None:

@@ -52,7 +52,9 @@ def test_the_same_store_suite_passes_on_both_engines(
     engine: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     location = (
-        str(tmp_path / "suite.db") if engine == "sqlite" else request.getfixturevalue("postgres_dsn")
+        str(tmp_path / "suite.db")
+        if engine == "sqlite"
+        else request.getfixturevalue("postgres_dsn")
     )
     _store_suite(location)
     _store_suite(location)  # again, on a store holding the first run's data
@@ -137,9 +139,12 @@ def test_three_workers_one_killed_every_request_ends_once(
         # concurrency), and at most what was running anywhere when it died.
         assert resent <= 2 * concurrency
         assert resent <= before.running
-        assert subprocess.run(
-            cli("results", job_id, "--store", postgres_dsn, "-o", str(out))
-        ).returncode == 0
+        assert (
+            subprocess.run(
+                cli("results", job_id, "--store", postgres_dsn, "-o", str(out))
+            ).returncode
+            == 0
+        )
         lines = [json.loads(x) for x in out.read_text().splitlines()]
         assert [x["custom_id"] for x in lines] == [f"c{i}" for i in range(n)]
         assert all(x["response"]["status_code"] == 200 and x["error"] is None for x in lines)

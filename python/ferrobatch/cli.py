@@ -29,8 +29,8 @@ from ferrobatch._native import RateLimiter
 from ferrobatch.jobs import (
     BatchManager,
     BatchRequest,
-    BatchStore,
     BatchStatus,
+    BatchStore,
     Job,
     ProgressReporter,
 )

@@ -60,6 +60,7 @@ __all__ = [
 
 Client = Union[EmbeddingsBase, ChatCompletions]
 
+
 class BatchStatus(Enum):
     """A job's state: pending → processing → completed | failed | cancelled."""
 

@@ -85,7 +85,11 @@ async fn embed(embedder: &Embedder, body: Map<String, Value>) -> Result<Sent, Er
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| invalid("`input` must be a string or a list of strings"))?,
-        _ => return Err(invalid("`input` must be a string or a non-empty list of strings")),
+        _ => {
+            return Err(invalid(
+                "`input` must be a string or a non-empty list of strings",
+            ))
+        }
     };
     let tokens: u64 = texts.iter().map(|t| estimate_tokens(t).max(1)).sum();
     let vectors = embedder

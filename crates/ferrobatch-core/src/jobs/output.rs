@@ -47,7 +47,10 @@ fn error_object(row: &ResultRow) -> Option<Value> {
         out.insert("code".into(), code);
         out.insert(
             "message".into(),
-            stored.get("message").cloned().unwrap_or(Value::from(text.as_str())),
+            stored
+                .get("message")
+                .cloned()
+                .unwrap_or(Value::from(text.as_str())),
         );
         if let Some(status) = stored.get("status").filter(|s| !s.is_null()) {
             out.insert("status_code".into(), status.clone());
@@ -70,12 +73,14 @@ fn error_object(row: &ResultRow) -> Option<Value> {
 pub fn write_jsonl(rows: &[ResultRow], out: &mut impl Write) -> Result<(), Error> {
     for row in rows {
         let body = match &row.response {
-            Some(text) => Some(
-                serde_json::from_str::<&RawValue>(text).map_err(|e| Error::Store {
-                    operation: "writing results",
-                    message: format!("the stored response of {:?} is not JSON: {e}", row.id),
-                })?,
-            ),
+            Some(text) => {
+                Some(
+                    serde_json::from_str::<&RawValue>(text).map_err(|e| Error::Store {
+                        operation: "writing results",
+                        message: format!("the stored response of {:?} is not JSON: {e}", row.id),
+                    })?,
+                )
+            }
             None => None,
         };
         let line = Line {
@@ -123,7 +128,10 @@ pub fn write_file(rows: &[ResultRow], path: &Path) -> Result<(), Error> {
         let file = std::fs::File::create(&tmp).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         write_jsonl(rows, &mut w)?;
-        w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+        w.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .sync_all()
+            .map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     })();
     if written.is_err() {
@@ -181,7 +189,11 @@ mod tests {
             "the request was not run (cancelled)"
         );
         let mut out = Vec::new();
-        write_jsonl(&[row(0, "succeeded", Some("\"a\u{2028}b\""), None)], &mut out).unwrap();
+        write_jsonl(
+            &[row(0, "succeeded", Some("\"a\u{2028}b\""), None)],
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("a\\u2028b") && text.lines().count() == 1);
     }

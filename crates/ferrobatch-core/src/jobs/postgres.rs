@@ -212,7 +212,10 @@ impl PgStore {
             .await
             .map_err(pg("migrating"))?;
         let version: i64 = tx
-            .query_one("SELECT COALESCE(max(version), 0) FROM ferrobatch_schema", &[])
+            .query_one(
+                "SELECT COALESCE(max(version), 0) FROM ferrobatch_schema",
+                &[],
+            )
             .await
             .map_err(pg("reading the schema version"))?
             .get(0);
@@ -236,19 +239,34 @@ impl PgStore {
         tx.commit().await.map_err(pg("migrating"))
     }
 
-    async fn one(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Option<Row>, Error> {
+    async fn one(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
         c.query_opt(&stmt, params).await.map_err(pg(op))
     }
 
-    async fn many(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+    async fn many(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
         c.query(&stmt, params).await.map_err(pg(op))
     }
 
-    async fn count(&self, op: &'static str, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, Error> {
+    async fn count(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, Error> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(pg(op))?;
         c.execute(&stmt, params).await.map_err(pg(op))
@@ -256,9 +274,10 @@ impl PgStore {
 
     async fn status(&self, op: &'static str, sql: &str, job_id: &str) -> Result<JobStatus, Error> {
         let row = self.one(op, sql, &[&job_id]).await?;
-        row.map(|r| status_of(&r)).ok_or_else(|| Error::JobNotFound {
-            job: job_id.to_string(),
-        })
+        row.map(|r| status_of(&r))
+            .ok_or_else(|| Error::JobNotFound {
+                job: job_id.to_string(),
+            })
     }
 }
 
@@ -270,7 +289,11 @@ impl Store for PgStore {
     fn schema_version(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
             let row = self
-                .one("reading the schema version", "SELECT COALESCE(max(version), 0) FROM ferrobatch_schema", &[])
+                .one(
+                    "reading the schema version",
+                    "SELECT COALESCE(max(version), 0) FROM ferrobatch_schema",
+                    &[],
+                )
                 .await?;
             Ok(row.map_or(0, |r| r.get(0)))
         })
@@ -292,7 +315,8 @@ impl Store for PgStore {
                 .copy_in("COPY ferrobatch_requests (job_id, seq, id, body) FROM STDIN BINARY")
                 .await
                 .map_err(pg("storing requests"))?;
-            let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
+            let writer =
+                BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
             let mut writer = std::pin::pin!(writer);
             for (i, r) in requests.iter().enumerate() {
                 writer
@@ -364,8 +388,12 @@ impl Store for PgStore {
                 &[&job_id],
             )
             .await?;
-            self.status("starting a job", "SELECT status FROM ferrobatch_jobs WHERE id = $1", &job_id)
-                .await
+            self.status(
+                "starting a job",
+                "SELECT status FROM ferrobatch_jobs WHERE id = $1",
+                &job_id,
+            )
+            .await
         })
     }
 
@@ -394,8 +422,12 @@ impl Store for PgStore {
                 &[&job_id],
             )
             .await?;
-            self.status("completing a job", "SELECT status FROM ferrobatch_jobs WHERE id = $1", &job_id)
-                .await
+            self.status(
+                "completing a job",
+                "SELECT status FROM ferrobatch_jobs WHERE id = $1",
+                &job_id,
+            )
+            .await
         })
     }
 
@@ -406,7 +438,12 @@ impl Store for PgStore {
                 "INSERT INTO ferrobatch_runners (id, host, pid, lease)
                  VALUES ($1, $2, $3, make_interval(secs => $4))
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-                &[&runner.id, &runner.host, &i64::from(runner.pid), &runner.lease.as_secs_f64()],
+                &[
+                    &runner.id,
+                    &runner.host,
+                    &i64::from(runner.pid),
+                    &runner.lease.as_secs_f64(),
+                ],
             )
             .await?;
             Ok(())
@@ -502,7 +539,10 @@ impl Store for PgStore {
             let errors: Vec<Option<&str>> =
                 done.iter().map(|f| f.outcome.error.as_deref()).collect();
             let inputs: Vec<i64> = done.iter().map(|f| f.outcome.input_tokens as i64).collect();
-            let outputs: Vec<i64> = done.iter().map(|f| f.outcome.output_tokens as i64).collect();
+            let outputs: Vec<i64> = done
+                .iter()
+                .map(|f| f.outcome.output_tokens as i64)
+                .collect();
             let costs: Vec<Option<f64>> = done.iter().map(|f| f.outcome.cost).collect();
             let row = self
                 .one(
@@ -569,10 +609,15 @@ impl Store for PgStore {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg("cancelling"))?;
             let row = tx
-                .query_opt("SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE", &[&job_id])
+                .query_opt(
+                    "SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE",
+                    &[&job_id],
+                )
                 .await
                 .map_err(pg("cancelling"))?
-                .ok_or_else(|| Error::JobNotFound { job: job_id.clone() })?;
+                .ok_or_else(|| Error::JobNotFound {
+                    job: job_id.clone(),
+                })?;
             if matches!(status_of(&row), JobStatus::Completed | JobStatus::Failed) {
                 return Ok(0);
             }

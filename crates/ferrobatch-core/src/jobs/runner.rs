@@ -326,7 +326,8 @@ impl Runner {
                         break;
                     }
                     // Other runners hold the rest; look again soon.
-                    let wait = (self.config.lease / 4).clamp(Duration::from_millis(20), STATUS_EVERY);
+                    let wait =
+                        (self.config.lease / 4).clamp(Duration::from_millis(20), STATUS_EVERY);
                     tokio::select! {
                         _ = sleep(wait) => {}
                         _ = stop.changed() => {}
@@ -371,9 +372,7 @@ impl Runner {
         }
         // Stopping (or done): what is still in flight is abandoned and handed back.
         drop(in_flight);
-        tracker
-            .drained(Some(Instant::now() + STOP_GRACE))
-            .await;
+        tracker.drained(Some(Instant::now() + STOP_GRACE)).await;
         if *stop.borrow() {
             let _ = self.store.release(job.clone(), me).await;
         }
@@ -420,7 +419,14 @@ impl Runner {
         };
         let reason = if is_fatal(&e) {
             Some(format!("{}: {e}", e.type_name()))
-        } else if is_connection(&e) && self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).elapsed() > self.config.patience {
+        } else if is_connection(&e)
+            && self
+                .last_ok
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                > self.config.patience
+        {
             Some(format!(
                 "the server was unreachable for more than {}s: {e}",
                 self.config.patience.as_secs_f64()
@@ -533,7 +539,10 @@ impl Runner {
         for t in tasks {
             let _ = t.await;
         }
-        self.store.unregister(self.info.id.clone()).await.map(|_| ())
+        self.store
+            .unregister(self.info.id.clone())
+            .await
+            .map(|_| ())
     }
 }
 

@@ -63,8 +63,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Hand back the runner's requests and remove it; how many requests went back.
     fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64>;
     /// Claim up to `limit` pending requests of the job, in submit order, for the runner.
-    fn claim(&self, job_id: String, runner_id: String, limit: usize)
-        -> StoreFuture<'_, Vec<Claimed>>;
+    fn claim(
+        &self,
+        job_id: String,
+        runner_id: String,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Claimed>>;
     /// Record outcomes in one transaction; only those whose claim (runner, attempt) still
     /// holds are kept. How many were kept.
     fn record(&self, runner_id: String, done: Arc<Vec<Finished>>) -> StoreFuture<'_, u64>;
@@ -166,7 +170,10 @@ mod tests {
             redact("postgresql://bob:s3cret@db:5432/jobs"),
             "postgresql://bob:***@db:5432/jobs"
         );
-        assert_eq!(redact("postgresql://bob@db/jobs"), "postgresql://bob@db/jobs");
+        assert_eq!(
+            redact("postgresql://bob@db/jobs"),
+            "postgresql://bob@db/jobs"
+        );
         assert_eq!(
             redact("postgres://db/jobs?user=a&password=s3cret&sslmode=require"),
             "postgres://db/jobs?user=a&password=***&sslmode=require"

@@ -22,7 +22,13 @@ macro_rules! eq {
         let (a, b) = (&$a, &$b);
         check(
             a == b,
-            format!("{} == {}: {:?} != {:?}", stringify!($a), stringify!($b), a, b),
+            format!(
+                "{} == {}: {:?} != {:?}",
+                stringify!($a),
+                stringify!($b),
+                a,
+                b
+            ),
         )?
     }};
 }
@@ -117,7 +123,10 @@ pub async fn run(store: Arc<dyn Store>) -> Result<(), String> {
         ("exclusive claims", exclusive_claims(s, &c).await),
         ("takeover and fencing", takeover_and_fencing(s, &c).await),
         ("counters", counters_cancel_reset_results(s, &c).await),
-        ("release and unregister", release_and_unregister(s, &c).await),
+        (
+            "release and unregister",
+            release_and_unregister(s, &c).await,
+        ),
         ("finish and fail", finish_and_fail(s, &c).await),
         ("lookups", lookups(s, &c).await),
     ];
@@ -162,7 +171,10 @@ async fn exclusive_claims(s: &dyn Store, c: &Case) -> Result<(), String> {
     let (a, b) = (c.runner("a", LONG), c.runner("b", LONG));
     s.register(a.clone()).await.map_err(e)?;
     s.register(b.clone()).await.map_err(e)?;
-    eq!(s.start(job.clone()).await.map_err(e)?, JobStatus::Processing);
+    eq!(
+        s.start(job.clone()).await.map_err(e)?,
+        JobStatus::Processing
+    );
     let ca = s.claim(job.clone(), a.id.clone(), 3).await.map_err(e)?;
     eq!(ca.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
     check(ca.iter().all(|x| x.attempt == 1), "first attempts")?;
@@ -170,7 +182,13 @@ async fn exclusive_claims(s: &dyn Store, c: &Case) -> Result<(), String> {
     eq!(ca[1].body, "{\"i\": 1}");
     let cb = s.claim(job.clone(), b.id.clone(), 10).await.map_err(e)?;
     eq!(cb.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![3, 4]);
-    check(s.claim(job.clone(), b.id.clone(), 10).await.map_err(e)?.is_empty(), "none left")?;
+    check(
+        s.claim(job.clone(), b.id.clone(), 10)
+            .await
+            .map_err(e)?
+            .is_empty(),
+        "none left",
+    )?;
     // Both stay alive: a heartbeat takes nothing over.
     check(s.heartbeat(b.id.clone()).await.map_err(e)?, "b alive")?;
     let p = s.progress(job.clone()).await.map_err(e)?;
@@ -194,9 +212,15 @@ async fn takeover_and_fencing(s: &dyn Store, c: &Case) -> Result<(), String> {
     let p = s.progress(job.clone()).await.map_err(e)?;
     eq!((p.pending, p.running), (4, 0));
     let cb = s.claim(job.clone(), b.id.clone(), 3).await.map_err(e)?;
-    eq!(cb.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(), vec![(0, 2), (1, 2), (2, 2)]);
+    eq!(
+        cb.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(),
+        vec![(0, 2), (1, 2), (2, 2)]
+    );
     // A comes back: it learns it was taken over, and its late outcomes are refused.
-    check(!s.heartbeat(a.id.clone()).await.map_err(e)?, "a was taken over")?;
+    check(
+        !s.heartbeat(a.id.clone()).await.map_err(e)?,
+        "a was taken over",
+    )?;
     let late = vec![done(&job, 0, 1, ok(1)), done(&job, 1, 1, ok(1))];
     eq!(s.record(a.id.clone(), Arc::new(late)).await.map_err(e)?, 0);
     // Even re-registered, A cannot complete B's attempt.
@@ -237,26 +261,46 @@ async fn counters_cancel_reset_results(s: &dyn Store, c: &Case) -> Result<(), St
     let p = s.progress(job.clone()).await.map_err(e)?;
     eq!((p.total, p.pending, p.succeeded, p.failed), (4, 2, 1, 1));
     eq!(s.cancel(job.clone()).await.map_err(e)?, 2);
-    eq!(s.job(job.clone()).await.map_err(e)?.status, JobStatus::Cancelled);
-    check(s.claim(job.clone(), a.id.clone(), 10).await.map_err(e)?.is_empty(), "cancelled: nothing to claim")?;
+    eq!(
+        s.job(job.clone()).await.map_err(e)?.status,
+        JobStatus::Cancelled
+    );
+    check(
+        s.claim(job.clone(), a.id.clone(), 10)
+            .await
+            .map_err(e)?
+            .is_empty(),
+        "cancelled: nothing to claim",
+    )?;
     let r = s.results(job.clone()).await.map_err(e)?;
     let statuses: Vec<&str> = r.iter().map(|x| x.status.as_str()).collect();
     eq!(statuses, ["succeeded", "failed", "cancelled", "cancelled"]);
-    eq!(r.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), ["r0", "r1", "r2", "r3"]);
+    eq!(
+        r.iter().map(|x| x.id.as_str()).collect::<Vec<_>>(),
+        ["r0", "r1", "r2", "r3"]
+    );
     eq!(s.reset_failed(job.clone(), false).await.map_err(e)?, 1);
     let p = s.progress(job.clone()).await.map_err(e)?;
     eq!((p.pending, p.failed, p.cancelled), (1, 0, 2));
     eq!(s.reset_failed(job.clone(), true).await.map_err(e)?, 2);
     let p = s.progress(job.clone()).await.map_err(e)?;
-    eq!((p.pending, p.succeeded, p.failed, p.cancelled), (3, 1, 0, 0));
+    eq!(
+        (p.pending, p.succeeded, p.failed, p.cancelled),
+        (3, 1, 0, 0)
+    );
     // A retried request's new outcome replaces the old one in the results.
-    s.set_status(job.clone(), JobStatus::Processing, None).await.map_err(e)?;
+    s.set_status(job.clone(), JobStatus::Processing, None)
+        .await
+        .map_err(e)?;
     let cl = s.claim(job.clone(), a.id.clone(), 1).await.map_err(e)?;
     eq!((cl[0].seq, cl[0].attempt), (1, 2));
     let group = vec![done(&job, 1, 2, ok(5))];
     eq!(s.record(a.id.clone(), Arc::new(group)).await.map_err(e)?, 1);
     let r = s.results(job.clone()).await.map_err(e)?;
-    eq!((r[1].status.as_str(), r[1].error.is_none()), ("succeeded", true));
+    eq!(
+        (r[1].status.as_str(), r[1].error.is_none()),
+        ("succeeded", true)
+    );
     eq!(s.progress(job).await.map_err(e)?.input_tokens, 8);
     Ok(())
 }
@@ -269,9 +313,21 @@ async fn release_and_unregister(s: &dyn Store, c: &Case) -> Result<(), String> {
     let b = c.runner("taker", LONG);
     s.register(a.clone()).await.map_err(e)?;
     s.register(b.clone()).await.map_err(e)?;
-    eq!(s.claim(job.clone(), a.id.clone(), 2).await.map_err(e)?.len(), 2);
+    eq!(
+        s.claim(job.clone(), a.id.clone(), 2)
+            .await
+            .map_err(e)?
+            .len(),
+        2
+    );
     eq!(s.release(job.clone(), a.id.clone()).await.map_err(e)?, 2);
-    eq!(s.claim(job.clone(), a.id.clone(), 4).await.map_err(e)?.len(), 4);
+    eq!(
+        s.claim(job.clone(), a.id.clone(), 4)
+            .await
+            .map_err(e)?
+            .len(),
+        4
+    );
     eq!(s.unregister(a.id.clone()).await.map_err(e)?, 4);
     check(!s.heartbeat(a.id.clone()).await.map_err(e)?, "unregistered")?;
     let cb = s.claim(job.clone(), b.id.clone(), 10).await.map_err(e)?;
@@ -284,27 +340,53 @@ async fn finish_and_fail(s: &dyn Store, c: &Case) -> Result<(), String> {
     let job = c.job("finish");
     new_job(s, &job, 2, None).await?;
     // A pending job is not completed by finish_if_done.
-    eq!(s.finish_if_done(job.clone()).await.map_err(e)?, JobStatus::Pending);
+    eq!(
+        s.finish_if_done(job.clone()).await.map_err(e)?,
+        JobStatus::Pending
+    );
     s.start(job.clone()).await.map_err(e)?;
     let a = c.runner("finisher", LONG);
     s.register(a.clone()).await.map_err(e)?;
     let cl = s.claim(job.clone(), a.id.clone(), 2).await.map_err(e)?;
     let one = vec![done(&job, cl[0].seq, cl[0].attempt, ok(1))];
     s.record(a.id.clone(), Arc::new(one)).await.map_err(e)?;
-    eq!(s.finish_if_done(job.clone()).await.map_err(e)?, JobStatus::Processing);
+    eq!(
+        s.finish_if_done(job.clone()).await.map_err(e)?,
+        JobStatus::Processing
+    );
     let two = vec![done(&job, cl[1].seq, cl[1].attempt, ok(1))];
     s.record(a.id.clone(), Arc::new(two)).await.map_err(e)?;
-    eq!(s.finish_if_done(job.clone()).await.map_err(e)?, JobStatus::Completed);
-    check(!s.fail(job.clone(), "late".into()).await.map_err(e)?, "a completed job does not fail")?;
+    eq!(
+        s.finish_if_done(job.clone()).await.map_err(e)?,
+        JobStatus::Completed
+    );
+    check(
+        !s.fail(job.clone(), "late".into()).await.map_err(e)?,
+        "a completed job does not fail",
+    )?;
     eq!(s.cancel(job.clone()).await.map_err(e)?, 0);
-    eq!(s.job(job.clone()).await.map_err(e)?.status, JobStatus::Completed);
+    eq!(
+        s.job(job.clone()).await.map_err(e)?.status,
+        JobStatus::Completed
+    );
     let other = c.job("failing");
     new_job(s, &other, 1, None).await?;
-    check(s.fail(other.clone(), "AuthenticationError: no".into()).await.map_err(e)?, "fails")?;
-    let j = s.job(other).await.map_err(e)?;
-    eq!((j.status, j.error.as_deref()), (JobStatus::Failed, Some("AuthenticationError: no")));
     check(
-        matches!(s.progress(c.job("missing")).await, Err(Error::JobNotFound { .. })),
+        s.fail(other.clone(), "AuthenticationError: no".into())
+            .await
+            .map_err(e)?,
+        "fails",
+    )?;
+    let j = s.job(other).await.map_err(e)?;
+    eq!(
+        (j.status, j.error.as_deref()),
+        (JobStatus::Failed, Some("AuthenticationError: no"))
+    );
+    check(
+        matches!(
+            s.progress(c.job("missing")).await,
+            Err(Error::JobNotFound { .. })
+        ),
         "unknown job",
     )
 }
@@ -316,8 +398,16 @@ async fn lookups(s: &dyn Store, c: &Case) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let second = c.job("look2");
     new_job(s, &second, 1, Some(&hash)).await?;
-    eq!(s.find_by_input(hash).await.map_err(e)?.map(|j| j.id), Some(second.clone()));
-    eq!(s.find_by_input(format!("{}-none", c.tag)).await.map_err(e)?, None);
+    eq!(
+        s.find_by_input(hash).await.map_err(e)?.map(|j| j.id),
+        Some(second.clone())
+    );
+    eq!(
+        s.find_by_input(format!("{}-none", c.tag))
+            .await
+            .map_err(e)?,
+        None
+    );
     let ids: Vec<String> = s
         .jobs()
         .await
@@ -328,8 +418,14 @@ async fn lookups(s: &dyn Store, c: &Case) -> Result<(), String> {
         .collect();
     eq!(ids, vec![first.clone(), second]);
     let j = s.job(first).await.map_err(e)?;
-    eq!((j.name.as_deref(), j.total, j.settings.as_deref()), (Some("suite"), 1, Some("{}")));
-    check(j.created_at > 1.0e9 && j.updated_at >= j.created_at, "times are unix seconds")
+    eq!(
+        (j.name.as_deref(), j.total, j.settings.as_deref()),
+        (Some("suite"), 1, Some("{}"))
+    );
+    check(
+        j.created_at > 1.0e9 && j.updated_at >= j.created_at,
+        "times are unix seconds",
+    )
 }
 
 #[cfg(test)]
