@@ -206,6 +206,11 @@ impl JobStore {
             .collect())
     }
 
+    /// How many of the job's requests each runner holds now, by runner id.
+    fn held_by(&self, py: Python<'_>, job_id: String) -> PyResult<Vec<(String, u64)>> {
+        self.call(py, move |s| owned!(s => s.held_by(job_id)))
+    }
+
     /// Write the job's results as an OpenAI Batch API output file (atomically); how many
     /// lines.
     fn write_results(&self, py: Python<'_>, job_id: String, path: PathBuf) -> PyResult<usize> {

@@ -325,8 +325,13 @@ async def cmd_work(args: argparse.Namespace) -> int:
                         flush_interval=args.flush_interval,
                     )
                     managers[key] = (client, manager)
-                running[j.id] = managers[key][1]._start(j.id)
-                print(f"working job {j.id} ({j.name or 'unnamed'})", file=sys.stderr, flush=True)
+                manager = managers[key][1]
+                running[j.id] = manager._start(j.id)
+                print(
+                    f"working job {j.id} ({j.name or 'unnamed'}) as {manager.owner}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             for job_id, fut in list(running.items()):
                 if fut.done():
                     status = fut.result()  # a store error stops the worker here
@@ -370,6 +375,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for k in ("total", "pending", "running", "succeeded", "failed", "cancelled"):
         print(f"  {k:<10} {getattr(p, k)}")
     print(f"  tokens     {p.input_tokens} in, {p.output_tokens} out")
+    for runner, n in store.held_by(args.job).items():
+        print(f"  held by    {runner}: {n}")
     if p.cost is not None:
         print(f"  cost       ${p.cost:.6f}")
     return 0

@@ -195,6 +195,11 @@ class BatchStore:
             for _, rid, status, resp, err in self._native.results(job_id)
         ]
 
+    def held_by(self, job_id: str) -> dict[str, int]:
+        """How many of the job's requests each runner (worker) holds now: claimed, outcome
+        not yet recorded; by runner id."""
+        return dict(self._native.held_by(job_id))
+
     def write_results(self, job_id: str, path: str | PathLike[str]) -> int:
         """Write the job's results as an OpenAI Batch API output file (replaced atomically,
         never left half-written); returns how many lines."""
@@ -262,7 +267,7 @@ class BatchManager:
     - `concurrency`: most requests in flight at once. The default is what the client has in
       flight online: `concurrency * max_batch_size` of a chat client, `concurrency` requests
       of an embeddings client.
-    - `window`: most requests of one job claimed and not yet recorded (default
+    - `window`: most requests of one job claimed and not yet answered (default
       `2 * concurrency`, at most 4096).
     - `flush_interval` / `flush_max`: outcomes are recorded in groups, after at most this
       many seconds or this many outcomes; `flush_interval=0` records each on its own.

@@ -719,4 +719,21 @@ impl Store for PgStore {
                 .collect())
         })
     }
+
+    fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            let rows = self
+                .many(
+                    "counting claims",
+                    "SELECT runner, count(*) FROM ferrobatch_requests
+                     WHERE job_id = $1 AND status = 'running' GROUP BY runner ORDER BY runner",
+                    &[&job_id],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+                .collect())
+        })
+    }
 }

@@ -40,7 +40,8 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 pub struct RunnerConfig {
     /// How long this runner's claims outlive its last heartbeat (heartbeats go every third).
     pub lease: Duration,
-    /// Most requests of one job claimed and not yet recorded.
+    /// Most requests of one job claimed and not yet answered (outcomes waiting to be written
+    /// are bounded by `flush_max` on top).
     pub window: usize,
     /// Most requests in flight at once, over all jobs.
     pub concurrency: usize,
@@ -297,7 +298,10 @@ impl Runner {
                 break;
             }
             if !ending && !exhausted {
-                let held = in_flight.len() + tracker.held();
+                // Outcomes waiting to be written do not count: they are bounded by the
+                // recorder's queue (`flush_max`), and counting them would hold sends back
+                // for a flush interval.
+                let held = in_flight.len();
                 let free = window.saturating_sub(held);
                 if free > 0 && (free >= refill || held == 0) {
                     let claimed = self

@@ -697,6 +697,27 @@ impl Store for SqliteStore {
             rows
         })
     }
+
+    fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>> {
+        self.call(move |c| SqliteStore::held(c, &job_id))
+    }
+}
+
+impl SqliteStore {
+    fn held(conn: &Connection, job_id: &str) -> Result<Vec<(String, u64)>, Error> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT runner, count(*) FROM requests WHERE job_id = ?1 AND status = 'running'
+                 GROUP BY runner ORDER BY runner",
+            )
+            .map_err(db("counting claims"))?;
+        let rows = stmt
+            .query_map([job_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(db("counting claims"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("counting claims"));
+        rows
+    }
 }
 
 /// Progress from a job's counters: total, succeeded, failed, cancelled, input and output

@@ -83,6 +83,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn progress(&self, job_id: String) -> StoreFuture<'_, Progress>;
     /// Every request's outcome, in submit order.
     fn results(&self, job_id: String) -> StoreFuture<'_, Vec<ResultRow>>;
+    /// How many of the job's requests each runner holds now (claimed, outcome not yet
+    /// recorded), by runner id.
+    fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>>;
 }
 
 /// Whether a location names a PostgreSQL database.
