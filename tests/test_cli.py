@@ -246,3 +246,35 @@ def test_demo_runs_against_the_fake_server() -> None:
     assert "(0 lost)" in out.stdout
     assert "batching saved" in out.stdout
     assert "completed, 100 / 100" in out.stdout
+
+
+def test_submit_then_work_then_results_on_a_sqlite_store(
+    tmp_path: Path, fake_ai_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(30)])
+    store = str(tmp_path / "jobs.db")
+    assert main(["submit", str(src), "--store", store, "--name", "nightly"]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert job_id.startswith("batch_")
+    assert fake_ai_server.request_count() == 0  # submit sends nothing
+    assert main(["status", job_id, "--store", store]) == 0
+    assert "pending" in capsys.readouterr().out
+    # A second file lands in the same store; one worker runs both until none is left.
+    other = write_jsonl(tmp_path / "other.jsonl", [chat_line(i) for i in range(30, 40)])
+    assert main(["submit", str(other), "--store", store]) == 0
+    other_id = capsys.readouterr().out.strip()
+    base = ["--store", store, "--base-url", fake_ai_server.openai_base_url]
+    assert main(["work", *base, "--until-idle", "--flush-interval", "0"]) == 0
+    assert fake_ai_server.request_count() == 40
+    out = tmp_path / "out.jsonl"
+    assert main(["results", job_id, "--store", store, "-o", str(out)]) == 0
+    lines = read_jsonl(out)
+    assert [x["custom_id"] for x in lines] == [f"req-{i}" for i in range(30)]
+    assert lines[3]["response"]["body"]["choices"][0]["message"]["content"] == "fake reply to: q3"
+    capsys.readouterr()
+    assert main(["results", other_id, "--store", store]) == 0
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["custom_id"] for x in printed] == [f"req-{i}" for i in range(30, 40)]
+    assert main(["work", *base, "--until-idle", "--job", "batch_missing"]) == 0
+    assert main(["submit", str(src), "--store", str(tmp_path / "x.db")]) == 0  # creates it
+    assert main(["work", "--base-url", fake_ai_server.openai_base_url]) == 2  # no store

@@ -33,6 +33,7 @@ __all__ = [
     "ItemFuture",
     "ItemTimeoutError",
     "JobNotFoundError",
+    "JobRunner",
     "JobStore",
     "LatencySummary",
     "NotFoundError",
@@ -49,6 +50,7 @@ __all__ = [
     "UnprocessableEntityError",
     "WrongEventLoopError",
     "__version__",
+    "_store_suite",
     "fake_embedding",
 ]
 

@@ -712,7 +712,9 @@ impl SqliteStore {
             )
             .map_err(db("counting claims"))?;
         let rows = stmt
-            .query_map([job_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
+            .query_map([job_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
             .map_err(db("counting claims"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db("counting claims"));
