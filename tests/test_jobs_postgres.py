@@ -104,7 +104,7 @@ def test_three_workers_one_killed_every_request_ends_once(
         job_id = sub.stdout.strip()
         env = {**os.environ, "OPENAI_API_KEY": "k"}
         args = ["--store", postgres_dsn, "--base-url", server.openai_base_url]
-        args += ["--concurrency", str(concurrency), "--lease-seconds", "1", "--until-idle"]
+        args += ["--concurrency", str(concurrency), "--lease-seconds", "2", "--until-idle"]
         workers = [
             subprocess.Popen(cli("work", *args), env=env, stderr=subprocess.PIPE, text=True)
             for _ in range(3)
@@ -124,7 +124,7 @@ def test_three_workers_one_killed_every_request_ends_once(
             workers[0].send_signal(signal.SIGKILL)
             assert workers[0].wait(timeout=10) == -signal.SIGKILL
             # What it held when it died: in flight, or answered and not yet recorded. Its
-            # heartbeat lapses after a second; until then nobody takes these over.
+            # heartbeat lapses after two seconds; until then nobody takes these over.
             held = store.held_by(job_id).get(victim, 0)
             for w in workers[1:]:
                 assert w.wait(timeout=120) == 0, w.stderr.read() if w.stderr else ""

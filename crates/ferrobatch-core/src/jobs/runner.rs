@@ -379,6 +379,10 @@ impl Runner {
         tracker.drained(Some(Instant::now() + STOP_GRACE)).await;
         if *stop.borrow() {
             let _ = self.store.release(job.clone(), me).await;
+            if status == JobStatus::Cancelled {
+                // Handed back into a cancelled job: they will never be sent.
+                let _ = self.store.cancel(job.clone()).await;
+            }
         }
         match self.store.job(job).await {
             Ok(j) => Ok(j.status),
