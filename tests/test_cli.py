@@ -278,3 +278,31 @@ def test_submit_then_work_then_results_on_a_sqlite_store(
     assert main(["work", *base, "--until-idle", "--job", "batch_missing"]) == 0
     assert main(["submit", str(src), "--store", str(tmp_path / "x.db")]) == 0  # creates it
     assert main(["work", "--base-url", fake_ai_server.openai_base_url]) == 2  # no store
+
+
+def test_sigterm_stops_a_worker_and_hands_its_claims_back(tmp_path: Path) -> None:
+    from ferrobatch.jobs import BatchStore
+
+    src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(200)])
+    store_path = str(tmp_path / "jobs.db")
+    assert main(["submit", str(src), "--store", store_path]) == 0
+    with FakeServer(latency=0.2) as server:
+        cmd = [sys.executable, "-m", "ferrobatch.cli", "work", "--store", store_path]
+        cmd += ["--base-url", server.openai_base_url, "--concurrency", "4"]
+        worker = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        try:
+            store = BatchStore(store_path)
+            job = store.jobs()[0]
+            deadline = time.monotonic() + 30
+            while not store.held_by(job.id):
+                assert time.monotonic() < deadline, "the worker claimed nothing"
+                time.sleep(0.02)
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        p = store.progress(job.id)
+        assert store.held_by(job.id) == {} and p.running == 0
+        assert p.pending == 200 - p.done > 0  # handed back at once, not after a lease

@@ -60,6 +60,17 @@ plans = st.builds(
 )
 
 
+def batcher_options(plan: Plan | ThreadPlan) -> dict[str, Any]:
+    """The batcher settings both kinds of plan draw."""
+    return {
+        "max_batch_size": plan.max_batch_size,
+        "concurrency": plan.concurrency,
+        "max_queue_time": plan.max_queue_time,
+        "max_queue_size": plan.max_queue_size,
+        "item_timeout": plan.item_timeout,
+    }
+
+
 async def run(plan: Plan) -> None:
     rng = random.Random(plan.seed)
     dispatched: Counter[int] = Counter()
@@ -73,15 +84,7 @@ async def run(plan: Plan) -> None:
             raise RuntimeError("poisoned batch")
         return [ValueError(x) if x in plan.item_errors else x * 10 for x in batch]
 
-    b = AsyncBatcher(
-        fn,
-        max_batch_size=plan.max_batch_size,
-        concurrency=plan.concurrency,
-        max_queue_time=plan.max_queue_time,
-        max_queue_size=plan.max_queue_size,
-        item_timeout=plan.item_timeout,
-        aging=plan.aging,
-    )
+    b = AsyncBatcher(fn, **batcher_options(plan), aging=plan.aging)
     accepted: dict[int, asyncio.Future[Any]] = {}
     later: list[asyncio.Future[Any]] = []
     group: asyncio.Future[list[Any]] | None = None
@@ -212,14 +215,7 @@ def run_threads(plan: ThreadPlan) -> None:
             raise RuntimeError("poisoned batch")
         return [ValueError(x) if x in plan.item_errors else x * 10 for x in batch]
 
-    b = AsyncBatcher(
-        fn,
-        max_batch_size=plan.max_batch_size,
-        concurrency=plan.concurrency,
-        max_queue_time=plan.max_queue_time,
-        max_queue_size=plan.max_queue_size,
-        item_timeout=plan.item_timeout,
-    )
+    b = AsyncBatcher(fn, **batcher_options(plan))
     accepted: dict[int, Any] = {}  # item -> concurrent Future, or ("sync", outcome)
 
     def caller(t: int) -> None:
