@@ -195,6 +195,7 @@ fn provider_name(p: Provider) -> &'static str {
     match p {
         Provider::OpenAi => "openai",
         Provider::Gemini => "gemini",
+        Provider::Anthropic => "anthropic",
         _ => "unknown",
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferrobatch_core::http::embed::Vector;
 use ferrobatch_core::http::{
-    gemini, openai, ApiKey, Auth, Embedder, EmbeddingModel, Price, Transport, TransportConfig,
-    UsageBook,
+    anthropic, gemini, openai, ApiKey, Auth, Embedder, EmbeddingModel, Price, Transport,
+    TransportConfig, UsageBook,
 };
 use ferrobatch_core::{Error, Provider};
 use futures_util::future::join_all;
@@ -413,26 +413,71 @@ impl task::Convert for Vectors {
     }
 }
 
-/// The native half of the chat batcher.
+/// The API a chat batcher speaks.
+pub(crate) enum Chatter {
+    /// OpenAI-compatible `/chat/completions`.
+    OpenAi(Arc<openai::ChatClient>),
+    /// Anthropic's `/messages`.
+    Anthropic(Arc<anthropic::MessagesClient>),
+}
+
+impl Chatter {
+    async fn create(&self, body: serde_json::Map<String, Value>) -> Result<Value, Error> {
+        match self {
+            Chatter::OpenAi(c) => c.create(body).await,
+            Chatter::Anthropic(c) => c.create(body).await,
+        }
+    }
+
+    fn transport(&self) -> &Transport {
+        match self {
+            Chatter::OpenAi(c) => &c.transport,
+            Chatter::Anthropic(c) => &c.transport,
+        }
+    }
+
+    fn model(&self) -> &str {
+        match self {
+            Chatter::OpenAi(c) => &c.chat.model,
+            Chatter::Anthropic(c) => &c.model,
+        }
+    }
+}
+
+/// The native half of the chat batchers (OpenAI-compatible chat, Anthropic Messages): one
+/// HTTP request per item.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct ChatClient {
-    pub(crate) inner: Arc<openai::ChatClient>,
+    pub(crate) inner: Arc<Chatter>,
 }
 
 #[pymethods]
 impl ChatClient {
     #[new]
-    #[pyo3(signature = (model, *, transport))]
-    fn new(model: String, transport: Common<'_>) -> PyResult<Self> {
+    #[pyo3(signature = (model, *, transport, provider="openai"))]
+    fn new(model: String, transport: Common<'_>, provider: &str) -> PyResult<Self> {
         let common = transport;
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
-        Ok(ChatClient {
-            inner: Arc::new(openai::ChatClient {
+        let inner = match provider {
+            "openai" => Chatter::OpenAi(Arc::new(openai::ChatClient {
                 chat: openai::Chat { model },
                 transport: build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
-            }),
+            })),
+            "anthropic" => Chatter::Anthropic(Arc::new(anthropic::MessagesClient {
+                model,
+                transport: build_transport(Provider::Anthropic, Auth::XApiKey, &common)?,
+            })),
+            other => {
+                return Err(config_error(
+                    "provider",
+                    format!("must be 'openai' or 'anthropic', got {other:?}"),
+                ))
+            }
+        };
+        Ok(ChatClient {
+            inner: Arc::new(inner),
         })
     }
 
@@ -476,19 +521,19 @@ impl ChatClient {
 
     /// Requests, retries, failed requests, tokens and cost per model.
     fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        usage_dict(py, &self.inner.transport)
+        usage_dict(py, self.inner.transport())
     }
 
     #[getter]
     fn base_url(&self) -> &str {
-        self.inner.transport.base_url()
+        self.inner.transport().base_url()
     }
 
     fn __repr__(&self) -> String {
         format!(
             "ChatClient(model={:?}, base_url={:?})",
-            self.inner.chat.model,
-            self.inner.transport.base_url()
+            self.inner.model(),
+            self.inner.transport().base_url()
         )
     }
 }

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::{self, config_error, to_pyerr};
-use crate::http::{ChatClient, EmbeddingsClient};
+use crate::http::{ChatClient, Chatter, EmbeddingsClient};
 use crate::runtime::runtime;
 use crate::task;
 
@@ -280,7 +280,10 @@ impl JobRunner {
         host: String,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
-            Endpoint::Chat(Arc::clone(&c.get().inner))
+            match &*c.get().inner {
+                Chatter::OpenAi(chat) => Endpoint::Chat(Arc::clone(chat)),
+                Chatter::Anthropic(messages) => Endpoint::Messages(Arc::clone(messages)),
+            }
         } else if let Ok(c) = client.cast::<EmbeddingsClient>() {
             Endpoint::Embeddings(Arc::clone(&c.get().inner))
         } else {

@@ -20,6 +20,7 @@ __all__ = [
     "EmbeddingsBase",
     "HttpBatcher",
     "ModelUsage",
+    "RequestBatcher",
     "Vector",
     "resolve_key",
     "transport_options",
@@ -175,6 +176,38 @@ class EmbeddingsBase(HttpBatcher[str, Vector]):
     def process_many(self, items: Iterable[str], priority: int = 0) -> ItemFuture[list[Vector]]:
         """Same as `embed_many`."""
         return self.embed_many(items, priority)
+
+
+class RequestBatcher(HttpBatcher[dict[str, Any], dict[str, Any]]):
+    """A batcher of whole request bodies, one HTTP request per item (chat, Messages): with
+    the default `max_batch_size=1` each call resolves as soon as its own response arrives."""
+
+    _single_item_batches = True
+    _client: ChatClient
+
+    async def process_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
+        result: list[Any] = await self._client.create_many(batch)
+        return result
+
+    def _queue(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None,
+        body: dict[str, Any],
+        priority: int,
+    ) -> ItemFuture[dict[str, Any]]:
+        if messages is None and "messages" not in body:
+            raise TypeError("create() needs messages=[...]")
+        if messages is not None:
+            body["messages"] = [dict(m) for m in messages]
+        fut: ItemFuture[dict[str, Any]] = self._core.process(body, priority)
+        return fut
+
+    def process(self, item: dict[str, Any], priority: int = 0) -> ItemFuture[dict[str, Any]]:
+        """Queue one whole request body (a dict with `messages`)."""
+        if not isinstance(item, dict):
+            raise TypeError(f"a request body must be a dict, got {type(item).__name__}")
+        fut: ItemFuture[dict[str, Any]] = self._core.process(item, priority)
+        return fut
 
 
 def transport_options(

@@ -35,7 +35,15 @@ from ferrobatch.jobs import (
     ProgressReporter,
 )
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings")
+ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages")
+
+#: The environment variable a key comes from when --api-key-env is not given.
+DEFAULT_KEY_ENV = {"/v1/messages": "ANTHROPIC_API_KEY"}
+
+
+def key_env(args: argparse.Namespace, endpoint: str) -> str:
+    """--api-key-env, else the provider's usual variable."""
+    return str(args.api_key_env or DEFAULT_KEY_ENV.get(endpoint, "OPENAI_API_KEY"))
 
 
 class CliError(Exception):
@@ -122,6 +130,10 @@ def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
                 )
         elif not isinstance(body.get("messages"), list):
             raise CliError(f"{where}: `body.messages` must be a list")
+        elif url == "/v1/messages" and not (
+            isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 0
+        ):
+            raise CliError(f"{where}: `body.max_tokens` must be an integer > 0")
         requests.append(BatchRequest(id=cid, body=body))
     if endpoint is None:
         raise CliError(f"{path}: no requests")
@@ -149,6 +161,7 @@ def shared_bucket(base_url: str, key: str | None) -> str:
 
 
 def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespace) -> Any:
+    from ferrobatch.anthropic import Messages
     from ferrobatch.openai import ChatCompletions, Embeddings
 
     key = os.environ.get(settings["api_key_env"]) if settings.get("api_key_env") else None
@@ -175,6 +188,8 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
             dimensions=settings.get("dimensions"),
             **common,
         )
+    if endpoint == "/v1/messages":
+        return Messages(settings.get("model") or "default", **common)
     return ChatCompletions(settings.get("model") or "default", **common)
 
 
@@ -184,7 +199,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     store_path = args.store or os.environ.get("FERROBATCH_STORE") or str(out) + ".jobs.db"
     settings = {
         "base_url": args.base_url,
-        "api_key_env": args.api_key_env,
+        "api_key_env": key_env(args, endpoint),
         "model": requests[0].body.get("model"),
         "dimensions": requests[0].body.get("dimensions"),
         "input": str(src),
@@ -250,12 +265,12 @@ def open_store(args: argparse.Namespace, create: bool = False) -> BatchStore:
 
 
 def job_settings(
-    args: argparse.Namespace, requests: list[BatchRequest], src: Path
+    args: argparse.Namespace, endpoint: str, requests: list[BatchRequest], src: Path
 ) -> dict[str, Any]:
     """A job's non-secret settings: where it goes, which model, the key's variable name."""
     return {
         "base_url": args.base_url,
-        "api_key_env": args.api_key_env,
+        "api_key_env": key_env(args, endpoint),
         "model": requests[0].body.get("model"),
         "dimensions": requests[0].body.get("dimensions"),
         "input": str(src),
@@ -266,7 +281,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     src = Path(args.input)
     endpoint, requests, digest = parse_requests(src)
     store = open_store(args, create=True)
-    settings = job_settings(args, requests, src)
+    settings = job_settings(args, endpoint, requests, src)
     client = make_client(endpoint, {**settings, "base_url": "http://127.0.0.1:1"}, args)
     try:
         manager = BatchManager(client, store)
@@ -316,7 +331,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
                 key = work_key(j)
                 if key not in managers:
                     settings = {**j.settings, "base_url": args.base_url}
-                    settings["api_key_env"] = args.api_key_env
+                    settings["api_key_env"] = key_env(args, j.endpoint)
                     client = make_client(j.endpoint, settings, args)
                     manager = BatchManager(
                         client,
@@ -530,8 +545,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1")
     run.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the key (the key is never stored)",
+        default=None,
+        help="environment variable holding the key (the key is never stored; default "
+        "OPENAI_API_KEY, or ANTHROPIC_API_KEY for /v1/messages)",
     )
     run.add_argument("--rpm", type=float, default=None, help="requests per minute budget")
     run.add_argument("--tpm", type=float, default=None, help="tokens per minute budget")
@@ -556,7 +572,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--store", default=None, help="SQLite path or postgresql:// DSN")
     submit.add_argument("--name", default=None, help="the job's name (default: the file name)")
     submit.add_argument("--base-url", default=None, help="recorded with the job (optional)")
-    submit.add_argument("--api-key-env", default="OPENAI_API_KEY", help=argparse.SUPPRESS)
+    submit.add_argument("--api-key-env", default=None, help=argparse.SUPPRESS)
     submit.add_argument("--concurrency", type=int, default=16, help=argparse.SUPPRESS)
     submit.add_argument("--rpm", type=float, default=None, help=argparse.SUPPRESS)
     submit.add_argument("--tpm", type=float, default=None, help=argparse.SUPPRESS)
@@ -569,8 +585,9 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--base-url", required=True, help="e.g. https://api.openai.com/v1")
     work.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the key (the key is never stored)",
+        default=None,
+        help="environment variable holding the key (the key is never stored; default "
+        "OPENAI_API_KEY, or ANTHROPIC_API_KEY for /v1/messages)",
     )
     work.add_argument("--concurrency", type=int, default=16)
     work.add_argument("--rpm", type=float, default=None, help="requests per minute budget")

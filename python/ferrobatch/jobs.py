@@ -45,6 +45,7 @@ from typing import Any, TextIO, Union
 
 from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import InvalidInputError, JobRunner, JobStore
+from ferrobatch.anthropic import Messages
 from ferrobatch.openai import ChatCompletions
 
 __all__ = [
@@ -58,7 +59,7 @@ __all__ = [
     "ProgressReporter",
 ]
 
-Client = Union[EmbeddingsBase, ChatCompletions]
+Client = Union[EmbeddingsBase, ChatCompletions, Messages]
 
 
 class BatchStatus(Enum):
@@ -222,10 +223,12 @@ def _endpoint(client: Client) -> str:
         return "/v1/chat/completions"
     if isinstance(client, EmbeddingsBase):
         return "/v1/embeddings"
+    if isinstance(client, Messages):
+        return "/v1/messages"
     raise TypeError(
         "client must be a ferrobatch HTTP batcher (ferrobatch.openai.Embeddings, "
-        "ferrobatch.openai.ChatCompletions or ferrobatch.gemini.Embeddings), got "
-        f"{type(client).__name__}"
+        "ferrobatch.openai.ChatCompletions, ferrobatch.anthropic.Messages or "
+        f"ferrobatch.gemini.Embeddings), got {type(client).__name__}"
     )
 
 
@@ -255,6 +258,12 @@ def _check_body(client: Client, endpoint: str, rid: str, body: Mapping[str, Any]
             )
     elif not isinstance(body.get("messages"), list):
         raise ValueError(f"request {rid!r}: a chat body needs `messages`: a list")
+    elif isinstance(client, Messages) and not _positive_int(body.get("max_tokens")):
+        raise ValueError(f"request {rid!r}: a Messages body needs `max_tokens`: an integer > 0")
+
+
+def _positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 class BatchManager:

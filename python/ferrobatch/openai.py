@@ -19,8 +19,8 @@ from ferrobatch._http import (
     MAX_RESPONSE_BYTES,
     BatcherOptions,
     EmbeddingsBase,
-    HttpBatcher,
     Prices,
+    RequestBatcher,
     merged_headers,
     require_key,
     resolve_key,
@@ -123,7 +123,7 @@ class Embeddings(EmbeddingsBase):
         super().__init__(client, model, options, prices, dimensions)
 
 
-class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
+class ChatCompletions(RequestBatcher):
     """Batched `POST {base_url}/chat/completions`: one HTTP request per item (the API takes
     one conversation per request), `concurrency` at a time, each response returned as a dict.
 
@@ -132,9 +132,6 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
     its own response arrives; a larger batch sends its items concurrently and resolves them
     together, trading latency for fewer crossings into Python.
     """
-
-    _single_item_batches = True
-    _client: ChatClient
 
     def __init__(
         self,
@@ -193,10 +190,6 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
         }
         super().__init__(client, model, options, prices)
 
-    async def process_batch(self, batch: list[dict[str, Any]]) -> list[Any]:
-        result: list[Any] = await self._client.create_many(batch)
-        return result
-
     def create(
         self,
         messages: Iterable[Mapping[str, Any]] | None = None,
@@ -209,16 +202,4 @@ class ChatCompletions(HttpBatcher[dict[str, Any], dict[str, Any]]):
         `messages` and every other keyword form the request body (`model` defaults to the
         batcher's). Raises TypeError at once when `messages` is missing.
         """
-        if messages is None and "messages" not in body:
-            raise TypeError("create() needs messages=[...]")
-        if messages is not None:
-            body["messages"] = [dict(m) for m in messages]
-        fut: ItemFuture[dict[str, Any]] = self._core.process(body, priority)
-        return fut
-
-    def process(self, item: dict[str, Any], priority: int = 0) -> ItemFuture[dict[str, Any]]:
-        """Queue one whole request body (a dict with `messages`)."""
-        if not isinstance(item, dict):
-            raise TypeError(f"a chat request body must be a dict, got {type(item).__name__}")
-        fut: ItemFuture[dict[str, Any]] = self._core.process(item, priority)
-        return fut
+        return self._queue(messages, body, priority)

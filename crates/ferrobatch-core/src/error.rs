@@ -153,12 +153,15 @@ pub enum Provider {
     OpenAi,
     /// The Gemini API.
     Gemini,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 fn provider_label(p: Provider) -> &'static str {
     match p {
         Provider::OpenAi => "OpenAI-compatible API error",
         Provider::Gemini => "Gemini API error",
+        Provider::Anthropic => "Anthropic API error",
     }
 }
 

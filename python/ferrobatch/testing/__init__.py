@@ -1,7 +1,8 @@
 """A fake AI API server on 127.0.0.1, for testing pipelines without spending money.
 
-`FakeServer` speaks the OpenAI-compatible `/v1/embeddings` and `/v1/chat/completions` and
-Gemini's `/v1beta/models/{model}:batchEmbedContents`. It runs in Rust on ferrobatch's own
+`FakeServer` speaks the OpenAI-compatible `/v1/embeddings` and `/v1/chat/completions`,
+Anthropic's `/v1/messages` (the official `anthropic` SDK accepts it) and Gemini's
+`/v1beta/models/{model}:batchEmbedContents`. It runs in Rust on ferrobatch's own
 runtime, so it is never the bottleneck of a benchmark.
 
 Its answers are FAKE: an embedding is a unit vector drawn from a pseudo-random stream seeded
@@ -107,6 +108,12 @@ class FakeServer:
     @property
     def openai_base_url(self) -> str:
         """The `base_url` for OpenAI-compatible clients: `{url}/v1`."""
+        return self._server.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The `base_url` for `ferrobatch.anthropic.Messages`: `{url}/v1` (the official SDK
+        takes `url` and adds `/v1` itself)."""
         return self._server.url + "/v1"
 
     @property

@@ -21,6 +21,17 @@ pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
 }
 
+/// Estimated tokens of every string inside a JSON value (message lists, content blocks).
+pub fn estimate_json_tokens(v: &serde_json::Value) -> u64 {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => estimate_tokens(s),
+        Value::Array(a) => a.iter().map(estimate_json_tokens).sum(),
+        Value::Object(o) => o.values().map(estimate_json_tokens).sum(),
+        _ => 0,
+    }
+}
+
 /// A token bucket refilled continuously at `capacity` per minute.
 #[derive(Debug, Clone)]
 struct Bucket {

@@ -6,9 +6,10 @@
 //! - [`usage`]: requests, retries, tokens and cost per model;
 //! - [`transport`]: the reqwest client that sends, retries and classifies failures;
 //! - [`embed`]: splitting a batch into requests and mapping answers back to texts;
-//! - [`openai`], [`gemini`]: the providers' request and response formats;
+//! - [`openai`], [`gemini`], [`anthropic`]: the providers' request and response formats;
 //! - [`embedder`]: one embedding model on its transport.
 
+pub mod anthropic;
 pub mod embed;
 pub mod embedder;
 pub mod gemini;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::embed::{decode_base64, EmbeddingApi, Vector};
-use super::limiter::estimate_tokens;
+use super::limiter::estimate_json_tokens;
 use super::transport::Transport;
 use crate::error::Error;
 
@@ -270,15 +270,7 @@ impl ChatClient {
 /// Estimated prompt tokens of a chat request: the text of its messages by the chars/4 rule,
 /// plus `max_tokens` (or `max_completion_tokens`) when set, since the rate budget counts them.
 pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    fn text_tokens(v: &Value) -> u64 {
-        match v {
-            Value::String(s) => estimate_tokens(s),
-            Value::Array(a) => a.iter().map(text_tokens).sum(),
-            Value::Object(o) => o.values().map(text_tokens).sum(),
-            _ => 0,
-        }
-    }
-    let prompt = body.get("messages").map_or(0, text_tokens);
+    let prompt = body.get("messages").map_or(0, estimate_json_tokens);
     let completion = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| body.get(*k).and_then(Value::as_u64))

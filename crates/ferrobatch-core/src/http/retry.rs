@@ -25,6 +25,36 @@ pub enum Failure {
     Timeout,
     /// The answer was larger than the client reads; another attempt would meet the same.
     TooLarge,
+    /// This status, which the server said to retry (`x-should-retry: true`).
+    Retryable(u16),
+    /// This status, which will not clear by waiting: the server said not to retry
+    /// (`x-should-retry: false`), or a 429 for a spent quota (a monthly spend cap, no
+    /// credit left) rather than a rate.
+    Final(u16),
+}
+
+/// Error codes of a 429 that no wait clears: spend caps and exhausted credit (OpenAI's
+/// `error.code`, Anthropic's `error.details.error_code`).
+pub const QUOTA_CODES: &[&str] = &[
+    "insufficient_quota",
+    "credit_balance_exhausted",
+    "organization_spend_limit_exceeded",
+    "project_spend_limit_exceeded",
+    "organization_usage_limit_exceeded",
+    "enforced_spend_limit_reached",
+];
+
+/// How a failed status is classified: the server's `x-should-retry` first, then a 429's
+/// quota code, then the status.
+pub fn classify(status: u16, should_retry: Option<&str>, code: Option<&str>) -> Failure {
+    match should_retry.map(str::trim) {
+        Some("true") => Failure::Retryable(status),
+        Some("false") => Failure::Final(status),
+        _ if status == 429 && code.is_some_and(|c| QUOTA_CODES.contains(&c)) => {
+            Failure::Final(status)
+        }
+        _ => Failure::Status(status),
+    }
 }
 
 impl Failure {
@@ -33,8 +63,8 @@ impl Failure {
     pub fn is_retryable(self) -> bool {
         match self {
             Failure::Status(s) => matches!(s, 408 | 409 | 429) || (500..=599).contains(&s),
-            Failure::Connection | Failure::Timeout => true,
-            Failure::TooLarge => false,
+            Failure::Connection | Failure::Timeout | Failure::Retryable(_) => true,
+            Failure::TooLarge | Failure::Final(_) => false,
         }
     }
 }
@@ -271,5 +301,16 @@ mod tests {
             RetryPolicy::new(2, 0.5, 8.0).unwrap(),
             RetryPolicy::default()
         );
+    }
+
+    #[test]
+    fn the_server_and_quota_codes_decide_before_the_status() {
+        assert_eq!(classify(503, None, None), Failure::Status(503));
+        assert!(!classify(503, Some("false"), None).is_retryable());
+        assert!(classify(400, Some("true"), None).is_retryable());
+        let cap = classify(429, None, Some("enforced_spend_limit_reached"));
+        assert!(!cap.is_retryable());
+        assert!(!classify(429, None, Some("insufficient_quota")).is_retryable());
+        assert!(classify(429, None, Some("rate_limit_exceeded")).is_retryable());
     }
 }

@@ -30,6 +30,8 @@ pub enum Auth {
     Bearer,
     /// `x-goog-api-key: KEY` (Gemini).
     GoogApiKey,
+    /// `x-api-key: KEY` (Anthropic).
+    XApiKey,
 }
 
 /// Everything a [`Transport`] needs.
@@ -103,6 +105,10 @@ impl Transport {
                 Auth::Bearer => (AUTHORIZATION, format!("Bearer {}", key.expose())),
                 Auth::GoogApiKey => (
                     HeaderName::from_static("x-goog-api-key"),
+                    key.expose().to_string(),
+                ),
+                Auth::XApiKey => (
+                    HeaderName::from_static("x-api-key"),
                     key.expose().to_string(),
                 ),
             };
@@ -236,15 +242,17 @@ impl Transport {
                 .to_string(),
         };
         let body_text = (!bytes.is_empty()).then(|| redact(key, &String::from_utf8_lossy(&bytes)));
+        let code = parsed.code.map(|c| redact(key, &c));
         let error = Error::Status {
             provider: self.config.provider,
             status,
             message,
             body: body_text,
-            code: parsed.code.map(|c| redact(key, &c)),
+            code: code.clone(),
             param: parsed.param.map(|p| redact(key, &p)),
         };
-        Err((Failure::Status(status), hint, error))
+        let failure = super::retry::classify(status, header("x-should-retry"), code.as_deref());
+        Err((failure, hint, error))
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> (Failure, Option<Duration>, Error) {
@@ -402,9 +410,17 @@ impl ErrorBody {
             _ => err.get("message").and_then(as_text),
         };
         // Gemini's `status` ("RESOURCE_EXHAUSTED") says more than its numeric `code`.
-        let code = ["status", "code", "type"]
-            .iter()
-            .find_map(|k| err.get(*k).and_then(as_text));
+        // Anthropic's `details.error_code` ("enforced_spend_limit_reached") says more than
+        // its `type` ("rate_limit_error").
+        let code = err
+            .get("details")
+            .and_then(|d| d.get("error_code"))
+            .and_then(as_text)
+            .or_else(|| {
+                ["status", "code", "type"]
+                    .iter()
+                    .find_map(|k| err.get(*k).and_then(as_text))
+            });
         let mut param = err.get("param").and_then(as_text);
         let mut retry_delay = None;
         if let Some(details) = err.get("details").and_then(|d| d.as_array()) {
@@ -474,6 +490,23 @@ mod tests {
         assert_eq!(b.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert_eq!(b.retry_delay, Some(Duration::from_millis(1500)));
         assert_eq!(b.param.as_deref(), Some("requests[4].content"));
+    }
+
+    #[test]
+    fn anthropic_error_bodies() {
+        let b = ErrorBody::parse(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
+        );
+        assert_eq!(b.message.as_deref(), Some("Overloaded"));
+        assert_eq!(b.code.as_deref(), Some("overloaded_error"));
+        // A spent monthly cap: the detail's code, which is not retried.
+        let b = ErrorBody::parse(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit",
+                 "details":{"error_code":"enforced_spend_limit_reached"}}}"#,
+        );
+        assert_eq!(b.code.as_deref(), Some("enforced_spend_limit_reached"));
+        let f = super::super::retry::classify(429, None, b.code.as_deref());
+        assert!(!f.is_retryable());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
+use crate::http::anthropic::{MessageUsage, MessagesClient};
 use crate::http::limiter::estimate_tokens;
 use crate::http::openai::ChatClient;
 use crate::http::Embedder;
@@ -31,6 +32,8 @@ pub enum Endpoint {
     Chat(Arc<ChatClient>),
     /// `/v1/embeddings`: each body holds `input` (a text or a list of texts).
     Embeddings(Arc<Embedder>),
+    /// `/v1/messages`: each body is an Anthropic Messages request.
+    Messages(Arc<MessagesClient>),
 }
 
 fn invalid(reason: impl Into<String>) -> Error {
@@ -45,6 +48,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat(_) => "/v1/chat/completions",
             Endpoint::Embeddings(_) => "/v1/embeddings",
+            Endpoint::Messages(_) => "/v1/messages",
         }
     }
 
@@ -55,6 +59,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat(client) => chat(client, body).await,
             Endpoint::Embeddings(embedder) => embed(embedder, body).await,
+            Endpoint::Messages(client) => messages(client, body).await,
         }
     }
 }
@@ -74,6 +79,24 @@ async fn chat(client: &ChatClient, body: Map<String, Value>) -> Result<Sent, Err
         input_tokens: input,
         output_tokens: output,
         cost: client.transport.usage().cost(&model, input, output),
+    })
+}
+
+async fn messages(client: &MessagesClient, body: Map<String, Value>) -> Result<Sent, Error> {
+    let model = match body.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        _ => client.model.clone(),
+    };
+    let value = client.create(body).await?;
+    let u = MessageUsage::of(&value);
+    Ok(Sent {
+        response: value.to_string(),
+        input_tokens: u.all_input(),
+        output_tokens: u.output_tokens,
+        cost: client
+            .transport
+            .usage()
+            .cost(&model, u.all_input(), u.output_tokens),
     })
 }
 

@@ -215,6 +215,7 @@ impl std::fmt::Debug for TestServer {
 enum Api {
     OpenAi,
     Gemini,
+    Anthropic,
 }
 
 /// The connection is closed without an answer (the service's error makes hyper drop it).
@@ -453,6 +454,20 @@ fn error_body(
             }
             json!({"error": {"code": status, "message": message, "status": grpc, "details": details}})
         }
+        Api::Anthropic => {
+            let kind = match status {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                529 => "overloaded_error",
+                _ => "api_error",
+            };
+            json!({"type": "error", "error": {"type": kind, "message": message},
+                   "request_id": "req_fake"})
+        }
     }
 }
 
@@ -500,6 +515,15 @@ fn last_message(body: &Value) -> Option<String> {
     })
 }
 
+/// The fake token count of a request's messages.
+fn prompt_tokens(body: &Value) -> u64 {
+    body["messages"].as_array().map_or(0, |m| {
+        m.iter()
+            .map(|x| fake_tokens(&x.get("content").map(Value::to_string).unwrap_or_default()))
+            .sum()
+    })
+}
+
 fn rate_headers(config: &ServerConfig, state: &State) -> Vec<(&'static str, String)> {
     match config.requests_per_minute {
         None => Vec::new(),
@@ -543,6 +567,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
 
     let api = if path.starts_with("/v1beta/") {
         Api::Gemini
+    } else if path == "/v1/messages" {
+        Api::Anthropic
     } else {
         Api::OpenAi
     };
@@ -552,6 +578,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         Some("embeddings")
     } else if path == "/v1/chat/completions" {
         Some("chat")
+    } else if path == "/v1/messages" {
+        Some("messages")
     } else if path.starts_with("/v1beta/models/") && path.ends_with(":batchEmbedContents") {
         Some("gemini")
     } else {
@@ -563,7 +591,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         _ => Ok(Vec::new()),
     };
     let n_inputs = match (&inputs, route) {
-        (_, Some("chat")) => 1,
+        (_, Some("chat" | "messages")) => 1,
         (Ok(v), _) => v.len(),
         _ => 0,
     };
@@ -666,6 +694,10 @@ fn respond(
             Api::OpenAi => {
                 header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
             }
+            // The key in `x-api-key`, or (newer SDKs) as a bearer token.
+            Api::Anthropic => header("x-api-key").map(str::to_string).or_else(|| {
+                header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
+            }),
             Api::Gemini => header("x-goog-api-key").map(str::to_string).or_else(|| {
                 query
                     .split('&')
@@ -723,13 +755,7 @@ fn respond(
                 );
             }
             let reply = fake_reply(&last);
-            let prompt: u64 = body["messages"].as_array().map_or(0, |m| {
-                m.iter()
-                    .map(|x| {
-                        fake_tokens(&x.get("content").map(Value::to_string).unwrap_or_default())
-                    })
-                    .sum()
-            });
+            let prompt = prompt_tokens(body);
             let completion = fake_tokens(&reply);
             let n = state
                 .counter
@@ -747,6 +773,38 @@ fn respond(
             });
             if wrong_count {
                 answer.as_object_mut().expect("an object").remove("choices");
+            }
+            (Some(json_response(200, &answer, &extra)), hang)
+        }
+        "messages" => {
+            if body.get("messages").and_then(Value::as_array).is_none() {
+                return bad("messages: Field required".into(), None);
+            }
+            if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+                return bad("max_tokens: Field required".into(), None);
+            }
+            let last = last_message(body).unwrap_or_default();
+            if last.contains(REJECT_MARKER) {
+                return bad("this message was rejected by the test server".into(), None);
+            }
+            let reply = fake_reply(&last);
+            let prompt = prompt_tokens(body);
+            let n = state
+                .counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut answer = json!({
+                "id": format!("msg_fake{n:020}"),
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model").cloned().unwrap_or(Value::Null),
+                "content": [{"type": "text", "text": reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {"input_tokens": prompt, "output_tokens": fake_tokens(&reply),
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+            });
+            if wrong_count {
+                answer.as_object_mut().expect("an object").remove("content");
             }
             (Some(json_response(200, &answer, &extra)), hang)
         }

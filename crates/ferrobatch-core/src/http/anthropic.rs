@@ -1,0 +1,158 @@
+//! Anthropic's Messages API: `POST {base_url}/messages` (key in `x-api-key`,
+//! `anthropic-version: 2023-06-01`), one request per item, unknown body fields passed through.
+//! Error bodies (`{"type": "error", "error": {"type", "message"}}`) are parsed by the
+//! transport like every provider's; 529 (overloaded) is retried as any 5xx.
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::limiter::estimate_json_tokens;
+use super::transport::Transport;
+use crate::error::Error;
+
+/// The API version this client speaks.
+pub const API_VERSION: &str = "2023-06-01";
+
+/// Tokens a response reports, with prompt caching's two extra counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageUsage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens written to the cache.
+    pub cache_creation_input_tokens: u64,
+    /// Input tokens read from the cache.
+    pub cache_read_input_tokens: u64,
+}
+
+impl MessageUsage {
+    /// The `usage` object of a response.
+    pub fn of(response: &Value) -> MessageUsage {
+        let u = response.get("usage");
+        let n = |k: &str| {
+            u.and_then(|u| u.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        MessageUsage {
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cache_creation_input_tokens: n("cache_creation_input_tokens"),
+            cache_read_input_tokens: n("cache_read_input_tokens"),
+        }
+    }
+
+    /// Every input token, cached or not.
+    pub fn all_input(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+    }
+}
+
+/// The Messages endpoint on its transport.
+#[derive(Debug)]
+pub struct MessagesClient {
+    /// The default model, used when a request body names none.
+    pub model: String,
+    /// The HTTP client (x-api-key auth, the version header among its headers).
+    pub transport: Transport,
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::InvalidInput {
+        reason: reason.into(),
+    }
+}
+
+impl MessagesClient {
+    /// Send one Messages request; the response JSON object as is.
+    ///
+    /// `body` holds `messages`, `max_tokens` and any other field the API takes (`system`,
+    /// `temperature`, `tools`, ...); `model` is added when absent. Streaming is refused.
+    pub async fn create(&self, mut body: Map<String, Value>) -> Result<Value, Error> {
+        if !body.get("messages").is_some_and(Value::is_array) {
+            return Err(invalid("a Messages request needs `messages`: a list"));
+        }
+        let max_tokens = match body.get("max_tokens") {
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("`max_tokens` must be a positive integer"))?,
+            None => return Err(invalid("a Messages request needs `max_tokens`")),
+        };
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err(invalid(
+                "stream=True is not supported; responses come back whole",
+            ));
+        }
+        let model = match body.get("model") {
+            Some(Value::String(m)) => m.clone(),
+            Some(_) => return Err(invalid("`model` must be a string")),
+            None => {
+                body.insert("model".into(), Value::from(self.model.as_str()));
+                self.model.clone()
+            }
+        };
+        let bytes = serde_json::to_vec(&body)
+            .map_err(|e| invalid(format!("the request body cannot be sent as JSON: {e}")))?;
+        let est = estimate_input(&body) + max_tokens;
+        let answer = self
+            .transport
+            .post("/messages", Bytes::from(bytes), &model, est)
+            .await?;
+        let usage = self.transport.usage();
+        let value: Value = serde_json::from_slice(&answer).map_err(|e| {
+            usage.record_failure(&model);
+            Error::ResponseFormat {
+                reason: format!("the Messages response is not JSON: {e}"),
+            }
+        })?;
+        if !value.get("content").is_some_and(Value::is_array) {
+            usage.record_failure(&model);
+            return Err(Error::ResponseFormat {
+                reason: "the Messages response has no `content` list".into(),
+            });
+        }
+        let u = MessageUsage::of(&value);
+        self.transport
+            .settle_tokens(est, u.all_input() + u.output_tokens);
+        usage.record_success(&model, u.all_input(), u.output_tokens);
+        Ok(value)
+    }
+}
+
+/// Estimated input tokens of a request: the text of `system` and `messages` by the chars/4
+/// rule.
+pub fn estimate_input(body: &Map<String, Value>) -> u64 {
+    let system = body.get("system").map_or(0, estimate_json_tokens);
+    let messages = body.get("messages").map_or(0, estimate_json_tokens);
+    (system + messages).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_counts_cached_input() {
+        let v = serde_json::json!({"usage": {"input_tokens": 5, "output_tokens": 7,
+            "cache_creation_input_tokens": 2, "cache_read_input_tokens": 3}});
+        let u = MessageUsage::of(&v);
+        assert_eq!((u.all_input(), u.output_tokens), (10, 7));
+        assert_eq!(
+            MessageUsage::of(&serde_json::json!({})),
+            MessageUsage::default()
+        );
+    }
+
+    #[test]
+    fn input_estimate_counts_system_and_messages() {
+        let body: Map<String, Value> = serde_json::from_value(serde_json::json!({
+            "system": "12345678",
+            "messages": [{"role": "user", "content": "1234"}]
+        }))
+        .unwrap();
+        // "12345678" (2) + "user" (1) + "1234" (1)
+        assert_eq!(estimate_input(&body), 4);
+    }
+}

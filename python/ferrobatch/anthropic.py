@@ -1,0 +1,115 @@
+"""A batcher for Anthropic's Messages API: `Messages`, one HTTP request per item.
+
+```python
+m = Messages(model="claude-sonnet-4-5")          # key from ANTHROPIC_API_KEY
+resp = await m.create(messages=[{"role": "user", "content": "hi"}], max_tokens=256)
+resp["content"][0]["text"]
+```
+
+Retries follow the official SDK: 408, 409, 429 and 5xx (529, overloaded, included), the
+server's `x-should-retry` first, `retry-after-ms` then `retry-after`; a 429 for a spent quota
+(`enforced_spend_limit_reached`) is not retried. Usage counts cached input tokens as input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from ferrobatch._http import (
+    MAX_RESPONSE_BYTES,
+    BatcherOptions,
+    Prices,
+    RequestBatcher,
+    merged_headers,
+    require_key,
+    resolve_key,
+    transport_options,
+)
+from ferrobatch._native import ChatClient, ItemFuture, RateLimiter
+
+__all__ = ["API_VERSION", "DEFAULT_BASE_URL", "Messages"]
+
+#: The official endpoint; `ANTHROPIC_BASE_URL` overrides it when `base_url` is not given.
+DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+#: The `anthropic-version` header sent.
+API_VERSION = "2023-06-01"
+_KEY_ENV = ("ANTHROPIC_API_KEY",)
+
+
+class Messages(RequestBatcher):
+    """Batched `POST {base_url}/messages`: one HTTP request per item, `concurrency` at a
+    time, each response returned as a dict. Body fields other than `messages` and
+    `max_tokens` pass through untouched (`system`, `temperature`, `tools`, ...)."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_batch_size: int = 1,
+        max_queue_time: float | Literal["auto"] = 0.0,
+        concurrency: int = 16,
+        max_queue_size: int = -1,
+        on_full: Literal["reject", "wait"] = "reject",
+        item_timeout: float | None = None,
+        max_latency: float | None = None,
+        aging: float | None = 1.0,
+        max_retries: int = 2,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        timeout: float = 600.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        rate_limiter: RateLimiter | None = None,
+        prices: Prices | None = None,
+    ) -> None:
+        url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
+        key = resolve_key(api_key, _KEY_ENV)
+        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        options = transport_options(
+            base_url=url,
+            api_key=key,
+            headers=merged_headers(headers, **{"anthropic-version": API_VERSION}),
+            timeout=timeout,
+            max_retries=max_retries,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            max_response_bytes=max_response_bytes,
+            rate_limiter=rate_limiter,
+            prices=prices,
+        )
+        client = ChatClient(model, transport=options, provider="anthropic")
+        batcher: BatcherOptions = {
+            "max_batch_size": max_batch_size,
+            "max_queue_time": max_queue_time,
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "on_full": on_full,
+            "item_timeout": item_timeout,
+            "max_latency": max_latency,
+            "aging": aging,
+        }
+        super().__init__(client, model, batcher, prices)
+
+    def create(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        priority: int = 0,
+        **body: Any,
+    ) -> ItemFuture[dict[str, Any]]:
+        """Queue one Messages request; a Future of the response dict.
+
+        `messages`, `max_tokens` (required by the API) and every other keyword form the
+        request body (`model` defaults to the batcher's). Raises TypeError at once when
+        `messages` or `max_tokens` is missing.
+        """
+        if max_tokens is None and "max_tokens" not in body:
+            raise TypeError("create() needs max_tokens=...")
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return self._queue(messages, body, priority)
