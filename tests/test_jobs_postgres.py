@@ -19,6 +19,7 @@ from ferrobatch._native import _store_suite
 from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
+from ferrobatch.testing.plugin import unavailable
 from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
 
 
@@ -161,9 +162,8 @@ async def test_postgres_restarted_mid_job_the_workers_reconnect_and_finish() -> 
     try:
         pg = PostgresServer()
     except PostgresUnavailable as e:
-        if os.environ.get("FERROBATCH_REQUIRE_SERVICES"):
-            pytest.fail(f"{e}, and FERROBATCH_REQUIRE_SERVICES is set")
-        pytest.skip(str(e))
+        unavailable(e)
+        raise
     n = 400
     with pg, FakeServer(latency=0.01) as server:
         store = BatchStore(pg.create_database())

@@ -28,14 +28,15 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         server = RedisServer()
     except RedisUnavailable as e:
-        if os.environ.get("FERROBATCH_REQUIRE_SERVICES"):
-            pytest.fail(f"{e}, and FERROBATCH_REQUIRE_SERVICES is set")
-        pytest.skip(str(e))
+        unavailable(e)
+        raise
     with server:
         yield server
 
 
-def _unavailable(e: Exception) -> None:
+def unavailable(e: Exception) -> None:
+    """Skip a test for want of a service, naming it; fail instead when
+    FERROBATCH_REQUIRE_SERVICES is set (as CI sets it)."""
     if os.environ.get("FERROBATCH_REQUIRE_SERVICES"):
         pytest.fail(f"{e}, and FERROBATCH_REQUIRE_SERVICES is set")
     pytest.skip(str(e))
@@ -49,7 +50,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         server = PostgresServer()
     except PostgresUnavailable as e:
-        _unavailable(e)
+        unavailable(e)
         raise
     with server:
         yield server

@@ -25,7 +25,7 @@ use super::model::{
     Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
 };
 use super::sqlite::progress_of;
-use super::store::{check_unique, redact, Store, StoreFuture};
+use super::store::{check_unique, check_version, redact, Store, StoreFuture};
 use crate::error::Error;
 
 /// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
@@ -219,14 +219,7 @@ impl PgStore {
             .await
             .map_err(pg("reading the schema version"))?
             .get(0);
-        if version > SCHEMA_VERSION {
-            return Err(Error::Store {
-                operation: "migrating",
-                message: format!(
-                    "the store has schema version {version}, newer than this ferrobatch ({SCHEMA_VERSION})"
-                ),
-            });
-        }
+        check_version(version, SCHEMA_VERSION)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.batch_execute(sql).await.map_err(pg("migrating"))?;
             tx.execute(

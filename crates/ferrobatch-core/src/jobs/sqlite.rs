@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::model::{
     Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
 };
-use super::store::{check_unique, Store, StoreFuture};
+use super::store::{check_unique, check_version, Store, StoreFuture};
 use crate::error::Error;
 
 /// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
@@ -189,14 +189,7 @@ impl SqliteStore {
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db("reading the schema version"))?;
-        if version > SCHEMA_VERSION {
-            return Err(Error::Store {
-                operation: "migrating",
-                message: format!(
-                    "the store has schema version {version}, newer than this ferrobatch ({SCHEMA_VERSION})"
-                ),
-            });
-        }
+        check_version(version, SCHEMA_VERSION)?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             tx.execute_batch(sql).map_err(db("migrating"))?;
             tx.pragma_update(None, "user_version", i as i64 + 1)

@@ -125,6 +125,20 @@ pub(crate) fn check_unique(requests: &[NewRequest]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuse a store written by a newer ferrobatch (its schema is `version`; this code writes
+/// `supported`).
+pub(crate) fn check_version(version: i64, supported: i64) -> Result<(), Error> {
+    if version > supported {
+        return Err(Error::Store {
+            operation: "migrating",
+            message: format!(
+                "the store has schema version {version}, newer than this ferrobatch ({supported})"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A DSN with its password replaced, for messages and reprs.
 pub fn redact(location: &str) -> String {
     if !is_postgres(location) {
