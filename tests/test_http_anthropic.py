@@ -87,20 +87,21 @@ async def test_errors_map_to_the_exception_tree_and_529_is_retried() -> None:
 def test_the_official_sdk_accepts_the_fake_server() -> None:
     with FakeServer(api_key="sk-ant") as server:
         client = anthropic.Anthropic(base_url=server.url, api_key="sk-ant", max_retries=0)
-        msg = client.messages.create(model="claude-test", max_tokens=16, messages=USER)
-        assert msg.content[0].type == "text"
-        assert msg.content[0].text == "fake reply to: hello there"
-        assert msg.usage.input_tokens > 0 and msg.stop_reason == "end_turn"
-        with pytest.raises(anthropic.BadRequestError) as info:
-            client.messages.create(
-                model="claude-test",
-                max_tokens=16,
-                messages=[{"role": "user", "content": REJECT_MARKER}],
-            )
-        assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
         bad_key = anthropic.Anthropic(base_url=server.url, api_key="nope", max_retries=0)
-        with pytest.raises(anthropic.AuthenticationError):
-            bad_key.messages.create(model="claude-test", max_tokens=16, messages=USER)
+        with client, bad_key:  # closes their connection pools
+            msg = client.messages.create(model="claude-test", max_tokens=16, messages=USER)
+            assert msg.content[0].type == "text"
+            assert msg.content[0].text == "fake reply to: hello there"
+            assert msg.usage.input_tokens > 0 and msg.stop_reason == "end_turn"
+            with pytest.raises(anthropic.BadRequestError) as info:
+                client.messages.create(
+                    model="claude-test",
+                    max_tokens=16,
+                    messages=[{"role": "user", "content": REJECT_MARKER}],
+                )
+            assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+            with pytest.raises(anthropic.AuthenticationError):
+                bad_key.messages.create(model="claude-test", max_tokens=16, messages=USER)
 
 
 def test_a_messages_jsonl_file_runs_as_a_job(tmp_path: Path) -> None:
