@@ -15,7 +15,8 @@ import subprocess
 import tempfile
 import time
 import uuid
-from types import TracebackType
+
+from ferrobatch.testing._service import Service, free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable"]
 
@@ -39,14 +40,7 @@ def _bin_dir() -> str:
     return os.path.dirname(versions[-1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class PostgresServer:
+class PostgresServer(Service):
     """`with PostgresServer() as pg: BatchStore(pg.create_database())`.
 
     `stop()` shuts it down at once (an outage, as clients see one) and `start()` brings it
@@ -70,7 +64,7 @@ class PostgresServer:
         if self._as:
             shutil.chown(self._dir, "postgres", "postgres")
         self.data = os.path.join(self._dir, "data")
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "ferrobatch"
         self._run(
             "initdb",
@@ -131,14 +125,3 @@ class PostgresServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

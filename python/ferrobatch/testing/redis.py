@@ -10,7 +10,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from types import TracebackType
+
+from ferrobatch.testing._service import Service, free_port
 
 __all__ = ["RedisServer", "RedisUnavailable"]
 
@@ -19,14 +20,7 @@ class RedisUnavailable(RuntimeError):
     """redis-server is not installed."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
+class RedisServer(Service):
     """`with RedisServer() as r: RateLimiter(..., redis_url=r.url, name="x")`.
 
     `stop()` kills it (to test an outage) and `start()` brings it back on the same port.
@@ -38,7 +32,7 @@ class RedisServer:
             raise RedisUnavailable("redis-server is not installed (Debian package: redis-server)")
         self._binary = binary
         self._dir = tempfile.TemporaryDirectory(prefix="ferrobatch-redis-")
-        self.port = _free_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -87,14 +81,3 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         self._dir.cleanup()
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
