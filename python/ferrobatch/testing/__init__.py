@@ -38,10 +38,10 @@ fresh server per test.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ferrobatch._native import TestServer, fake_embedding
+from ferrobatch.testing._service import Service
 
 __all__ = ["REJECT_MARKER", "FakeServer", "LoggedRequest", "fake_embedding"]
 
@@ -65,7 +65,7 @@ class LoggedRequest(TypedDict):
     at: float
 
 
-class FakeServer:
+class FakeServer(Service):
     """A running fake server; a context manager that stops it on exit."""
 
     def __init__(
@@ -176,15 +176,8 @@ class FakeServer:
         """Stop serving; requests in progress are dropped."""
         self._server.stop()
 
-    def __enter__(self) -> FakeServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Same as `stop` (what `with FakeServer() as server:` calls on exit)."""
         self.stop()
 
     def __repr__(self) -> str:
