@@ -41,6 +41,7 @@ pub(crate) struct Exceptions {
     pub store: Py<PyType>,
     pub duplicate_id: Py<PyType>,
     pub job_not_found: Py<PyType>,
+    pub provider_batch: Py<PyType>,
 }
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
@@ -89,6 +90,7 @@ impl Exceptions {
             "StoreError" => &self.store,
             "DuplicateRequestIdError" => &self.duplicate_id,
             "JobNotFoundError" => &self.job_not_found,
+            "ProviderBatchError" => &self.provider_batch,
             _ => &self.base,
         }
     }
@@ -144,6 +146,8 @@ impl Exceptions {
                 "The job store failed (the SQLite file cannot be opened, stays locked, ...).")?,
             duplicate_id: make(py, "DuplicateRequestIdError", &[&b, &value],
                 "Two requests of one job share an id; `id`, `index` and `first` say where.")?,
+            provider_batch: make(py, "ProviderBatchError", &[&a],
+                "A provider's batch API did not run a request (`code`: batch_expired, batch_cancelled, request_timeout, missing_output) or failed a whole batch (invalid_json_line, ...).")?,
             job_not_found: make(py, "JobNotFoundError", &[&b, &lookup],
                 "No job with this id in the store; `job` holds the id.")?,
             invalid_input: make(py, "InvalidInputError", &[&b, &value],
@@ -267,6 +271,12 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
             .and_then(|()| value.setattr("index", *index))
             .and_then(|()| value.setattr("first", *first)),
         Error::JobNotFound { job } => value.setattr("job", job),
+        Error::ProviderBatch {
+            provider,
+            code,
+            message,
+        } => set_api_fields(&value, None, message, None, Some(code), None)
+            .and_then(|()| value.setattr("provider", provider_name(*provider))),
         _ => Ok(()),
     };
     set.expect("exception instances take attributes");
@@ -329,6 +339,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &ex.store,
         &ex.duplicate_id,
         &ex.job_not_found,
+        &ex.provider_batch,
     ] {
         let ty = ty.bind(py);
         m.add(ty.name()?, ty)?;

@@ -7,10 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrobatch_core::http::{Auth, Transport};
+use ferrobatch_core::jobs::batch_api::{
+    anthropic::AnthropicBatches, gemini::GeminiBatches, openai::OpenAiBatches, BatchApi,
+};
 use ferrobatch_core::jobs::{
-    self, output, Endpoint, JobRow, JobStatus, NewJob, NewRequest, Runner, RunnerConfig, Store,
+    self, output, Batched, ChunkLimits, Endpoint, JobRow, JobStatus, NewJob, NewRequest, Runner,
+    RunnerConfig, Store,
 };
 use ferrobatch_core::Error;
+use ferrobatch_core::Provider;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
@@ -262,11 +268,82 @@ fn unit_outcome(r: Result<(), Error>) -> task::Outcome {
     })
 }
 
+/// The batch API behind an endpoint's client: the same key on the provider's batch routes,
+/// costs counted at half the client's prices.
+fn batch_api(endpoint: &Endpoint, provider: Option<&str>) -> Result<BatchApi, Error> {
+    let half = |t: &Transport| t.usage().scaled(0.5);
+    let provider = match (provider, endpoint) {
+        (Some(p), _) => p,
+        (None, Endpoint::Messages(_)) => "anthropic",
+        (None, _) => "openai",
+    };
+    Ok(match (provider, endpoint) {
+        ("openai", Endpoint::Chat(c)) => BatchApi::OpenAi(OpenAiBatches {
+            transport: c.transport.sibling(
+                Provider::OpenAi,
+                c.transport.base_url(),
+                Auth::Bearer,
+                half(&c.transport),
+            )?,
+            endpoint: endpoint.path().to_string(),
+            model: c.chat.model.clone(),
+        }),
+        ("openai", Endpoint::Embeddings(e)) if e.transport.provider() == Provider::OpenAi => {
+            BatchApi::OpenAi(OpenAiBatches {
+                transport: e.transport.sibling(
+                    Provider::OpenAi,
+                    e.transport.base_url(),
+                    Auth::Bearer,
+                    half(&e.transport),
+                )?,
+                endpoint: endpoint.path().to_string(),
+                model: e.model_name().to_string(),
+            })
+        }
+        ("anthropic", Endpoint::Messages(m)) => BatchApi::Anthropic(AnthropicBatches {
+            transport: m.transport.sibling(
+                Provider::Anthropic,
+                m.transport.base_url(),
+                Auth::XApiKey,
+                half(&m.transport),
+            )?,
+            model: m.model.clone(),
+        }),
+        ("gemini", Endpoint::Chat(c)) => {
+            // Online through Gemini's OpenAI-compatible routes (`.../v1beta/openai`); the
+            // batch routes are the native ones beside them.
+            let base = c.transport.base_url();
+            let native = base.strip_suffix("/openai").unwrap_or(base);
+            BatchApi::Gemini(GeminiBatches {
+                transport: c.transport.sibling(
+                    Provider::Gemini,
+                    native,
+                    Auth::GoogApiKey,
+                    half(&c.transport),
+                )?,
+                model: c.chat.model.clone(),
+            })
+        }
+        (p, _) => {
+            return Err(Error::config(
+                "batch_provider",
+                format!(
+                    "no {p:?} batch API for {} requests (openai: chat completions and OpenAI \
+                     embeddings; anthropic: messages; gemini: chat completions)",
+                    endpoint.path()
+                ),
+            ))
+        }
+    })
+}
+
 #[pymethods]
 impl JobRunner {
     #[new]
     #[pyo3(signature = (store, client, *, lease_seconds, window, concurrency, flush_interval,
-                        flush_max, patience, host))]
+                        flush_max, patience, host, batch_api=false, batch_provider=None,
+                        poll_interval=None, max_attempts=3, max_open_batches=4,
+                        batch_requests=None, batch_bytes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -278,6 +355,13 @@ impl JobRunner {
         flush_max: usize,
         patience: f64,
         host: String,
+        batch_api: bool,
+        batch_provider: Option<String>,
+        poll_interval: Option<f64>,
+        max_attempts: i64,
+        max_open_batches: usize,
+        batch_requests: Option<usize>,
+        batch_bytes: Option<usize>,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
             match &*c.get().inner {
@@ -300,8 +384,25 @@ impl JobRunner {
             flush_max,
             patience: seconds("patience", patience, true)?,
         };
-        let runner = Runner::new(Arc::clone(&store.get().store), endpoint, config, host)
-            .map_err(to_pyerr)?;
+        let store = Arc::clone(&store.get().store);
+        let runner = if batch_api {
+            let api = self::batch_api(&endpoint, batch_provider.as_deref()).map_err(to_pyerr)?;
+            let poll = match poll_interval {
+                Some(s) => seconds("poll_interval", s, false)?,
+                None => api.poll_interval(),
+            };
+            let most = api.limits();
+            let limits = ChunkLimits {
+                requests: batch_requests.unwrap_or(most.requests),
+                bytes: batch_bytes.unwrap_or(most.bytes),
+                ..most
+            };
+            let batched = Batched::new(api, poll, max_attempts, max_open_batches, Some(limits));
+            Runner::batched(store, endpoint, batched, config, host)
+        } else {
+            Runner::new(store, endpoint, config, host)
+        }
+        .map_err(to_pyerr)?;
         Ok(JobRunner { runner })
     }
 

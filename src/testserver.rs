@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ferrobatch_core::testing::{ErrorStyle, Fault, FaultKind, ServerConfig, TestServer as Server};
+use ferrobatch_core::testing::{
+    BatchFault, ErrorStyle, Fault, FaultKind, ServerConfig, TestServer as Server,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -43,7 +45,7 @@ impl TestServer {
     #[new]
     #[pyo3(signature = (*, host="127.0.0.1", port=0, latency=0.0, dimensions=1536, max_inputs=2048,
                         gemini_max_inputs=100, api_key=None, requests_per_minute=None, base64=true,
-                        error_style="openai"))]
+                        error_style="openai", batch_duration=0.2, cancel_delay=0.1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: &str,
@@ -56,6 +58,8 @@ impl TestServer {
         requests_per_minute: Option<u32>,
         base64: bool,
         error_style: &str,
+        batch_duration: f64,
+        cancel_delay: f64,
     ) -> PyResult<Self> {
         let error_style = match error_style {
             "openai" => ErrorStyle::OpenAi,
@@ -76,6 +80,8 @@ impl TestServer {
             requests_per_minute: requests_per_minute.filter(|r| *r > 0),
             base64,
             error_style,
+            batch_duration: seconds("batch_duration", batch_duration)?,
+            cancel_delay: seconds("cancel_delay", cancel_delay)?,
         };
         let rt = runtime();
         let server = Server::start(rt.handle(), host, port, config).map_err(|e| {
@@ -114,7 +120,7 @@ impl TestServer {
 
     /// Script a fault for the next `times` requests (whose path contains `path`).
     #[pyo3(signature = (kind, *, times=1, path=None, status=None, retry_after=None,
-                        retry_after_ms=None, retry_delay=None, duration=3600.0))]
+                        retry_after_ms=None, retry_delay=None, duration=3600.0, done=0))]
     #[allow(clippy::too_many_arguments)]
     fn add_fault(
         &self,
@@ -126,6 +132,7 @@ impl TestServer {
         retry_after_ms: Option<u64>,
         retry_delay: Option<f64>,
         duration: f64,
+        done: usize,
     ) -> PyResult<()> {
         let kind = match kind {
             "status" => {
@@ -144,6 +151,10 @@ impl TestServer {
             "hang" => FaultKind::Hang(seconds("duration", duration)?),
             "malformed" => FaultKind::Malformed,
             "wrong_count" => FaultKind::WrongCount,
+            "batch_fail_validation" => FaultKind::Batch(BatchFault::FailValidation),
+            "batch_expire" => FaultKind::Batch(BatchFault::Expire { done }),
+            "batch_status_zero" => FaultKind::Batch(BatchFault::StatusZero),
+            "batch_token_limit" => FaultKind::Batch(BatchFault::TokenLimit),
             "endless" => {
                 let status = status.unwrap_or(200);
                 if !(200..=599).contains(&status) {
@@ -154,7 +165,7 @@ impl TestServer {
             other => {
                 return Err(config_error(
                     "kind",
-                    format!("must be 'status', 'reset', 'hang', 'malformed', 'wrong_count' or 'endless', got {other:?}"),
+                    format!("must be 'status', 'reset', 'hang', 'malformed', 'wrong_count', 'endless', 'batch_fail_validation', 'batch_expire', 'batch_status_zero' or 'batch_token_limit', got {other:?}"),
                 ))
             }
         };

@@ -33,6 +33,7 @@ __all__ = [
     "ItemFuture",
     "ItemTimeoutError",
     "JobNotFoundError",
+    "ProviderBatchError",
     "JobRunner",
     "JobStore",
     "LatencySummary",
@@ -112,6 +113,9 @@ class ResponseFormatError(APIError): ...
 
 class ResponseTooLargeError(ResponseFormatError):
     limit: int
+
+class ProviderBatchError(APIError):
+    provider: str
 
 class RateLimiterUnavailableError(FerrobatchError, ConnectionError): ...
 

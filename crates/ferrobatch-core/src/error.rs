@@ -137,6 +137,18 @@ pub enum Error {
         /// The id asked for.
         job: String,
     },
+    /// A provider's batch API did not run a request, or ran a whole batch into a failure:
+    /// `batch_expired`, `batch_cancelled`, `request_timeout`, `missing_output`, a batch that
+    /// failed validation (`invalid_json_line`, ...).
+    #[error("{} batch: {code}: {message}", provider_label(*provider))]
+    ProviderBatch {
+        /// Which API's batch.
+        provider: Provider,
+        /// The provider's code (or ferrobatch's, `missing_output`).
+        code: String,
+        /// What the provider said.
+        message: String,
+    },
     /// An item cannot be sent (for example an empty text, which the APIs reject).
     #[error("invalid input: {reason}")]
     InvalidInput {
@@ -196,6 +208,7 @@ impl Error {
             Error::Store { .. } => "StoreError",
             Error::DuplicateRequestId { .. } => "DuplicateRequestIdError",
             Error::JobNotFound { .. } => "JobNotFoundError",
+            Error::ProviderBatch { .. } => "ProviderBatchError",
         }
     }
 

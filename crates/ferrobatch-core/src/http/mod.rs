@@ -24,5 +24,5 @@ pub use embedder::{Embedder, EmbeddingModel};
 pub use limiter::{estimate_tokens, RateLimiter};
 pub use retry::{Failure, RetryPolicy};
 pub use secret::ApiKey;
-pub use transport::{Auth, Transport, TransportConfig};
+pub use transport::{Auth, Payload, Retry, Transport, TransportConfig};
 pub use usage::{ModelUsage, Price, UsageBook};

@@ -59,6 +59,37 @@ pub struct TransportConfig {
     pub limiter: Arc<dyn RateLimit>,
 }
 
+/// What a [`Transport::call`] sends.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// No body.
+    Empty,
+    /// A JSON body.
+    Json(Bytes),
+    /// A `multipart/form-data` body: text fields, then one file.
+    Multipart {
+        /// `(name, value)` text fields.
+        fields: Vec<(String, String)>,
+        /// The file part's name (`file`).
+        part: String,
+        /// The file's name.
+        file_name: String,
+        /// The file's bytes.
+        file: Bytes,
+    },
+}
+
+/// How a [`Transport::call`] retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// By the client's policy: the call can be repeated safely.
+    Policy,
+    /// Only failures that show the server did nothing (a 429, 529 or 503 answer, or a refused
+    /// connection); a timeout or another 5xx may hide a request that took effect, so it is
+    /// the caller's to find out (creating a paid batch is not idempotent).
+    NotIfDone,
+}
+
 /// One provider's HTTP client; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Transport {
@@ -144,6 +175,25 @@ impl Transport {
         &self.config.base_url
     }
 
+    /// The same key, headers and policies on another API of the provider (its batch API on
+    /// another base URL, with another auth header); no rate limiter is consulted by
+    /// [`Transport::call`]. `usage` is where its costs are counted.
+    pub fn sibling(
+        &self,
+        provider: Provider,
+        base_url: &str,
+        auth: Auth,
+        usage: UsageBook,
+    ) -> Result<Transport, Error> {
+        let config = TransportConfig {
+            provider,
+            base_url: base_url.to_string(),
+            auth,
+            ..self.config.clone()
+        };
+        Transport::new(config, usage)
+    }
+
     /// Which API this is.
     pub fn provider(&self) -> Provider {
         self.config.provider
@@ -193,15 +243,82 @@ impl Transport {
         }
     }
 
+    /// Send `payload` to `{base_url}{path}` with `method`, outside the rate limiter (batch
+    /// API calls do not spend the online budget), retrying as `retry` allows; the body of the
+    /// successful answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        payload: Payload,
+        retry: Retry,
+    ) -> Result<Bytes, Error> {
+        let url = format!("{}{}", self.config.base_url, path);
+        let mut attempt: u32 = 0;
+        loop {
+            let request = self.request(method.clone(), &url, &payload)?;
+            let (failure, hint, error) = match self.send(request).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(f) => f,
+            };
+            let safe = match retry {
+                Retry::Policy => true,
+                Retry::NotIfDone => {
+                    matches!(failure, Failure::Status(429 | 503 | 529))
+                        || matches!(&error, Error::Connection { message } if message.contains("onnection refused"))
+                }
+            };
+            if !safe || !self.config.retry.should_retry(attempt, failure) {
+                return Err(error);
+            }
+            let delay = self.config.retry.delay(attempt, hint, fastrand::f64());
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        payload: &Payload,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        let builder = self.client.request(method, url);
+        Ok(match payload {
+            Payload::Empty => builder,
+            Payload::Json(b) => builder.body(b.clone()),
+            Payload::Multipart {
+                fields,
+                part,
+                file_name,
+                file,
+            } => {
+                let mut form = reqwest::multipart::Form::new();
+                for (k, v) in fields {
+                    form = form.text(k.clone(), v.clone());
+                }
+                let file = reqwest::multipart::Part::stream(file.clone())
+                    .file_name(file_name.clone())
+                    .mime_str("application/jsonl")
+                    .map_err(|e| Error::config("multipart", e.to_string()))?;
+                builder.multipart(form.part(part.clone(), file))
+            }
+        })
+    }
+
     async fn attempt(
         &self,
         url: &str,
         body: Bytes,
     ) -> Result<Bytes, (Failure, Option<Duration>, Error)> {
-        let response = self
-            .client
-            .post(url)
-            .body(body)
+        self.send(self.client.post(url).body(body)).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Bytes, (Failure, Option<Duration>, Error)> {
+        let response = request
             .timeout(self.config.timeout)
             .send()
             .await

@@ -46,6 +46,23 @@ impl UsageBook {
         }
     }
 
+    /// A fresh book whose prices are these times `factor` (0.5 for the providers' batch
+    /// APIs, which charge half).
+    pub fn scaled(&self, factor: f64) -> UsageBook {
+        let prices = self
+            .prices
+            .iter()
+            .map(|(m, p)| {
+                let price = Price {
+                    input: p.input * factor,
+                    output: p.output * factor,
+                };
+                (m.clone(), price)
+            })
+            .collect();
+        UsageBook::new(prices)
+    }
+
     fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelUsage) -> R) -> R {
         let mut g = self.models.lock().unwrap_or_else(|p| p.into_inner());
         let entry = g.entry(model.to_string()).or_default();

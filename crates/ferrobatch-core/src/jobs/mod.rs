@@ -8,6 +8,8 @@
 //! - [`runner`]: claim → send → record on the tokio runtime;
 //! - [`output`]: results as an OpenAI Batch API output file.
 
+pub mod batch_api;
+pub mod batched;
 pub mod endpoint;
 pub mod model;
 pub mod output;
@@ -16,10 +18,11 @@ pub mod runner;
 pub mod sqlite;
 pub mod store;
 
+pub use batched::Batched;
 pub use endpoint::{error_json, Endpoint, Sent};
 pub use model::{
-    Claimed, Completion, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow,
-    RunnerInfo,
+    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
 pub use runner::{Runner, RunnerConfig};
 pub use store::{is_postgres, open, redact, Store, StoreFuture};

@@ -196,3 +196,127 @@ pub struct ResultRow {
     /// The error as JSON text.
     pub error: Option<String>,
 }
+
+/// Where a provider batch (a chunk of a job's requests) stands in the store. Each step is
+/// written before the network call that follows it, so a restart knows what may exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Its requests are set aside; nothing was sent to the provider.
+    Planned,
+    /// A create call may have been sent; the provider's id is not known yet (after a crash,
+    /// look for the batch before creating another).
+    Creating,
+    /// The provider's batch exists (`batch_id`).
+    Created,
+    /// Its results are recorded (or its requests went back to pending).
+    Settled,
+}
+
+impl ChunkState {
+    /// The name stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkState::Planned => "planned",
+            ChunkState::Creating => "creating",
+            ChunkState::Created => "created",
+            ChunkState::Settled => "settled",
+        }
+    }
+
+    /// The state of a stored name.
+    pub fn parse(s: &str) -> ChunkState {
+        match s {
+            "planned" => ChunkState::Planned,
+            "creating" => ChunkState::Creating,
+            "created" => ChunkState::Created,
+            _ => ChunkState::Settled,
+        }
+    }
+}
+
+/// How large one provider batch may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkLimits {
+    /// Most requests.
+    pub requests: usize,
+    /// Most bytes of request bodies plus `line_overhead` per request.
+    pub bytes: usize,
+    /// Bytes each request adds around its body (the JSONL line's `custom_id`, `url`, ...).
+    pub line_overhead: usize,
+    /// Whether every request must name the same model (OpenAI: one model per file).
+    pub one_model: bool,
+}
+
+impl ChunkLimits {
+    /// How many of `candidates` (in submit order) go into one batch: as many as fit, at least
+    /// one (a single request over the byte limit goes alone and the provider judges it).
+    pub fn cut(&self, candidates: &[Claimed]) -> usize {
+        let model_of = |c: &Claimed| -> Option<String> {
+            let v: serde_json::Value = serde_json::from_str(&c.body).ok()?;
+            v.get("model")?.as_str().map(str::to_string)
+        };
+        let first_model = if self.one_model {
+            candidates.first().map(model_of)
+        } else {
+            None
+        };
+        let mut bytes = 0usize;
+        for (i, c) in candidates.iter().enumerate().take(self.requests.max(1)) {
+            bytes += c.body.len() + self.line_overhead;
+            let too_big = i > 0 && bytes > self.bytes;
+            let other_model = i > 0 && first_model.as_ref().is_some_and(|m| &model_of(c) != m);
+            if too_big || other_model {
+                return i;
+            }
+        }
+        candidates.len().min(self.requests.max(1))
+    }
+}
+
+/// A provider batch as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRow {
+    /// Its job.
+    pub job_id: String,
+    /// Its number within the job (1, 2, ...).
+    pub chunk: i64,
+    /// `openai`, `anthropic` or `gemini`.
+    pub provider: String,
+    /// Where it stands.
+    pub state: ChunkState,
+    /// The provider's batch id, once known.
+    pub batch_id: Option<String>,
+    /// The uploaded input file (OpenAI), once known.
+    pub file_id: Option<String>,
+    /// The provider's last reported status.
+    pub remote_status: Option<String>,
+    /// How many requests it holds.
+    pub requests: u64,
+    /// When the create call was first about to be sent (Unix seconds).
+    pub intent_at: Option<f64>,
+    /// The runner that looks after it.
+    pub owner: Option<String>,
+}
+
+/// A change to a chunk, written only while the runner still owns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkUpdate {
+    /// Its new state.
+    pub state: ChunkState,
+    /// The provider's batch id (kept when None).
+    pub batch_id: Option<String>,
+    /// The uploaded file's id (kept when None).
+    pub file_id: Option<String>,
+    /// The provider's status (kept when None).
+    pub remote_status: Option<String>,
+}
+
+/// One request of a chunk as it was settled: recorded with `outcome`, or (None) handed back
+/// to pending for another attempt (cancelled instead when the job is cancelled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// Its position in the job.
+    pub seq: i64,
+    /// Its outcome, or None to try it again.
+    pub outcome: Option<Completion>,
+}

@@ -22,14 +22,16 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::model::{
-    Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
+    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob,
+    NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
-use super::sqlite::progress_of;
+use super::sqlite::{count_outcome, progress_of};
 use super::store::{check_unique, check_version, redact, Store, StoreFuture};
 use crate::error::Error;
 
 /// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE ferrobatch_jobs (
     id text PRIMARY KEY,
     name text,
@@ -86,7 +88,30 @@ CREATE TABLE ferrobatch_runners (
     started_at timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
-"#];
+"#,
+    // 2: provider batches ("chunks") holding requests set aside as `batched`.
+    r#"
+ALTER TABLE ferrobatch_requests ADD COLUMN chunk bigint;
+ALTER TABLE ferrobatch_jobs ADD COLUMN chunks bigint NOT NULL DEFAULT 0;
+CREATE INDEX ferrobatch_requests_chunk ON ferrobatch_requests (job_id, chunk)
+    WHERE status = 'batched';
+CREATE TABLE ferrobatch_chunks (
+    job_id text NOT NULL REFERENCES ferrobatch_jobs (id) ON DELETE CASCADE,
+    chunk bigint NOT NULL,
+    provider text NOT NULL,
+    state text NOT NULL,
+    owner text,
+    batch_id text,
+    file_id text,
+    remote_status text,
+    requests bigint NOT NULL,
+    intent_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, chunk)
+);
+"#,
+];
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -265,6 +290,36 @@ impl PgStore {
         c.execute(&stmt, params).await.map_err(pg(op))
     }
 
+    /// The job's chunks (only the unsettled ones `owner` holds, when given), in order.
+    async fn read_chunks(&self, job_id: &str, owner: Option<&str>) -> Result<Vec<ChunkRow>, Error> {
+        let rows = self
+            .many(
+                "reading chunks",
+                "SELECT chunk, provider, state, batch_id, file_id, remote_status, requests,
+                     extract(epoch FROM intent_at)::float8, owner
+                 FROM ferrobatch_chunks
+                 WHERE job_id = $1 AND ($2::text IS NULL OR (owner = $2 AND state != 'settled'))
+                 ORDER BY chunk",
+                &[&job_id, &owner],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ChunkRow {
+                job_id: job_id.to_string(),
+                chunk: r.get(0),
+                provider: r.get(1),
+                state: ChunkState::parse(r.get(2)),
+                batch_id: r.get(3),
+                file_id: r.get(4),
+                remote_status: r.get(5),
+                requests: r.get::<_, i64>(6) as u64,
+                intent_at: r.get(7),
+                owner: r.get(8),
+            })
+            .collect())
+    }
+
     async fn status(&self, op: &'static str, sql: &str, job_id: &str) -> Result<JobStatus, Error> {
         let row = self.one(op, sql, &[&job_id]).await?;
         row.map(|r| status_of(&r))
@@ -411,7 +466,8 @@ impl Store for PgStore {
                 "UPDATE ferrobatch_jobs j SET status = 'completed', updated_at = now()
                  WHERE j.id = $1 AND j.status = 'processing'
                    AND NOT EXISTS (SELECT 1 FROM ferrobatch_requests
-                                   WHERE job_id = $1 AND status IN ('pending', 'running'))",
+                                   WHERE job_id = $1
+                                     AND status IN ('pending', 'running', 'batched'))",
                 &[&job_id],
             )
             .await?;
@@ -475,8 +531,11 @@ impl Store for PgStore {
                     "WITH gone AS (DELETE FROM ferrobatch_runners WHERE id = $1 RETURNING id),
                      back AS (
                          UPDATE ferrobatch_requests SET status = 'pending', runner = NULL
-                         WHERE status = 'running' AND runner = $1 RETURNING 1)
-                     SELECT (SELECT count(*) FROM back) + 0 * (SELECT count(*) FROM gone)",
+                         WHERE status = 'running' AND runner = $1 RETURNING 1),
+                     chunks AS (
+                         UPDATE ferrobatch_chunks SET owner = NULL WHERE owner = $1 RETURNING 1)
+                     SELECT (SELECT count(*) FROM back) + 0 * (SELECT count(*) FROM gone)
+                          + 0 * (SELECT count(*) FROM chunks)",
                     &[&runner_id],
                 )
                 .await?;
@@ -668,7 +727,7 @@ impl Store for PgStore {
                     "reading progress",
                     "SELECT total, succeeded, failed, cancelled, input_tokens, output_tokens, cost,
                          (SELECT count(*) FROM ferrobatch_requests
-                          WHERE job_id = $1 AND status = 'running')
+                          WHERE job_id = $1 AND status IN ('running', 'batched'))
                      FROM ferrobatch_jobs WHERE id = $1",
                     &[&job_id],
                 )
@@ -693,7 +752,9 @@ impl Store for PgStore {
             let rows = self
                 .many(
                     "reading results",
-                    "SELECT q.seq, q.id, q.status, r.response, r.error FROM ferrobatch_requests q
+                    "SELECT q.seq, q.id,
+                         CASE q.status WHEN 'batched' THEN 'running' ELSE q.status END,
+                         r.response, r.error FROM ferrobatch_requests q
                      LEFT JOIN ferrobatch_results r ON q.status IN ('succeeded', 'failed')
                          AND r.job_id = q.job_id AND r.seq = q.seq AND r.attempt = q.attempt
                      WHERE q.job_id = $1 ORDER BY q.seq",
@@ -710,6 +771,277 @@ impl Store for PgStore {
                     error: r.get(4),
                 })
                 .collect())
+        })
+    }
+
+    fn claim_chunk(
+        &self,
+        job_id: String,
+        runner_id: String,
+        provider: String,
+        limits: ChunkLimits,
+    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
+        Box::pin(async move {
+            let op = "setting aside a chunk";
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(pg(op))?;
+            let rows = tx
+                .query(
+                    "SELECT seq, id, body, attempt FROM ferrobatch_requests
+                     WHERE job_id = $1 AND status = 'pending' ORDER BY seq LIMIT $2
+                     FOR UPDATE SKIP LOCKED",
+                    &[&job_id, &(limits.requests.max(1) as i64)],
+                )
+                .await
+                .map_err(pg(op))?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let mut taken: Vec<Claimed> = rows
+                .iter()
+                .map(|r| Claimed {
+                    job_id: job_id.clone(),
+                    seq: r.get(0),
+                    id: r.get(1),
+                    body: r.get(2),
+                    attempt: i64::from(r.get::<_, i32>(3)) + 1,
+                })
+                .collect();
+            taken.truncate(limits.cut(&taken));
+            let seqs: Vec<i64> = taken.iter().map(|c| c.seq).collect();
+            let chunk: i64 = tx
+                .query_one(
+                    "UPDATE ferrobatch_jobs SET chunks = chunks + 1 WHERE id = $1 RETURNING chunks",
+                    &[&job_id],
+                )
+                .await
+                .map_err(pg(op))?
+                .get(0);
+            tx.execute(
+                "UPDATE ferrobatch_requests SET status = 'batched', chunk = $3,
+                     attempt = attempt + 1, runner = NULL
+                 WHERE job_id = $1 AND seq = ANY($2)",
+                &[&job_id, &seqs, &chunk],
+            )
+            .await
+            .map_err(pg(op))?;
+            tx.execute(
+                "INSERT INTO ferrobatch_chunks (job_id, chunk, provider, state, owner, requests)
+                 VALUES ($1, $2, $3, 'planned', $4, $5)",
+                &[
+                    &job_id,
+                    &chunk,
+                    &provider,
+                    &runner_id,
+                    &(taken.len() as i64),
+                ],
+            )
+            .await
+            .map_err(pg(op))?;
+            tx.commit().await.map_err(pg(op))?;
+            let row = ChunkRow {
+                job_id,
+                chunk,
+                provider,
+                state: ChunkState::Planned,
+                batch_id: None,
+                file_id: None,
+                remote_status: None,
+                requests: taken.len() as u64,
+                intent_at: None,
+                owner: Some(runner_id),
+            };
+            Ok(Some((row, taken)))
+        })
+    }
+
+    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+        Box::pin(async move {
+            self.count(
+                "taking chunks",
+                "UPDATE ferrobatch_chunks c SET owner = $2, updated_at = now()
+                 WHERE c.job_id = $1 AND c.state != 'settled'
+                   AND (c.owner IS NULL OR c.owner = $2 OR NOT EXISTS (
+                        SELECT 1 FROM ferrobatch_runners w
+                        WHERE w.id = c.owner AND w.heartbeat_at + w.lease >= now()))",
+                &[&job_id, &runner_id],
+            )
+            .await?;
+            self.read_chunks(&job_id, Some(&runner_id)).await
+        })
+    }
+
+    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+        Box::pin(async move { self.read_chunks(&job_id, None).await })
+    }
+
+    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
+        Box::pin(async move {
+            let rows = self
+                .many(
+                    "reading a chunk",
+                    "SELECT seq, id, body, attempt FROM ferrobatch_requests
+                     WHERE job_id = $1 AND chunk = $2 AND status = 'batched' ORDER BY seq",
+                    &[&job_id, &chunk],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Claimed {
+                    job_id: job_id.clone(),
+                    seq: r.get(0),
+                    id: r.get(1),
+                    body: r.get(2),
+                    attempt: i64::from(r.get::<_, i32>(3)),
+                })
+                .collect())
+        })
+    }
+
+    fn update_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        update: ChunkUpdate,
+    ) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            let n = self
+                .count(
+                    "updating a chunk",
+                    "UPDATE ferrobatch_chunks SET state = $4, batch_id = COALESCE($5, batch_id),
+                         file_id = COALESCE($6, file_id),
+                         remote_status = COALESCE($7, remote_status),
+                         intent_at = CASE WHEN $4 = 'creating' THEN COALESCE(intent_at, now())
+                                          ELSE intent_at END,
+                         updated_at = now()
+                     WHERE job_id = $1 AND chunk = $2 AND owner = $3 AND state != 'settled'",
+                    &[
+                        &job_id,
+                        &chunk,
+                        &runner_id,
+                        &update.state.as_str(),
+                        &update.batch_id,
+                        &update.file_id,
+                        &update.remote_status,
+                    ],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn settle_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        settled: Vec<Settled>,
+    ) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let op = "settling a chunk";
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(pg(op))?;
+            let owned = tx
+                .execute(
+                    "UPDATE ferrobatch_chunks SET state = 'settled', updated_at = now()
+                     WHERE job_id = $1 AND chunk = $2 AND owner = $3 AND state != 'settled'",
+                    &[&job_id, &chunk, &runner_id],
+                )
+                .await
+                .map_err(pg(op))?;
+            if owned == 0 {
+                return Ok(0);
+            }
+            let status = tx
+                .query_one(
+                    "SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE",
+                    &[&job_id],
+                )
+                .await
+                .map_err(pg(op))?;
+            let cancelled = status_of(&status) == JobStatus::Cancelled;
+            let fence = tx
+                .prepare(
+                    "UPDATE ferrobatch_requests SET status = $4, chunk = NULL
+                     WHERE job_id = $1 AND seq = $2 AND chunk = $3 AND status = 'batched'
+                     RETURNING attempt",
+                )
+                .await
+                .map_err(pg(op))?;
+            let insert = tx
+                .prepare(
+                    "INSERT INTO ferrobatch_results (job_id, seq, attempt, runner, ok, response,
+                         error, input_tokens, output_tokens, cost)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .await
+                .map_err(pg(op))?;
+            let (mut ok, mut failed, mut input, mut output) = (0i64, 0i64, 0i64, 0i64);
+            let mut cost: Option<f64> = None;
+            for s in &settled {
+                let Some(o) = &s.outcome else { continue };
+                let st = if o.ok { "succeeded" } else { "failed" };
+                let Some(row) = tx
+                    .query_opt(&fence, &[&job_id, &s.seq, &chunk, &st])
+                    .await
+                    .map_err(pg(op))?
+                else {
+                    continue;
+                };
+                let attempt: i32 = row.get(0);
+                tx.execute(
+                    &insert,
+                    &[
+                        &job_id,
+                        &s.seq,
+                        &attempt,
+                        &runner_id,
+                        &o.ok,
+                        &o.response,
+                        &o.error,
+                        &(o.input_tokens as i64),
+                        &(o.output_tokens as i64),
+                        &o.cost,
+                    ],
+                )
+                .await
+                .map_err(pg(op))?;
+                count_outcome(o, &mut ok, &mut failed, &mut input, &mut output, &mut cost);
+            }
+            let back = tx
+                .execute(
+                    "UPDATE ferrobatch_requests SET status = $3, chunk = NULL
+                     WHERE job_id = $1 AND chunk = $2 AND status = 'batched'",
+                    &[
+                        &job_id,
+                        &chunk,
+                        &(if cancelled { "cancelled" } else { "pending" }),
+                    ],
+                )
+                .await
+                .map_err(pg(op))? as i64;
+            tx.execute(
+                "UPDATE ferrobatch_jobs SET succeeded = succeeded + $2, failed = failed + $3,
+                     cancelled = cancelled + $4, input_tokens = input_tokens + $5,
+                     output_tokens = output_tokens + $6,
+                     cost = CASE WHEN $7::float8 IS NULL THEN cost ELSE COALESCE(cost, 0) + $7 END,
+                     updated_at = now()
+                 WHERE id = $1",
+                &[
+                    &job_id,
+                    &ok,
+                    &failed,
+                    &(if cancelled { back } else { 0 }),
+                    &input,
+                    &output,
+                    &cost,
+                ],
+            )
+            .await
+            .map_err(pg(op))?;
+            tx.commit().await.map_err(pg(op))?;
+            Ok((ok + failed) as u64)
         })
     }
 

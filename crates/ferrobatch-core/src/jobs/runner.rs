@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch, Notify, OnceCell, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 
+use super::batched::Batched;
 use super::endpoint::{error_json, Endpoint, Sent};
 use super::model::{Claimed, Completion, Finished, JobStatus, RunnerInfo};
 use super::store::Store;
@@ -121,21 +122,23 @@ struct Pending {
     tracker: Arc<Tracker>,
 }
 
-struct Started {
+pub(super) struct Started {
     recorder: Mutex<Option<mpsc::Sender<Pending>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 type Sending = Pin<Box<dyn Future<Output = (Claimed, Result<Sent, Error>)> + Send>>;
 
-/// Works jobs of one store through one endpoint.
+/// Works jobs of one store through one endpoint: online, or through the provider's batch API
+/// (see [`super::batched`]).
 pub struct Runner {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     endpoint: Endpoint,
-    info: RunnerInfo,
-    config: RunnerConfig,
+    pub(super) batch: Option<Batched>,
+    pub(super) info: RunnerInfo,
+    pub(super) config: RunnerConfig,
     sends: Arc<Semaphore>,
-    stop: watch::Sender<bool>,
+    pub(super) stop: watch::Sender<bool>,
     started: OnceCell<Started>,
     active: AtomicUsize,
     idle: Notify,
@@ -152,7 +155,7 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-fn is_fatal(e: &Error) -> bool {
+pub(super) fn is_fatal(e: &Error) -> bool {
     matches!(
         e,
         Error::Status {
@@ -185,6 +188,7 @@ impl Runner {
         Ok(Arc::new(Runner {
             store,
             endpoint,
+            batch: None,
             info,
             sends: Arc::new(Semaphore::new(config.concurrency)),
             config,
@@ -194,6 +198,22 @@ impl Runner {
             idle: Notify::new(),
             last_ok: Mutex::new(Instant::now()),
         }))
+    }
+
+    /// A runner that sends jobs through the provider's batch API instead of `endpoint`
+    /// (whose path the jobs must have).
+    pub fn batched(
+        store: Arc<dyn Store>,
+        endpoint: Endpoint,
+        batch: Batched,
+        config: RunnerConfig,
+        host: String,
+    ) -> Result<Arc<Runner>, Error> {
+        batch.check(&endpoint)?;
+        let runner = Runner::new(store, endpoint, config, host)?;
+        let mut runner = Arc::into_inner(runner).expect("a runner just made is not shared");
+        runner.batch = Some(batch);
+        Ok(Arc::new(runner))
     }
 
     /// This runner's id in the store.
@@ -206,7 +226,7 @@ impl Runner {
         *self.stop.borrow()
     }
 
-    async fn start(self: &Arc<Self>) -> Result<&Started, Error> {
+    pub(super) async fn start(self: &Arc<Self>) -> Result<&Started, Error> {
         self.started
             .get_or_try_init(|| async {
                 self.retrying(|| self.store.register(self.info.clone()))
@@ -234,7 +254,7 @@ impl Runner {
     }
 
     /// Retry a store call through outages (a restarted database) for up to `patience`.
-    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    pub(super) async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -270,6 +290,9 @@ impl Runner {
     }
 
     async fn run_job_inner(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
+        if self.batch.is_some() {
+            return self.run_batched(job_id).await;
+        }
         let started = self.start().await?;
         let Some(recorder) = started
             .recorder

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::model::{
-    Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
+    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
 use super::store::{check_unique, check_version, Store, StoreFuture};
 use crate::error::Error;
@@ -104,6 +105,27 @@ CREATE TABLE runners (
     lease REAL NOT NULL,
     started_at REAL NOT NULL,
     heartbeat_at REAL NOT NULL
+);
+"#,
+    // 3: provider batches ("chunks") holding requests set aside as `batched`.
+    r#"
+ALTER TABLE requests ADD COLUMN chunk INTEGER;
+ALTER TABLE jobs ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX requests_chunk ON requests(job_id, chunk) WHERE status = 'batched';
+CREATE TABLE chunks (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    chunk INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner TEXT,
+    batch_id TEXT,
+    file_id TEXT,
+    remote_status TEXT,
+    requests INTEGER NOT NULL,
+    intent_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, chunk)
 );
 "#,
 ];
@@ -388,7 +410,7 @@ impl Store for SqliteStore {
                 "UPDATE jobs SET status = 'completed', updated_at = ?2
                  WHERE id = ?1 AND status = 'processing'
                    AND NOT EXISTS (SELECT 1 FROM requests
-                                   WHERE job_id = ?1 AND status IN ('pending', 'running'))",
+                                   WHERE job_id = ?1 AND status IN ('pending', 'running', 'batched'))",
                 params![job_id, now()],
             )
             .map_err(db("completing a job"))?;
@@ -446,6 +468,11 @@ impl Store for SqliteStore {
                 .map_err(db("removing a runner"))?;
             tx.execute("DELETE FROM runners WHERE id = ?1", [&runner_id])
                 .map_err(db("removing a runner"))?;
+            tx.execute(
+                "UPDATE chunks SET owner = NULL WHERE owner = ?1",
+                [&runner_id],
+            )
+            .map_err(db("removing a runner"))?;
             tx.commit().map_err(db("removing a runner"))?;
             Ok(n as u64)
         })
@@ -640,7 +667,8 @@ impl Store for SqliteStore {
             let row = c
                 .query_row(
                     "SELECT total, succeeded, failed, cancelled, input_tokens, output_tokens, cost,
-                         (SELECT count(*) FROM requests WHERE job_id = ?1 AND status = 'running')
+                         (SELECT count(*) FROM requests
+                          WHERE job_id = ?1 AND status IN ('running', 'batched'))
                      FROM jobs WHERE id = ?1",
                     [&job_id],
                     |r| {
@@ -668,7 +696,9 @@ impl Store for SqliteStore {
             read_job(conn, &job_id)?;
             let mut stmt = conn
                 .prepare(
-                    "SELECT q.seq, q.id, q.status, r.response, r.error FROM requests q
+                    "SELECT q.seq, q.id,
+                         CASE q.status WHEN 'batched' THEN 'running' ELSE q.status END,
+                         r.response, r.error FROM requests q
                      LEFT JOIN results r ON q.status IN ('succeeded', 'failed')
                          AND r.job_id = q.job_id AND r.seq = q.seq AND r.attempt = q.attempt
                      WHERE q.job_id = ?1 ORDER BY q.seq",
@@ -694,6 +724,327 @@ impl Store for SqliteStore {
     fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>> {
         self.call(move |c| SqliteStore::held(c, &job_id))
     }
+
+    fn claim_chunk(
+        &self,
+        job_id: String,
+        runner_id: String,
+        provider: String,
+        limits: ChunkLimits,
+    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
+        self.call(move |conn| {
+            let op = "setting aside a chunk";
+            let tx = immediate(conn, op)?;
+            let candidates = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT seq, id, body, attempt FROM requests
+                         WHERE job_id = ?1 AND status = 'pending' ORDER BY seq LIMIT ?2",
+                    )
+                    .map_err(db(op))?;
+                let rows = stmt
+                    .query_map(params![job_id, limits.requests.max(1) as i64], |r| {
+                        Ok(Claimed {
+                            job_id: job_id.clone(),
+                            seq: r.get(0)?,
+                            id: r.get(1)?,
+                            body: r.get(2)?,
+                            attempt: r.get::<_, i64>(3)? + 1,
+                        })
+                    })
+                    .map_err(db(op))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db(op))?;
+                rows
+            };
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let mut taken = candidates;
+            taken.truncate(limits.cut(&taken));
+            let at = now();
+            let chunk: i64 = tx
+                .query_row(
+                    "UPDATE jobs SET chunks = chunks + 1 WHERE id = ?1 RETURNING chunks",
+                    [&job_id],
+                    |r| r.get(0),
+                )
+                .map_err(db(op))?;
+            {
+                let mut mark = tx
+                    .prepare_cached(
+                        "UPDATE requests SET status = 'batched', chunk = ?3, attempt = attempt + 1,
+                             runner = NULL
+                         WHERE job_id = ?1 AND seq = ?2",
+                    )
+                    .map_err(db(op))?;
+                for c in &taken {
+                    mark.execute(params![job_id, c.seq, chunk])
+                        .map_err(db(op))?;
+                }
+            }
+            tx.execute(
+                "INSERT INTO chunks (job_id, chunk, provider, state, owner, requests, created_at,
+                     updated_at)
+                 VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?6, ?6)",
+                params![job_id, chunk, provider, runner_id, taken.len() as i64, at],
+            )
+            .map_err(db(op))?;
+            tx.commit().map_err(db(op))?;
+            let row = ChunkRow {
+                job_id,
+                chunk,
+                provider,
+                state: ChunkState::Planned,
+                batch_id: None,
+                file_id: None,
+                remote_status: None,
+                requests: taken.len() as u64,
+                intent_at: None,
+                owner: Some(runner_id),
+            };
+            Ok(Some((row, taken)))
+        })
+    }
+
+    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+        self.call(move |conn| {
+            let op = "taking chunks";
+            let tx = immediate(conn, op)?;
+            tx.execute(
+                "UPDATE chunks SET owner = ?2, updated_at = ?3
+                 WHERE job_id = ?1 AND state != 'settled'
+                   AND (owner IS NULL OR owner = ?2 OR owner NOT IN
+                        (SELECT id FROM runners WHERE heartbeat_at + lease >= ?3))",
+                params![job_id, runner_id, now()],
+            )
+            .map_err(db(op))?;
+            let rows = read_chunks(&tx, &job_id, Some(&runner_id))?;
+            tx.commit().map_err(db(op))?;
+            Ok(rows)
+        })
+    }
+
+    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+        self.call(move |conn| read_chunks(conn, &job_id, None))
+    }
+
+    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
+        self.call(move |conn| {
+            let op = "reading a chunk";
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, id, body, attempt FROM requests
+                     WHERE job_id = ?1 AND chunk = ?2 AND status = 'batched' ORDER BY seq",
+                )
+                .map_err(db(op))?;
+            let rows = stmt
+                .query_map(params![job_id, chunk], |r| {
+                    Ok(Claimed {
+                        job_id: job_id.clone(),
+                        seq: r.get(0)?,
+                        id: r.get(1)?,
+                        body: r.get(2)?,
+                        attempt: r.get(3)?,
+                    })
+                })
+                .map_err(db(op))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db(op));
+            rows
+        })
+    }
+
+    fn update_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        update: ChunkUpdate,
+    ) -> StoreFuture<'_, bool> {
+        self.call(move |c| {
+            let at = now();
+            let n = c
+                .execute(
+                    "UPDATE chunks SET state = ?4, batch_id = COALESCE(?5, batch_id),
+                         file_id = COALESCE(?6, file_id),
+                         remote_status = COALESCE(?7, remote_status),
+                         intent_at = CASE WHEN ?4 = 'creating' THEN COALESCE(intent_at, ?8)
+                                          ELSE intent_at END,
+                         updated_at = ?8
+                     WHERE job_id = ?1 AND chunk = ?2 AND owner = ?3 AND state != 'settled'",
+                    params![
+                        job_id,
+                        chunk,
+                        runner_id,
+                        update.state.as_str(),
+                        update.batch_id,
+                        update.file_id,
+                        update.remote_status,
+                        at
+                    ],
+                )
+                .map_err(db("updating a chunk"))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn settle_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        settled: Vec<Settled>,
+    ) -> StoreFuture<'_, u64> {
+        self.call(move |conn| {
+            let op = "settling a chunk";
+            let at = now();
+            let tx = immediate(conn, op)?;
+            let owned = tx
+                .execute(
+                    "UPDATE chunks SET state = 'settled', updated_at = ?4
+                     WHERE job_id = ?1 AND chunk = ?2 AND owner = ?3 AND state != 'settled'",
+                    params![job_id, chunk, runner_id, at],
+                )
+                .map_err(db(op))?;
+            if owned == 0 {
+                return Ok(0);
+            }
+            let (mut ok, mut failed, mut input, mut output) = (0i64, 0i64, 0i64, 0i64);
+            let mut cost: Option<f64> = None;
+            {
+                let mut fence = tx
+                    .prepare_cached(
+                        "UPDATE requests SET status = ?4, chunk = NULL
+                         WHERE job_id = ?1 AND seq = ?2 AND chunk = ?3 AND status = 'batched'
+                         RETURNING attempt",
+                    )
+                    .map_err(db(op))?;
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO results (job_id, seq, attempt, runner, ok, response, error,
+                             input_tokens, output_tokens, cost, finished_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .map_err(db(op))?;
+                for s in settled.iter() {
+                    let Some(o) = &s.outcome else { continue };
+                    let status = if o.ok { "succeeded" } else { "failed" };
+                    let attempt: Option<i64> = fence
+                        .query_row(params![job_id, s.seq, chunk, status], |r| r.get(0))
+                        .optional()
+                        .map_err(db(op))?;
+                    let Some(attempt) = attempt else { continue };
+                    insert
+                        .execute(params![
+                            job_id,
+                            s.seq,
+                            attempt,
+                            runner_id,
+                            o.ok,
+                            o.response,
+                            o.error,
+                            o.input_tokens as i64,
+                            o.output_tokens as i64,
+                            o.cost,
+                            at
+                        ])
+                        .map_err(db(op))?;
+                    count_outcome(o, &mut ok, &mut failed, &mut input, &mut output, &mut cost);
+                }
+            }
+            let cancelled = status_of(&tx, &job_id)? == JobStatus::Cancelled;
+            let back = tx
+                .execute(
+                    "UPDATE requests SET status = ?3, chunk = NULL
+                     WHERE job_id = ?1 AND chunk = ?2 AND status = 'batched'",
+                    params![
+                        job_id,
+                        chunk,
+                        if cancelled { "cancelled" } else { "pending" }
+                    ],
+                )
+                .map_err(db(op))? as i64;
+            tx.execute(
+                "UPDATE jobs SET succeeded = succeeded + ?2, failed = failed + ?3,
+                     cancelled = cancelled + ?4, input_tokens = input_tokens + ?5,
+                     output_tokens = output_tokens + ?6,
+                     cost = CASE WHEN ?7 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?7 END,
+                     updated_at = ?8
+                 WHERE id = ?1",
+                params![
+                    job_id,
+                    ok,
+                    failed,
+                    if cancelled { back } else { 0 },
+                    input,
+                    output,
+                    cost,
+                    at
+                ],
+            )
+            .map_err(db(op))?;
+            tx.commit().map_err(db(op))?;
+            Ok((ok + failed) as u64)
+        })
+    }
+}
+
+/// Add one recorded outcome to a job's counters.
+pub(crate) fn count_outcome(
+    o: &Completion,
+    ok: &mut i64,
+    failed: &mut i64,
+    input: &mut i64,
+    output: &mut i64,
+    cost: &mut Option<f64>,
+) {
+    if o.ok {
+        *ok += 1;
+    } else {
+        *failed += 1;
+    }
+    *input += o.input_tokens as i64;
+    *output += o.output_tokens as i64;
+    if let Some(c) = o.cost {
+        *cost = Some(cost.unwrap_or(0.0) + c);
+    }
+}
+
+/// The job's chunks (only those `owner` holds, when given), in order.
+fn read_chunks(
+    conn: &Connection,
+    job_id: &str,
+    owner: Option<&str>,
+) -> Result<Vec<ChunkRow>, Error> {
+    let op = "reading chunks";
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT chunk, provider, state, batch_id, file_id, remote_status, requests, intent_at,
+                 owner
+             FROM chunks WHERE job_id = ?1 AND (?2 IS NULL OR (owner = ?2 AND state != 'settled'))
+             ORDER BY chunk",
+        )
+        .map_err(db(op))?;
+    let rows = stmt
+        .query_map(params![job_id, owner], |r| {
+            Ok(ChunkRow {
+                job_id: job_id.to_string(),
+                chunk: r.get(0)?,
+                provider: r.get(1)?,
+                state: ChunkState::parse(&r.get::<_, String>(2)?),
+                batch_id: r.get(3)?,
+                file_id: r.get(4)?,
+                remote_status: r.get(5)?,
+                requests: r.get::<_, i64>(6)? as u64,
+                intent_at: r.get(7)?,
+                owner: r.get(8)?,
+            })
+        })
+        .map_err(db(op))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db(op));
+    rows
 }
 
 impl SqliteStore {

@@ -11,6 +11,11 @@
 //!   that was lost (taken over, handed back, cancelled) is discarded, so every request ends
 //!   exactly once. Outcomes go to their own insert-only table; a job's counters (done,
 //!   tokens, cost) are kept on its row, so progress costs the same for any job size.
+//! - Provider batches: a runner sets aside a *chunk* of pending requests (they become
+//!   `batched`, their attempt bumped, out of reach of claims and takeovers) and owns the
+//!   chunk while its heartbeat lives; each step of the chunk (planned → creating → created →
+//!   settled) is written before the network call that follows it. Settling records outcomes
+//!   fenced by the chunk (a chunk is settled once) and hands the rest back to pending.
 //! - No API key is ever written: request bodies and a job's non-secret settings only.
 
 use std::fmt;
@@ -19,7 +24,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::model::{
-    Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo,
+    ChunkLimits, ChunkRow, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest,
+    Progress, ResultRow, RunnerInfo, Settled,
 };
 use crate::error::Error;
 
@@ -83,6 +89,42 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn progress(&self, job_id: String) -> StoreFuture<'_, Progress>;
     /// Every request's outcome, in submit order.
     fn results(&self, job_id: String) -> StoreFuture<'_, Vec<ResultRow>>;
+    /// Set aside the next pending requests of the job that fit `limits` as a new chunk owned
+    /// by the runner (state planned); None when nothing is pending.
+    fn claim_chunk(
+        &self,
+        job_id: String,
+        runner_id: String,
+        provider: String,
+        limits: ChunkLimits,
+    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>>;
+    /// The job's unsettled chunks that are the runner's now: its own, and those whose owner
+    /// is gone or lapsed (taken over by this call).
+    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>>;
+    /// Every chunk of the job, in order.
+    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>>;
+    /// The requests a chunk holds, in submit order.
+    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>>;
+    /// Move a chunk on (`intent_at` is set the first time it becomes creating); false when the
+    /// runner no longer owns it or it is settled.
+    fn update_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        update: ChunkUpdate,
+    ) -> StoreFuture<'_, bool>;
+    /// Record a chunk's outcomes and hand back the rest (every request of the chunk not
+    /// settled with an outcome goes back to pending, or to cancelled in a cancelled job), in
+    /// one transaction, once: a chunk already settled or owned by another runner changes
+    /// nothing. How many outcomes were recorded.
+    fn settle_chunk(
+        &self,
+        job_id: String,
+        chunk: i64,
+        runner_id: String,
+        settled: Vec<Settled>,
+    ) -> StoreFuture<'_, u64>;
     /// How many of the job's requests each runner holds now (claimed, outcome not yet
     /// recorded), by runner id.
     fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>>;

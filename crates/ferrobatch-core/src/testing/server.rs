@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub base64: bool,
     /// How OpenAI-compatible routes word their errors.
     pub error_style: ErrorStyle,
+    /// How long a provider batch takes from create to ended (its first fifth validating).
+    pub batch_duration: Duration,
+    /// How long a cancelled batch stays `cancelling` before it ends.
+    pub cancel_delay: Duration,
 }
 
 /// How the OpenAI-compatible routes word their errors.
@@ -73,6 +77,8 @@ impl Default for ServerConfig {
             requests_per_minute: None,
             base64: true,
             error_style: ErrorStyle::OpenAi,
+            batch_duration: Duration::from_millis(200),
+            cancel_delay: Duration::from_millis(100),
         }
     }
 }
@@ -103,6 +109,9 @@ pub enum FaultKind {
     /// Answer with this status and a body that never ends, as a broken or hostile server
     /// might; the server writes as fast as the client reads, until it hangs up.
     Endless(u16),
+    /// The next batch created (on a path containing the fault's `path`) ends this way;
+    /// other calls pass it by.
+    Batch(super::batches::BatchFault),
 }
 
 impl FaultKind {
@@ -114,6 +123,7 @@ impl FaultKind {
             FaultKind::Malformed => "malformed".into(),
             FaultKind::WrongCount => "wrong_count".into(),
             FaultKind::Endless(status) => format!("endless {status}"),
+            FaultKind::Batch(f) => format!("batch {f:?}"),
         }
     }
 }
@@ -150,13 +160,14 @@ pub struct LoggedRequest {
     pub at: f64,
 }
 
-struct State {
+pub(super) struct State {
     config: Mutex<ServerConfig>,
     faults: Mutex<VecDeque<Fault>>,
     log: Mutex<Vec<LoggedRequest>>,
     window: Mutex<VecDeque<Instant>>,
     started: Instant,
     counter: std::sync::atomic::AtomicU64,
+    pub(super) batches: Mutex<super::batches::Batches>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -164,11 +175,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    fn take_fault(&self, path: &str) -> Option<FaultKind> {
+    /// The next fault for a request on `path`; batch faults only for a call that creates a
+    /// batch (`create`).
+    fn take_fault(&self, path: &str, create: bool) -> Option<FaultKind> {
         let mut faults = lock(&self.faults);
-        let pos = faults
-            .iter()
-            .position(|f| f.path.as_deref().is_none_or(|p| path.contains(p)))?;
+        let pos = faults.iter().position(|f| {
+            f.path.as_deref().is_none_or(|p| path.contains(p))
+                && (create || !matches!(f.kind, FaultKind::Batch(_)))
+        })?;
         let f = &mut faults[pos];
         let kind = f.kind.clone();
         f.times = f.times.saturating_sub(1);
@@ -212,7 +226,7 @@ impl std::fmt::Debug for TestServer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Api {
+pub(super) enum Api {
     OpenAi,
     Gemini,
     Anthropic,
@@ -231,7 +245,7 @@ impl std::fmt::Display for Reset {
 impl std::error::Error for Reset {}
 
 /// A response body: whole, or streamed without end.
-type Body = BoxBody<Bytes, std::convert::Infallible>;
+pub(super) type Body = BoxBody<Bytes, std::convert::Infallible>;
 
 type Answer = Result<Response<Body>, Reset>;
 
@@ -253,6 +267,7 @@ impl TestServer {
             window: Mutex::new(VecDeque::new()),
             started: Instant::now(),
             counter: std::sync::atomic::AtomicU64::new(0),
+            batches: Mutex::new(Default::default()),
         });
         let (shutdown, stop_rx) = watch::channel(false);
         let listener = {
@@ -362,7 +377,7 @@ async fn accept_loop(
     }
 }
 
-fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Response<Body> {
+pub(super) fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Response<Body> {
     bytes_response(
         status,
         Bytes::from(serde_json::to_vec(body).expect("JSON serializes")),
@@ -370,7 +385,7 @@ fn json_response(status: u16, body: &Value, extra: &[(&str, String)]) -> Respons
     )
 }
 
-fn bytes_response(status: u16, body: Bytes, extra: &[(&str, String)]) -> Response<Body> {
+pub(super) fn bytes_response(status: u16, body: Bytes, extra: &[(&str, String)]) -> Response<Body> {
     let mut b = Response::builder()
         .status(status)
         .header("content-type", "application/json");
@@ -416,7 +431,7 @@ fn pydantic_loc(param: Option<&str>) -> Value {
     Value::from(loc)
 }
 
-fn error_body(
+pub(super) fn error_body(
     style: ErrorStyle,
     api: Api,
     status: u16,
@@ -472,7 +487,7 @@ fn error_body(
 }
 
 /// The texts of an OpenAI-compatible embeddings body, or why they are unusable.
-fn openai_inputs(body: &Value) -> Result<Vec<String>, String> {
+pub(super) fn openai_inputs(body: &Value) -> Result<Vec<String>, String> {
     match body.get("input") {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) => a
@@ -563,9 +578,48 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         .to_bytes();
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let config = lock(&state.config).clone();
-    let fault = state.take_fault(&path);
+    let batch_route = super::batches::route(&method, &path);
+    let fault = state.take_fault(&path, batch_route.is_some_and(|(_, create)| create));
+    if batch_route.is_some() {
+        let (response, hang) = super::batches::handle(
+            &state,
+            &config,
+            &method,
+            &path,
+            &query,
+            &headers,
+            &raw,
+            &body,
+            fault.as_ref(),
+        )
+        .await
+        .expect("a batch route");
+        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+        let logged_body = if body.is_null() && !raw.is_empty() {
+            Value::String(format!("<{} bytes>", raw.len()))
+        } else {
+            body
+        };
+        lock(&state.log).push(LoggedRequest {
+            method,
+            path,
+            headers,
+            body: logged_body,
+            inputs: 0,
+            status,
+            fault: fault.as_ref().map(FaultKind::label),
+            at: state.started.elapsed().as_secs_f64(),
+        });
+        let wait = hang.unwrap_or(config.latency);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        return response.ok_or(Reset);
+    }
 
-    let api = if path.starts_with("/v1beta/") {
+    let api = if path.starts_with("/v1beta/openai/") {
+        Api::OpenAi
+    } else if path.starts_with("/v1beta/") {
         Api::Gemini
     } else if path == "/v1/messages" {
         Api::Anthropic
@@ -576,7 +630,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
         None
     } else if path == "/v1/embeddings" {
         Some("embeddings")
-    } else if path == "/v1/chat/completions" {
+    } else if path == "/v1/chat/completions" || path == "/v1beta/openai/chat/completions" {
+        // The second: Gemini's OpenAI-compatible route.
         Some("chat")
     } else if path == "/v1/messages" {
         Some("messages")
@@ -625,22 +680,35 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Answer {
     response.ok_or(Reset)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn respond(
+/// A 400 in the provider's error format.
+pub(super) fn bad_request(
+    config: &ServerConfig,
+    api: Api,
+    message: &str,
+    param: Option<&str>,
+) -> Response<Body> {
+    let b = error_body(
+        config.error_style,
+        api,
+        400,
+        message,
+        param.map(str::to_string),
+        None,
+    );
+    json_response(400, &b, &[])
+}
+
+/// The answer a scripted fault makes (`Some(None)`: close the connection); a hang is only
+/// noted in `hang`, and the request is answered normally after it.
+pub(super) fn scripted(
     state: &State,
     config: &ServerConfig,
     api: Api,
-    route: Option<&str>,
-    body: &Value,
-    headers: &[(String, String)],
-    query: &str,
-    inputs: Result<Vec<String>, String>,
     fault: Option<&FaultKind>,
-) -> (Option<Response<Body>>, Option<Duration>) {
-    let mut hang = None;
-    let style = config.error_style;
+    hang: &mut Option<Duration>,
+) -> Option<Option<Response<Body>>> {
     match fault {
-        Some(FaultKind::Reset) => return (None, None),
+        Some(FaultKind::Reset) => Some(None),
         Some(FaultKind::Status {
             status,
             retry_after,
@@ -655,22 +723,75 @@ fn respond(
                 extra.push(("retry-after-ms", ms.to_string()));
             }
             let msg = format!("scripted fault: status {status}");
-            let b = error_body(style, api, *status, &msg, None, *retry_delay);
-            return (Some(json_response(*status, &b, &extra)), None);
+            let b = error_body(config.error_style, api, *status, &msg, None, *retry_delay);
+            Some(Some(json_response(*status, &b, &extra)))
         }
-        Some(FaultKind::Endless(status)) => return (Some(endless_response(*status)), None),
-        Some(FaultKind::Malformed) => {
-            return (
-                Some(bytes_response(
-                    200,
-                    Bytes::from_static(b"{\"data\": [{\"index\": 0, \"embed"),
-                    &[],
-                )),
-                None,
-            );
+        Some(FaultKind::Endless(status)) => Some(Some(endless_response(*status))),
+        Some(FaultKind::Malformed) => Some(Some(bytes_response(
+            200,
+            Bytes::from_static(b"{\"data\": [{\"index\": 0, \"embed"),
+            &[],
+        ))),
+        Some(FaultKind::Hang(d)) => {
+            *hang = Some(*d);
+            None
         }
-        Some(FaultKind::Hang(d)) => hang = Some(*d),
-        Some(FaultKind::WrongCount) | None => {}
+        Some(FaultKind::WrongCount | FaultKind::Batch(_)) | None => None,
+    }
+}
+
+/// A 401 when the server wants a key and the request carries another (its message echoes
+/// the key sent, as some servers do, so tests can check that clients scrub it).
+pub(super) fn unauthorized(
+    config: &ServerConfig,
+    api: Api,
+    headers: &[(String, String)],
+    query: &str,
+) -> Option<Response<Body>> {
+    let expected = config.api_key.as_ref()?;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let sent = match api {
+        Api::OpenAi => header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string()),
+        // The key in `x-api-key`, or (newer SDKs) as a bearer token.
+        Api::Anthropic => header("x-api-key").map(str::to_string).or_else(|| {
+            header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
+        }),
+        Api::Gemini => header("x-goog-api-key").map(str::to_string).or_else(|| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("key="))
+                .map(str::to_string)
+        }),
+    };
+    if sent.as_deref() == Some(expected.as_str()) {
+        return None;
+    }
+    let msg = format!("Incorrect API key provided: {}", sent.unwrap_or_default());
+    let b = error_body(config.error_style, api, 401, &msg, None, None);
+    Some(json_response(401, &b, &[]))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn respond(
+    state: &State,
+    config: &ServerConfig,
+    api: Api,
+    route: Option<&str>,
+    body: &Value,
+    headers: &[(String, String)],
+    query: &str,
+    inputs: Result<Vec<String>, String>,
+    fault: Option<&FaultKind>,
+) -> (Option<Response<Body>>, Option<Duration>) {
+    let mut hang = None;
+    let style = config.error_style;
+    if let Some(answer) = scripted(state, config, api, fault, &mut hang) {
+        return (answer, None);
     }
     let Some(route) = route else {
         let b = error_body(
@@ -683,39 +804,8 @@ fn respond(
         );
         return (Some(json_response(404, &b, &[])), hang);
     };
-    if let Some(expected) = &config.api_key {
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let sent = match api {
-            Api::OpenAi => {
-                header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
-            }
-            // The key in `x-api-key`, or (newer SDKs) as a bearer token.
-            Api::Anthropic => header("x-api-key").map(str::to_string).or_else(|| {
-                header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string())
-            }),
-            Api::Gemini => header("x-goog-api-key").map(str::to_string).or_else(|| {
-                query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("key="))
-                    .map(str::to_string)
-            }),
-        };
-        if sent.as_deref() != Some(expected.as_str()) {
-            let msg = format!("Incorrect API key provided: {}", sent.unwrap_or_default());
-            return (
-                Some(json_response(
-                    401,
-                    &error_body(style, api, 401, &msg, None, None),
-                    &[],
-                )),
-                hang,
-            );
-        }
+    if let Some(answer) = unauthorized(config, api, headers, query) {
+        return (Some(answer), hang);
     }
     if let Some(wait) = state.over_limit(config.requests_per_minute) {
         let mut extra = rate_headers(config, state);

@@ -1,0 +1,501 @@
+//! The batch-API path of a [`Runner`]: a job's requests go to the provider's own batch API
+//! (half price, within 24 h) in chunks, each chunk one provider batch.
+//!
+//! Each step of a chunk is written to the store before the network call that follows it:
+//! planned (requests set aside) → upload (OpenAI's file id written) → creating (the intent
+//! written) → create → created (the batch id written) → poll → harvest → settled. A runner that
+//! dies anywhere leaves a chunk another runner (or this one, restarted) takes over once its
+//! heartbeat lapses: a `creating` chunk is first looked for in the provider's list, and only
+//! created again if no batch made for it exists; so a crash between create and record does not
+//! pay for a second batch.
+//!
+//! Harvest reads every line (output and error files, partial results of expired and cancelled
+//! batches); a request with no line is retryable. Retryable outcomes go back to pending and
+//! into a later chunk until a request has had `max_attempts`; then its last error is its
+//! outcome. OpenAI's `token_limit_exceeded` hands the chunk back and holds new chunks off for a
+//! while. Costs are counted at batch prices from the usage each line reports, once: a chunk
+//! is settled once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+
+use super::batch_api::{custom_id, seq_of, BatchApi, Outcome, Phase, Remote};
+use super::endpoint::{error_json, Endpoint};
+use super::model::{
+    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, JobStatus, Settled,
+};
+use super::runner::{is_fatal, Runner};
+use crate::error::Error;
+
+/// How long new chunks wait after a provider said its queue of enqueued tokens is full, in
+/// poll intervals.
+const TOKEN_LIMIT_WAIT: u32 = 5;
+
+/// The settings and state of a runner's batch-API path.
+#[derive(Debug)]
+pub struct Batched {
+    /// The provider's batch API.
+    pub api: BatchApi,
+    /// How often each open batch is polled (jittered by ±20%).
+    pub poll_interval: Duration,
+    /// Attempts a request gets (the first included) before a retryable error is its outcome.
+    pub max_attempts: i64,
+    /// Most provider batches of one job open at once.
+    pub max_open: usize,
+    /// How large one batch may be (at most the provider's limits).
+    pub limits: ChunkLimits,
+    /// Batches this runner asked to cancel.
+    cancel_sent: Mutex<HashSet<String>>,
+    /// Jobs whose new chunks wait (token limit) until then.
+    hold_until: Mutex<HashMap<String, Instant>>,
+}
+
+impl Batched {
+    /// The batch path over `api`; `limits` None takes the provider's.
+    pub fn new(
+        api: BatchApi,
+        poll_interval: Duration,
+        max_attempts: i64,
+        max_open: usize,
+        limits: Option<ChunkLimits>,
+    ) -> Batched {
+        let limits = limits.unwrap_or_else(|| api.limits());
+        Batched {
+            api,
+            poll_interval,
+            max_attempts,
+            max_open,
+            limits,
+            cancel_sent: Mutex::new(HashSet::new()),
+            hold_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuse settings that cannot work, naming the setting.
+    pub fn check(&self, endpoint: &Endpoint) -> Result<(), Error> {
+        if self.poll_interval.is_zero() {
+            return Err(Error::config("poll_interval", "must be seconds > 0"));
+        }
+        if self.max_attempts < 1 {
+            return Err(Error::config("max_attempts", "must be at least 1"));
+        }
+        if self.max_open == 0 {
+            return Err(Error::config("max_open_batches", "must be at least 1"));
+        }
+        let most = self.api.limits();
+        if self.limits.requests == 0 || self.limits.requests > most.requests {
+            return Err(Error::config(
+                "batch_requests",
+                format!("must be 1 to {} for {}", most.requests, self.api.name()),
+            ));
+        }
+        if self.limits.bytes == 0 || self.limits.bytes > most.bytes {
+            return Err(Error::config(
+                "batch_bytes",
+                format!("must be 1 to {} for {}", most.bytes, self.api.name()),
+            ));
+        }
+        if endpoint.path() != self.api.endpoint() {
+            return Err(Error::config(
+                "client",
+                format!(
+                    "the {} batch API takes {} requests, not {}",
+                    self.api.name(),
+                    self.api.endpoint(),
+                    endpoint.path()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn held(&self, job_id: &str) -> bool {
+        Self::lock(&self.hold_until)
+            .get(job_id)
+            .is_some_and(|t| Instant::now() < *t)
+    }
+}
+
+impl Runner {
+    fn batch_path(&self) -> &Batched {
+        self.batch.as_ref().expect("called on the batch path only")
+    }
+
+    /// Run one job through the provider's batch API until it ends or the runner stops.
+    pub(super) async fn run_batched(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
+        self.start().await?;
+        let b = self.batch_path();
+        let job = job_id.to_string();
+        let status = self.retrying(|| self.store.start(job.clone())).await?;
+        if matches!(status, JobStatus::Completed | JobStatus::Failed) {
+            return Ok(status);
+        }
+        let mut stop = self.stop.subscribe();
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            match self.batch_step(&job).await {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => failing_since = None,
+                Err(e @ Error::JobNotFound { .. }) => return Err(e),
+                Err(e) if is_fatal(&e) => {
+                    self.store.fail(job.clone(), e.to_string()).await?;
+                    return Ok(JobStatus::Failed);
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > self.config.patience {
+                        self.store.fail(job.clone(), e.to_string()).await?;
+                        return Ok(JobStatus::Failed);
+                    }
+                }
+            }
+            let wait = b.poll_interval.mul_f64(0.8 + 0.4 * fastrand::f64());
+            tokio::select! {
+                _ = sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        self.store.job(job).await.map(|j| j.status)
+    }
+
+    /// One look at the job: new chunks, then each open chunk moved on. The job's status
+    /// when it ended.
+    async fn batch_step(&self, job_id: &str) -> Result<Option<JobStatus>, Error> {
+        let b = self.batch_path();
+        let me = self.info.id.clone();
+        let job = self.store.job(job_id.to_string()).await?;
+        if matches!(job.status, JobStatus::Completed | JobStatus::Failed) {
+            return Ok(Some(job.status));
+        }
+        let cancelled = job.status == JobStatus::Cancelled;
+        let mut open = self
+            .store
+            .take_chunks(job_id.to_string(), me.clone())
+            .await?;
+        if !cancelled && !b.held(job_id) {
+            while open.len() < b.max_open {
+                let claimed = self
+                    .store
+                    .claim_chunk(
+                        job_id.to_string(),
+                        me.clone(),
+                        b.api.name().to_string(),
+                        b.limits,
+                    )
+                    .await?;
+                match claimed {
+                    Some((row, _)) => open.push(row),
+                    None => break,
+                }
+            }
+        }
+        // One chunk's trouble does not hold the others up; the first error is reported.
+        let mut first_error = None;
+        for chunk in &open {
+            if let Err(e) = self.advance(chunk, cancelled).await {
+                if is_fatal(&e) {
+                    return Err(e);
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let status = self.store.finish_if_done(job_id.to_string()).await?;
+        if status == JobStatus::Cancelled {
+            let left = self.store.chunks(job_id.to_string()).await?;
+            if left.iter().all(|c| c.state == ChunkState::Settled) {
+                return Ok(Some(status));
+            }
+            return Ok(None);
+        }
+        Ok(status.is_terminal().then_some(status))
+    }
+
+    async fn update(&self, chunk: &ChunkRow, update: ChunkUpdate) -> Result<bool, Error> {
+        self.store
+            .update_chunk(
+                chunk.job_id.clone(),
+                chunk.chunk,
+                self.info.id.clone(),
+                update,
+            )
+            .await
+    }
+
+    /// Move one chunk on as far as it goes now.
+    async fn advance(&self, chunk: &ChunkRow, cancelled: bool) -> Result<(), Error> {
+        let b = self.batch_path();
+        match chunk.state {
+            ChunkState::Planned | ChunkState::Creating if cancelled && chunk.batch_id.is_none() => {
+                // Nothing may exist yet; if a create was interrupted, find and cancel it.
+                if chunk.state == ChunkState::Creating {
+                    if let Some(id) = self.find(chunk).await? {
+                        return self.created(chunk, id).await;
+                    }
+                }
+                self.settle(chunk, Vec::new()).await
+            }
+            ChunkState::Planned => {
+                let requests = self.requests_of(chunk).await?;
+                if requests.is_empty() {
+                    return self.settle(chunk, Vec::new()).await;
+                }
+                let mut file_id = chunk.file_id.clone();
+                if file_id.is_none() {
+                    file_id = b.api.upload(&chunk.job_id, chunk.chunk, &requests).await?;
+                }
+                let intent = ChunkUpdate {
+                    state: ChunkState::Creating,
+                    batch_id: None,
+                    file_id: file_id.clone(),
+                    remote_status: None,
+                };
+                if !self.update(chunk, intent).await? {
+                    return Ok(()); // no longer ours
+                }
+                self.create(chunk, file_id.as_deref(), &requests).await
+            }
+            ChunkState::Creating => {
+                if let Some(id) = self.find(chunk).await? {
+                    return self.created(chunk, id).await;
+                }
+                let requests = self.requests_of(chunk).await?;
+                let mut file_id = chunk.file_id.clone();
+                if file_id.is_none() {
+                    file_id = b.api.upload(&chunk.job_id, chunk.chunk, &requests).await?;
+                }
+                self.create(chunk, file_id.as_deref(), &requests).await
+            }
+            ChunkState::Created => {
+                let id = chunk.batch_id.clone().unwrap_or_default();
+                let remote = b.api.get(&id).await?;
+                if cancelled
+                    && matches!(remote.phase, Phase::Validating | Phase::Running)
+                    && Batched::lock(&b.cancel_sent).insert(id.clone())
+                {
+                    // A failed cancel is asked again after a restart; the batch ends anyway.
+                    let _ = b.api.cancel(&id).await;
+                }
+                let described = remote.describe();
+                if chunk.remote_status.as_deref() != Some(described.as_str()) {
+                    let update = ChunkUpdate {
+                        state: ChunkState::Created,
+                        batch_id: None,
+                        file_id: None,
+                        remote_status: Some(described),
+                    };
+                    if !self.update(chunk, update).await? {
+                        return Ok(());
+                    }
+                }
+                if remote.phase == Phase::Ended {
+                    self.harvest(chunk, &remote, cancelled).await?;
+                }
+                Ok(())
+            }
+            ChunkState::Settled => Ok(()),
+        }
+    }
+
+    async fn requests_of(&self, chunk: &ChunkRow) -> Result<Vec<Claimed>, Error> {
+        self.store
+            .chunk_requests(chunk.job_id.clone(), chunk.chunk)
+            .await
+    }
+
+    /// The provider's batch for a chunk whose create call may have gone out.
+    async fn find(&self, chunk: &ChunkRow) -> Result<Option<String>, Error> {
+        let others: Vec<String> = self
+            .store
+            .chunks(chunk.job_id.clone())
+            .await?
+            .into_iter()
+            .filter(|c| c.chunk != chunk.chunk)
+            .filter_map(|c| c.batch_id)
+            .collect();
+        self.batch_path()
+            .api
+            .find(
+                &chunk.job_id,
+                chunk.chunk,
+                chunk.intent_at.unwrap_or(0.0),
+                chunk.requests,
+                &others,
+            )
+            .await
+    }
+
+    async fn created(&self, chunk: &ChunkRow, batch_id: String) -> Result<(), Error> {
+        let update = ChunkUpdate {
+            state: ChunkState::Created,
+            batch_id: Some(batch_id),
+            file_id: None,
+            remote_status: None,
+        };
+        self.update(chunk, update).await.map(|_| ())
+    }
+
+    /// Send the create call. A rejection (400-class) ends the chunk's requests with it; any
+    /// other failure leaves the chunk `creating`, to be looked for before another create.
+    async fn create(
+        &self,
+        chunk: &ChunkRow,
+        file_id: Option<&str>,
+        requests: &[Claimed],
+    ) -> Result<(), Error> {
+        let b = self.batch_path();
+        match b
+            .api
+            .create(&chunk.job_id, chunk.chunk, file_id, requests)
+            .await
+        {
+            Ok(id) => self.created(chunk, id).await,
+            Err(e @ Error::Status { status, .. })
+                if (400..500).contains(&status)
+                    && !matches!(status, 401 | 403 | 404 | 408 | 409 | 429) =>
+            {
+                let error = error_json(&e);
+                let settled = requests
+                    .iter()
+                    .map(|c| Settled {
+                        seq: c.seq,
+                        outcome: Some(failure(error.clone())),
+                    })
+                    .collect();
+                self.settle(chunk, settled).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn settle(&self, chunk: &ChunkRow, settled: Vec<Settled>) -> Result<(), Error> {
+        self.store
+            .settle_chunk(
+                chunk.job_id.clone(),
+                chunk.chunk,
+                self.info.id.clone(),
+                settled,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Read every line of an ended batch and settle the chunk.
+    async fn harvest(
+        &self,
+        chunk: &ChunkRow,
+        remote: &Remote,
+        cancelled: bool,
+    ) -> Result<(), Error> {
+        let b = self.batch_path();
+        let requests = self.requests_of(chunk).await?;
+        if remote.errors.iter().any(|e| e.0 == "token_limit_exceeded") {
+            let until = Instant::now() + b.poll_interval * TOKEN_LIMIT_WAIT;
+            Batched::lock(&b.hold_until).insert(chunk.job_id.clone(), until);
+            return self.settle(chunk, Vec::new()).await;
+        }
+        let mut by_seq: HashMap<i64, Outcome> = b
+            .api
+            .results(remote)
+            .await?
+            .into_iter()
+            .filter_map(|(id, o)| Some((seq_of(&id)?, o)))
+            .collect();
+        // Batch-level errors: one naming an input line is that request's; one naming none
+        // is every request's without a line of its own.
+        let mut whole: Option<Outcome> = None;
+        for (code, message, line) in &remote.errors {
+            let e = Error::ProviderBatch {
+                provider: provider_of(&b.api),
+                code: code.clone(),
+                message: message.clone(),
+            };
+            match line.and_then(|l| requests.get((l as usize).checked_sub(1)?)) {
+                Some(c) => {
+                    by_seq.entry(c.seq).or_insert(Outcome::Permanent(e));
+                }
+                None => {
+                    whole.get_or_insert(Outcome::Retryable(e));
+                }
+            }
+        }
+        let usage = b.api.usage();
+        let settled = requests
+            .iter()
+            .map(|c| {
+                let outcome = by_seq
+                    .remove(&c.seq)
+                    .or_else(|| whole.clone())
+                    .unwrap_or_else(|| {
+                        Outcome::Retryable(Error::ProviderBatch {
+                            provider: provider_of(&b.api),
+                            code: "missing_output".into(),
+                            message: format!(
+                                "batch {} ended ({}) with no output or error line for {}",
+                                remote.id,
+                                remote.status,
+                                custom_id(c.seq)
+                            ),
+                        })
+                    });
+                let outcome = match outcome {
+                    Outcome::Ok {
+                        body,
+                        input_tokens,
+                        output_tokens,
+                    } => Some(Completion {
+                        ok: true,
+                        response: Some(body.to_string()),
+                        error: None,
+                        input_tokens,
+                        output_tokens,
+                        cost: usage.cost(&b.api.model_of(c), input_tokens, output_tokens),
+                    }),
+                    Outcome::Permanent(e) => Some(failure(error_json(&e))),
+                    // Cancelled jobs send nothing again: these become cancelled.
+                    Outcome::Retryable(_) if cancelled => None,
+                    Outcome::Retryable(e) if c.attempt >= b.max_attempts => {
+                        Some(failure(error_json(&e)))
+                    }
+                    Outcome::Retryable(_) => None,
+                };
+                Settled {
+                    seq: c.seq,
+                    outcome,
+                }
+            })
+            .collect();
+        self.settle(chunk, settled).await
+    }
+}
+
+fn failure(error: String) -> Completion {
+    Completion {
+        ok: false,
+        response: None,
+        error: Some(error),
+        input_tokens: 0,
+        output_tokens: 0,
+        cost: None,
+    }
+}
+
+fn provider_of(api: &BatchApi) -> crate::error::Provider {
+    match api {
+        BatchApi::OpenAi(_) => crate::error::Provider::OpenAi,
+        BatchApi::Anthropic(_) => crate::error::Provider::Anthropic,
+        BatchApi::Gemini(_) => crate::error::Provider::Gemini,
+    }
+}

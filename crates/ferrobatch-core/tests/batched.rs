@@ -1,0 +1,151 @@
+//! Jobs through the providers' batch APIs, against the crate's fake server on 127.0.0.1 and
+//! a SQLite store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrobatch_core::http::openai::{Chat, ChatClient};
+use ferrobatch_core::http::{ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig};
+use ferrobatch_core::http::{Price, UsageBook};
+use ferrobatch_core::jobs::batch_api::{openai::OpenAiBatches, BatchApi};
+use ferrobatch_core::jobs::{
+    self, Batched, ChunkLimits, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig,
+    Store,
+};
+use ferrobatch_core::testing::{BatchFault, Fault, FaultKind, ServerConfig, TestServer};
+use ferrobatch_core::Provider;
+
+fn transport(server: &TestServer) -> Transport {
+    let config = TransportConfig {
+        provider: Provider::OpenAi,
+        base_url: format!("{}/v1", server.url()),
+        api_key: ApiKey::new("k"),
+        auth: Auth::Bearer,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(5),
+        max_response_bytes: 1 << 24,
+        retry: RetryPolicy::new(2, 0.01, 0.02).unwrap(),
+        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
+    };
+    let prices = [(
+        "m".to_string(),
+        Price {
+            input: 1.0,
+            output: 2.0,
+        },
+    )];
+    Transport::new(config, UsageBook::new(prices.into_iter().collect())).unwrap()
+}
+
+fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<Runner> {
+    let endpoint = Endpoint::Chat(Arc::new(ChatClient {
+        chat: Chat { model: "m".into() },
+        transport: transport(server),
+    }));
+    let t = transport(server);
+    let api = BatchApi::OpenAi(OpenAiBatches {
+        transport: t
+            .sibling(
+                Provider::OpenAi,
+                t.base_url(),
+                Auth::Bearer,
+                t.usage().scaled(0.5),
+            )
+            .unwrap(),
+        endpoint: "/v1/chat/completions".into(),
+        model: "m".into(),
+    });
+    let limits = ChunkLimits {
+        requests: per_batch,
+        ..api.limits()
+    };
+    let batched = Batched::new(api, Duration::from_millis(30), 3, 2, Some(limits));
+    let config = RunnerConfig {
+        lease: Duration::from_secs(10),
+        patience: Duration::from_secs(10),
+        ..RunnerConfig::default()
+    };
+    Runner::batched(store, endpoint, batched, config, "test".into()).unwrap()
+}
+
+async fn job(store: &dyn Store, id: &str, n: usize) {
+    let requests = (0..n)
+        .map(|i| NewRequest {
+            id: format!("q{i}"),
+            body: format!(r#"{{"messages": [{{"role": "user", "content": "item {i}"}}]}}"#),
+        })
+        .collect();
+    let job = NewJob {
+        id: id.into(),
+        endpoint: "/v1/chat/completions".into(),
+        ..NewJob::default()
+    };
+    store.create_job(job, requests).await.unwrap();
+}
+
+fn creates(server: &TestServer) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/batches")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_as_several_provider_batches_at_half_price() {
+    let srv = TestServer::start(
+        &tokio::runtime::Handle::current(),
+        "127.0.0.1",
+        0,
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let store = jobs::open(":memory:").await.unwrap();
+    job(&*store, "j", 250).await;
+    let r = runner(&srv, Arc::clone(&store), 100);
+    assert_eq!(r.run_job("j").await.unwrap(), JobStatus::Completed);
+    assert_eq!(creates(&srv), 3);
+    let p = store.progress("j".into()).await.unwrap();
+    assert_eq!((p.succeeded, p.failed), (250, 0));
+    let half = (p.input_tokens as f64 * 1.0 + p.output_tokens as f64 * 2.0) / 1e6 / 2.0;
+    assert!((p.cost.unwrap() - half).abs() < 1e-12);
+    let rows = store.results("j".into()).await.unwrap();
+    assert!(rows[7]
+        .response
+        .as_deref()
+        .unwrap()
+        .contains("chat.completion"));
+    r.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_failed_batches_are_retried_until_the_job_ends() {
+    let srv = TestServer::start(
+        &tokio::runtime::Handle::current(),
+        "127.0.0.1",
+        0,
+        ServerConfig::default(),
+    )
+    .unwrap();
+    for kind in [
+        BatchFault::Expire { done: 10 },
+        BatchFault::StatusZero,
+        BatchFault::TokenLimit,
+    ] {
+        srv.add_fault(Fault {
+            kind: FaultKind::Batch(kind),
+            times: 1,
+            path: None,
+        });
+    }
+    let store = jobs::open(":memory:").await.unwrap();
+    job(&*store, "j", 40).await;
+    let r = runner(&srv, Arc::clone(&store), 40);
+    assert_eq!(r.run_job("j").await.unwrap(), JobStatus::Completed);
+    let p = store.progress("j".into()).await.unwrap();
+    assert_eq!((p.succeeded, p.failed), (40, 0));
+    assert_eq!(srv.pending_faults(), 0);
+    // expire (10 kept) → 30 again with status 0 → token limit → the 30 at last.
+    assert_eq!(creates(&srv), 4);
+    r.stop().await.unwrap();
+}
