@@ -666,12 +666,14 @@ async fn openai_create(
     let route = match endpoint {
         "/v1/chat/completions" => "chat",
         "/v1/embeddings" => "embeddings",
-        _ => return bad(
-            &format!(
+        _ => {
+            return bad(
+                &format!(
                 "Invalid endpoint {endpoint:?}; expected /v1/chat/completions or /v1/embeddings"
             ),
-            "endpoint",
-        ),
+                "endpoint",
+            )
+        }
     };
     if body.get("completion_window").and_then(Value::as_str) != Some("24h") {
         return bad("completion_window must be '24h'", "completion_window");

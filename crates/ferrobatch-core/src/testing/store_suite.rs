@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::jobs::{Completion, Finished, JobStatus, NewJob, NewRequest, RunnerInfo, Store};
+use crate::jobs::{
+    ChunkLimits, ChunkState, ChunkUpdate, Completion, Finished, JobStatus, NewJob, NewRequest,
+    RunnerInfo, Settled, Store,
+};
 
 fn check(ok: bool, what: impl Into<String>) -> Result<(), String> {
     if ok {
@@ -118,7 +121,7 @@ pub async fn run(store: Arc<dyn Store>) -> Result<(), String> {
     let s = &*store;
     let tag = format!("t{:08x}", fastrand::u32(..));
     let c = Case { tag };
-    let cases: [(&str, Result<(), String>); 7] = [
+    let cases: [(&str, Result<(), String>); 9] = [
         ("duplicate ids", duplicate_ids(s, &c).await),
         ("exclusive claims", exclusive_claims(s, &c).await),
         ("takeover and fencing", takeover_and_fencing(s, &c).await),
@@ -129,6 +132,8 @@ pub async fn run(store: Arc<dyn Store>) -> Result<(), String> {
         ),
         ("finish and fail", finish_and_fail(s, &c).await),
         ("lookups", lookups(s, &c).await),
+        ("provider batches", chunks(s, &c).await),
+        ("cancelled chunks", cancelled_chunks(s, &c).await),
     ];
     for (name, r) in cases {
         r.map_err(|m| format!("{} store, case {name:?}: {m}", s.engine()))?;
@@ -443,4 +448,283 @@ mod tests {
         super::run(file).await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+fn limits(requests: usize, bytes: usize) -> ChunkLimits {
+    ChunkLimits {
+        requests,
+        bytes,
+        line_overhead: 0,
+        one_model: false,
+    }
+}
+
+fn step(state: ChunkState, batch_id: Option<&str>) -> ChunkUpdate {
+    ChunkUpdate {
+        state,
+        batch_id: batch_id.map(str::to_string),
+        file_id: None,
+        remote_status: None,
+    }
+}
+
+async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
+    let job = c.job("chunks");
+    new_job(s, &job, 6, None).await?;
+    s.start(job.clone()).await.map_err(e)?;
+    let a = c.runner("batcher", Duration::from_millis(300));
+    let b = c.runner("heir", LONG);
+    s.register(a.clone()).await.map_err(e)?;
+    s.register(b.clone()).await.map_err(e)?;
+    let provider = "openai".to_string();
+    // By count, then by bytes: each body is 8 bytes, so 17 bytes hold two.
+    let (one, r1) = s
+        .claim_chunk(job.clone(), a.id.clone(), provider.clone(), limits(3, 1000))
+        .await
+        .map_err(e)?
+        .ok_or("a first chunk")?;
+    eq!(
+        (one.chunk, one.requests, one.state),
+        (1, 3, ChunkState::Planned)
+    );
+    eq!(
+        r1.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(),
+        vec![(0, 1), (1, 1), (2, 1)]
+    );
+    let (two, r2) = s
+        .claim_chunk(job.clone(), a.id.clone(), provider.clone(), limits(10, 17))
+        .await
+        .map_err(e)?
+        .ok_or("a second chunk")?;
+    eq!((two.chunk, r2.len()), (2, 2));
+    // Batched requests are nobody's claim, and count as running.
+    check(
+        s.claim(job.clone(), b.id.clone(), 10)
+            .await
+            .map_err(e)?
+            .len()
+            == 1,
+        "one left to claim",
+    )?;
+    s.release(job.clone(), b.id.clone()).await.map_err(e)?;
+    let p = s.progress(job.clone()).await.map_err(e)?;
+    eq!((p.pending, p.running), (1, 5));
+    eq!(
+        s.finish_if_done(job.clone()).await.map_err(e)?,
+        JobStatus::Processing
+    );
+    // Each step is fenced by the owner; the intent time is set once.
+    check(
+        s.update_chunk(
+            job.clone(),
+            1,
+            a.id.clone(),
+            step(ChunkState::Creating, None),
+        )
+        .await
+        .map_err(e)?,
+        "a moves its chunk",
+    )?;
+    check(
+        !s.update_chunk(
+            job.clone(),
+            1,
+            b.id.clone(),
+            step(ChunkState::Created, Some("x")),
+        )
+        .await
+        .map_err(e)?,
+        "b may not",
+    )?;
+    let before = s.chunks(job.clone()).await.map_err(e)?;
+    check(before[0].intent_at.is_some(), "the intent is written")?;
+    eq!(before[0].state, ChunkState::Creating);
+    // B takes nothing while A lives; once A's lease lapses, B takes both chunks.
+    check(
+        s.take_chunks(job.clone(), b.id.clone())
+            .await
+            .map_err(e)?
+            .is_empty(),
+        "a's chunks stay a's",
+    )?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    check(s.heartbeat(b.id.clone()).await.map_err(e)?, "b alive")?;
+    let taken = s.take_chunks(job.clone(), b.id.clone()).await.map_err(e)?;
+    eq!(
+        taken.iter().map(|x| x.chunk).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The heartbeat handed nothing batched back.
+    let p = s.progress(job.clone()).await.map_err(e)?;
+    eq!((p.pending, p.running), (1, 5));
+    check(
+        !s.update_chunk(
+            job.clone(),
+            1,
+            a.id.clone(),
+            step(ChunkState::Created, Some("lost")),
+        )
+        .await
+        .map_err(e)?,
+        "a lost it",
+    )?;
+    check(
+        s.update_chunk(
+            job.clone(),
+            1,
+            b.id.clone(),
+            step(ChunkState::Created, Some("batch_1")),
+        )
+        .await
+        .map_err(e)?,
+        "b records the id",
+    )?;
+    let reqs1 = s.chunk_requests(job.clone(), 1).await.map_err(e)?;
+    eq!(
+        reqs1.iter().map(|x| x.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    // Settle: one success, one failure, one back to pending (not mentioned).
+    let settled = vec![
+        Settled {
+            seq: 0,
+            outcome: Some(ok(4)),
+        },
+        Settled {
+            seq: 1,
+            outcome: Some(failed()),
+        },
+    ];
+    eq!(
+        s.settle_chunk(job.clone(), 1, a.id.clone(), settled.clone())
+            .await
+            .map_err(e)?,
+        0
+    );
+    eq!(
+        s.settle_chunk(job.clone(), 1, b.id.clone(), settled.clone())
+            .await
+            .map_err(e)?,
+        2
+    );
+    eq!(
+        s.settle_chunk(job.clone(), 1, b.id.clone(), settled)
+            .await
+            .map_err(e)?,
+        0
+    );
+    let p = s.progress(job.clone()).await.map_err(e)?;
+    eq!((p.pending, p.running, p.succeeded, p.failed), (2, 2, 1, 1));
+    eq!((p.input_tokens, p.cost), (4, Some(0.5)));
+    // The request handed back gets a second attempt in a later chunk (seq 5's second: b
+    // claimed and released it above).
+    let (three, r3) = s
+        .claim_chunk(job.clone(), b.id.clone(), provider, limits(10, 1000))
+        .await
+        .map_err(e)?
+        .ok_or("a third chunk")?;
+    eq!(three.chunk, 3);
+    eq!(
+        r3.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(),
+        vec![(2, 2), (5, 2)]
+    );
+    let all = vec![
+        Settled {
+            seq: 2,
+            outcome: Some(ok(1)),
+        },
+        Settled {
+            seq: 5,
+            outcome: Some(ok(1)),
+        },
+    ];
+    s.settle_chunk(job.clone(), 3, b.id.clone(), all)
+        .await
+        .map_err(e)?;
+    let rest = vec![
+        Settled {
+            seq: 3,
+            outcome: Some(ok(1)),
+        },
+        Settled {
+            seq: 4,
+            outcome: Some(ok(1)),
+        },
+    ];
+    s.settle_chunk(job.clone(), 2, b.id.clone(), rest)
+        .await
+        .map_err(e)?;
+    eq!(
+        s.finish_if_done(job.clone()).await.map_err(e)?,
+        JobStatus::Completed
+    );
+    let r = s.results(job.clone()).await.map_err(e)?;
+    eq!(
+        r.iter().map(|x| x.status.as_str()).collect::<Vec<_>>(),
+        vec![
+            "succeeded",
+            "failed",
+            "succeeded",
+            "succeeded",
+            "succeeded",
+            "succeeded"
+        ]
+    );
+    let done = s.chunks(job).await.map_err(e)?;
+    check(
+        done.iter().all(|x| x.state == ChunkState::Settled),
+        "every chunk settled",
+    )?;
+    eq!(done[0].batch_id.as_deref(), Some("batch_1"));
+    Ok(())
+}
+
+async fn cancelled_chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
+    let job = c.job("cancelchunks");
+    new_job(s, &job, 4, None).await?;
+    s.start(job.clone()).await.map_err(e)?;
+    let a = c.runner("canceller", LONG);
+    s.register(a.clone()).await.map_err(e)?;
+    s.claim_chunk(
+        job.clone(),
+        a.id.clone(),
+        "anthropic".into(),
+        limits(3, 1000),
+    )
+    .await
+    .map_err(e)?
+    .ok_or("a chunk")?;
+    eq!(s.cancel(job.clone()).await.map_err(e)?, 1);
+    // The provider ran one; the others become cancelled, not pending.
+    let settled = vec![
+        Settled {
+            seq: 0,
+            outcome: Some(ok(2)),
+        },
+        Settled {
+            seq: 1,
+            outcome: None,
+        },
+    ];
+    eq!(
+        s.settle_chunk(job.clone(), 1, a.id.clone(), settled)
+            .await
+            .map_err(e)?,
+        1
+    );
+    let p = s.progress(job.clone()).await.map_err(e)?;
+    eq!(
+        (p.pending, p.running, p.succeeded, p.cancelled),
+        (0, 0, 1, 3)
+    );
+    // A clean stop leaves no chunk owned.
+    s.unregister(a.id.clone()).await.map_err(e)?;
+    check(
+        s.chunks(job)
+            .await
+            .map_err(e)?
+            .iter()
+            .all(|x| x.owner.is_none()),
+        "owner cleared",
+    )
 }
