@@ -243,6 +243,25 @@ impl JobStore {
         Ok(PyBytes::new(py, &bytes))
     }
 
+    /// The job's provider batches, in order.
+    fn chunks<'py>(&self, py: Python<'py>, job_id: String) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let rows = self.call(py, move |s| owned!(s => s.chunks(job_id)))?;
+        rows.iter()
+            .map(|c| {
+                let d = PyDict::new(py);
+                d.set_item("chunk", c.chunk)?;
+                d.set_item("provider", &c.provider)?;
+                d.set_item("state", c.state.as_str())?;
+                d.set_item("batch_id", &c.batch_id)?;
+                d.set_item("file_id", &c.file_id)?;
+                d.set_item("remote_status", &c.remote_status)?;
+                d.set_item("requests", c.requests)?;
+                d.set_item("owner", &c.owner)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
     fn __repr__(&self) -> String {
         format!("JobStore({:?})", self.location)
     }
@@ -445,6 +464,29 @@ impl JobRunner {
     fn __repr__(&self) -> String {
         format!("JobRunner(id={:?})", self.runner.id())
     }
+}
+
+/// Estimated requests, input tokens and most output tokens per model of request bodies
+/// (JSON texts) bound for `endpoint`.
+#[pyfunction]
+pub(crate) fn estimate_requests(
+    py: Python<'_>,
+    endpoint: String,
+    bodies: Vec<String>,
+    default_model: String,
+) -> Vec<(String, u64, u64, u64)> {
+    py.detach(move || {
+        jobs::batch_api::estimate(&endpoint, bodies.iter().map(String::as_str), &default_model)
+            .into_iter()
+            .map(|(m, e)| (m, e.requests, e.input_tokens, e.max_output_tokens))
+            .collect()
+    })
+}
+
+/// The chat body fields a Gemini batch translates.
+#[pyfunction]
+pub(crate) fn gemini_chat_fields() -> Vec<&'static str> {
+    jobs::batch_api::gemini::CHAT_FIELDS.to_vec()
 }
 
 /// Run the job store test suite against the store at `location` (for the tests: the same

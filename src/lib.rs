@@ -50,6 +50,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<jobs::JobStore>()?;
     m.add_class::<jobs::JobRunner>()?;
     m.add_function(wrap_pyfunction!(jobs::_store_suite, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::estimate_requests, m)?)?;
+    m.add_function(wrap_pyfunction!(jobs::gemini_chat_fields, m)?)?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     errors::register(m)?;
     exit::register(m)?;

@@ -33,12 +33,12 @@ __all__ = [
     "ItemFuture",
     "ItemTimeoutError",
     "JobNotFoundError",
-    "ProviderBatchError",
     "JobRunner",
     "JobStore",
     "LatencySummary",
     "NotFoundError",
     "PermissionDeniedError",
+    "ProviderBatchError",
     "QueueFullError",
     "RateLimitError",
     "RateLimiter",
@@ -52,7 +52,9 @@ __all__ = [
     "WrongEventLoopError",
     "__version__",
     "_store_suite",
+    "estimate_requests",
     "fake_embedding",
+    "gemini_chat_fields",
 ]
 
 __version__: Final[str]
@@ -334,6 +336,8 @@ class TestServer:
         requests_per_minute: int | None = None,
         base64: bool = True,
         error_style: str = "openai",
+        batch_duration: float = 0.2,
+        cancel_delay: float = 0.1,
     ) -> TestServer: ...
     @property
     def url(self) -> str: ...
@@ -354,6 +358,7 @@ class TestServer:
         retry_after_ms: int | None = None,
         retry_delay: float | None = None,
         duration: float = 3600.0,
+        done: int = 0,
     ) -> None: ...
     def clear_faults(self) -> None: ...
     def pending_faults(self) -> int: ...
@@ -392,6 +397,7 @@ class JobStore:
     def held_by(self, job_id: str) -> list[tuple[str, int]]: ...
     def write_results(self, job_id: str, path: str) -> int: ...
     def results_jsonl(self, job_id: str) -> bytes: ...
+    def chunks(self, job_id: str) -> list[dict[str, Any]]: ...
 
 @final
 class JobRunner:
@@ -407,6 +413,13 @@ class JobRunner:
         flush_max: int,
         patience: float,
         host: str,
+        batch_api: bool = False,
+        batch_provider: str | None = None,
+        poll_interval: float | None = None,
+        max_attempts: int = 3,
+        max_open_batches: int = 4,
+        batch_requests: int | None = None,
+        batch_bytes: int | None = None,
     ) -> JobRunner: ...
     @property
     def id(self) -> str: ...
@@ -417,3 +430,7 @@ class JobRunner:
     def stop(self) -> asyncio.Future[None]: ...
 
 def _store_suite(location: str) -> None: ...
+def estimate_requests(
+    endpoint: str, bodies: list[str], default_model: str
+) -> list[tuple[str, int, int, int]]: ...
+def gemini_chat_fields() -> list[str]: ...

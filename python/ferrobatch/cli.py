@@ -4,6 +4,7 @@ cancel jobs; a demo against the fake server.
 
     ferrobatch demo
     ferrobatch run requests.jsonl -o results.jsonl --base-url https://api.openai.com/v1
+    ferrobatch run requests.jsonl -o results.jsonl --base-url URL --batch-api   (half price)
     ferrobatch submit requests.jsonl --store postgresql://...      (prints the job id)
     ferrobatch work --store postgresql://... --base-url URL --until-idle   (on each host)
     ferrobatch results JOB --store ... -o results.jsonl
@@ -43,7 +44,42 @@ DEFAULT_KEY_ENV = {"/v1/messages": "ANTHROPIC_API_KEY"}
 
 def key_env(args: argparse.Namespace, endpoint: str) -> str:
     """--api-key-env, else the provider's usual variable."""
-    return str(args.api_key_env or DEFAULT_KEY_ENV.get(endpoint, "OPENAI_API_KEY"))
+    if args.api_key_env:
+        return str(args.api_key_env)
+    if getattr(args, "batch_provider", None) == "gemini":
+        return "GEMINI_API_KEY"
+    return DEFAULT_KEY_ENV.get(endpoint, "OPENAI_API_KEY")
+
+
+def parse_prices(values: Sequence[str] | None) -> dict[str, dict[str, float]]:
+    """`--price MODEL=INPUT,OUTPUT` (USD per 1M tokens), repeatable."""
+    prices: dict[str, dict[str, float]] = {}
+    for v in values or ():
+        model, _, rates = v.partition("=")
+        parts = rates.split(",")
+        try:
+            if not model or len(parts) != 2:
+                raise ValueError
+            prices[model] = {"input": float(parts[0]), "output": float(parts[1])}
+        except ValueError:
+            raise CliError(
+                f"--price {v!r}: expected MODEL=INPUT,OUTPUT in USD per 1M tokens"
+            ) from None
+    return prices
+
+
+def batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """BatchManager keywords of --batch-api and its options (none without it)."""
+    if not getattr(args, "batch_api", False):
+        return {}
+    return {
+        "via": "batch-api",
+        "batch_provider": args.batch_provider,
+        "poll_interval": args.poll_interval,
+        "max_attempts": args.max_attempts,
+        "batch_requests": args.batch_requests,
+        "batch_bytes": args.batch_bytes,
+    }
 
 
 class CliError(Exception):
@@ -181,6 +217,7 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
         "api_key": key,
         "concurrency": args.concurrency,
         "rate_limiter": limiter,
+        "prices": parse_prices(getattr(args, "price", None)) or None,
     }
     if endpoint == "/v1/embeddings":
         return Embeddings(
@@ -209,8 +246,19 @@ async def cmd_run(args: argparse.Namespace) -> int:
     store = BatchStore(store_path)
     existing = store.find_by_input(digest)
     manager = BatchManager(
-        client, store, lease_seconds=args.lease_seconds, flush_interval=args.flush_interval
+        client,
+        store,
+        lease_seconds=args.lease_seconds,
+        flush_interval=args.flush_interval,
+        **batch_options(args),
     )
+    if args.estimate:
+        try:
+            print_estimate(manager.estimate(requests))
+        finally:
+            await manager.close()
+            await client.stop()
+        return 0
     try:
         if existing is None:
             try:
@@ -245,6 +293,20 @@ async def cmd_run(args: argparse.Namespace) -> int:
     finally:
         await manager.close()
         await client.stop()
+
+
+def print_estimate(e: Any) -> None:
+    """A CostEstimate, one fact a line."""
+    where = "the batch API (half price)" if e.batch_api else "the online API"
+    print(f"{e.requests} requests through {where}")
+    print(f"  input tokens   ~{e.input_tokens} (estimated from the text)")
+    print(f"  output tokens  at most {e.max_output_tokens} (max_tokens)")
+    if e.max_cost is None:
+        print("  cost           unknown: give --price MODEL=INPUT,OUTPUT for every model")
+    else:
+        print(
+            f"  cost           ${e.input_cost:.6f} input + at most ${e.max_output_cost:.6f} output"
+        )
 
 
 def store_location(args: argparse.Namespace) -> str:
@@ -338,6 +400,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
                         store,
                         lease_seconds=args.lease_seconds,
                         flush_interval=args.flush_interval,
+                        **batch_options(args),
                     )
                     managers[key] = (client, manager)
                 manager = managers[key][1]
@@ -392,14 +455,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  tokens     {p.input_tokens} in, {p.output_tokens} out")
     for runner, n in store.held_by(args.job).items():
         print(f"  held by    {runner}: {n}")
+    for b in store.provider_batches(args.job):
+        print(
+            f"  batch {b.chunk:<4} {b.provider} {b.batch_id or '(not created yet)'}: {b.state}"
+            f"{', ' + b.remote_status if b.remote_status else ''}; {b.requests} requests"
+        )
     if p.cost is not None:
         print(f"  cost       ${p.cost:.6f}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    n = open_store(args).cancel(args.job)
+    store = open_store(args)
+    n = store.cancel(args.job)
     print(f"job {args.job} cancelled; {n} pending requests will not be sent")
+    if any(b.state != "settled" for b in store.provider_batches(args.job)):
+        print(
+            "its provider batches are cancelled by the worker running the job (or the next "
+            "`run`/`work` on it); what they finished is kept"
+        )
     return 0
 
 
@@ -535,6 +609,39 @@ def add_runner_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send through the provider's batch API: half price, answers within 24 h",
+    )
+    p.add_argument(
+        "--batch-provider",
+        choices=("openai", "anthropic", "gemini"),
+        default=None,
+        help="whose batch API (default: anthropic for /v1/messages, gemini for a "
+        "googleapis.com base URL, else openai)",
+    )
+    p.add_argument(
+        "--poll-interval", type=float, default=None, help="seconds between polls of a batch"
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="batches a request may go through before a retryable error is its result",
+    )
+    p.add_argument("--batch-requests", type=int, default=None, help="most requests a batch")
+    p.add_argument("--batch-bytes", type=int, default=None, help="most bytes a batch")
+    p.add_argument(
+        "--price",
+        action="append",
+        default=None,
+        metavar="MODEL=IN,OUT",
+        help="USD per 1M input and output tokens of a model, for costs (repeatable)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrobatch", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -566,6 +673,12 @@ def parser() -> argparse.ArgumentParser:
         "default: OUTPUT.jobs.db)",
     )
     add_runner_options(run)
+    add_batch_options(run)
+    run.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the requests' estimated tokens and cost, send nothing",
+    )
 
     submit = sub.add_parser("submit", help="store a job from a JSONL file; prints its id")
     submit.add_argument("input", help="requests in the OpenAI Batch API JSONL format")
@@ -598,6 +711,7 @@ def parser() -> argparse.ArgumentParser:
         "--until-idle", action="store_true", help="exit once no unfinished job is left"
     )
     add_runner_options(work)
+    add_batch_options(work)
 
     for name, help_ in (
         ("jobs", "list jobs"),

@@ -27,6 +27,11 @@ Guarantees:
   `patience`); a request that fails on its own leaves the job `completed`, its result
   carrying `error`.
 - The API key is never stored; a PostgreSQL password never shows in reprs or errors.
+
+Half-price bulk jobs: `BatchManager(client, store, via="batch-api")` runs the same job through
+the provider's own batch API (OpenAI Batch API, Anthropic Message Batches, Gemini Batch Mode),
+which charges half and answers within 24 h. The store keeps the same requests and results;
+see `BatchManager` for what is guaranteed.
 """
 
 from __future__ import annotations
@@ -44,7 +49,13 @@ from os import PathLike
 from typing import Any, TextIO, Union
 
 from ferrobatch._http import EmbeddingsBase
-from ferrobatch._native import InvalidInputError, JobRunner, JobStore
+from ferrobatch._native import (
+    InvalidInputError,
+    JobRunner,
+    JobStore,
+    estimate_requests,
+    gemini_chat_fields,
+)
 from ferrobatch.anthropic import Messages
 from ferrobatch.openai import ChatCompletions
 
@@ -54,12 +65,55 @@ __all__ = [
     "BatchResult",
     "BatchStatus",
     "BatchStore",
+    "CostEstimate",
     "Job",
     "JobProgress",
     "ProgressReporter",
+    "ProviderBatch",
 ]
 
 Client = Union[EmbeddingsBase, ChatCompletions, Messages]
+
+#: Ways a job's requests are sent.
+VIAS = ("online", "batch-api")
+#: Providers' batch APIs.
+BATCH_PROVIDERS = ("openai", "anthropic", "gemini")
+
+
+@dataclass(frozen=True)
+class ProviderBatch:
+    """One provider batch of a job (a chunk of its requests), as the store keeps it."""
+
+    chunk: int
+    provider: str
+    #: `planned`, `creating`, `created` or `settled`.
+    state: str
+    batch_id: str | None
+    #: The provider's last status and counts, e.g. `in_progress (120 succeeded, 0 failed of
+    #: 500)`; Anthropic's batches say `in_progress (processing)` until they end.
+    remote_status: str | None
+    requests: int
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What requests would cost before they are sent: input tokens estimated from the text
+    (characters / 4), output tokens at most what `max_tokens` allows. Costs are None for a
+    model without a price; `batch_api` halves them."""
+
+    requests: int
+    input_tokens: int
+    max_output_tokens: int
+    input_cost: float | None
+    max_output_cost: float | None
+    batch_api: bool
+
+    @property
+    def max_cost(self) -> float | None:
+        """The most the requests can cost (every answer as long as `max_tokens` allows)."""
+        if self.input_cost is None or self.max_output_cost is None:
+            return None
+        return self.input_cost + self.max_output_cost
 
 
 class BatchStatus(Enum):
@@ -214,6 +268,20 @@ class BatchStore:
         """Cancel the job: its pending requests will never be sent; how many there were."""
         return self._native.cancel(job_id)
 
+    def provider_batches(self, job_id: str) -> list[ProviderBatch]:
+        """The job's provider batches (jobs run with `via="batch-api"`), in order."""
+        return [
+            ProviderBatch(
+                chunk=c["chunk"],
+                provider=c["provider"],
+                state=c["state"],
+                batch_id=c["batch_id"],
+                remote_status=c["remote_status"],
+                requests=c["requests"],
+            )
+            for c in self._native.chunks(job_id)
+        ]
+
     def __repr__(self) -> str:
         return f"BatchStore({self.path!r})"
 
@@ -236,7 +304,9 @@ def _endpoint(client: Client) -> str:
 _EMBEDDING_FIELDS = {"input", "model", "dimensions", "encoding_format", "user"}
 
 
-def _check_body(client: Client, endpoint: str, rid: str, body: Mapping[str, Any]) -> None:
+def _check_body(
+    client: Client, endpoint: str, rid: str, body: Mapping[str, Any], gemini: bool = False
+) -> None:
     if isinstance(client, EmbeddingsBase):
         unknown = sorted(set(body) - _EMBEDDING_FIELDS)
         if unknown:
@@ -258,6 +328,13 @@ def _check_body(client: Client, endpoint: str, rid: str, body: Mapping[str, Any]
             )
     elif not isinstance(body.get("messages"), list):
         raise ValueError(f"request {rid!r}: a chat body needs `messages`: a list")
+    elif gemini:
+        unknown = sorted(set(body) - set(gemini_chat_fields()))
+        if unknown:
+            raise ValueError(
+                f"request {rid!r}: field(s) {unknown} have no Gemini batch equivalent; "
+                f"a Gemini batch translates {sorted(gemini_chat_fields())}"
+            )
     elif isinstance(client, Messages) and not _positive_int(body.get("max_tokens")):
         raise ValueError(f"request {rid!r}: a Messages body needs `max_tokens`: an integer > 0")
 
@@ -280,6 +357,29 @@ class BatchManager:
       `2 * concurrency`, at most 4096).
     - `flush_interval` / `flush_max`: outcomes are recorded in groups, after at most this
       many seconds or this many outcomes; `flush_interval=0` records each on its own.
+
+    `via="batch-api"` sends the job through the provider's own batch API at half price
+    (answers within 24 h): `ChatCompletions` and OpenAI `Embeddings` through the OpenAI Batch
+    API, `Messages` through Anthropic's Message Batches, and a `ChatCompletions` on Gemini's
+    OpenAI-compatible base URL (`.../v1beta/openai`) through Gemini's Batch Mode
+    (`batch_provider="gemini"`, chosen by itself for a googleapis.com URL). Then:
+
+    - Requests are split into provider batches by count and bytes (`batch_requests`,
+      `batch_bytes`; the provider's limits by default: OpenAI 50,000 / 200 MB and one model
+      a file, Anthropic 100,000 / 256 MB, Gemini 20 MB inline); `max_open_batches` of a job
+      run at once.
+    - No second paid batch after a crash: the intent to create is written before each create
+      call and the batch id right after; a restarted (or another) runner looks for the batch
+      in the provider's list (OpenAI by metadata, Gemini by display name, Anthropic by
+      creation time and size) before it creates anything.
+    - Every line is harvested (output and error files, the partial results of expired and
+      cancelled batches). Permanent errors (400-class) are the request's outcome; retryable
+      ones (expired, cancelled, timed out, `status_code 0`, 429, 5xx, overloaded, no line at
+      all) go into a later batch until a request has had `max_attempts`.
+    - Costs come from the usage each result reports, at half the client's prices, counted once.
+    - Batches are polled every `poll_interval` seconds (±20%; 60 s by default, 30 s for
+      Gemini); `provider_batches(job_id)` on the store shows each one's status. Cancelling
+      the job cancels its provider batches and keeps what they finished.
     """
 
     def __init__(
@@ -293,9 +393,28 @@ class BatchManager:
         concurrency: int | None = None,
         flush_interval: float = 0.1,
         flush_max: int = 1000,
+        via: str = "online",
+        batch_provider: str | None = None,
+        poll_interval: float | None = None,
+        max_attempts: int = 3,
+        max_open_batches: int = 4,
+        batch_requests: int | None = None,
+        batch_bytes: int | None = None,
     ) -> None:
         self.client = client
         self.endpoint = _endpoint(client)
+        if via not in VIAS:
+            raise ValueError(f"via must be one of {VIAS}, got {via!r}")
+        if batch_provider is None and via == "batch-api":
+            base = getattr(client, "base_url", "") or ""
+            if "generativelanguage.googleapis.com" in base:
+                batch_provider = "gemini"
+        if batch_provider is not None and batch_provider not in BATCH_PROVIDERS:
+            raise ValueError(
+                f"batch_provider must be one of {BATCH_PROVIDERS}, got {batch_provider!r}"
+            )
+        self.via = via
+        self.batch_provider = batch_provider
         self.store = store if store is not None else BatchStore()
         if concurrency is None:
             slots = client.concurrency if client.concurrency > 0 else 64
@@ -318,6 +437,16 @@ class BatchManager:
             "patience": float(patience),
             "host": socket.gethostname(),
         }
+        if via == "batch-api":
+            self._settings.update(
+                batch_api=True,
+                batch_provider=batch_provider,
+                poll_interval=poll_interval,
+                max_attempts=int(max_attempts),
+                max_open_batches=int(max_open_batches),
+                batch_requests=batch_requests,
+                batch_bytes=batch_bytes,
+            )
         self.lease_seconds = lease_seconds
         self.patience = patience
         self.window = window
@@ -361,7 +490,7 @@ class BatchManager:
                 raise ValueError(f"requests[{i}]: id must be a non-empty str")
             if not isinstance(r.body, Mapping):
                 raise TypeError(f"request {r.id!r}: body must be a dict")
-            _check_body(self.client, self.endpoint, r.id, r.body)
+            _check_body(self.client, self.endpoint, r.id, r.body, self.batch_provider == "gemini")
             try:
                 text = json.dumps(dict(r.body), allow_nan=False, ensure_ascii=False)
             except (TypeError, ValueError) as e:
@@ -389,6 +518,26 @@ class BatchManager:
             self._start(job_id)
         return await self.get_job(job_id)
 
+    def estimate(self, requests: Iterable[BatchRequest]) -> CostEstimate:
+        """What `requests` would cost through this manager (at batch prices with
+        `via="batch-api"`), before anything is sent; see `CostEstimate`."""
+        bodies = [json.dumps(dict(r.body)) for r in requests]
+        default = str(getattr(self.client, "model", ""))
+        factor = 0.5 if self.via == "batch-api" else 1.0
+        prices: Mapping[str, Mapping[str, float]] = getattr(self.client, "prices", {}) or {}
+        n = inp = out = 0
+        in_cost: float | None = 0.0
+        out_cost: float | None = 0.0
+        for model, count, tokens, most in estimate_requests(self.endpoint, bodies, default):
+            n, inp, out = n + count, inp + tokens, out + most
+            price = prices.get(model)
+            if price is None or in_cost is None or out_cost is None:
+                in_cost = out_cost = None
+                continue
+            in_cost += tokens * price.get("input", 0.0) / 1e6 * factor
+            out_cost += most * price.get("output", 0.0) / 1e6 * factor
+        return CostEstimate(n, inp, out, in_cost, out_cost, self.via == "batch-api")
+
     # --- reading -------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job:
@@ -414,7 +563,9 @@ class BatchManager:
 
     async def cancel(self, job_id: str) -> int:
         """Cancel the job: pending requests are never sent; in-flight ones finish and are
-        recorded. Returns how many requests were cancelled."""
+        recorded (provider batches are cancelled, and what they finished is kept). Returns
+        how many requests were cancelled now (those in provider batches follow as the
+        batches end)."""
         return await asyncio.to_thread(self.store.cancel, job_id)
 
     async def retry_failed(self, job_id: str) -> int:

@@ -1,9 +1,15 @@
 """A fake AI API server on 127.0.0.1, for testing pipelines without spending money.
 
 `FakeServer` speaks the OpenAI-compatible `/v1/embeddings` and `/v1/chat/completions`,
-Anthropic's `/v1/messages` (the official `anthropic` SDK accepts it) and Gemini's
-`/v1beta/models/{model}:batchEmbedContents`. It runs in Rust on ferrobatch's own
-runtime, so it is never the bottleneck of a benchmark.
+Anthropic's `/v1/messages` (the official `anthropic` SDK accepts it), Gemini's
+`/v1beta/models/{model}:batchEmbedContents` and its OpenAI-compatible
+`/v1beta/openai/chat/completions`, and the three providers' batch APIs: OpenAI's `/v1/files`
+and `/v1/batches`, Anthropic's `/v1/messages/batches`, Gemini's `:batchGenerateContent` and
+`/v1beta/batches` (the official `openai`, `anthropic` and `google-genai` SDKs accept them). A
+batch answers its requests as the online routes would, and moves through its states over
+`batch_duration` seconds (a fifth validating, then running, then ended); a cancel takes
+`cancel_delay`. It runs in Rust on ferrobatch's own runtime, so it is never the bottleneck of
+a benchmark.
 
 Its answers are FAKE: an embedding is a unit vector drawn from a pseudo-random stream seeded
 by a hash of the text (the same text always gives the same vector; meaning is not captured;
@@ -22,7 +28,8 @@ Scripted faults (`fault(kind, ...)`), applied in order to the next matching requ
 `retry_delay`), `"reset"` (the connection is closed without an answer), `"hang"` (the answer
 comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), `"wrong_count"`
 (one embedding too few; a chat answer without `choices`), and `"endless"` (a body that never
-ends, with `status`, 200 by default, as a broken or hostile server might send). Any input
+ends, with `status`, 200 by default, as a broken or hostile server might send), and the
+`"batch_*"` kinds that script how the next batch ends (see `FakeServer.fault`). Any input
 containing `REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key`
 set, other keys get a 401 whose message echoes the key sent (as some servers do). With
 `requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and `x-ratelimit-*`
@@ -49,7 +56,18 @@ __all__ = ["REJECT_MARKER", "FakeServer", "LoggedRequest", "fake_embedding"]
 REJECT_MARKER = "ferrobatch:reject"
 
 if TYPE_CHECKING:
-    _FaultKind = Literal["status", "reset", "hang", "malformed", "wrong_count", "endless"]
+    _FaultKind = Literal[
+        "status",
+        "reset",
+        "hang",
+        "malformed",
+        "wrong_count",
+        "endless",
+        "batch_fail_validation",
+        "batch_expire",
+        "batch_status_zero",
+        "batch_token_limit",
+    ]
 
 
 class LoggedRequest(TypedDict):
@@ -81,6 +99,8 @@ class FakeServer(Service):
         requests_per_minute: int | None = None,
         base64: bool = True,
         error_style: Literal["openai", "pydantic"] = "openai",
+        batch_duration: float = 0.2,
+        cancel_delay: float = 0.1,
     ) -> None:
         self._server = TestServer(
             host=host,
@@ -93,6 +113,8 @@ class FakeServer(Service):
             requests_per_minute=requests_per_minute,
             base64=base64,
             error_style=error_style,
+            batch_duration=batch_duration,
+            cancel_delay=cancel_delay,
         )
         self.dimensions = dimensions
 
@@ -141,8 +163,16 @@ class FakeServer(Service):
         retry_after_ms: int | None = None,
         retry_delay: float | None = None,
         duration: float = 3600.0,
+        done: int = 0,
     ) -> None:
-        """Script a fault for the next `times` requests whose path contains `path`."""
+        """Script a fault for the next `times` requests whose path contains `path`.
+
+        The `batch_*` kinds script how the next batch created ends (other calls pass them
+        by): `batch_fail_validation` (OpenAI `failed` with `invalid_json_line` on line 1;
+        Gemini `BATCH_STATE_FAILED`), `batch_expire` (expired after `done` requests, with
+        `batch_expired` lines / `expired` results for the rest; Gemini returns nothing),
+        `batch_status_zero` (OpenAI `completed` with no output file and `status_code: 0`
+        error lines), `batch_token_limit` (OpenAI `failed` with `token_limit_exceeded`)."""
         self._server.add_fault(
             kind,
             times=times,
@@ -152,6 +182,7 @@ class FakeServer(Service):
             retry_after_ms=retry_after_ms,
             retry_delay=retry_delay,
             duration=duration,
+            done=done,
         )
 
     def clear_faults(self) -> None:

@@ -141,7 +141,7 @@ async fn embed(embedder: &Embedder, body: Map<String, Value>) -> Result<Sent, Er
 }
 
 /// A failed request's error object: `type` (the Python class name), `message`, and `status`,
-/// `code`, `param` when the server gave them.
+/// `code`, `param` when the server gave them (a provider batch's `code` too).
 pub fn error_json(e: &Error) -> String {
     let mut out = Map::new();
     out.insert("type".into(), Value::from(e.type_name()));
@@ -160,6 +160,9 @@ pub fn error_json(e: &Error) -> String {
         if let Some(p) = param {
             out.insert("param".into(), Value::from(p.as_str()));
         }
+    }
+    if let Error::ProviderBatch { code, .. } = e {
+        out.insert("code".into(), Value::from(code.as_str()));
     }
     Value::Object(out).to_string()
 }

@@ -130,8 +130,9 @@ pub fn to_gemini(body: &Map<String, Value>) -> Value {
     out
 }
 
-/// A `GenerateContentResponse` as an OpenAI chat completion; its input and output tokens.
-pub fn to_chat(response: &Value, key: &str, model: &str) -> (Value, u64, u64) {
+/// A `GenerateContentResponse` as an OpenAI chat completion (`created` in Unix seconds); its
+/// input and output tokens.
+pub fn to_chat(response: &Value, key: &str, model: &str, created: u64) -> (Value, u64, u64) {
     let choices: Vec<Value> = response
         .get("candidates")
         .and_then(Value::as_array)
@@ -164,6 +165,7 @@ pub fn to_chat(response: &Value, key: &str, model: &str) -> (Value, u64, u64) {
     let chat = json!({
         "id": format!("chatcmpl-{}", response.get("responseId").and_then(Value::as_str).unwrap_or(key)),
         "object": "chat.completion",
+        "created": created,
         "model": response.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
         "choices": choices,
         "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
@@ -253,6 +255,16 @@ pub fn lines(remote: &Remote, model: &str) -> Vec<Line> {
     let Some(items) = inlined else {
         return Vec::new();
     };
+    // When the batch ended, as the chat completions' `created`.
+    let meta = raw.get("metadata").unwrap_or(raw);
+    let created = ["endTime", "updateTime", "createTime"]
+        .iter()
+        .find_map(|k| {
+            meta.get(*k)
+                .and_then(Value::as_str)
+                .and_then(super::rfc3339)
+        })
+        .unwrap_or(0.0) as u64;
     items
         .iter()
         .filter_map(|item| {
@@ -261,7 +273,7 @@ pub fn lines(remote: &Remote, model: &str) -> Vec<Line> {
                 let code = e.get("code").and_then(Value::as_u64).unwrap_or(13);
                 status_outcome(Provider::Gemini, http_status(code), &json!({ "error": e }))
             } else if let Some(r) = item.get("response") {
-                let (body, input_tokens, output_tokens) = to_chat(r, &key, model);
+                let (body, input_tokens, output_tokens) = to_chat(r, &key, model, created);
                 Outcome::Ok {
                     body,
                     input_tokens,
