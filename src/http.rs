@@ -70,11 +70,14 @@ fn prices(dict: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, Price>>
             match k.as_str() {
                 "input" => price.input = v,
                 "output" => price.output = v,
+                "cache_write" => price.cache_write = Some(v),
+                "cache_read" => price.cache_read = Some(v),
                 _ => {
                     return Err(config_error(
                         "prices",
                         format!(
-                            "prices[{model:?}] has unknown key {k:?} (use 'input' and 'output')"
+                            "prices[{model:?}] has unknown key {k:?} (use 'input', 'output', \
+                             'cache_write', 'cache_read')"
                         ),
                     ))
                 }
@@ -454,9 +457,26 @@ pub(crate) struct ChatClient {
 #[pymethods]
 impl ChatClient {
     #[new]
-    #[pyo3(signature = (model, *, transport, provider="openai"))]
-    fn new(model: String, transport: Common<'_>, provider: &str) -> PyResult<Self> {
+    #[pyo3(signature = (model, *, transport, provider="openai", output_rate_limiter=None))]
+    fn new(
+        model: String,
+        transport: Common<'_>,
+        provider: &str,
+        output_rate_limiter: Option<Bound<'_, RateLimiter>>,
+    ) -> PyResult<Self> {
         let common = transport;
+        if output_rate_limiter.is_some() && provider != "anthropic" {
+            return Err(config_error(
+                "output_rate_limiter",
+                "only Anthropic's Messages API meters output tokens apart from input",
+            ));
+        }
+        if output_rate_limiter.is_some() && provider != "anthropic" {
+            return Err(config_error(
+                "output_rate_limiter",
+                "only Anthropic's Messages API meters output tokens apart from input",
+            ));
+        }
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
@@ -468,6 +488,7 @@ impl ChatClient {
             "anthropic" => Chatter::Anthropic(Arc::new(anthropic::MessagesClient {
                 model,
                 transport: build_transport(Provider::Anthropic, Auth::XApiKey, &common)?,
+                output_limiter: output_rate_limiter.map(|l| Arc::clone(&l.get().inner)),
             })),
             other => {
                 return Err(config_error(

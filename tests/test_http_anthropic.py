@@ -137,3 +137,29 @@ def test_a_messages_jsonl_file_runs_as_a_job(tmp_path: Path) -> None:
         no_max = {**lines[0], "body": {"model": "m", "messages": USER}}
         bad.write_text(json.dumps(no_max) + "\n")
         assert main(["run", str(bad), "-o", str(out), "--base-url", server.url]) == 2
+
+
+async def test_output_tokens_have_their_own_budget_apart_from_input() -> None:
+    with FakeServer(latency=0.3) as server:
+        # Input: 60 tokens a minute, far below 4 times max_tokens but above 4 small prompts.
+        # Output: 600 a minute, so two requests' max_tokens at a time.
+        m = messages(
+            server,
+            rate_limiter=ferrobatch.RateLimiter(tokens_per_minute=60),
+            output_rate_limiter=ferrobatch.RateLimiter(tokens_per_minute=600),
+        )
+        await asyncio.gather(*[m.create(messages=USER, max_tokens=300) for _ in range(4)])
+        starts = sorted(r["at"] for r in server.requests("/v1/messages"))
+        first = starts[0]
+        assert starts[1] - first < 0.15  # both admitted at once
+        assert starts[2] - first >= 0.25  # only once an answer refunded its unused output
+        await m.stop()
+
+
+def test_cache_prices_are_accepted_and_unknown_price_keys_named() -> None:
+    prices = {"c": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}}
+    Messages("c", base_url="http://127.0.0.1:9/v1", api_key="k", prices=prices)
+    with pytest.raises(ferrobatch.ConfigError, match='"cache_miss"'):
+        Messages(
+            "c", base_url="http://127.0.0.1:9/v1", api_key="k", prices={"c": {"cache_miss": 1.0}}
+        )

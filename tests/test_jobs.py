@@ -51,7 +51,7 @@ async def test_a_job_runs_to_completion_with_results_in_order(
 ) -> None:
     client = chat(fake_ai_server, prices={"fake-model": {"input": 1.0, "output": 2.0}})
     store = BatchStore(tmp_path / "jobs.db")
-    assert store.schema_version == 2 and store.engine == "sqlite"
+    assert store.schema_version == 3 and store.engine == "sqlite"
     manager = BatchManager(client, store)
     job = await manager.submit(reqs(60), name="reviews")
     assert job.total == 60 and job.name == "reviews"

@@ -64,7 +64,7 @@ def test_the_same_store_suite_passes_on_both_engines(
 
 async def test_a_job_on_postgres_with_results_in_order(postgres_dsn: str) -> None:
     store = BatchStore(postgres_dsn)
-    assert store.engine == "postgresql" and store.schema_version == 1
+    assert store.engine == "postgresql" and store.schema_version == 2
     with FakeServer() as server:
         chat = ChatCompletions(
             "m", base_url=server.openai_base_url, api_key="k", prices={"m": {"input": 1.0}}

@@ -314,7 +314,12 @@ class EmbeddingsClient:
 @final
 class ChatClient:
     def __new__(
-        cls, model: str, *, transport: dict[str, Any], provider: str = "openai"
+        cls,
+        model: str,
+        *,
+        transport: dict[str, Any],
+        provider: str = "openai",
+        output_rate_limiter: RateLimiter | None = None,
     ) -> ChatClient: ...
     def create_many(self, bodies: list[Any]) -> asyncio.Future[list[Any]]: ...
     def usage(self) -> dict[str, Any]: ...

@@ -8,7 +8,16 @@ resp["content"][0]["text"]
 
 Retries follow the official SDK: 408, 409, 429 and 5xx (529, overloaded, included), the
 server's `x-should-retry` first, `retry-after-ms` then `retry-after`; a 429 for a spent quota
-(`enforced_spend_limit_reached`) is not retried. Usage counts cached input tokens as input.
+(`enforced_spend_limit_reached`) is not retried. Usage counts cached input tokens as input;
+their cost uses the cache prices (`prices={"claude-...": {"input": 3, "output": 15,
+"cache_write": 3.75, "cache_read": 0.3}}`; without them 1.25 and 0.1 times the input price).
+
+Rate limits: Anthropic meters requests, input tokens and output tokens per minute apart.
+`rate_limiter=RateLimiter(requests_per_minute=RPM, tokens_per_minute=ITPM)` with
+`output_rate_limiter=RateLimiter(tokens_per_minute=OTPM)`: each request then takes its
+estimated input from the first and its `max_tokens` from the second, and gives back what the
+usage shows it did not use. Without `output_rate_limiter`, `tokens_per_minute` counts input
+plus `max_tokens`, as for OpenAI.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class Messages(RequestBatcher):
         timeout: float = 600.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limiter: RateLimiter | None = None,
+        output_rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
     ) -> None:
         url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
@@ -81,7 +91,12 @@ class Messages(RequestBatcher):
             rate_limiter=rate_limiter,
             prices=prices,
         )
-        client = ChatClient(model, transport=options, provider="anthropic")
+        client = ChatClient(
+            model,
+            transport=options,
+            provider="anthropic",
+            output_rate_limiter=output_rate_limiter,
+        )
         batcher: BatcherOptions = {
             "max_batch_size": max_batch_size,
             "max_queue_time": max_queue_time,

@@ -32,6 +32,7 @@ fn transport(server: &TestServer) -> Transport {
         Price {
             input: 1.0,
             output: 2.0,
+            ..Price::default()
         },
     )];
     Transport::new(config, UsageBook::new(prices.into_iter().collect())).unwrap()

@@ -37,6 +37,7 @@ fn chat(server: &TestServer) -> Endpoint {
         Price {
             input: 1.0,
             output: 2.0,
+            ..Price::default()
         },
     )];
     let transport = Transport::new(config, UsageBook::new(prices.into_iter().collect())).unwrap();

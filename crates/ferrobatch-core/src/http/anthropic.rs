@@ -6,9 +6,13 @@
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use super::limiter::estimate_json_tokens;
 use super::transport::Transport;
+use super::usage::UsageBook;
 use crate::error::Error;
+use crate::limits::RateLimit;
 
 /// The API version this client speaks.
 pub const API_VERSION: &str = "2023-06-01";
@@ -47,6 +51,17 @@ impl MessageUsage {
     pub fn all_input(&self) -> u64 {
         self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
     }
+
+    /// What it cost at `book`'s prices for `model` (cache writes and reads at their prices).
+    pub fn cost(&self, book: &UsageBook, model: &str) -> Option<f64> {
+        book.cost_cached(
+            model,
+            self.input_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_read_input_tokens,
+            self.output_tokens,
+        )
+    }
 }
 
 /// The Messages endpoint on its transport.
@@ -56,6 +71,10 @@ pub struct MessagesClient {
     pub model: String,
     /// The HTTP client (x-api-key auth, the version header among its headers).
     pub transport: Transport,
+    /// Anthropic meters output tokens apart from input: when set, this budget is charged
+    /// `max_tokens` before each request (the rest refunded from the usage), and the
+    /// transport's token budget counts input tokens only.
+    pub output_limiter: Option<Arc<dyn RateLimit>>,
 }
 
 fn invalid(reason: impl Into<String>) -> Error {
@@ -95,11 +114,29 @@ impl MessagesClient {
         };
         let bytes = serde_json::to_vec(&body)
             .map_err(|e| invalid(format!("the request body cannot be sent as JSON: {e}")))?;
-        let est = estimate_input(&body) + max_tokens;
-        let answer = self
+        let est = match &self.output_limiter {
+            Some(out) => {
+                out.acquire(max_tokens).await?;
+                estimate_input(&body)
+            }
+            None => estimate_input(&body) + max_tokens,
+        };
+        let refund = |output: u64| {
+            if let Some(out) = &self.output_limiter {
+                out.settle(max_tokens, output);
+            }
+        };
+        let answer = match self
             .transport
             .post("/messages", Bytes::from(bytes), &model, est)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                refund(0);
+                return Err(e);
+            }
+        };
         let usage = self.transport.usage();
         let value: Value = serde_json::from_slice(&answer).map_err(|e| {
             usage.record_failure(&model);
@@ -114,9 +151,15 @@ impl MessagesClient {
             });
         }
         let u = MessageUsage::of(&value);
-        self.transport
-            .settle_tokens(est, u.all_input() + u.output_tokens);
-        usage.record_success(&model, u.all_input(), u.output_tokens);
+        if self.output_limiter.is_some() {
+            self.transport.settle_tokens(est, u.all_input());
+            refund(u.output_tokens);
+        } else {
+            self.transport
+                .settle_tokens(est, u.all_input() + u.output_tokens);
+        }
+        let cost = u.cost(usage, &model);
+        usage.record_success_costing(&model, u.all_input(), u.output_tokens, cost);
         Ok(value)
     }
 }

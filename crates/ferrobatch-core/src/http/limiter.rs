@@ -84,6 +84,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct RateLimiter {
     inner: Mutex<Inner>,
+    /// Wakes waiting requests when a settle gives tokens back, so a refund is used at once
+    /// instead of after the wait computed before it.
+    refunded: tokio::sync::Notify,
 }
 
 fn per_minute(field: &'static str, v: Option<f64>) -> Result<Option<f64>, Error> {
@@ -128,6 +131,7 @@ impl RateLimiter {
                 tokens: tpm.map(|t| Bucket::new(t, burst, now)),
                 paused_until: None,
             }),
+            refunded: tokio::sync::Notify::new(),
         })
     }
 
@@ -192,15 +196,26 @@ impl RateLimiter {
 impl RateLimit for RateLimiter {
     fn acquire(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
-            while let Err(wait) = self.try_acquire(tokens, Instant::now()) {
-                tokio::time::sleep(jittered(wait)).await;
+            loop {
+                let refunded = self.refunded.notified();
+                tokio::pin!(refunded);
+                refunded.as_mut().enable();
+                match self.try_acquire(tokens, Instant::now()) {
+                    Ok(()) => return Ok(()),
+                    Err(wait) => tokio::select! {
+                        _ = tokio::time::sleep(jittered(wait)) => {}
+                        _ = refunded => {}
+                    },
+                }
             }
-            Ok(())
         })
     }
 
     fn settle(&self, estimated: u64, actual: u64) {
         RateLimiter::settle(self, estimated, actual, Instant::now());
+        if actual < estimated {
+            self.refunded.notify_waiters();
+        }
     }
 
     fn pause(&self, pause: Duration) -> BoxFuture<'_, ()> {

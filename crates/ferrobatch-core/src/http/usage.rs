@@ -11,6 +11,23 @@ pub struct Price {
     pub input: f64,
     /// USD per 1M output (completion) tokens.
     pub output: f64,
+    /// USD per 1M input tokens written to a prompt cache (Anthropic); 1.25 × `input` when
+    /// None, Anthropic's 5-minute cache price.
+    pub cache_write: Option<f64>,
+    /// USD per 1M input tokens read from a prompt cache (Anthropic); 0.1 × `input` when None.
+    pub cache_read: Option<f64>,
+}
+
+impl Price {
+    /// The price of writing the cache.
+    pub fn cache_write(&self) -> f64 {
+        self.cache_write.unwrap_or(self.input * 1.25)
+    }
+
+    /// The price of reading the cache.
+    pub fn cache_read(&self) -> f64 {
+        self.cache_read.unwrap_or(self.input * 0.1)
+    }
 }
 
 /// What one model has used so far.
@@ -56,6 +73,8 @@ impl UsageBook {
                 let price = Price {
                     input: p.input * factor,
                     output: p.output * factor,
+                    cache_write: Some(p.cache_write() * factor),
+                    cache_read: Some(p.cache_read() * factor),
                 };
                 (m.clone(), price)
             })
@@ -75,9 +94,38 @@ impl UsageBook {
         Some((input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1e6)
     }
 
+    /// What a request with prompt caching costs: `uncached` input tokens at the input price,
+    /// `cache_write` and `cache_read` tokens at the cache prices, `output` tokens.
+    pub fn cost_cached(
+        &self,
+        model: &str,
+        uncached: u64,
+        cache_write: u64,
+        cache_read: u64,
+        output: u64,
+    ) -> Option<f64> {
+        let p = self.prices.get(model)?;
+        let usd = uncached as f64 * p.input
+            + cache_write as f64 * p.cache_write()
+            + cache_read as f64 * p.cache_read()
+            + output as f64 * p.output;
+        Some(usd / 1e6)
+    }
+
     /// A successful request and the tokens it used.
     pub fn record_success(&self, model: &str, input_tokens: u64, output_tokens: u64) {
-        let add = self.cost(model, input_tokens, output_tokens);
+        let cost = self.cost(model, input_tokens, output_tokens);
+        self.record_success_costing(model, input_tokens, output_tokens, cost);
+    }
+
+    /// A successful request, the tokens it used and what they cost (None: no price).
+    pub fn record_success_costing(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        add: Option<f64>,
+    ) {
         self.with(model, |u| {
             u.requests += 1;
             u.input_tokens += input_tokens;
@@ -136,6 +184,7 @@ mod tests {
             Price {
                 input: 0.02,
                 output: 1.0,
+                ..Price::default()
             },
         );
         let book = UsageBook::new(prices);
@@ -152,5 +201,27 @@ mod tests {
         assert!((m.cost.unwrap() - (0.02 + 0.002)).abs() < 1e-12);
         assert_eq!(s["other"].failed_requests, 1);
         assert_eq!(s["other"].cost, None);
+    }
+
+    #[test]
+    fn cached_input_has_its_own_prices_and_batches_halve_them_all() {
+        let p = Price {
+            input: 1.0,
+            output: 5.0,
+            ..Price::default()
+        };
+        let book = UsageBook::new([("m".to_string(), p)].into_iter().collect());
+        // 1M uncached, 1M written (1.25), 1M read (0.1), 1M out.
+        let full = book.cost_cached("m", 1_000_000, 1_000_000, 1_000_000, 1_000_000);
+        assert!((full.unwrap() - (1.0 + 1.25 + 0.1 + 5.0)).abs() < 1e-12);
+        let half = book
+            .scaled(0.5)
+            .cost_cached("m", 1_000_000, 1_000_000, 1_000_000, 1_000_000);
+        assert!((half.unwrap() - (1.0 + 1.25 + 0.1 + 5.0) / 2.0).abs() < 1e-12);
+        let explicit = Price {
+            cache_read: Some(0.3),
+            ..p
+        };
+        assert!((explicit.cache_read() - 0.3).abs() < 1e-12);
     }
 }

@@ -455,13 +455,20 @@ impl Runner {
                         body,
                         input_tokens,
                         output_tokens,
+                        cached: (written, read),
                     } => Some(Completion {
                         ok: true,
                         response: Some(body.to_string()),
                         error: None,
                         input_tokens,
                         output_tokens,
-                        cost: usage.cost(&b.api.model_of(c), input_tokens, output_tokens),
+                        cost: usage.cost_cached(
+                            &b.api.model_of(c),
+                            input_tokens.saturating_sub(written + read),
+                            written,
+                            read,
+                            output_tokens,
+                        ),
                     }),
                     Outcome::Permanent(e) => Some(failure(error_json(&e))),
                     // Cancelled jobs send nothing again: these become cancelled.

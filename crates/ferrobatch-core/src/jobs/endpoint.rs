@@ -93,10 +93,7 @@ async fn messages(client: &MessagesClient, body: Map<String, Value>) -> Result<S
         response: value.to_string(),
         input_tokens: u.all_input(),
         output_tokens: u.output_tokens,
-        cost: client
-            .transport
-            .usage()
-            .cost(&model, u.all_input(), u.output_tokens),
+        cost: u.cost(client.transport.usage(), &model),
     })
 }
 

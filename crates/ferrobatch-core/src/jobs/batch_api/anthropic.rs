@@ -80,6 +80,7 @@ pub fn line_outcome(line: &Value) -> Option<Line> {
             Outcome::Ok {
                 input_tokens: u.all_input(),
                 output_tokens: u.output_tokens,
+                cached: (u.cache_creation_input_tokens, u.cache_read_input_tokens),
                 body: message,
             }
         }

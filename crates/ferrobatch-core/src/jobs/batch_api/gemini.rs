@@ -278,6 +278,7 @@ pub fn lines(remote: &Remote, model: &str) -> Vec<Line> {
                     body,
                     input_tokens,
                     output_tokens,
+                    cached: (0, 0),
                 }
             } else {
                 not_run(
@@ -451,6 +452,7 @@ mod tests {
                 body,
                 input_tokens: 4,
                 output_tokens: 1,
+                ..
             } => {
                 assert_eq!(body["choices"][0]["message"]["content"], "ok");
                 assert_eq!(body["choices"][0]["finish_reason"], "stop");

@@ -79,6 +79,8 @@ pub enum Outcome {
         input_tokens: u64,
         /// Output tokens.
         output_tokens: u64,
+        /// Of the input tokens, those written to and read from a prompt cache (Anthropic).
+        cached: (u64, u64),
     },
     /// An error that another attempt would meet again (400-class).
     Permanent(Error),

@@ -85,6 +85,7 @@ pub fn line_outcome(line: &Value) -> Option<Line> {
                         body,
                         input_tokens,
                         output_tokens,
+                        cached: (0, 0),
                     }
                 }
                 0 => not_run(
