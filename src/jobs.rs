@@ -362,7 +362,7 @@ impl JobRunner {
     #[pyo3(signature = (store, client, *, lease_seconds, window, concurrency, flush_interval,
                         flush_max, patience, host, batch_api=false, batch_provider=None,
                         poll_interval=None, max_attempts=3, max_open_batches=4,
-                        batch_requests=None, batch_bytes=None))]
+                        batch_requests=None, batch_bytes=None, fallback_online=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -381,6 +381,7 @@ impl JobRunner {
         max_open_batches: usize,
         batch_requests: Option<usize>,
         batch_bytes: Option<usize>,
+        fallback_online: bool,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
             match &*c.get().inner {
@@ -416,7 +417,8 @@ impl JobRunner {
                 bytes: batch_bytes.unwrap_or(most.bytes),
                 ..most
             };
-            let batched = Batched::new(api, poll, max_attempts, max_open_batches, Some(limits));
+            let mut batched = Batched::new(api, poll, max_attempts, max_open_batches, Some(limits));
+            batched.fallback_online = fallback_online;
             Runner::batched(store, endpoint, batched, config, host)
         } else {
             Runner::new(store, endpoint, config, host)

@@ -496,3 +496,43 @@ def test_the_google_genai_sdk_speaks_to_the_fake_batch_mode() -> None:
         other = c.batches.create(model="gemini-2.5-flash", src=src[:1])
         c.batches.cancel(name=other.name)
         assert c.batches.get(name=other.name).state.name == "JOB_STATE_CANCELLED"
+
+
+async def test_stragglers_go_online_at_full_price_when_asked() -> None:
+    with FakeServer() as server:
+        server.fault("batch_expire", done=100, path="/v1/batches")
+        m = manager("openai", server, fallback="online")
+        job = await m.submit(requests("openai", 300))
+        job = await m.wait(job.id)
+        assert job.status is BatchStatus.COMPLETED
+        assert len(creates(server, "openai")) == 1
+        online = [r for r in server.requests("/v1/chat/completions") if r["method"] == "POST"]
+        assert len(online) == 200
+        results = await m.get_results(job.id)
+        assert all(r.ok for r in results)
+        price = PRICES["gpt-4o-mini"]
+
+        def cost(rs: list[Any]) -> float:
+            tokens = [usage_of("openai", r.response) for r in rs]
+            return sum(i * price["input"] + o * price["output"] for i, o in tokens) / 1e6
+
+        p = await m.progress(job.id)
+        assert p.cost == pytest.approx(cost(results[:100]) / 2 + cost(results[100:]))
+        await m.close()
+
+
+def test_a_job_submitted_for_the_batch_api_is_worked_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FERROBATCH_TEST_KEY", "k")
+    src = write(tmp_path / "in.jsonl", jsonl_lines("anthropic", 30))
+    store = str(tmp_path / "jobs.db")
+    with FakeServer() as server:
+        assert main(["submit", str(src), "--store", store, "--batch-api"]) == 0
+        work = ["work", "--store", store, "--base-url", server.anthropic_base_url]
+        work += ["--api-key-env", "FERROBATCH_TEST_KEY", "--poll-interval", "0.03", "--until-idle"]
+        assert main(work) == 0
+        assert len(creates(server, "anthropic")) == 1
+        assert [r for r in server.requests() if r["path"] == "/v1/messages"] == []  # none online
+        job = BatchStore(store).jobs()[0]
+        assert job.status is BatchStatus.COMPLETED

@@ -425,6 +425,7 @@ class JobRunner:
         max_open_batches: int = 4,
         batch_requests: int | None = None,
         batch_bytes: int | None = None,
+        fallback_online: bool = False,
     ) -> JobRunner: ...
     @property
     def id(self) -> str: ...

@@ -68,13 +68,19 @@ def parse_prices(values: Sequence[str] | None) -> dict[str, dict[str, float]]:
     return prices
 
 
-def batch_options(args: argparse.Namespace) -> dict[str, Any]:
-    """BatchManager keywords of --batch-api and its options (none without it)."""
-    if not getattr(args, "batch_api", False):
+def batch_options(args: argparse.Namespace, job: Job | None = None) -> dict[str, Any]:
+    """BatchManager keywords of --batch-api and its options (none without it), for `job` when
+    given: a job submitted with --batch-api goes through the batch API too."""
+    submitted = job.settings.get("via") == "batch-api" if job is not None else False
+    if not (getattr(args, "batch_api", False) or submitted):
         return {}
+    provider = args.batch_provider
+    if provider is None and job is not None:
+        provider = job.settings.get("batch_provider")
     return {
         "via": "batch-api",
-        "batch_provider": args.batch_provider,
+        "batch_provider": provider,
+        "fallback": "online" if args.fallback_online else None,
         "poll_interval": args.poll_interval,
         "max_attempts": args.max_attempts,
         "batch_requests": args.batch_requests,
@@ -344,9 +350,14 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     endpoint, requests, digest = parse_requests(src)
     store = open_store(args, create=True)
     settings = job_settings(args, endpoint, requests, src)
+    if args.batch_api:
+        settings.update(via="batch-api", batch_provider=args.batch_provider)
     client = make_client(endpoint, {**settings, "base_url": "http://127.0.0.1:1"}, args)
     try:
-        manager = BatchManager(client, store)
+        via: dict[str, Any] = {}
+        if args.batch_api:  # the batch API's own checks of the bodies (Gemini's fields)
+            via = {"via": "batch-api", "batch_provider": args.batch_provider}
+        manager = BatchManager(client, store, **via)
         try:
             job = await manager.submit(
                 requests,
@@ -366,10 +377,12 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def work_key(job: Job) -> tuple[Any, ...]:
-    """Jobs one client can run: every chat job; embeddings jobs of one model and size."""
+    """Jobs one client can run: every chat job; embeddings jobs of one model and size; apart
+    for each way of sending (online, or one provider's batch API)."""
+    via = (job.settings.get("via"), job.settings.get("batch_provider"))
     if job.endpoint == "/v1/embeddings":
-        return (job.endpoint, job.settings.get("model"), job.settings.get("dimensions"))
-    return (job.endpoint,)
+        return (job.endpoint, job.settings.get("model"), job.settings.get("dimensions"), *via)
+    return (job.endpoint, *via)
 
 
 async def cmd_work(args: argparse.Namespace) -> int:
@@ -400,7 +413,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
                         store,
                         lease_seconds=args.lease_seconds,
                         flush_interval=args.flush_interval,
-                        **batch_options(args),
+                        **batch_options(args, j),
                     )
                     managers[key] = (client, manager)
                 manager = managers[key][1]
@@ -631,6 +644,11 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
         default=3,
         help="batches a request may go through before a retryable error is its result",
     )
+    p.add_argument(
+        "--fallback-online",
+        action="store_true",
+        help="send what a batch did not run (expired, ...) online at once, at full price",
+    )
     p.add_argument("--batch-requests", type=int, default=None, help="most requests a batch")
     p.add_argument("--batch-bytes", type=int, default=None, help="most bytes a batch")
     p.add_argument(
@@ -685,6 +703,12 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--store", default=None, help="SQLite path or postgresql:// DSN")
     submit.add_argument("--name", default=None, help="the job's name (default: the file name)")
     submit.add_argument("--base-url", default=None, help="recorded with the job (optional)")
+    submit.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="workers send this job through the provider's batch API (half price, 24 h)",
+    )
+    submit.add_argument("--batch-provider", choices=("openai", "anthropic", "gemini"), default=None)
     submit.add_argument("--api-key-env", default=None, help=argparse.SUPPRESS)
     submit.add_argument("--concurrency", type=int, default=16, help=argparse.SUPPRESS)
     submit.add_argument("--rpm", type=float, default=None, help=argparse.SUPPRESS)

@@ -375,7 +375,9 @@ class BatchManager:
     - Every line is harvested (output and error files, the partial results of expired and
       cancelled batches). Permanent errors (400-class) are the request's outcome; retryable
       ones (expired, cancelled, timed out, `status_code 0`, 429, 5xx, overloaded, no line at
-      all) go into a later batch until a request has had `max_attempts`.
+      all) go into a later batch until a request has had `max_attempts`; with
+      `fallback="online"` they are sent through the online endpoint at once instead (full
+      price; for stragglers near a deadline).
     - Costs come from the usage each result reports, at half the client's prices, counted once.
     - Batches are polled every `poll_interval` seconds (±20%; 60 s by default, 30 s for
       Gemini); `provider_batches(job_id)` on the store shows each one's status. Cancelling
@@ -400,6 +402,7 @@ class BatchManager:
         max_open_batches: int = 4,
         batch_requests: int | None = None,
         batch_bytes: int | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.client = client
         self.endpoint = _endpoint(client)
@@ -413,6 +416,8 @@ class BatchManager:
             raise ValueError(
                 f"batch_provider must be one of {BATCH_PROVIDERS}, got {batch_provider!r}"
             )
+        if fallback not in (None, "online"):
+            raise ValueError(f"fallback must be None or 'online', got {fallback!r}")
         self.via = via
         self.batch_provider = batch_provider
         self.store = store if store is not None else BatchStore()
@@ -446,6 +451,7 @@ class BatchManager:
                 max_open_batches=int(max_open_batches),
                 batch_requests=batch_requests,
                 batch_bytes=batch_bytes,
+                fallback_online=fallback == "online",
             )
         self.lease_seconds = lease_seconds
         self.patience = patience

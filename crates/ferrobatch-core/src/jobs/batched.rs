@@ -12,14 +12,16 @@
 //! Harvest reads every line (output and error files, partial results of expired and cancelled
 //! batches); a request with no line is retryable. Retryable outcomes go back to pending and
 //! into a later chunk until a request has had `max_attempts`; then its last error is its
-//! outcome. OpenAI's `token_limit_exceeded` hands the chunk back and holds new chunks off for a
-//! while. Costs are counted at batch prices from the usage each line reports, once: a chunk
+//! outcome (with `fallback_online`, they are sent through the online endpoint at once, at
+//! full price). OpenAI's `token_limit_exceeded` hands the chunk back and holds new chunks off
+//! for a while. Costs are counted at batch prices from the usage each line reports, once: a chunk
 //! is settled once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep, Instant};
 
 use super::batch_api::{custom_id, seq_of, BatchApi, Outcome, Phase, Remote};
@@ -45,6 +47,9 @@ pub struct Batched {
     pub max_attempts: i64,
     /// Most provider batches of one job open at once.
     pub max_open: usize,
+    /// Send what a batch did not run (expired, cancelled, ...) through the online endpoint
+    /// at once, at full price, instead of into another batch.
+    pub fallback_online: bool,
     /// How large one batch may be (at most the provider's limits).
     pub limits: ChunkLimits,
     /// Batches this runner asked to cancel.
@@ -69,6 +74,7 @@ impl Batched {
             max_attempts,
             max_open,
             limits,
+            fallback_online: false,
             cancel_sent: Mutex::new(HashSet::new()),
             hold_until: Mutex::new(HashMap::new()),
         }
@@ -432,7 +438,8 @@ impl Runner {
             }
         }
         let usage = b.api.usage();
-        let settled = requests
+        let mut stragglers = Vec::new();
+        let mut settled: Vec<Settled> = requests
             .iter()
             .map(|c| {
                 let outcome = by_seq
@@ -473,17 +480,43 @@ impl Runner {
                     Outcome::Permanent(e) => Some(failure(error_json(&e))),
                     // Cancelled jobs send nothing again: these become cancelled.
                     Outcome::Retryable(_) if cancelled => None,
+                    // Sent online now, when the user asked for that.
+                    Outcome::Retryable(_) if b.fallback_online => {
+                        stragglers.push(c.clone());
+                        return None;
+                    }
                     Outcome::Retryable(e) if c.attempt >= b.max_attempts => {
                         Some(failure(error_json(&e)))
                     }
                     Outcome::Retryable(_) => None,
                 };
-                Settled {
+                Some(Settled {
                     seq: c.seq,
                     outcome,
-                }
+                })
             })
+            .flatten()
             .collect();
+        // The stragglers at full price through the online endpoint, `concurrency` at a time.
+        let mut online: FuturesUnordered<_> =
+            stragglers.into_iter().map(|c| self.send(c)).collect();
+        while let Some((c, result)) = online.next().await {
+            let outcome = match result {
+                Ok(sent) => Completion {
+                    ok: true,
+                    response: Some(sent.response),
+                    error: None,
+                    input_tokens: sent.input_tokens,
+                    output_tokens: sent.output_tokens,
+                    cost: sent.cost,
+                },
+                Err(e) => failure(error_json(&e)),
+            };
+            settled.push(Settled {
+                seq: c.seq,
+                outcome: Some(outcome),
+            });
+        }
         self.settle(chunk, settled).await
     }
 }

@@ -127,7 +127,7 @@ pub(super) struct Started {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-type Sending = Pin<Box<dyn Future<Output = (Claimed, Result<Sent, Error>)> + Send>>;
+pub(super) type Sending = Pin<Box<dyn Future<Output = (Claimed, Result<Sent, Error>)> + Send>>;
 
 /// Works jobs of one store through one endpoint: online, or through the provider's batch API
 /// (see [`super::batched`]).
@@ -413,7 +413,7 @@ impl Runner {
         }
     }
 
-    fn send(&self, claimed: Claimed) -> Sending {
+    pub(super) fn send(&self, claimed: Claimed) -> Sending {
         let sends = Arc::clone(&self.sends);
         let endpoint = self.endpoint.clone();
         Box::pin(async move {
