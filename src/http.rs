@@ -145,6 +145,7 @@ fn usage_dict<'py>(py: Python<'py>, t: &Transport) -> PyResult<Bound<'py, PyDict
         d.set_item("input_tokens", u.input_tokens)?;
         d.set_item("output_tokens", u.output_tokens)?;
         d.set_item("cost", u.cost)?;
+        d.set_item("error_statuses", u.error_statuses)?;
         out.set_item(model, d)?;
     }
     Ok(out)

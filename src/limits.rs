@@ -38,7 +38,11 @@ fn log_event(event: &LimiterEvent, name: &str) {
         let logger = py
             .import("logging")
             .and_then(|l| l.call_method1("getLogger", ("ferrobatch",)))?;
-        logger.call_method1(level, ("%s", message))?;
+        let extra = pyo3::types::PyDict::new(py);
+        extra.set_item("limiter", name)?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("extra", extra)?;
+        logger.call_method(level, ("%s", message), Some(&kwargs))?;
         Ok::<_, PyErr>(())
     });
 }

@@ -13,6 +13,10 @@ pub(crate) struct LatencySummary {
     p95: f64,
     p99: f64,
     max: f64,
+    /// Sum of the values, seconds.
+    sum: f64,
+    /// `(upper bound in seconds, values at most it)`, cumulative, for metrics exporters.
+    buckets: Vec<(f64, u64)>,
 }
 
 #[pymethods]
@@ -33,6 +37,12 @@ impl From<ferrobatch_core::LatencySummary> for LatencySummary {
             p95: s.p95,
             p99: s.p99,
             max: s.max,
+            sum: s.sum,
+            buckets: ferrobatch_core::LATENCY_BOUNDS
+                .iter()
+                .copied()
+                .zip(s.buckets.iter().copied().chain(std::iter::repeat(0)))
+                .collect(),
         }
     }
 }

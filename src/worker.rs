@@ -203,6 +203,16 @@ fn log_failure(py: Python<'_>, n: usize, err: &PyErr) {
     };
     let kwargs = pyo3::types::PyDict::new(py);
     let _ = kwargs.set_item("exc_info", err.value(py));
+    let extra = pyo3::types::PyDict::new(py);
+    let _ = extra.set_item("batch_size", n);
+    let _ = extra.set_item(
+        "error_type",
+        err.get_type(py)
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    );
+    let _ = kwargs.set_item("extra", extra);
     let _ = logger.call_method(
         "error",
         ("batch of %d items failed: %r", n, err.value(py)),

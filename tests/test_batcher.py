@@ -184,8 +184,24 @@ async def test_raising_batch_fails_its_items_only_and_is_logged(
     assert outs[:3] == [0, 2, 4]
     assert all(isinstance(o, RuntimeError) and str(o) == "boom on 3" for o in outs[3:6])
     assert outs[6:] == [12, 14, 16]
-    assert any("batch of 3 items failed" in r.getMessage() for r in caplog.records)
+    (record,) = [r for r in caplog.records if "batch of 3 items failed" in r.getMessage()]
+    assert (record.batch_size, record.error_type) == (3, "RuntimeError")  # structured fields
     assert await b.process(100) == 200, "the engine keeps running"
+    await b.stop()
+
+
+async def test_a_raising_sync_batch_is_logged_with_the_same_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def fn(xs: list[int]) -> list[int]:
+        raise KeyError("sync boom")
+
+    b = AsyncBatcher(fn, max_batch_size=2, max_queue_time=0.001)
+    with caplog.at_level(logging.ERROR, logger="ferrobatch"):
+        outs = await asyncio.gather(*(b.process(i) for i in range(2)), return_exceptions=True)
+    assert all(isinstance(o, KeyError) for o in outs)
+    (record,) = [r for r in caplog.records if "items failed" in r.getMessage()]
+    assert (record.batch_size, record.error_type) == (2, "KeyError")
     await b.stop()
 
 

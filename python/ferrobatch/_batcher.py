@@ -263,7 +263,13 @@ class AsyncBatcher(Generic[T, S]):
 
     @staticmethod
     def _log_failure(n: int, exc: BaseException) -> None:
-        logger.error("batch of %d items failed: %r", n, exc, exc_info=exc)
+        logger.error(
+            "batch of %d items failed: %r",
+            n,
+            exc,
+            exc_info=exc,
+            extra={"batch_size": n, "error_type": type(exc).__name__},
+        )
 
     # --- lifecycle --------------------------------------------------------------------------
 

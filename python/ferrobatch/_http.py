@@ -44,7 +44,8 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 class ModelUsage(TypedDict):
     """What one model has used: requests whose answer was used, retried attempts, requests
-    that failed for good, tokens, and the cost in USD (None without a price for the model)."""
+    that failed for good, tokens, the cost in USD (None without a price for the model), and
+    error answers by HTTP status (every attempt)."""
 
     requests: int
     retries: int
@@ -52,6 +53,7 @@ class ModelUsage(TypedDict):
     input_tokens: int
     output_tokens: int
     cost: float | None
+    error_statuses: dict[int, int]
 
 
 class BatcherOptions(TypedDict, total=False):

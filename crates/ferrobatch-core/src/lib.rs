@@ -15,6 +15,6 @@ pub mod testing;
 
 pub use engine::{
     Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
-    UserConfig, Window, Work, DEFAULT_AGING,
+    UserConfig, Window, Work, DEFAULT_AGING, LATENCY_BOUNDS,
 };
 pub use error::{Error, Provider, StopReason};

@@ -5,8 +5,16 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-/// p50/p95/p99/max of one latency, in seconds (all 0.0 when nothing was recorded).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// The upper bounds (seconds) of the latency buckets a [`LatencySummary`] counts, for metrics
+/// exporters (the Prometheus client's defaults, widened both ways).
+pub const LATENCY_BOUNDS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    10.0, 60.0,
+];
+
+/// p50/p95/p99/max of one latency, in seconds (all 0.0 when nothing was recorded), with its
+/// sum and cumulative bucket counts for metrics.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LatencySummary {
     /// How many values were recorded.
     pub count: u64,
@@ -18,6 +26,11 @@ pub struct LatencySummary {
     pub p99: f64,
     /// Largest value recorded.
     pub max: f64,
+    /// Sum of the values recorded (from the histogram: within its 1% precision).
+    pub sum: f64,
+    /// How many values were at most each of [`LATENCY_BOUNDS`] (cumulative; empty when
+    /// nothing was recorded).
+    pub buckets: Vec<u64>,
 }
 
 /// A point-in-time copy of an engine's counters.
@@ -76,12 +89,18 @@ impl Latency {
             return LatencySummary::default();
         }
         let s = |us: u64| us as f64 / 1e6;
+        let buckets = LATENCY_BOUNDS
+            .iter()
+            .map(|b| self.0.count_between(0, (b * 1e6) as u64))
+            .collect();
         LatencySummary {
             count: self.0.len(),
             p50: s(self.0.value_at_quantile(0.50)),
             p95: s(self.0.value_at_quantile(0.95)),
             p99: s(self.0.value_at_quantile(0.99)),
             max: s(self.0.max()),
+            sum: self.0.mean() * self.0.len() as f64 / 1e6,
+            buckets,
         }
     }
 }

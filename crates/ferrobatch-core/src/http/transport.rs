@@ -228,6 +228,9 @@ impl Transport {
             };
             // A failed attempt gives its estimated tokens back (its request slot stays spent).
             self.config.limiter.settle(tokens, 0);
+            if let Error::Status { status, .. } = &error {
+                self.usage.record_status(model, *status);
+            }
             if failure == Failure::Status(429) {
                 let pause = hint.unwrap_or_else(|| self.config.retry.step(attempt));
                 self.config.limiter.pause(pause).await;

@@ -45,6 +45,8 @@ pub struct ModelUsage {
     pub output_tokens: u64,
     /// Cost in USD, when a price for the model is known.
     pub cost: Option<f64>,
+    /// Error answers by HTTP status, every attempt counted (a 429 retried twice counts 2).
+    pub error_statuses: BTreeMap<u16, u64>,
 }
 
 /// Usage per model, shared by every request of one client.
@@ -134,6 +136,11 @@ impl UsageBook {
                 u.cost = Some(u.cost.unwrap_or(0.0) + add);
             }
         });
+    }
+
+    /// An attempt answered with an error status.
+    pub fn record_status(&self, model: &str, status: u16) {
+        self.with(model, |u| *u.error_statuses.entry(status).or_default() += 1);
     }
 
     /// One attempt that will be retried.
