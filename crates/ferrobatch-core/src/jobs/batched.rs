@@ -441,7 +441,7 @@ impl Runner {
         let mut stragglers = Vec::new();
         let mut settled: Vec<Settled> = requests
             .iter()
-            .map(|c| {
+            .filter_map(|c| {
                 let outcome = by_seq
                     .remove(&c.seq)
                     .or_else(|| whole.clone())
@@ -495,7 +495,6 @@ impl Runner {
                     outcome,
                 })
             })
-            .flatten()
             .collect();
         // The stragglers at full price through the online endpoint, `concurrency` at a time.
         let mut online: FuturesUnordered<_> =
