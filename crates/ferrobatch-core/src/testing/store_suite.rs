@@ -433,23 +433,6 @@ async fn lookups(s: &dyn Store, c: &Case) -> Result<(), String> {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    #[tokio::test]
-    async fn sqlite_in_memory_and_in_a_file() {
-        let mem = crate::jobs::open(":memory:").await.unwrap();
-        super::run(mem).await.unwrap();
-        let dir = std::env::temp_dir().join(format!("ferrobatch-suite-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jobs.db");
-        let file = crate::jobs::open(path.to_str().unwrap()).await.unwrap();
-        super::run(std::sync::Arc::clone(&file)).await.unwrap();
-        // Again, on a store that already holds the first run's data.
-        super::run(file).await.unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 fn limits(requests: usize, bytes: usize) -> ChunkLimits {
     ChunkLimits {
         requests,
@@ -727,4 +710,21 @@ async fn cancelled_chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
             .all(|x| x.owner.is_none()),
         "owner cleared",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn sqlite_in_memory_and_in_a_file() {
+        let mem = crate::jobs::open(":memory:").await.unwrap();
+        super::run(mem).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("ferrobatch-suite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jobs.db");
+        let file = crate::jobs::open(path.to_str().unwrap()).await.unwrap();
+        super::run(std::sync::Arc::clone(&file)).await.unwrap();
+        // Again, on a store that already holds the first run's data.
+        super::run(file).await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
