@@ -79,6 +79,35 @@ def make_ferrobatch(
     return (lambda items: [process(i) for i in items]), b.stop
 
 
+def make_ferrobatch_metrics(mode: Mode, window: float = 0.01) -> tuple[Submit, Close]:
+    """ferrobatch tracked by `ferrobatch.metrics`, scraped (Prometheus text) every 50 ms:
+    far more often than any scraper, to show what exporting costs."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ferrobatch import AsyncBatcher, metrics
+
+    conc = 4 if mode == "conc4" else 1
+    b = AsyncBatcher(batch_fn(mode), max_batch_size=BATCH, max_queue_time=window, concurrency=conc)
+    metrics.track(b, name="bench")
+    registry = CollectorRegistry()
+    metrics.enable_prometheus(registry)
+
+    async def scrape() -> None:
+        while True:
+            generate_latest(registry)
+            await asyncio.sleep(0.05)
+
+    scraper = asyncio.ensure_future(scrape())
+
+    async def close() -> None:
+        scraper.cancel()
+        metrics.untrack(b)
+        await b.stop()
+
+    process = b.process
+    return (lambda items: [process(i) for i in items]), close
+
+
 def make_ferrobatch_unlimited(mode: Mode, window: float = 0.01) -> tuple[Submit, Close] | None:
     """ferrobatch with concurrency=-1, the setting async-batcher runs with here."""
     if mode == "conc4":
@@ -169,6 +198,7 @@ def make_floor(mode: Mode, window: float = 0.0) -> tuple[Submit, Close] | None:
 CONTENDERS: dict[str, tuple[str | None, Callable[..., Any]]] = {
     # name: (PyPI distribution for the version column, factory)
     "ferrobatch": ("ferrobatch", make_ferrobatch),
+    "ferrobatch + metrics": ("prometheus-client", make_ferrobatch_metrics),
     "ferrobatch (concurrency=-1)": ("ferrobatch", make_ferrobatch_unlimited),
     "ferrobatch.process_many": ("ferrobatch", make_ferrobatch_many),
     "async-batcher": ("async-batcher", make_async_batcher),

@@ -57,3 +57,9 @@ def test_shared_limit_benchmark_smoke_run(redis_server: object) -> None:
     # starts its own.
     text = run_quick("shared_limit.py")
     assert "| 3 | one bucket in Redis |" in text and "Redis calls per request" in text, text
+
+
+def test_web_benchmark_smoke_run() -> None:
+    text = run_quick("web.py")
+    assert "| 32 | batched |" in text and "| 32 | direct |" in text, text
+    assert "batched / direct" in text
