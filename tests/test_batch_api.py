@@ -536,3 +536,22 @@ def test_a_job_submitted_for_the_batch_api_is_worked_through_it(
         assert [r for r in server.requests() if r["path"] == "/v1/messages"] == []  # none online
         job = BatchStore(store).jobs()[0]
         assert job.status is BatchStatus.COMPLETED
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_rejected_row_fails_alone_in_a_batch_that_succeeds(provider: str) -> None:
+    # Gemini reports such a batch BATCH_STATE_SUCCEEDED; the row carries its own error.
+    with FakeServer() as server:
+        m = manager(provider, server)
+        reqs = requests(provider, 6)
+        reqs[2] = BatchRequest(id="bad", body=body(provider, f"x {REJECT_MARKER}"))
+        job = await m.submit(reqs)
+        job = await m.wait(job.id)
+        results = {r.id: r for r in await m.get_results(job.id)}
+        assert results["bad"].error["type"] == "BadRequestError"
+        assert results["bad"].error["status"] == 400
+        assert all(r.ok for k, r in results.items() if k != "bad")
+        assert len(creates(server, provider)) == 1  # a permanent error is not retried
+        status = m.store.provider_batches(job.id)[0].remote_status or ""
+        assert status.endswith("(5 succeeded, 1 failed of 6)"), status
+        await m.close()

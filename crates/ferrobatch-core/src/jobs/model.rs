@@ -320,3 +320,47 @@ pub struct Settled {
     /// Its outcome, or None to try it again.
     pub outcome: Option<Completion>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(seq: i64, body: &str) -> Claimed {
+        Claimed {
+            job_id: "j".into(),
+            seq,
+            id: format!("r{seq}"),
+            body: body.into(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn chunks_are_cut_by_count_bytes_and_model() {
+        let a = r#"{"model":"a","x":1}"#; // 19 bytes
+        let b = r#"{"model":"b","x":1}"#;
+        let limits = ChunkLimits {
+            requests: 3,
+            bytes: 1000,
+            line_overhead: 10,
+            one_model: false,
+        };
+        let four: Vec<Claimed> = (0..4).map(|i| req(i, a)).collect();
+        assert_eq!(limits.cut(&four), 3, "by count");
+        let bytes = ChunkLimits {
+            bytes: 60, // two lines of 29
+            ..limits
+        };
+        assert_eq!(bytes.cut(&four), 2, "by bytes, envelope included");
+        let tiny = ChunkLimits { bytes: 5, ..limits };
+        assert_eq!(tiny.cut(&four), 1, "one request over the limit still goes, alone");
+        let mixed = vec![req(0, a), req(1, a), req(2, b)];
+        assert_eq!(limits.cut(&mixed), 3, "models may mix");
+        let one_model = ChunkLimits {
+            one_model: true,
+            ..limits
+        };
+        assert_eq!(one_model.cut(&mixed), 2, "one model a file");
+        assert_eq!(limits.cut(&[]), 0);
+    }
+}
