@@ -353,7 +353,11 @@ mod tests {
         };
         assert_eq!(bytes.cut(&four), 2, "by bytes, envelope included");
         let tiny = ChunkLimits { bytes: 5, ..limits };
-        assert_eq!(tiny.cut(&four), 1, "one request over the limit still goes, alone");
+        assert_eq!(
+            tiny.cut(&four),
+            1,
+            "one request over the limit still goes, alone"
+        );
         let mixed = vec![req(0, a), req(1, a), req(2, b)];
         assert_eq!(limits.cut(&mixed), 3, "models may mix");
         let one_model = ChunkLimits {
