@@ -160,3 +160,30 @@ async def test_tracking_is_weak_and_checks_its_argument() -> None:
     assert not [s for s in metrics.samples() if s.labels.get("batcher", "").startswith("asyncb")]
     with pytest.raises(TypeError, match="track"):
         metrics.track(object())
+
+
+async def test_a_managers_unfinished_jobs_show_before_it_runs_them() -> None:
+    with FakeServer() as server:
+        emb = Embeddings("m", base_url=server.openai_base_url, api_key="k")
+        manager = BatchManager(emb, BatchStore())
+        job = await manager.submit(
+            [BatchRequest(id=f"r{i}", body={"input": "x"}) for i in range(4)], start=False
+        )
+        metrics.track(manager, name="queued")
+        try:
+            states = {
+                s.labels["state"]: s.value
+                for s in metrics.samples()
+                if s.name == "ferrobatch_job_requests" and s.labels["job"] == job.id
+            }
+            assert states == {
+                "pending": 4,
+                "running": 0,
+                "succeeded": 0,
+                "failed": 0,
+                "cancelled": 0,
+            }
+        finally:
+            metrics.untrack(manager)
+            await manager.close()
+            await emb.stop()

@@ -216,7 +216,16 @@ def _http_samples(usage: dict[str, Any], labels: dict[str, str]) -> Iterator[Sam
 
 
 def _job_samples(manager: Any, label: str) -> Iterator[Sample]:
-    for job_id in list(manager._runners):
+    """The jobs this manager ran, and every unfinished job of its store (which its `work()`
+    may be running)."""
+    job_ids = dict.fromkeys(manager._runners)
+    try:
+        job_ids.update(
+            dict.fromkeys(j.id for j in manager.store.jobs() if not j.status.is_terminal)
+        )
+    except Exception:  # the store is away: what this manager ran is still shown
+        pass
+    for job_id in job_ids:
         try:
             p = manager.store.progress(job_id)
         except Exception:  # the store is away: this scrape goes without the job
