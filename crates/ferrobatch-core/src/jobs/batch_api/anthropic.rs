@@ -38,19 +38,14 @@ pub struct AnthropicBatches {
     pub model: String,
 }
 
+const API: &str = "the Message Batches API";
+
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::ResponseFormat {
-        reason: format!("the Message Batches API answered with something that is not JSON: {e}"),
-    })
+    super::parse_answer(API, bytes)
 }
 
 fn id_of(v: &Value) -> Result<String, Error> {
-    v.get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::ResponseFormat {
-            reason: "the Message Batches API answered without an `id`".into(),
-        })
+    super::text_field(API, v, "id")
 }
 
 /// The HTTP status an Anthropic error type stands for.

@@ -36,19 +36,14 @@ pub struct GeminiBatches {
     pub model: String,
 }
 
+const API: &str = "the Gemini batch API";
+
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::ResponseFormat {
-        reason: format!("the Gemini batch API answered with something that is not JSON: {e}"),
-    })
+    super::parse_answer(API, bytes)
 }
 
 fn name_of(v: &Value) -> Result<String, Error> {
-    v.get("name")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::ResponseFormat {
-            reason: "the Gemini batch API answered without a `name`".into(),
-        })
+    super::text_field(API, v, "name")
 }
 
 /// The chat body fields [`to_gemini`] translates; the bindings refuse others at submit.

@@ -382,6 +382,28 @@ pub fn estimate<'a>(
     out
 }
 
+/// An answer of a batch API (`api` names it in errors: "the Batch API") as JSON.
+pub(crate) fn parse_answer(api: &str, bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::ResponseFormat {
+        reason: format!("{api} answered with something that is not JSON: {e}"),
+    })
+}
+
+/// The error of an answer without `what` (such as "an `id`").
+pub(crate) fn missing(api: &str, what: &str) -> Error {
+    Error::ResponseFormat {
+        reason: format!("{api} answered without {what}"),
+    }
+}
+
+/// A string field of an answer (`id`, `name`), or the error naming it.
+pub(crate) fn text_field(api: &str, v: &Value, key: &str) -> Result<String, Error> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| missing(api, &format!("`{key}`")))
+}
+
 /// Lines of a JSONL text, each parsed; a line that is not JSON is skipped (its request then
 /// has no line and is retried).
 pub(crate) fn jsonl(bytes: &[u8]) -> impl Iterator<Item = Value> + '_ {

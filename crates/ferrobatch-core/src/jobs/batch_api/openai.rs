@@ -38,23 +38,18 @@ pub struct OpenAiBatches {
     pub model: String,
 }
 
+const API: &str = "the Batch API";
+
 fn format_error(what: &str) -> Error {
-    Error::ResponseFormat {
-        reason: format!("the Batch API answered without {what}"),
-    }
+    super::missing(API, what)
 }
 
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::ResponseFormat {
-        reason: format!("the Batch API answered with something that is not JSON: {e}"),
-    })
+    super::parse_answer(API, bytes)
 }
 
 fn id_of(v: &Value) -> Result<String, Error> {
-    v.get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| format_error("an `id`"))
+    super::text_field(API, v, "id")
 }
 
 /// The tokens an OpenAI response body reports (chat, embeddings or responses).
