@@ -1,12 +1,13 @@
 //! Jobs through the providers' batch APIs, against the crate's fake server on 127.0.0.1 and
 //! a SQLite store.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobatch_core::http::openai::{Chat, ChatClient};
-use ferrobatch_core::http::{ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig};
-use ferrobatch_core::http::{Price, UsageBook};
+use ferrobatch_core::http::{Auth, Transport};
 use ferrobatch_core::jobs::batch_api::{openai::OpenAiBatches, BatchApi};
 use ferrobatch_core::jobs::{
     self, Batched, ChunkLimits, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig,
@@ -16,26 +17,7 @@ use ferrobatch_core::testing::{BatchFault, Fault, FaultKind, ServerConfig, TestS
 use ferrobatch_core::Provider;
 
 fn transport(server: &TestServer) -> Transport {
-    let config = TransportConfig {
-        provider: Provider::OpenAi,
-        base_url: format!("{}/v1", server.url()),
-        api_key: ApiKey::new("k"),
-        auth: Auth::Bearer,
-        headers: Vec::new(),
-        timeout: Duration::from_secs(5),
-        max_response_bytes: 1 << 24,
-        retry: RetryPolicy::new(2, 0.01, 0.02).unwrap(),
-        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
-    };
-    let prices = [(
-        "m".to_string(),
-        Price {
-            input: 1.0,
-            output: 2.0,
-            ..Price::default()
-        },
-    )];
-    Transport::new(config, UsageBook::new(prices.into_iter().collect())).unwrap()
+    common::transport(server, 2)
 }
 
 fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<Runner> {

@@ -1,16 +1,15 @@
 //! The job runner against the crate's own fake server on 127.0.0.1 and a SQLite store.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobatch_core::http::openai::{Chat, ChatClient};
-use ferrobatch_core::http::{ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig};
-use ferrobatch_core::http::{Price, UsageBook};
 use ferrobatch_core::jobs::{
     self, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig, Store,
 };
 use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer};
-use ferrobatch_core::Provider;
 
 fn server(latency: Duration) -> TestServer {
     let config = ServerConfig {
@@ -21,26 +20,7 @@ fn server(latency: Duration) -> TestServer {
 }
 
 fn chat(server: &TestServer) -> Endpoint {
-    let config = TransportConfig {
-        provider: Provider::OpenAi,
-        base_url: format!("{}/v1", server.url()),
-        api_key: ApiKey::new("k"),
-        auth: Auth::Bearer,
-        headers: Vec::new(),
-        timeout: Duration::from_secs(5),
-        max_response_bytes: 1 << 20,
-        retry: RetryPolicy::new(0, 0.01, 0.02).unwrap(),
-        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
-    };
-    let prices = [(
-        "m".to_string(),
-        Price {
-            input: 1.0,
-            output: 2.0,
-            ..Price::default()
-        },
-    )];
-    let transport = Transport::new(config, UsageBook::new(prices.into_iter().collect())).unwrap();
+    let transport = common::transport(server, 0);
     Endpoint::Chat(Arc::new(ChatClient {
         chat: Chat { model: "m".into() },
         transport,

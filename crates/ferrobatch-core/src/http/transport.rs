@@ -280,6 +280,18 @@ impl Transport {
         }
     }
 
+    /// GET `{base_url}{path}`, retried by the policy (a read is safe to repeat).
+    pub async fn get(&self, path: &str) -> Result<Bytes, Error> {
+        self.call(reqwest::Method::GET, path, Payload::Empty, Retry::Policy)
+            .await
+    }
+
+    /// POST no body to `{base_url}{path}` (a cancel call), retried by the policy.
+    pub async fn post_empty(&self, path: &str) -> Result<Bytes, Error> {
+        self.call(reqwest::Method::POST, path, Payload::Empty, Retry::Policy)
+            .await
+    }
+
     fn request(
         &self,
         method: reqwest::Method,

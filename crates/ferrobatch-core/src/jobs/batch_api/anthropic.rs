@@ -187,12 +187,7 @@ impl AnthropicBatches {
                 Some(a) => format!("/messages/batches?limit=100&after_id={a}"),
                 None => "/messages/batches?limit=100".to_string(),
             };
-            let page = parse(
-                &self
-                    .transport
-                    .call(Method::GET, &path, Payload::Empty, Retry::Policy)
-                    .await?,
-            )?;
+            let page = parse(&self.transport.get(&path).await?)?;
             let Some(data) = page.get("data").and_then(Value::as_array) else {
                 break;
             };
@@ -230,29 +225,20 @@ impl AnthropicBatches {
     /// The batch now.
     pub async fn get(&self, batch_id: &str) -> Result<Remote, Error> {
         let path = format!("/messages/batches/{batch_id}");
-        let answer = self
-            .transport
-            .call(Method::GET, &path, Payload::Empty, Retry::Policy)
-            .await?;
+        let answer = self.transport.get(&path).await?;
         remote(parse(&answer)?)
     }
 
     /// Ask for the batch to be cancelled.
     pub async fn cancel(&self, batch_id: &str) -> Result<(), Error> {
         let path = format!("/messages/batches/{batch_id}/cancel");
-        self.transport
-            .call(Method::POST, &path, Payload::Empty, Retry::Policy)
-            .await
-            .map(|_| ())
+        self.transport.post_empty(&path).await.map(|_| ())
     }
 
     /// Every results line of an ended batch.
     pub async fn results(&self, remote: &Remote) -> Result<Vec<Line>, Error> {
         let path = format!("/messages/batches/{}/results", remote.id);
-        let bytes = self
-            .transport
-            .call(Method::GET, &path, Payload::Empty, Retry::Policy)
-            .await?;
+        let bytes = self.transport.get(&path).await?;
         Ok(jsonl(&bytes).filter_map(|l| line_outcome(&l)).collect())
     }
 }

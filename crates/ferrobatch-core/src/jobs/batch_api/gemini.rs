@@ -332,12 +332,7 @@ impl GeminiBatches {
                 Some(t) => format!("/batches?pageSize=100&pageToken={t}"),
                 None => "/batches?pageSize=100".to_string(),
             };
-            let page = parse(
-                &self
-                    .transport
-                    .call(Method::GET, &path, Payload::Empty, Retry::Policy)
-                    .await?,
-            )?;
+            let page = parse(&self.transport.get(&path).await?)?;
             for op in page
                 .get("operations")
                 .or_else(|| page.get("batches"))
@@ -367,27 +362,14 @@ impl GeminiBatches {
 
     /// The batch now.
     pub async fn get(&self, name: &str) -> Result<Remote, Error> {
-        let answer = self
-            .transport
-            .call(
-                Method::GET,
-                &format!("/{name}"),
-                Payload::Empty,
-                Retry::Policy,
-            )
-            .await?;
+        let answer = self.transport.get(&format!("/{name}")).await?;
         remote(parse(&answer)?)
     }
 
     /// Ask for the batch to be cancelled.
     pub async fn cancel(&self, name: &str) -> Result<(), Error> {
         self.transport
-            .call(
-                Method::POST,
-                &format!("/{name}:cancel"),
-                Payload::Empty,
-                Retry::Policy,
-            )
+            .post_empty(&format!("/{name}:cancel"))
             .await
             .map(|_| ())
     }

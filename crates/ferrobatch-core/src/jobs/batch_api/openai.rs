@@ -232,12 +232,7 @@ impl OpenAiBatches {
                 Some(a) => format!("/batches?limit=100&after={a}"),
                 None => "/batches?limit=100".to_string(),
             };
-            let page = parse(
-                &self
-                    .transport
-                    .call(Method::GET, &path, Payload::Empty, Retry::Policy)
-                    .await?,
-            )?;
+            let page = parse(&self.transport.get(&path).await?)?;
             let data = page
                 .get("data")
                 .and_then(Value::as_array)
@@ -268,27 +263,14 @@ impl OpenAiBatches {
 
     /// The batch now.
     pub async fn get(&self, batch_id: &str) -> Result<Remote, Error> {
-        let answer = self
-            .transport
-            .call(
-                Method::GET,
-                &format!("/batches/{batch_id}"),
-                Payload::Empty,
-                Retry::Policy,
-            )
-            .await?;
+        let answer = self.transport.get(&format!("/batches/{batch_id}")).await?;
         remote(parse(&answer)?)
     }
 
     /// Ask for the batch to be cancelled.
     pub async fn cancel(&self, batch_id: &str) -> Result<(), Error> {
         self.transport
-            .call(
-                Method::POST,
-                &format!("/batches/{batch_id}/cancel"),
-                Payload::Empty,
-                Retry::Policy,
-            )
+            .post_empty(&format!("/batches/{batch_id}/cancel"))
             .await
             .map(|_| ())
     }
@@ -302,12 +284,7 @@ impl OpenAiBatches {
             };
             let bytes = self
                 .transport
-                .call(
-                    Method::GET,
-                    &format!("/files/{file}/content"),
-                    Payload::Empty,
-                    Retry::Policy,
-                )
+                .get(&format!("/files/{file}/content"))
                 .await?;
             lines.extend(jsonl(&bytes).filter_map(|l| line_outcome(&l)));
         }
