@@ -41,7 +41,7 @@ struct Common<'py> {
     prices: Option<Bound<'py, PyDict>>,
 }
 
-fn prices(dict: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, Price>> {
+pub(crate) fn prices(dict: Option<&Bound<'_, PyDict>>) -> PyResult<BTreeMap<String, Price>> {
     let mut out = BTreeMap::new();
     let Some(dict) = dict else { return Ok(out) };
     for (model, p) in dict.iter() {

@@ -7,21 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrobatch_core::http::{Auth, Transport};
-use ferrobatch_core::jobs::batch_api::{
-    anthropic::AnthropicBatches, gemini::GeminiBatches, openai::OpenAiBatches, BatchApi,
-};
 use ferrobatch_core::jobs::{
-    self, output, Batched, ChunkLimits, Endpoint, JobRow, JobStatus, NewJob, NewRequest, Runner,
-    RunnerConfig, Store,
+    self, batched_runner, output, BatchOptions, Endpoint, JobRoutes, JobRow, JobStatus, NewJob,
+    NewRequest, OneRunner, Runner, RunnerConfig, RunnerEvent, RunnerListener, Store, Worker,
+    WorkerOptions,
 };
 use ferrobatch_core::Error;
-use ferrobatch_core::Provider;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::{self, config_error, to_pyerr};
 use crate::http::{ChatClient, Chatter, EmbeddingsClient};
+use crate::limits::RateLimiter;
 use crate::runtime::runtime;
 use crate::task;
 
@@ -267,10 +264,53 @@ impl JobStore {
     }
 }
 
+/// Log a runner's event on the `ferrobatch` logger (from whatever thread saw it).
+fn log_event(event: &RunnerEvent) {
+    let (level, message) = match event {
+        RunnerEvent::TookOver {
+            runner,
+            pid,
+            requests,
+        } => (
+            "warning",
+            format!(
+                "took over {runner} at once: its process {pid} on this machine is gone; \
+                 {requests} requests it held go back to pending"
+            ),
+        ),
+        RunnerEvent::StoreDown { error } => (
+            "warning",
+            format!("the job store does not answer ({error}); waiting it out"),
+        ),
+        RunnerEvent::StoreBack { after } => (
+            "info",
+            format!(
+                "the job store answers again after {:.1}s",
+                after.as_secs_f64()
+            ),
+        ),
+        RunnerEvent::JobError { job, error } => ("error", format!("job {job}: {error}")),
+        RunnerEvent::Working { job, runner } => ("info", format!("working job {job} as {runner}")),
+        _ => return,
+    };
+    let _ = crate::exit::attach(|py| {
+        let logger = py
+            .import("logging")
+            .and_then(|l| l.call_method1("getLogger", ("ferrobatch",)))?;
+        logger.call_method1(level, ("%s", message))?;
+        Ok::<_, PyErr>(())
+    });
+}
+
+fn listener() -> RunnerListener {
+    Arc::new(log_event)
+}
+
 /// Works jobs of a store through a ferrobatch HTTP client, on the tokio runtime.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct JobRunner {
     runner: Arc<Runner>,
+    worker: Arc<Worker>,
 }
 
 fn status_outcome(r: Result<JobStatus, Error>) -> task::Outcome {
@@ -287,72 +327,46 @@ fn unit_outcome(r: Result<(), Error>) -> task::Outcome {
     })
 }
 
-/// The batch API behind an endpoint's client: the same key on the provider's batch routes,
-/// costs counted at half the client's prices.
-fn batch_api(endpoint: &Endpoint, provider: Option<&str>) -> Result<BatchApi, Error> {
-    let half = |t: &Transport| t.usage().scaled(0.5);
-    let provider = match (provider, endpoint) {
-        (Some(p), _) => p,
-        (None, Endpoint::Messages(_)) => "anthropic",
-        (None, _) => "openai",
-    };
-    Ok(match (provider, endpoint) {
-        ("openai", Endpoint::Chat(c)) => BatchApi::OpenAi(OpenAiBatches {
-            transport: c.transport.sibling(
-                Provider::OpenAi,
-                c.transport.base_url(),
-                Auth::Bearer,
-                half(&c.transport),
-            )?,
-            endpoint: endpoint.path().to_string(),
-            model: c.chat.model.clone(),
-        }),
-        ("openai", Endpoint::Embeddings(e)) if e.transport.provider() == Provider::OpenAi => {
-            BatchApi::OpenAi(OpenAiBatches {
-                transport: e.transport.sibling(
-                    Provider::OpenAi,
-                    e.transport.base_url(),
-                    Auth::Bearer,
-                    half(&e.transport),
-                )?,
-                endpoint: endpoint.path().to_string(),
-                model: e.model_name().to_string(),
-            })
-        }
-        ("anthropic", Endpoint::Messages(m)) => BatchApi::Anthropic(AnthropicBatches {
-            transport: m.transport.sibling(
-                Provider::Anthropic,
-                m.transport.base_url(),
-                Auth::XApiKey,
-                half(&m.transport),
-            )?,
-            model: m.model.clone(),
-        }),
-        ("gemini", Endpoint::Chat(c)) => {
-            // Online through Gemini's OpenAI-compatible routes (`.../v1beta/openai`); the
-            // batch routes are the native ones beside them.
-            let base = c.transport.base_url();
-            let native = base.strip_suffix("/openai").unwrap_or(base);
-            BatchApi::Gemini(GeminiBatches {
-                transport: c.transport.sibling(
-                    Provider::Gemini,
-                    native,
-                    Auth::GoogApiKey,
-                    half(&c.transport),
-                )?,
-                model: c.chat.model.clone(),
-            })
-        }
-        (p, _) => {
-            return Err(Error::config(
-                "batch_provider",
-                format!(
-                    "no {p:?} batch API for {} requests (openai: chat completions and OpenAI \
-                     embeddings; anthropic: messages; gemini: chat completions)",
-                    endpoint.path()
-                ),
-            ))
-        }
+/// A runner's settings from the keywords both `JobRunner` and `JobWorker` take.
+fn runner_config(
+    lease_seconds: f64,
+    window: usize,
+    concurrency: usize,
+    flush_interval: f64,
+    flush_max: usize,
+    patience: f64,
+) -> PyResult<RunnerConfig> {
+    Ok(RunnerConfig {
+        lease: seconds("lease_seconds", lease_seconds, false)?,
+        window,
+        concurrency,
+        flush_interval: seconds("flush_interval", flush_interval, true)?,
+        flush_max,
+        patience: seconds("patience", patience, true)?,
+    })
+}
+
+/// The `--batch-*` options as the core takes them.
+#[allow(clippy::too_many_arguments)]
+fn batch_options(
+    batch_provider: Option<String>,
+    poll_interval: Option<f64>,
+    max_attempts: i64,
+    max_open_batches: usize,
+    batch_requests: Option<usize>,
+    batch_bytes: Option<usize>,
+    fallback_online: bool,
+) -> PyResult<BatchOptions> {
+    Ok(BatchOptions {
+        provider: batch_provider,
+        poll_interval: poll_interval
+            .map(|s| seconds("poll_interval", s, false))
+            .transpose()?,
+        max_attempts,
+        max_open: max_open_batches,
+        requests: batch_requests,
+        bytes: batch_bytes,
+        fallback_online,
     })
 }
 
@@ -396,35 +410,37 @@ impl JobRunner {
                 "must be the native client of a ferrobatch HTTP batcher",
             ));
         };
-        let config = RunnerConfig {
-            lease: seconds("lease_seconds", lease_seconds, false)?,
+        let config = runner_config(
+            lease_seconds,
             window,
             concurrency,
-            flush_interval: seconds("flush_interval", flush_interval, true)?,
+            flush_interval,
             flush_max,
-            patience: seconds("patience", patience, true)?,
-        };
+            patience,
+        )?;
         let store = Arc::clone(&store.get().store);
         let runner = if batch_api {
-            let api = self::batch_api(&endpoint, batch_provider.as_deref()).map_err(to_pyerr)?;
-            let poll = match poll_interval {
-                Some(s) => seconds("poll_interval", s, false)?,
-                None => api.poll_interval(),
-            };
-            let most = api.limits();
-            let limits = ChunkLimits {
-                requests: batch_requests.unwrap_or(most.requests),
-                bytes: batch_bytes.unwrap_or(most.bytes),
-                ..most
-            };
-            let mut batched = Batched::new(api, poll, max_attempts, max_open_batches, Some(limits));
-            batched.fallback_online = fallback_online;
-            Runner::batched(store, endpoint, batched, config, host)
+            let opts = batch_options(
+                batch_provider,
+                poll_interval,
+                max_attempts,
+                max_open_batches,
+                batch_requests,
+                batch_bytes,
+                fallback_online,
+            )?;
+            batched_runner(Arc::clone(&store), endpoint, None, &opts, config, host)
         } else {
-            Runner::new(store, endpoint, config, host)
+            Runner::new(Arc::clone(&store), endpoint, config, host)
         }
         .map_err(to_pyerr)?;
-        Ok(JobRunner { runner })
+        let runner = Runner::with_listener(runner, listener());
+        let worker = Arc::new(Worker::new(
+            store,
+            Arc::new(OneRunner(Arc::clone(&runner))),
+            Some(listener()),
+        ));
+        Ok(JobRunner { runner, worker })
     }
 
     /// This runner's id in the store.
@@ -451,20 +467,141 @@ impl JobRunner {
         job_ids: Option<Vec<String>>,
         until_idle: bool,
     ) -> PyResult<Py<PyAny>> {
-        let runner = Arc::clone(&self.runner);
+        let worker = Arc::clone(&self.worker);
         task::spawn(py, async move {
-            unit_outcome(runner.work(job_ids, until_idle).await)
+            unit_outcome(worker.work(job_ids, until_idle).await)
         })
     }
 
     /// Stop claiming, write what is done, hand every held request back: a Future.
     fn stop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let runner = Arc::clone(&self.runner);
-        task::spawn(py, async move { unit_outcome(runner.stop().await) })
+        let worker = Arc::clone(&self.worker);
+        task::spawn(py, async move { unit_outcome(worker.stop().await) })
     }
 
     fn __repr__(&self) -> String {
         format!("JobRunner(id={:?})", self.runner.id())
+    }
+}
+
+/// Works every unfinished job of a store, each through a client made from the job's own
+/// settings (`ferrobatch work`): the core's one worker loop, in one native call.
+#[pyclass(module = "ferrobatch._native", frozen)]
+pub(crate) struct JobWorker {
+    worker: Arc<Worker>,
+}
+
+#[pymethods]
+impl JobWorker {
+    #[new]
+    #[pyo3(signature = (store, *, base_url=None, api_key_env=None, concurrency=16,
+                        rate_limiter=None, prices=None, lease_seconds=60.0, flush_interval=0.1,
+                        flush_max=1000, patience=300.0, host, batch_api=false,
+                        batch_provider=None, poll_interval=None, max_attempts=3,
+                        max_open_batches=4, batch_requests=None, batch_bytes=None,
+                        fallback_online=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: &Bound<'_, JobStore>,
+        base_url: Option<String>,
+        api_key_env: Option<String>,
+        concurrency: usize,
+        rate_limiter: Option<Bound<'_, RateLimiter>>,
+        prices: Option<Bound<'_, PyDict>>,
+        lease_seconds: f64,
+        flush_interval: f64,
+        flush_max: usize,
+        patience: f64,
+        host: String,
+        batch_api: bool,
+        batch_provider: Option<String>,
+        poll_interval: Option<f64>,
+        max_attempts: i64,
+        max_open_batches: usize,
+        batch_requests: Option<usize>,
+        batch_bytes: Option<usize>,
+        fallback_online: bool,
+    ) -> PyResult<Self> {
+        if concurrency == 0 {
+            return Err(config_error("concurrency", "must be at least 1"));
+        }
+        if let Some(p) = &batch_provider {
+            ferrobatch_core::providers::by_name("batch_provider", p).map_err(to_pyerr)?;
+        }
+        let runner = runner_config(
+            lease_seconds,
+            (2 * concurrency).min(4096),
+            concurrency,
+            flush_interval,
+            flush_max,
+            patience,
+        )?;
+        runner.check().map_err(to_pyerr)?;
+        let limiter = match &rate_limiter {
+            Some(l) => Arc::clone(&l.get().inner),
+            None => {
+                Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?)
+            }
+        };
+        let batch = if batch_api {
+            Some(batch_options(
+                batch_provider,
+                poll_interval,
+                max_attempts,
+                max_open_batches,
+                batch_requests,
+                batch_bytes,
+                fallback_online,
+            )?)
+        } else {
+            None
+        };
+        let options = WorkerOptions {
+            base_url,
+            api_key_env,
+            limiter,
+            prices: crate::http::prices(prices.as_ref())?,
+            runner,
+            host,
+            batch,
+            listener: Some(listener()),
+        };
+        let store = Arc::clone(&store.get().store);
+        let routes = Arc::new(JobRoutes::new(Arc::clone(&store), options));
+        Ok(JobWorker {
+            worker: Arc::new(Worker::new(store, routes, Some(listener()))),
+        })
+    }
+
+    /// Run unfinished jobs (all, or `job_ids`) as they appear; with `until_idle`, until none
+    /// is left, otherwise until `stop()`. A Future of how many job errors were logged.
+    #[pyo3(signature = (job_ids=None, until_idle=false))]
+    fn work(
+        &self,
+        py: Python<'_>,
+        job_ids: Option<Vec<String>>,
+        until_idle: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let worker = Arc::clone(&self.worker);
+        task::spawn(py, async move {
+            let r = worker.work(job_ids, until_idle).await;
+            let errors = worker.job_errors();
+            task::once(move |py| match r {
+                Ok(()) => Ok(errors.into_pyobject(py)?.into_any().unbind()),
+                Err(e) => Err(PyErr::from_value(errors::exception(py, &e))),
+            })
+        })
+    }
+
+    /// Stop every runner: nothing more is claimed, what is done is written, held requests
+    /// go back to pending. A Future.
+    fn stop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let worker = Arc::clone(&self.worker);
+        task::spawn(py, async move { unit_outcome(worker.stop().await) })
+    }
+
+    fn __repr__(&self) -> String {
+        "JobWorker()".to_string()
     }
 }
 

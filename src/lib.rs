@@ -13,6 +13,7 @@
 //! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
 //! - `limits`: `RateLimiter`, in process or shared through Redis;
+//! - `providers`: the core's provider registry, asked by the Python modules and the CLI;
 //! - `testserver`: the loopback test server for `ferrobatch.testing`;
 //! - `jobs`: the job store (SQLite or PostgreSQL) and the job runner for `ferrobatch.jobs`.
 
@@ -26,6 +27,7 @@ mod http;
 mod jobs;
 mod json;
 mod limits;
+mod providers;
 mod runtime;
 mod stats;
 mod task;
@@ -49,10 +51,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<testserver::TestServer>()?;
     m.add_class::<jobs::JobStore>()?;
     m.add_class::<jobs::JobRunner>()?;
+    m.add_class::<jobs::JobWorker>()?;
     m.add_function(wrap_pyfunction!(jobs::_store_suite, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::estimate_requests, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::gemini_chat_fields, m)?)?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(providers::provider_facts, m)?)?;
+    m.add_function(wrap_pyfunction!(providers::detect_provider, m)?)?;
+    m.add_function(wrap_pyfunction!(providers::provider_base_url, m)?)?;
     errors::register(m)?;
     exit::register(m)?;
     Ok(())

@@ -430,7 +430,7 @@ def test_official_endpoint_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
         Embeddings()
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    with pytest.raises(ferrobatch.ConfigError, match="GEMINI_API_KEY or GOOGLE_API_KEY"):
+    with pytest.raises(ferrobatch.ConfigError, match="GOOGLE_API_KEY or GEMINI_API_KEY"):
         GeminiEmbeddings()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     assert "sk-from-env" not in repr(Embeddings())

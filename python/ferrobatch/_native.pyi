@@ -3,7 +3,7 @@
 import asyncio
 import concurrent.futures
 import contextvars
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, final
 
@@ -35,6 +35,7 @@ __all__ = [
     "JobNotFoundError",
     "JobRunner",
     "JobStore",
+    "JobWorker",
     "LatencySummary",
     "NotFoundError",
     "PermissionDeniedError",
@@ -52,9 +53,12 @@ __all__ = [
     "WrongEventLoopError",
     "__version__",
     "_store_suite",
+    "detect_provider",
     "estimate_requests",
     "fake_embedding",
     "gemini_chat_fields",
+    "provider_base_url",
+    "provider_facts",
 ]
 
 __version__: Final[str]
@@ -439,8 +443,43 @@ class JobRunner:
     ) -> asyncio.Future[None]: ...
     def stop(self) -> asyncio.Future[None]: ...
 
+class JobWorker:
+    """Works every unfinished job of a store through clients made from each job's settings
+    (`ferrobatch work`)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        concurrency: int = 16,
+        rate_limiter: RateLimiter | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        lease_seconds: float = 60.0,
+        flush_interval: float = 0.1,
+        flush_max: int = 1000,
+        patience: float = 300.0,
+        host: str,
+        batch_api: bool = False,
+        batch_provider: str | None = None,
+        poll_interval: float | None = None,
+        max_attempts: int = 3,
+        max_open_batches: int = 4,
+        batch_requests: int | None = None,
+        batch_bytes: int | None = None,
+        fallback_online: bool = False,
+    ) -> None: ...
+    def work(
+        self, job_ids: list[str] | None = None, until_idle: bool = False
+    ) -> asyncio.Future[int]: ...
+    def stop(self) -> asyncio.Future[None]: ...
+
 def _store_suite(location: str) -> None: ...
 def estimate_requests(
     endpoint: str, bodies: list[str], default_model: str
 ) -> list[tuple[str, int, int, int]]: ...
 def gemini_chat_fields() -> list[str]: ...
+def provider_facts(name: str) -> dict[str, Any]: ...
+def detect_provider(endpoint: str, base_url: str | None = None) -> str: ...
+def provider_base_url(name: str, base_url: str | None = None) -> str: ...

@@ -22,7 +22,6 @@ plus `max_tokens`, as for OpenAI.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -36,15 +35,24 @@ from ferrobatch._http import (
     resolve_key,
     transport_options,
 )
-from ferrobatch._native import ChatClient, ItemFuture, RateLimiter
+from ferrobatch._native import (
+    ChatClient,
+    ItemFuture,
+    RateLimiter,
+    provider_base_url,
+    provider_facts,
+)
 
 __all__ = ["API_VERSION", "DEFAULT_BASE_URL", "Messages"]
 
-#: The official endpoint; `ANTHROPIC_BASE_URL` overrides it when `base_url` is not given.
-DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+_FACTS = provider_facts("anthropic")
+#: The official endpoint. `ANTHROPIC_BASE_URL` overrides it when `base_url` is not given,
+#: with the official SDK's meaning: the host (`https://api.anthropic.com`), to which `/v1` is
+#: added; a URL that already ends in `/v1` is taken as it is. `base_url=` reads the same way.
+DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
 #: The `anthropic-version` header sent.
 API_VERSION = "2023-06-01"
-_KEY_ENV = ("ANTHROPIC_API_KEY",)
+_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 class Messages(RequestBatcher):
@@ -76,7 +84,7 @@ class Messages(RequestBatcher):
         output_rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
     ) -> None:
-        url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
+        url = provider_base_url("anthropic", base_url)
         key = resolve_key(api_key, _KEY_ENV)
         require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
         options = transport_options(

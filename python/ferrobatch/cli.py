@@ -17,8 +17,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -26,11 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferrobatch._native import RateLimiter
+from ferrobatch._native import JobWorker, RateLimiter, detect_provider, provider_facts
 from ferrobatch.jobs import (
     BatchManager,
     BatchRequest,
-    BatchStatus,
     BatchStore,
     Job,
     ProgressReporter,
@@ -38,17 +39,17 @@ from ferrobatch.jobs import (
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages")
 
-#: The environment variable a key comes from when --api-key-env is not given.
-DEFAULT_KEY_ENV = {"/v1/messages": "ANTHROPIC_API_KEY"}
-
 
 def key_env(args: argparse.Namespace, endpoint: str) -> str:
-    """--api-key-env, else the provider's usual variable."""
+    """--api-key-env, else the first set of the provider's variables (the registry's, in the
+    official SDK's order), else its first."""
     if args.api_key_env:
         return str(args.api_key_env)
-    if getattr(args, "batch_provider", None) == "gemini":
-        return "GEMINI_API_KEY"
-    return DEFAULT_KEY_ENV.get(endpoint, "OPENAI_API_KEY")
+    name = getattr(args, "batch_provider", None) or detect_provider(
+        endpoint, getattr(args, "base_url", None)
+    )
+    names: list[str] = provider_facts(name)["key_env"]
+    return next((n for n in names if os.environ.get(n)), names[0])
 
 
 def parse_prices(values: Sequence[str] | None) -> dict[str, dict[str, float]]:
@@ -202,22 +203,41 @@ def shared_bucket(base_url: str, key: str | None) -> str:
     return f"cli:{digest}"
 
 
+def shared_limiter(args: argparse.Namespace, base_url: str, key_var: str | None) -> Any:
+    """The --rpm/--tpm limit, shared through Redis with --redis (None without a limit)."""
+    redis_url = args.redis or os.environ.get("FERROBATCH_REDIS") or None
+    if redis_url and not (args.rpm or args.tpm):
+        raise CliError("--redis shares a limit: give --rpm and/or --tpm too")
+    if not (args.rpm or args.tpm):
+        return None
+    key = os.environ.get(key_var) if key_var else None
+    return RateLimiter(
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        redis_url=redis_url,
+        name=shared_bucket(base_url, key) if redis_url else None,
+    )
+
+
+def native_batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The --batch-api options as the native worker takes them."""
+    return {
+        "batch_api": bool(args.batch_api),
+        "batch_provider": args.batch_provider,
+        "poll_interval": args.poll_interval,
+        "max_attempts": args.max_attempts,
+        "batch_requests": args.batch_requests,
+        "batch_bytes": args.batch_bytes,
+        "fallback_online": bool(args.fallback_online),
+    }
+
+
 def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespace) -> Any:
     from ferrobatch.anthropic import Messages
     from ferrobatch.openai import ChatCompletions, Embeddings
 
     key = os.environ.get(settings["api_key_env"]) if settings.get("api_key_env") else None
-    limiter = None
-    redis_url = args.redis or os.environ.get("FERROBATCH_REDIS") or None
-    if redis_url and not (args.rpm or args.tpm):
-        raise CliError("--redis shares a limit: give --rpm and/or --tpm too")
-    if args.rpm or args.tpm:
-        limiter = RateLimiter(
-            requests_per_minute=args.rpm,
-            tokens_per_minute=args.tpm,
-            redis_url=redis_url,
-            name=shared_bucket(settings["base_url"], key) if redis_url else None,
-        )
+    limiter = shared_limiter(args, settings["base_url"], settings.get("api_key_env"))
     common: dict[str, Any] = {
         "base_url": settings["base_url"],
         "api_key": key,
@@ -376,71 +396,47 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def work_key(job: Job) -> tuple[Any, ...]:
-    """Jobs one client can run: every chat job; embeddings jobs of one model and size; apart
-    for each way of sending (online, or one provider's batch API)."""
-    via = (job.settings.get("via"), job.settings.get("batch_provider"))
-    if job.endpoint == "/v1/embeddings":
-        return (job.endpoint, job.settings.get("model"), job.settings.get("dimensions"), *via)
-    return (job.endpoint, *via)
-
-
 async def cmd_work(args: argparse.Namespace) -> int:
+    """The core's worker loop in one native call: a client per endpoint, model and route,
+    made from each job's settings as needed; store outages waited out; a job's error logged
+    and the worker goes on. Exits when stopped (SIGTERM, Ctrl-C) or, with --until-idle, once
+    no job is left (1 if a job could not be run)."""
     store = open_store(args)
-    only = set(args.job) if args.job else None
-    stop = asyncio.Event()
+    limiter = shared_limiter(args, args.base_url, args.api_key_env)
+    worker = JobWorker(
+        store._native,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        rate_limiter=limiter,
+        prices=parse_prices(getattr(args, "price", None)) or None,
+        lease_seconds=args.lease_seconds,
+        flush_interval=args.flush_interval,
+        host=socket.gethostname(),
+        **native_batch_options(args),
+    )
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM,):
-        loop.add_signal_handler(sig, stop.set)
-    managers: dict[tuple[Any, ...], tuple[Any, BatchManager]] = {}
-    running: dict[str, asyncio.Future[str]] = {}
+    stopping: list[asyncio.Future[None]] = []
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(worker.stop())
+
+    loop.add_signal_handler(signal.SIGTERM, stop)
     print(f"worker on {store.path}", file=sys.stderr, flush=True)
     try:
-        while not stop.is_set():
-            jobs = await asyncio.to_thread(store.jobs)
-            for j in jobs:
-                if j.status.is_terminal or (only is not None and j.id not in only):
-                    continue
-                if j.id in running and not running[j.id].done():
-                    continue
-                key = work_key(j)
-                if key not in managers:
-                    settings = {**j.settings, "base_url": args.base_url}
-                    settings["api_key_env"] = key_env(args, j.endpoint)
-                    client = make_client(j.endpoint, settings, args)
-                    manager = BatchManager(
-                        client,
-                        store,
-                        lease_seconds=args.lease_seconds,
-                        flush_interval=args.flush_interval,
-                        **batch_options(args, j),
-                    )
-                    managers[key] = (client, manager)
-                manager = managers[key][1]
-                running[j.id] = manager._start(j.id)
-                print(
-                    f"working job {j.id} ({j.name or 'unnamed'}) as {manager.owner}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            for job_id, fut in list(running.items()):
-                if fut.done():
-                    status = fut.result()  # a store error stops the worker here
-                    del running[job_id]
-                    if BatchStatus(status).is_terminal:
-                        print(f"job {job_id} {status}", file=sys.stderr, flush=True)
-            if not running and args.until_idle:
-                break
-            waiters: list[asyncio.Future[Any]] = [*running.values()]
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([*waiters, stopper], timeout=1.0, return_when="FIRST_COMPLETED")
-            stopper.cancel()
+        errors = await worker.work(args.job, args.until_idle)
+    except asyncio.CancelledError:  # Ctrl-C: hand everything back before leaving
+        stop()
+        await stopping[0]
+        raise
     finally:
-        for client, manager in managers.values():
-            await manager.close()
-            await client.stop()
         loop.remove_signal_handler(signal.SIGTERM)
-    return 0
+    if stopping:
+        await stopping[0]
+    else:
+        await worker.stop()
+    return 1 if errors else 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -759,8 +755,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def show_log() -> None:
+    """The `ferrobatch` logger's records (a takeover, a store outage, a job's error, which
+    job a worker works) on stderr, unless the program set up logging itself."""
+    logger = logging.getLogger("ferrobatch")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ferrobatch: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("run", "work"):
+        show_log()
     try:
         if args.command == "run":
             return asyncio.run(cmd_run(args))

@@ -21,13 +21,15 @@ from ferrobatch._http import (
     resolve_key,
     transport_options,
 )
-from ferrobatch._native import EmbeddingsClient, RateLimiter
+from ferrobatch._native import EmbeddingsClient, RateLimiter, provider_facts
 
 __all__ = ["DEFAULT_BASE_URL", "Embeddings"]
 
+_FACTS = provider_facts("gemini")
 #: The official endpoint.
-DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-_KEY_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
+#: As the google-genai SDK: GOOGLE_API_KEY first when both are set.
+_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 class Embeddings(EmbeddingsBase):

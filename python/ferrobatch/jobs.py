@@ -53,6 +53,7 @@ from ferrobatch._native import (
     InvalidInputError,
     JobRunner,
     JobStore,
+    detect_provider,
     estimate_requests,
     gemini_chat_fields,
 )
@@ -409,9 +410,7 @@ class BatchManager:
         if via not in VIAS:
             raise ValueError(f"via must be one of {VIAS}, got {via!r}")
         if batch_provider is None and via == "batch-api":
-            base = getattr(client, "base_url", "") or ""
-            if "generativelanguage.googleapis.com" in base:
-                batch_provider = "gemini"
+            batch_provider = detect_provider(self.endpoint, getattr(client, "base_url", None))
         if batch_provider is not None and batch_provider not in BATCH_PROVIDERS:
             raise ValueError(
                 f"batch_provider must be one of {BATCH_PROVIDERS}, got {batch_provider!r}"

@@ -11,7 +11,6 @@ resp = await chat.create(messages=[{"role": "user", "content": "hi"}], temperatu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -26,17 +25,25 @@ from ferrobatch._http import (
     resolve_key,
     transport_options,
 )
-from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter
+from ferrobatch._native import (
+    ChatClient,
+    EmbeddingsClient,
+    ItemFuture,
+    RateLimiter,
+    provider_base_url,
+    provider_facts,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "ChatCompletions", "Embeddings"]
 
+_FACTS = provider_facts("openai")
 #: The official endpoint; `OPENAI_BASE_URL` overrides it when `base_url` is not given.
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_KEY_ENV = ("OPENAI_API_KEY",)
+DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
+_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 def _base_url(base_url: str | None) -> str:
-    return base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    return provider_base_url("openai", base_url)
 
 
 class Embeddings(EmbeddingsBase):

@@ -131,6 +131,13 @@ pub enum Error {
         /// The position of its first use.
         first: usize,
     },
+    /// A runner tried to claim while it held no live registration (its lease lapsed, or
+    /// another runner's heartbeat removed it): it must register again before it claims.
+    #[error("runner {runner} holds no live registration in the store (its lease lapsed)")]
+    LeaseLost {
+        /// The runner's id.
+        runner: String,
+    },
     /// No job has this id in the store.
     #[error("no job {job:?} in the store")]
     JobNotFound {
@@ -205,7 +212,7 @@ impl Error {
             Error::ResponseFormat { .. } => "ResponseFormatError",
             Error::ResponseTooLarge { .. } => "ResponseTooLargeError",
             Error::RateLimiterUnavailable { .. } => "RateLimiterUnavailableError",
-            Error::Store { .. } => "StoreError",
+            Error::Store { .. } | Error::LeaseLost { .. } => "StoreError",
             Error::DuplicateRequestId { .. } => "DuplicateRequestIdError",
             Error::JobNotFound { .. } => "JobNotFoundError",
             Error::ProviderBatch { .. } => "ProviderBatchError",

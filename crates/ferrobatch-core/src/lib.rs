@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod providers;
 pub mod testing;
 
 pub use engine::{

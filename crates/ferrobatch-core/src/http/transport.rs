@@ -16,8 +16,10 @@ use super::usage::UsageBook;
 use crate::error::{Error, Provider};
 use crate::limits::RateLimit;
 
-/// The most of an error body read and kept in [`Error::Status`]; the rest is never read.
+/// The most of an error body kept in [`Error::Status`]`.body`.
 pub const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most bytes of an error body read to parse it.
+pub const MAX_ERROR_READ: usize = 1024 * 1024;
 
 /// The default cap on a successful answer's body: far above the largest documented answer
 /// (2,048 vectors of 3,072 floats as JSON is about 130 MB), far below what exhausts memory.
@@ -353,14 +355,15 @@ impl Transport {
         }
         // Only a failure needs the headers (for its retry hint).
         let headers = response.headers().clone();
-        // At most MAX_ERROR_BODY is read; a longer body is cut there (and parsed as far as it
-        // goes), so an endless error body costs no more than that.
-        let (bytes, _) = read_capped(response, MAX_ERROR_BODY)
+        // At most MAX_ERROR_READ is read, whatever length is declared; a longer body is cut
+        // there (and parsed as far as it goes), so an endless error body costs no more than
+        // that. Enough for a pydantic 422 echoing a long text in its `input`.
+        let (bytes, cut) = read_prefix(response, MAX_ERROR_READ)
             .await
             .map_err(|e| self.transport_error(&e))?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let mut hint = retry_after(header, SystemTime::now());
-        let parsed = ErrorBody::parse(&bytes);
+        let parsed = ErrorBody::parse(&bytes, cut);
         if hint.is_none() {
             hint = parsed.retry_delay;
         }
@@ -373,7 +376,8 @@ impl Transport {
                 .unwrap_or("error")
                 .to_string(),
         };
-        let body_text = (!bytes.is_empty()).then(|| redact(key, &String::from_utf8_lossy(&bytes)));
+        let kept = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+        let body_text = (!kept.is_empty()).then(|| redact(key, &String::from_utf8_lossy(kept)));
         let code = parsed.code.map(|c| redact(key, &c));
         let error = Error::Status {
             provider: self.config.provider,
@@ -423,6 +427,31 @@ async fn read_capped(
         if chunk.len() > room {
             buf.extend_from_slice(&chunk[..room]);
             return Ok((buf.freeze(), true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf.freeze(), false))
+}
+
+/// The first `cap` bytes of a response's body (however long it says it is) and whether
+/// more followed.
+async fn read_prefix(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    let mut buf = bytes::BytesMut::with_capacity(
+        response
+            .content_length()
+            .map_or(8 * 1024, |n| (n as usize).min(cap)),
+    );
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - buf.len();
+        if chunk.len() >= room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((
+                buf.freeze(),
+                chunk.len() > room || response.chunk().await?.is_some(),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
@@ -522,9 +551,64 @@ fn parse_detail(detail: &serde_json::Value) -> ErrorBody {
     }
 }
 
+/// The first JSON value after the first `"field":` in a body cut short (a pydantic entry
+/// puts `type`, `loc` and `msg` before its `input`, which may be the long part).
+fn first_field(bytes: &[u8], field: &str) -> Option<serde_json::Value> {
+    let key = format!("\"{field}\"");
+    let at = bytes.windows(key.len()).position(|w| w == key.as_bytes())?;
+    let rest = &bytes[at + key.len()..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    serde_json::Deserializer::from_slice(&rest[colon + 1..])
+        .into_iter::<serde_json::Value>()
+        .next()?
+        .ok()
+}
+
+/// The first validation error of a FastAPI `detail` list whose body was cut short.
+fn salvage_detail(bytes: &[u8]) -> Option<ErrorBody> {
+    let head = &bytes[..bytes.len().min(64)];
+    let compact: Vec<u8> = head
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if !compact.starts_with(b"{\"detail\":[") {
+        return None;
+    }
+    let loc = first_field(bytes, "loc");
+    let msg = first_field(bytes, "msg");
+    let code = first_field(bytes, "type");
+    let mut entry = serde_json::Map::new();
+    for (k, v) in [("loc", loc), ("msg", msg), ("type", code)] {
+        if let Some(v) = v {
+            entry.insert(k.into(), v);
+        }
+    }
+    if entry.is_empty() {
+        return None;
+    }
+    let mut parsed = parse_detail(&serde_json::Value::Array(vec![entry.into()]));
+    if let Some(m) = parsed.message.as_mut() {
+        m.push_str(" (and possibly more: the error body was too long to read whole)");
+    }
+    Some(parsed)
+}
+
 impl ErrorBody {
-    pub(crate) fn parse(bytes: &[u8]) -> ErrorBody {
+    /// The parts of an error body; `cut` when the body was longer than what was read.
+    pub(crate) fn parse(bytes: &[u8], cut: bool) -> ErrorBody {
+        if cut {
+            if let Some(salvaged) = salvage_detail(bytes) {
+                return salvaged;
+            }
+        }
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            if let Some(salvaged) = salvage_detail(bytes) {
+                return salvaged;
+            }
             let text = String::from_utf8_lossy(bytes).trim().to_string();
             return ErrorBody {
                 message: (!text.is_empty()).then(|| text.chars().take(500).collect()),
@@ -604,8 +688,7 @@ mod tests {
     #[test]
     fn openai_error_bodies() {
         let b = ErrorBody::parse(
-            br#"{"error":{"message":"bad input","type":"invalid_request_error","param":"input[2]","code":null}}"#,
-        );
+            br#"{"error":{"message":"bad input","type":"invalid_request_error","param":"input[2]","code":null}}"#, false);
         assert_eq!(b.message.as_deref(), Some("bad input"));
         assert_eq!(b.code.as_deref(), Some("invalid_request_error"));
         assert_eq!(b.param.as_deref(), Some("input[2]"));
@@ -613,12 +696,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_pydantic_detail_still_names_its_field() {
+        let huge = "x".repeat(200_000);
+        let body = format!(
+            r#"{{"detail":[{{"type":"string_too_long","loc":["body","input",1],"msg":"String should have at most 8192 characters","input":"{huge}"}}]}}"#
+        );
+        let cut = &body.as_bytes()[..MAX_ERROR_BODY];
+        let b = ErrorBody::parse(cut, true);
+        assert_eq!(b.param.as_deref(), Some("input[1]"));
+        assert_eq!(b.code.as_deref(), Some("string_too_long"));
+        assert!(b
+            .message
+            .unwrap()
+            .starts_with("input[1]: String should have at most"));
+        // Read whole, it parses as usual.
+        let b = ErrorBody::parse(body.as_bytes(), false);
+        assert_eq!(b.param.as_deref(), Some("input[1]"));
+    }
+
+    #[test]
     fn gemini_error_bodies() {
         let b = ErrorBody::parse(
             br#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED","details":[
                 {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"1.5s"},
-                {"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"requests[4].content"}]}]}}"#,
-        );
+                {"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"requests[4].content"}]}]}}"#, false);
         assert_eq!(b.code.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert_eq!(b.retry_delay, Some(Duration::from_millis(1500)));
         assert_eq!(b.param.as_deref(), Some("requests[4].content"));
@@ -627,14 +728,14 @@ mod tests {
     #[test]
     fn anthropic_error_bodies() {
         let b = ErrorBody::parse(
-            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
-        );
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#, false);
         assert_eq!(b.message.as_deref(), Some("Overloaded"));
         assert_eq!(b.code.as_deref(), Some("overloaded_error"));
         // A spent monthly cap: the detail's code, which is not retried.
         let b = ErrorBody::parse(
             br#"{"type":"error","error":{"type":"rate_limit_error","message":"spend limit",
                  "details":{"error_code":"enforced_spend_limit_reached"}}}"#,
+            false,
         );
         assert_eq!(b.code.as_deref(), Some("enforced_spend_limit_reached"));
         let f = super::super::retry::classify(429, None, b.code.as_deref());
@@ -643,9 +744,9 @@ mod tests {
 
     #[test]
     fn non_json_bodies_become_the_message() {
-        let b = ErrorBody::parse(b"upstream connect error");
+        let b = ErrorBody::parse(b"upstream connect error", false);
         assert_eq!(b.message.as_deref(), Some("upstream connect error"));
-        assert_eq!(ErrorBody::parse(b"").message, None);
+        assert_eq!(ErrorBody::parse(b"", false).message, None);
     }
 
     #[test]
@@ -666,6 +767,7 @@ mod tests {
         let b = ErrorBody::parse(
             br#"{"detail":[{"type":"string_too_long","loc":["body","input",1],
                 "msg":"String should have at most 10 characters","input":"xxxxxxxxxxxx"}]}"#,
+            false,
         );
         assert_eq!(b.param.as_deref(), Some("input[1]"));
         assert_eq!(b.code.as_deref(), Some("string_too_long"));
@@ -676,8 +778,7 @@ mod tests {
         // pydantic v2 puts the union member's type tag in the location.
         let b = ErrorBody::parse(
             br#"{"detail":[{"type":"too_long","loc":["body","text","input","list[constrained-str]",1],"msg":"too long"},
-                           {"type":"missing","loc":["body","model"],"msg":"Field required"}]}"#,
-        );
+                           {"type":"missing","loc":["body","model"],"msg":"Field required"}]}"#, false);
         assert_eq!(b.param.as_deref(), Some("text.input[1]"));
         assert_eq!(param_index(b.param.as_deref().unwrap(), "input"), Some(1));
         assert_eq!(
@@ -685,21 +786,20 @@ mod tests {
             Some("text.input[1]: too long; model: Field required")
         );
         let b = ErrorBody::parse(
-            br#"{"detail":[{"type":"literal_error","loc":["body","encoding_format"],"msg":"Input should be 'float'"}]}"#,
-        );
+            br#"{"detail":[{"type":"literal_error","loc":["body","encoding_format"],"msg":"Input should be 'float'"}]}"#, false);
         assert_eq!(b.param.as_deref(), Some("encoding_format"));
     }
 
     #[test]
     fn pydantic_detail_texts_and_long_lists() {
-        let b = ErrorBody::parse(br#"{"detail":"Model not found"}"#);
+        let b = ErrorBody::parse(br#"{"detail":"Model not found"}"#, false);
         assert_eq!(b.message.as_deref(), Some("Model not found"));
         assert_eq!(b.param, None);
         let many: Vec<String> = (0..8)
             .map(|i| format!(r#"{{"loc":["body","input",{i}],"msg":"bad"}}"#))
             .collect();
         let body = format!(r#"{{"detail":[{}]}}"#, many.join(","));
-        let b = ErrorBody::parse(body.as_bytes());
+        let b = ErrorBody::parse(body.as_bytes(), false);
         assert_eq!(b.param.as_deref(), Some("input[0]"));
         assert!(b
             .message
@@ -707,7 +807,7 @@ mod tests {
             .unwrap()
             .ends_with("input[4]: bad; and 3 more"));
         // An `error` object wins over a stray `detail`.
-        let b = ErrorBody::parse(br#"{"error":{"message":"m"},"detail":"d"}"#);
+        let b = ErrorBody::parse(br#"{"error":{"message":"m"},"detail":"d"}"#, false);
         assert_eq!(b.message.as_deref(), Some("m"));
     }
 }

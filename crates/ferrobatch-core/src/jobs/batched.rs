@@ -151,16 +151,23 @@ impl Runner {
             }
             match self.batch_step(&job).await {
                 Ok(Some(status)) => return Ok(status),
-                Ok(None) => failing_since = None,
+                Ok(None) => {
+                    failing_since = None;
+                    self.store_up();
+                }
                 Err(e @ Error::JobNotFound { .. }) => return Err(e),
                 Err(e) if is_fatal(&e) => {
-                    self.store.fail(job.clone(), e.to_string()).await?;
+                    self.retrying(|| self.store.fail(job.clone(), e.to_string()))
+                        .await?;
                     return Ok(JobStatus::Failed);
                 }
+                // The store is down: waited out however long it lasts (told once).
+                Err(e @ Error::Store { .. }) => self.store_down(&e),
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > self.config.patience {
-                        self.store.fail(job.clone(), e.to_string()).await?;
+                        self.retrying(|| self.store.fail(job.clone(), e.to_string()))
+                            .await?;
                         return Ok(JobStatus::Failed);
                     }
                 }
@@ -171,7 +178,9 @@ impl Runner {
                 _ = stop.changed() => {}
             }
         }
-        self.store.job(job).await.map(|j| j.status)
+        self.retrying(|| self.store.job(job.clone()))
+            .await
+            .map(|j| j.status)
     }
 
     /// One look at the job: new chunks, then each open chunk moved on. The job's status
@@ -190,7 +199,7 @@ impl Runner {
             .await?;
         if !cancelled && !b.held(job_id) {
             while open.len() < b.max_open {
-                let claimed = self
+                let claimed = match self
                     .store
                     .claim_chunk(
                         job_id.to_string(),
@@ -198,7 +207,15 @@ impl Runner {
                         b.api.name().to_string(),
                         b.limits,
                     )
-                    .await?;
+                    .await
+                {
+                    // Cut off past its lease: register again, claim on the next step.
+                    Err(Error::LeaseLost { .. }) => {
+                        self.store.register(self.info.clone()).await?;
+                        break;
+                    }
+                    other => other?,
+                };
                 match claimed {
                     Some((row, _)) => open.push(row),
                     None => break,

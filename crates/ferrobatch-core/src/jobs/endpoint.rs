@@ -52,6 +52,15 @@ impl Endpoint {
         }
     }
 
+    /// The client's HTTP transport.
+    pub fn transport(&self) -> &crate::http::Transport {
+        match self {
+            Endpoint::Chat(c) => &c.transport,
+            Endpoint::Embeddings(e) => &e.transport,
+            Endpoint::Messages(m) => &m.transport,
+        }
+    }
+
     /// Send one stored request body.
     pub async fn send(&self, body: &str) -> Result<Sent, Error> {
         let body: Map<String, Value> = serde_json::from_str(body)

@@ -11,12 +11,15 @@
 pub mod batch_api;
 pub mod batched;
 pub mod endpoint;
+pub mod host;
 pub mod model;
 pub mod output;
 pub mod postgres;
+pub mod routes;
 pub mod runner;
 pub mod sqlite;
 pub mod store;
+pub mod worker;
 
 pub use batched::Batched;
 pub use endpoint::{error_json, Endpoint, Sent};
@@ -24,5 +27,7 @@ pub use model::{
     ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
-pub use runner::{Runner, RunnerConfig};
+pub use routes::{batched_runner, BatchOptions, JobRoutes, WorkerOptions};
+pub use runner::{Runner, RunnerConfig, RunnerEvent, RunnerListener};
 pub use store::{is_postgres, open, redact, Store, StoreFuture};
+pub use worker::{OneRunner, Routes, Worker};

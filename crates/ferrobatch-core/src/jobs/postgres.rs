@@ -290,6 +290,19 @@ impl PgStore {
         c.execute(&stmt, params).await.map_err(pg(op))
     }
 
+    /// Whether the runner is registered with a lease that has not lapsed.
+    async fn live(&self, runner_id: &str) -> Result<bool, Error> {
+        let row = self
+            .one(
+                "claiming requests",
+                "SELECT EXISTS (SELECT 1 FROM ferrobatch_runners
+                                WHERE id = $1 AND heartbeat_at + lease >= now())",
+                &[&runner_id],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     /// The job's chunks (only the unsettled ones `owner` holds, when given), in order.
     async fn read_chunks(&self, job_id: &str, owner: Option<&str>) -> Result<Vec<ChunkRow>, Error> {
         let rows = self
@@ -523,6 +536,28 @@ impl Store for PgStore {
         })
     }
 
+    fn runners(&self) -> StoreFuture<'_, Vec<RunnerInfo>> {
+        Box::pin(async move {
+            let rows = self
+                .many(
+                    "listing runners",
+                    "SELECT id, host, pid, extract(epoch FROM lease)::float8
+                     FROM ferrobatch_runners ORDER BY started_at",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| RunnerInfo {
+                    id: r.get(0),
+                    host: r.get(1),
+                    pid: u32::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                    lease: Duration::from_secs_f64(r.get::<_, f64>(3).max(0.0)),
+                })
+                .collect())
+        })
+    }
+
     fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let row = self
@@ -553,9 +588,12 @@ impl Store for PgStore {
             let rows = self
                 .many(
                     "claiming requests",
-                    "WITH picked AS MATERIALIZED (
+                    "WITH me AS MATERIALIZED (
+                         SELECT id FROM ferrobatch_runners
+                         WHERE id = $2 AND heartbeat_at + lease >= now() FOR SHARE),
+                     picked AS MATERIALIZED (
                          SELECT job_id, seq FROM ferrobatch_requests
-                         WHERE job_id = $1 AND status = 'pending'
+                         WHERE job_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM me)
                          ORDER BY seq LIMIT $3
                          FOR UPDATE SKIP LOCKED)
                      UPDATE ferrobatch_requests r
@@ -575,6 +613,9 @@ impl Store for PgStore {
                     attempt: i64::from(r.get::<_, i32>(3)),
                 })
                 .collect();
+            if out.is_empty() && !self.live(&runner_id).await? {
+                return Err(Error::LeaseLost { runner: runner_id });
+            }
             out.sort_by_key(|c| c.seq);
             Ok(out)
         })
@@ -785,6 +826,19 @@ impl Store for PgStore {
             let op = "setting aside a chunk";
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg(op))?;
+            // The runner's row is locked for the transaction: a heartbeat of another runner
+            // cannot remove it between this check and the commit.
+            let live = tx
+                .query_opt(
+                    "SELECT 1 FROM ferrobatch_runners
+                     WHERE id = $1 AND heartbeat_at + lease >= now() FOR SHARE",
+                    &[&runner_id],
+                )
+                .await
+                .map_err(pg(op))?;
+            if live.is_none() {
+                return Err(Error::LeaseLost { runner: runner_id });
+            }
             let rows = tx
                 .query(
                     "SELECT seq, id, body, attempt FROM ferrobatch_requests

@@ -11,7 +11,6 @@
 //! other request can succeed), and so do connection failures lasting longer than `patience`
 //! with no success in between. Any other failure is that request's own outcome.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch, Notify, OnceCell, Semaphore};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 
 use super::batched::Batched;
@@ -31,8 +30,6 @@ use crate::error::Error;
 
 /// How often a runner looks at its jobs' status (for a cancel from elsewhere).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
-/// How often `work` looks for new jobs.
-const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// How long a stopping runner waits for its last outcomes to be written.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -50,7 +47,8 @@ pub struct RunnerConfig {
     pub flush_interval: Duration,
     /// Most outcomes in one write.
     pub flush_max: usize,
-    /// How long connection failures (and store outages) may last before the job fails.
+    /// How long connection failures to the server may last before the job fails (store
+    /// outages are waited out however long they last).
     pub patience: Duration,
 }
 
@@ -83,6 +81,79 @@ impl RunnerConfig {
             return Err(Error::config("flush_max", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+/// What a runner tells the people running it (the bindings log these).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RunnerEvent {
+    /// A runner of this machine whose process is gone was removed at once (instead of
+    /// after its lease) and its requests handed back.
+    TookOver {
+        /// The dead runner's id.
+        runner: String,
+        /// Its process id.
+        pid: u32,
+        /// How many requests it held.
+        requests: u64,
+    },
+    /// The store stopped answering; the runner waits it out (said once per outage).
+    StoreDown {
+        /// The store's error.
+        error: String,
+    },
+    /// The store answers again after an outage of `after`.
+    StoreBack {
+        /// How long it did not answer.
+        after: Duration,
+    },
+    /// A worker started working a job with one of its runners.
+    Working {
+        /// The job.
+        job: String,
+        /// The runner's id in the store.
+        runner: String,
+    },
+    /// A job's run ended with an error; a worker carries on with its other jobs and
+    /// looks at this one again on its next scan.
+    JobError {
+        /// The job.
+        job: String,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// Receives a runner's events, from any task.
+pub type RunnerListener = Arc<dyn Fn(&RunnerEvent) + Send + Sync>;
+
+/// One outage of the store at a time: said when it begins and when it ends.
+#[derive(Default)]
+pub(super) struct Outage {
+    since: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    pub(super) fn down(&self, e: &Error, listener: &Option<RunnerListener>) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            if let Some(l) = listener {
+                l(&RunnerEvent::StoreDown {
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn up(&self, listener: &Option<RunnerListener>) {
+        let began = self.since.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(began), Some(l)) = (began, listener) {
+            l(&RunnerEvent::StoreBack {
+                after: began.elapsed(),
+            });
+        }
     }
 }
 
@@ -143,6 +214,8 @@ pub struct Runner {
     active: AtomicUsize,
     idle: Notify,
     last_ok: Mutex<Instant>,
+    listener: Option<RunnerListener>,
+    outage: Arc<Outage>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -181,7 +254,7 @@ impl Runner {
         let id = format!("runner_{:016x}", fastrand::u64(..));
         let info = RunnerInfo {
             id,
-            host,
+            host: super::host::identity(&host),
             pid: std::process::id(),
             lease: config.lease,
         };
@@ -197,7 +270,36 @@ impl Runner {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             last_ok: Mutex::new(Instant::now()),
+            listener: None,
+            outage: Arc::default(),
         }))
+    }
+
+    /// The same runner telling `listener` what happens (set before it is shared).
+    pub fn with_listener(runner: Arc<Runner>, listener: RunnerListener) -> Arc<Runner> {
+        match Arc::try_unwrap(runner) {
+            Ok(mut r) => {
+                r.listener = Some(listener);
+                Arc::new(r)
+            }
+            Err(shared) => shared,
+        }
+    }
+
+    /// Note a store outage seen outside `retrying` (told once per outage).
+    pub(super) fn store_down(&self, e: &Error) {
+        self.outage.down(e, &self.listener);
+    }
+
+    /// The store answers again (told when it ends an outage).
+    pub(super) fn store_up(&self) {
+        self.outage.up(&self.listener);
+    }
+
+    pub(super) fn tell(&self, event: RunnerEvent) {
+        if let Some(l) = &self.listener {
+            l(&event);
+        }
     }
 
     /// A runner that sends jobs through the provider's batch API instead of `endpoint`
@@ -231,6 +333,7 @@ impl Runner {
             .get_or_try_init(|| async {
                 self.retrying(|| self.store.register(self.info.clone()))
                     .await?;
+                self.take_over_the_dead().await?;
                 let (tx, rx) = mpsc::channel(self.config.flush_max);
                 let recorder = tokio::spawn(record_loop(
                     Arc::clone(&self.store),
@@ -238,7 +341,9 @@ impl Runner {
                     rx,
                     self.config.flush_interval,
                     self.config.flush_max,
-                    self.config.patience,
+                    self.stop.subscribe(),
+                    Arc::clone(&self.outage),
+                    self.listener.clone(),
                 ));
                 let heart = tokio::spawn(heartbeat_loop(
                     Arc::clone(&self.store),
@@ -253,25 +358,72 @@ impl Runner {
             .await
     }
 
-    /// Retry a store call through outages (a restarted database) for up to `patience`.
+    /// Remove the runners registered from this machine in this boot whose process is gone
+    /// (a `kill -9`, a crash), handing their requests back at once instead of after their
+    /// lease; each one is told.
+    async fn take_over_the_dead(&self) -> Result<(), Error> {
+        let runners = self.retrying(|| self.store.runners()).await?;
+        for r in runners {
+            if r.id != self.info.id
+                && super::host::is_this_boot(&r.host)
+                && super::host::is_gone(r.pid)
+            {
+                let requests = self
+                    .retrying(|| self.store.unregister(r.id.clone()))
+                    .await?;
+                self.tell(RunnerEvent::TookOver {
+                    runner: r.id,
+                    pid: r.pid,
+                    requests,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Retry a store call through outages (a restarted database, a refused connection, a
+    /// failover) with backoff for as long as they last, until `stop`; the outage is told
+    /// once when it begins and once when it ends.
     pub(super) async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let begun = Instant::now();
         let mut delay = Duration::from_millis(50);
         let mut stop = self.stop.subscribe();
         loop {
             match call().await {
-                Err(Error::Store { .. })
-                    if begun.elapsed() < self.config.patience && !*stop.borrow() =>
-                {
+                Err(e @ Error::Store { .. }) if !*stop.borrow() => {
+                    self.outage.down(&e, &self.listener);
                     tokio::select! {
-                        _ = sleep(delay) => {}
+                        _ = sleep(delay.mul_f64(0.75 + 0.5 * fastrand::f64())) => {}
                         _ = stop.changed() => {}
                     }
                     delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => {
+                    if other.is_ok() {
+                        self.outage.up(&self.listener);
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Claim up to `limit` pending requests of the job. A runner whose registration lapsed
+    /// (cut off from the store for longer than its lease, its requests handed to others)
+    /// registers again first: the store refuses claims of a runner without a live lease.
+    async fn claim(&self, job: &str, limit: usize) -> Result<Vec<Claimed>, Error> {
+        loop {
+            let me = self.info.id.clone();
+            match self
+                .retrying(|| self.store.claim(job.to_string(), me.clone(), limit))
+                .await
+            {
+                Err(Error::LeaseLost { .. }) => {
+                    self.retrying(|| self.store.register(self.info.clone()))
+                        .await?;
                 }
                 other => return other,
             }
@@ -327,9 +479,7 @@ impl Runner {
                 let held = in_flight.len();
                 let free = window.saturating_sub(held);
                 if free > 0 && (free >= refill || held == 0) {
-                    let claimed = self
-                        .retrying(|| self.store.claim(job.clone(), me.clone(), free))
-                        .await?;
+                    let claimed = self.claim(&job, free).await?;
                     exhausted = claimed.len() < free;
                     for c in claimed {
                         in_flight.push(self.send(c));
@@ -481,69 +631,9 @@ impl Runner {
         }
     }
 
-    /// Run unfinished jobs of this runner's endpoint (all, or those in `only`) as they
-    /// appear, each concurrently; with
-    /// `until_idle`, return once none is left, otherwise run until `stop`.
-    pub async fn work(
-        self: &Arc<Self>,
-        only: Option<Vec<String>>,
-        until_idle: bool,
-    ) -> Result<(), Error> {
-        let only: Option<HashSet<String>> = only.map(|v| v.into_iter().collect());
-        let mut stop = self.stop.subscribe();
-        let mut running: JoinSet<(String, Result<JobStatus, Error>)> = JoinSet::new();
-        let mut active: HashMap<String, ()> = HashMap::new();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            let jobs = self.retrying(|| self.store.jobs()).await?;
-            for j in jobs {
-                let wanted = only.as_ref().is_none_or(|o| o.contains(&j.id))
-                    && j.endpoint == self.endpoint.path();
-                if wanted && !j.status.is_terminal() && !active.contains_key(&j.id) {
-                    active.insert(j.id.clone(), ());
-                    let me = Arc::clone(self);
-                    running.spawn(async move {
-                        let r = me.run_job(&j.id).await;
-                        (j.id, r)
-                    });
-                }
-            }
-            if running.is_empty() && until_idle {
-                break;
-            }
-            let scan = sleep(SCAN_EVERY);
-            tokio::pin!(scan);
-            loop {
-                tokio::select! {
-                    _ = &mut scan => break,
-                    _ = stop.changed() => break,
-                    Some(done) = running.join_next() => {
-                        let (id, r) = done.map_err(|e| Error::Store {
-                            operation: "running a job",
-                            message: e.to_string(),
-                        })?;
-                        active.remove(&id);
-                        match r {
-                            Ok(_) | Err(Error::JobNotFound { .. }) => {}
-                            Err(e) => return Err(e),
-                        }
-                        if running.is_empty() {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        while let Some(done) = running.join_next().await {
-            if let Ok((_, Err(e))) = done {
-                if !matches!(e, Error::JobNotFound { .. }) {
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
+    /// The OpenAI Batch API `url` of the jobs this runner sends.
+    pub fn endpoint_path(&self) -> &'static str {
+        self.endpoint.path()
     }
 
     /// Stop: no more claims; what is in flight is abandoned, what is done is written, and
@@ -599,13 +689,16 @@ async fn heartbeat_loop(store: Arc<dyn Store>, info: RunnerInfo, mut stop: watch
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn record_loop(
     store: Arc<dyn Store>,
     runner: String,
     mut rx: mpsc::Receiver<Pending>,
     interval: Duration,
     max: usize,
-    patience: Duration,
+    stop: watch::Receiver<bool>,
+    outage: Arc<Outage>,
+    listener: Option<RunnerListener>,
 ) {
     let mut buf: Vec<Pending> = Vec::with_capacity(max);
     loop {
@@ -622,31 +715,61 @@ async fn record_loop(
                 }
             }
         }
-        write(&*store, &runner, &mut buf, patience).await;
+        let writer = Writer {
+            store: &*store,
+            runner: &runner,
+            stop: &stop,
+            outage: &outage,
+            listener: &listener,
+        };
+        writer.write(&mut buf).await;
     }
 }
 
-/// Write a group of outcomes, retrying through outages (a repeated write is harmless: the
-/// fence refuses what was already written). Given up after `patience`, the requests stay
-/// claimed by this runner and go back to pending when it finds them idle, or when its
-/// heartbeat lapses.
-async fn write(store: &dyn Store, runner: &str, buf: &mut Vec<Pending>, patience: Duration) {
-    let trackers: Vec<Arc<Tracker>> = buf.iter().map(|p| Arc::clone(&p.tracker)).collect();
-    let done: Arc<Vec<Finished>> = Arc::new(buf.drain(..).map(|p| p.done).collect());
-    let begun = Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match store.record(runner.to_string(), Arc::clone(&done)).await {
-            Ok(_) => break,
-            Err(_) if begun.elapsed() < patience => {
-                sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
+struct Writer<'a> {
+    store: &'a dyn Store,
+    runner: &'a str,
+    stop: &'a watch::Receiver<bool>,
+    outage: &'a Outage,
+    listener: &'a Option<RunnerListener>,
+}
+
+impl Writer<'_> {
+    /// Write a group of outcomes, retrying through outages for as long as they last (a
+    /// repeated write is harmless: the fence refuses what was already written). A stopping
+    /// runner gives up after `STOP_GRACE`: those requests stay claimed by it and go back to
+    /// pending when its registration is removed.
+    async fn write(&self, buf: &mut Vec<Pending>) {
+        let trackers: Vec<Arc<Tracker>> = buf.iter().map(|p| Arc::clone(&p.tracker)).collect();
+        let done: Arc<Vec<Finished>> = Arc::new(buf.drain(..).map(|p| p.done).collect());
+        let mut delay = Duration::from_millis(50);
+        let mut stopped_at: Option<Instant> = None;
+        loop {
+            match self
+                .store
+                .record(self.runner.to_string(), Arc::clone(&done))
+                .await
+            {
+                Ok(_) => {
+                    self.outage.up(self.listener);
+                    break;
+                }
+                Err(e) => {
+                    self.outage.down(&e, self.listener);
+                    if *self.stop.borrow() {
+                        let at = *stopped_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > STOP_GRACE {
+                            break;
+                        }
+                    }
+                    sleep(delay.mul_f64(0.75 + 0.5 * fastrand::f64())).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
             }
-            Err(_) => break,
         }
-    }
-    for t in trackers {
-        t.unrecorded.fetch_sub(1, Ordering::AcqRel);
-        t.written.notify_waiters();
+        for t in trackers {
+            t.unrecorded.fetch_sub(1, Ordering::AcqRel);
+            t.written.notify_waiters();
+        }
     }
 }

@@ -288,6 +288,16 @@ fn take_over(tx: &rusqlite::Transaction<'_>, at: f64) -> Result<u64, Error> {
     Ok(n as u64)
 }
 
+/// Whether the runner is registered with a lease that has not lapsed at `at`.
+fn live(tx: &rusqlite::Transaction<'_>, runner_id: &str, at: f64) -> Result<bool, Error> {
+    tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM runners WHERE id = ?1 AND heartbeat_at + lease >= ?2)",
+        params![runner_id, at],
+        |r| r.get(0),
+    )
+    .map_err(db("claiming requests"))
+}
+
 impl Store for SqliteStore {
     fn engine(&self) -> &'static str {
         "sqlite"
@@ -456,6 +466,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn runners(&self) -> StoreFuture<'_, Vec<RunnerInfo>> {
+        self.call(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id, host, pid, lease FROM runners ORDER BY started_at")
+                .map_err(db("listing runners"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(RunnerInfo {
+                        id: r.get(0)?,
+                        host: r.get(1)?,
+                        pid: r.get(2)?,
+                        lease: Duration::from_secs_f64(r.get::<_, f64>(3)?.max(0.0)),
+                    })
+                })
+                .map_err(db("listing runners"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db("listing runners"));
+            rows
+        })
+    }
+
     fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64> {
         self.call(move |conn| {
             let tx = immediate(conn, "removing a runner")?;
@@ -485,19 +516,24 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreFuture<'_, Vec<Claimed>> {
         self.call(move |conn| {
+            let at = now();
             let tx = immediate(conn, "claiming requests")?;
+            // Only a runner registered with a live lease claims (checked in the statement):
+            // one whose registration lapsed while it was cut off must register again first.
             let mut claimed = {
                 let mut stmt = tx
                     .prepare_cached(
                         "UPDATE requests SET status = 'running', runner = ?2, attempt = attempt + 1
                          WHERE job_id = ?1 AND seq IN (
                              SELECT seq FROM requests WHERE job_id = ?1 AND status = 'pending'
+                               AND EXISTS (SELECT 1 FROM runners
+                                           WHERE id = ?2 AND heartbeat_at + lease >= ?4)
                              ORDER BY seq LIMIT ?3)
                          RETURNING seq, id, body, attempt",
                     )
                     .map_err(db("claiming requests"))?;
                 let rows = stmt
-                    .query_map(params![job_id, runner_id, limit as i64], |r| {
+                    .query_map(params![job_id, runner_id, limit as i64, at], |r| {
                         Ok(Claimed {
                             job_id: job_id.clone(),
                             seq: r.get(0)?,
@@ -511,6 +547,9 @@ impl Store for SqliteStore {
                     .map_err(db("claiming requests"))?;
                 rows
             };
+            if claimed.is_empty() && !live(&tx, &runner_id, at)? {
+                return Err(Error::LeaseLost { runner: runner_id });
+            }
             tx.commit().map_err(db("claiming requests"))?;
             claimed.sort_by_key(|c| c.seq);
             Ok(claimed)
@@ -735,6 +774,9 @@ impl Store for SqliteStore {
         self.call(move |conn| {
             let op = "setting aside a chunk";
             let tx = immediate(conn, op)?;
+            if !live(&tx, &runner_id, now())? {
+                return Err(Error::LeaseLost { runner: runner_id });
+            }
             let candidates = {
                 let mut stmt = tx
                     .prepare_cached(

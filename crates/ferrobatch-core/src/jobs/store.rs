@@ -66,6 +66,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// heartbeat lapsed (or that is gone). False when this runner itself was taken over: its
     /// claims are lost and it must register again.
     fn heartbeat(&self, runner_id: String) -> StoreFuture<'_, bool>;
+    /// Every registered runner (lapsed ones included until a heartbeat removes them).
+    fn runners(&self) -> StoreFuture<'_, Vec<RunnerInfo>>;
     /// Hand back the runner's requests and remove it; how many requests went back.
     fn unregister(&self, runner_id: String) -> StoreFuture<'_, u64>;
     /// Claim up to `limit` pending requests of the job, in submit order, for the runner.

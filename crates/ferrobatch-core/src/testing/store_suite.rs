@@ -121,10 +121,14 @@ pub async fn run(store: Arc<dyn Store>) -> Result<(), String> {
     let s = &*store;
     let tag = format!("t{:08x}", fastrand::u32(..));
     let c = Case { tag };
-    let cases: [(&str, Result<(), String>); 9] = [
+    let cases: [(&str, Result<(), String>); 10] = [
         ("duplicate ids", duplicate_ids(s, &c).await),
         ("exclusive claims", exclusive_claims(s, &c).await),
         ("takeover and fencing", takeover_and_fencing(s, &c).await),
+        (
+            "claims need a live lease",
+            claims_need_a_live_lease(s, &c).await,
+        ),
         ("counters", counters_cancel_reset_results(s, &c).await),
         (
             "release and unregister",
@@ -248,6 +252,72 @@ async fn takeover_and_fencing(s: &dyn Store, c: &Case) -> Result<(), String> {
     eq!(r[0].response.as_deref(), Some("{\"ok\": true}"));
     eq!(r[1].error.as_deref(), Some("{\"message\": \"x\"}"));
     eq!(r[2].status, "running");
+    Ok(())
+}
+
+async fn claims_need_a_live_lease(s: &dyn Store, c: &Case) -> Result<(), String> {
+    let job = c.job("lapsed");
+    new_job(s, &job, 4, None).await?;
+    s.start(job.clone()).await.map_err(e)?;
+    let a = c.runner("cutoff", Duration::from_millis(300));
+    let b = c.runner("other", LONG);
+    let lost = |r: Result<Vec<crate::jobs::Claimed>, Error>| matches!(r, Err(Error::LeaseLost { ref runner }) if *runner == a.id);
+    // Never registered: refused.
+    check(
+        lost(s.claim(job.clone(), a.id.clone(), 2).await),
+        "an unregistered runner claims nothing",
+    )?;
+    s.register(a.clone()).await.map_err(e)?;
+    s.register(b.clone()).await.map_err(e)?;
+    eq!(
+        s.claim(job.clone(), a.id.clone(), 1)
+            .await
+            .map_err(e)?
+            .len(),
+        1
+    );
+    // A is cut off past its lease, before anyone removed it: still refused.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    check(
+        lost(s.claim(job.clone(), a.id.clone(), 2).await),
+        "a lapsed runner claims nothing",
+    )?;
+    let limits = ChunkLimits {
+        requests: 2,
+        bytes: 1 << 20,
+        line_overhead: 0,
+        one_model: false,
+    };
+    check(
+        matches!(
+            s.claim_chunk(job.clone(), a.id.clone(), "openai".into(), limits)
+                .await,
+            Err(Error::LeaseLost { .. })
+        ),
+        "a lapsed runner sets no chunk aside",
+    )?;
+    // B's heartbeat removes A and hands its request back; B claims everything.
+    check(s.heartbeat(b.id.clone()).await.map_err(e)?, "b alive")?;
+    eq!(
+        s.claim(job.clone(), b.id.clone(), 10)
+            .await
+            .map_err(e)?
+            .len(),
+        4
+    );
+    check(
+        lost(s.claim(job.clone(), a.id.clone(), 2).await),
+        "a removed runner claims nothing",
+    )?;
+    // Registered again, A claims what is pending (nothing: B holds it all).
+    s.register(a.clone()).await.map_err(e)?;
+    eq!(
+        s.claim(job.clone(), a.id.clone(), 2)
+            .await
+            .map_err(e)?
+            .len(),
+        0
+    );
     Ok(())
 }
 

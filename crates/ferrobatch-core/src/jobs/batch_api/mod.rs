@@ -124,7 +124,7 @@ pub(crate) fn body_with_model(c: &Claimed, model: &str) -> Result<Map<String, Va
 /// The error of a request whose line carries an HTTP status and an error body.
 pub(crate) fn status_outcome(provider: Provider, status: u16, body: &Value) -> Outcome {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let parsed = ErrorBody::parse(&bytes);
+    let parsed = ErrorBody::parse(&bytes, false);
     let error = Error::Status {
         provider,
         status,
@@ -214,21 +214,20 @@ impl BatchApi {
         }
     }
 
+    /// The provider's facts (see [`crate::providers`]).
+    pub fn facts(&self) -> &'static crate::providers::ProviderFacts {
+        crate::providers::by_name("batch_provider", self.name())
+            .expect("every batch API is in the registry")
+    }
+
     /// The provider's limits on one batch.
     pub fn limits(&self) -> ChunkLimits {
-        match self {
-            BatchApi::OpenAi(_) => openai::LIMITS,
-            BatchApi::Anthropic(_) => anthropic::LIMITS,
-            BatchApi::Gemini(_) => gemini::LIMITS,
-        }
+        self.facts().batch_limits
     }
 
     /// How often a batch is polled by default.
     pub fn poll_interval(&self) -> Duration {
-        match self {
-            BatchApi::Gemini(_) => Duration::from_secs(30),
-            _ => Duration::from_secs(60),
-        }
+        self.facts().poll_interval
     }
 
     /// Where costs are counted, at the batch price (half the prices given).

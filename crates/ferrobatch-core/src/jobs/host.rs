@@ -1,0 +1,69 @@
+//! This machine as a job store sees it: a host name that also names the boot (so two
+//! machines that share a host name, or one machine before and after a reboot, are told
+//! apart), and whether a process of this boot is still alive.
+//!
+//! Both are known on Linux only (`/proc/sys/kernel/random/boot_id`, `/proc/<pid>`); elsewhere
+//! a runner that died is taken over by the lease rule alone.
+
+use std::sync::OnceLock;
+
+/// The current boot's id (its first 12 hex digits), when the system tells.
+fn boot_id() -> Option<&'static str> {
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id: String = id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(12)
+            .collect();
+        (id.len() == 12).then_some(id)
+    })
+    .as_deref()
+}
+
+/// The name a runner on this machine registers under: `name` and the boot, as
+/// `name (boot 1a2b3c4d5e6f)`, or `name` alone where the boot is unknown.
+pub fn identity(name: &str) -> String {
+    match boot_id() {
+        Some(boot) if !name.ends_with(')') => format!("{name} (boot {boot})"),
+        _ => name.to_string(),
+    }
+}
+
+/// Whether `host` (a registered runner's) is this machine in this boot.
+pub fn is_this_boot(host: &str) -> bool {
+    boot_id().is_some_and(|boot| host.ends_with(&format!(" (boot {boot})")))
+}
+
+/// Whether a process with this id is known to be gone (never true where that cannot be
+/// told, nor for this process).
+pub fn is_gone(pid: u32) -> bool {
+    if pid == std::process::id() || pid == 0 || boot_id().is_none() {
+        return false;
+    }
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_its_host_is_this_boot() {
+        assert!(!is_gone(std::process::id()));
+        let me = identity("box");
+        if boot_id().is_some() {
+            assert!(is_this_boot(&me));
+            assert!(!is_this_boot("box"));
+            assert!(!is_this_boot("box (boot 000000000000)"));
+            // A child that exited is gone.
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            assert!(is_gone(pid));
+        } else {
+            assert_eq!(me, "box");
+        }
+    }
+}

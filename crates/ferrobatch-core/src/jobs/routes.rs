@@ -1,0 +1,347 @@
+//! `JobRoutes`: runners made as needed from the jobs' own settings, for a worker that runs
+//! any job of a store (`ferrobatch work`). Jobs that one client can send share a runner: every
+//! chat (or messages) job of one route; embeddings jobs of one model and size; apart for each
+//! way of sending (online, or one provider's batch API).
+//!
+//! The provider, its key variable and its base URL come from [`crate::providers`]; the key
+//! is read from the environment here and never written anywhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::batched::Batched;
+use super::endpoint::Endpoint;
+use super::model::{ChunkLimits, JobRow};
+use super::runner::{Runner, RunnerConfig, RunnerListener};
+use super::store::Store;
+use super::worker::Routes;
+use crate::error::Error;
+use crate::http::anthropic::MessagesClient;
+use crate::http::openai::{self, Chat, ChatClient, EncodingFormat};
+use crate::http::{ApiKey, Embedder, EmbeddingModel, Price, RetryPolicy, Transport};
+use crate::http::{TransportConfig, UsageBook};
+use crate::limits::RateLimit;
+use crate::providers::{self, ProviderFacts};
+
+/// Most bytes of one response read.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How jobs sent through a provider's batch API are run (the `--batch-*` options).
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Whose batch API (default: the job's, else the one the base URL names).
+    pub provider: Option<String>,
+    /// Seconds between polls (default: the provider's).
+    pub poll_interval: Option<Duration>,
+    /// Batches a request may go through before a retryable error is its result.
+    pub max_attempts: i64,
+    /// Provider batches of one job open at once.
+    pub max_open: usize,
+    /// Most requests of one provider batch (default: the provider's).
+    pub requests: Option<usize>,
+    /// Most bytes of one provider batch (default: the provider's).
+    pub bytes: Option<usize>,
+    /// Send what a provider batch did not run online at once.
+    pub fallback_online: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            provider: None,
+            poll_interval: None,
+            max_attempts: 3,
+            max_open: 4,
+            requests: None,
+            bytes: None,
+            fallback_online: false,
+        }
+    }
+}
+
+/// A worker's settings: where requests go and how fast; the same for every job it runs.
+#[derive(Clone)]
+pub struct WorkerOptions {
+    /// The base URL (else the job's, else the provider's).
+    pub base_url: Option<String>,
+    /// The variable the key is read from (else the job's, else the provider's).
+    pub api_key_env: Option<String>,
+    /// The shared rate limit every client of this worker goes through.
+    pub limiter: Arc<dyn RateLimit>,
+    /// Prices per model, for costs.
+    pub prices: BTreeMap<String, Price>,
+    /// Most requests in flight per route, and the runners' leases and flushes.
+    pub runner: RunnerConfig,
+    /// This machine's name.
+    pub host: String,
+    /// The batch API's options: Some sends every job through its provider's batch API
+    /// (`--batch-api`); a job submitted that way goes through it regardless.
+    pub batch: Option<BatchOptions>,
+    /// Told what the runners do.
+    pub listener: Option<RunnerListener>,
+}
+
+/// What a job says about how it is sent, from its stored settings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Route {
+    endpoint: String,
+    /// The embeddings model and size (one client per pair); None for chat.
+    embeddings: Option<(Option<String>, Option<u32>)>,
+    /// The batch API's provider when the job goes through one.
+    batch_provider: Option<String>,
+}
+
+/// Runners made as needed from the jobs' settings.
+pub struct JobRoutes {
+    store: Arc<dyn Store>,
+    options: WorkerOptions,
+    made: Mutex<HashMap<Route, Arc<Runner>>>,
+}
+
+fn setting<'a>(settings: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    settings
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+impl JobRoutes {
+    /// Routes over `store` with `options`.
+    pub fn new(store: Arc<dyn Store>, options: WorkerOptions) -> JobRoutes {
+        JobRoutes {
+            store,
+            options,
+            made: Mutex::default(),
+        }
+    }
+
+    fn base_url(&self, facts: &ProviderFacts, settings: &Map<String, Value>) -> String {
+        let given = self
+            .options
+            .base_url
+            .as_deref()
+            .or_else(|| setting(settings, "base_url"));
+        facts.base_url(given)
+    }
+
+    /// The key: from `--api-key-env`, else the job's variable, else the provider's.
+    fn key(&self, facts: &ProviderFacts, settings: &Map<String, Value>) -> Option<ApiKey> {
+        let named = self
+            .options
+            .api_key_env
+            .as_deref()
+            .or_else(|| setting(settings, "api_key_env"));
+        let value = match named {
+            Some(var) => std::env::var(var).ok(),
+            None => facts.key_from_env().map(|(_, v)| v),
+        };
+        value.and_then(ApiKey::new)
+    }
+
+    fn transport(
+        &self,
+        wire: &ProviderFacts,
+        key_of: &ProviderFacts,
+        base_url: String,
+        settings: &Map<String, Value>,
+        timeout: Duration,
+    ) -> Result<Transport, Error> {
+        let api_key = self.key(key_of, settings);
+        if api_key.is_none() && key_of.is_official(&base_url) {
+            return Err(Error::config(
+                "api_key_env",
+                format!(
+                    "no API key for {base_url}: set {} (or pass --api-key-env)",
+                    key_of.key_env.join(" or ")
+                ),
+            ));
+        }
+        let config = TransportConfig {
+            provider: wire.provider,
+            base_url,
+            api_key,
+            auth: wire.auth,
+            headers: wire
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            timeout,
+            max_response_bytes: MAX_RESPONSE_BYTES,
+            retry: RetryPolicy::new(2, 0.5, 8.0)?,
+            limiter: Arc::clone(&self.options.limiter),
+        };
+        Transport::new(config, UsageBook::new(self.options.prices.clone()))
+    }
+
+    /// The client a job's requests are sent through online.
+    fn endpoint(&self, job: &JobRow, settings: &Map<String, Value>) -> Result<Endpoint, Error> {
+        let wire = providers::wire(&job.endpoint)?;
+        let given = self
+            .options
+            .base_url
+            .as_deref()
+            .or_else(|| setting(settings, "base_url"));
+        // Whose key: the provider the URL names (Gemini's OpenAI-compatible routes take a
+        // Gemini key), else the wire's.
+        let key_of = providers::detect(&job.endpoint, given);
+        let base_url = self.base_url(wire, settings);
+        let model = setting(settings, "model").map(str::to_string);
+        Ok(match job.endpoint.as_str() {
+            "/v1/embeddings" => {
+                let dims = settings
+                    .get("dimensions")
+                    .and_then(Value::as_u64)
+                    .map(|d| d as u32);
+                let model = model.unwrap_or_else(|| "text-embedding-3-small".into());
+                let transport =
+                    self.transport(wire, key_of, base_url, settings, Duration::from_secs(60))?;
+                Endpoint::Embeddings(Arc::new(Embedder {
+                    model: EmbeddingModel::OpenAi(openai::Embeddings::new(
+                        model,
+                        dims,
+                        EncodingFormat::Base64,
+                        None,
+                    )),
+                    transport,
+                    max_inputs: openai::MAX_INPUTS,
+                    max_tokens: openai::MAX_TOKENS,
+                }))
+            }
+            path => {
+                let transport =
+                    self.transport(wire, key_of, base_url, settings, Duration::from_secs(600))?;
+                let model = model.unwrap_or_else(|| "default".into());
+                if path == "/v1/messages" {
+                    Endpoint::Messages(Arc::new(MessagesClient {
+                        model,
+                        transport,
+                        output_limiter: None,
+                    }))
+                } else {
+                    Endpoint::Chat(Arc::new(ChatClient {
+                        chat: Chat { model },
+                        transport,
+                    }))
+                }
+            }
+        })
+    }
+
+    fn route(&self, job: &JobRow, settings: &Map<String, Value>) -> Route {
+        let submitted_batched = setting(settings, "via") == Some("batch-api");
+        let batch_provider = match (&self.options.batch, submitted_batched) {
+            (None, false) => None,
+            (opts, _) => Some(
+                opts.as_ref()
+                    .and_then(|o| o.provider.clone())
+                    .or_else(|| setting(settings, "batch_provider").map(str::to_string))
+                    .unwrap_or_else(|| {
+                        let given = self
+                            .options
+                            .base_url
+                            .as_deref()
+                            .or_else(|| setting(settings, "base_url"));
+                        providers::detect(&job.endpoint, given).name.to_string()
+                    }),
+            ),
+        };
+        let embeddings = (job.endpoint == "/v1/embeddings").then(|| {
+            (
+                setting(settings, "model").map(str::to_string),
+                settings
+                    .get("dimensions")
+                    .and_then(Value::as_u64)
+                    .map(|d| d as u32),
+            )
+        });
+        Route {
+            endpoint: job.endpoint.clone(),
+            embeddings,
+            batch_provider,
+        }
+    }
+
+    fn make(
+        &self,
+        job: &JobRow,
+        settings: &Map<String, Value>,
+        route: &Route,
+    ) -> Result<Arc<Runner>, Error> {
+        let endpoint = self.endpoint(job, settings)?;
+        let o = &self.options;
+        let runner = match &route.batch_provider {
+            None => Runner::new(
+                Arc::clone(&self.store),
+                endpoint,
+                o.runner.clone(),
+                o.host.clone(),
+            )?,
+            Some(provider) => batched_runner(
+                Arc::clone(&self.store),
+                endpoint,
+                Some(provider),
+                &o.batch.clone().unwrap_or_default(),
+                o.runner.clone(),
+                o.host.clone(),
+            )?,
+        };
+        Ok(match &o.listener {
+            Some(l) => Runner::with_listener(runner, Arc::clone(l)),
+            None => runner,
+        })
+    }
+}
+
+/// A runner that sends jobs through a provider's batch API (`provider`'s, else the one the
+/// client's base URL names) with `opts`.
+pub fn batched_runner(
+    store: Arc<dyn Store>,
+    endpoint: Endpoint,
+    provider: Option<&str>,
+    opts: &BatchOptions,
+    config: RunnerConfig,
+    host: String,
+) -> Result<Arc<Runner>, Error> {
+    let api = providers::batch_api(&endpoint, provider.or(opts.provider.as_deref()))?;
+    let most = api.limits();
+    let limits = ChunkLimits {
+        requests: opts.requests.unwrap_or(most.requests),
+        bytes: opts.bytes.unwrap_or(most.bytes),
+        ..most
+    };
+    let poll = opts.poll_interval.unwrap_or_else(|| api.poll_interval());
+    let mut batched = Batched::new(api, poll, opts.max_attempts, opts.max_open, Some(limits));
+    batched.fallback_online = opts.fallback_online;
+    Runner::batched(store, endpoint, batched, config, host)
+}
+
+impl Routes for JobRoutes {
+    fn runner_for(&self, job: &JobRow) -> Result<Option<Arc<Runner>>, Error> {
+        let settings: Map<String, Value> = job
+            .settings
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let route = self.route(job, &settings);
+        let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = made.get(&route) {
+            return Ok(Some(Arc::clone(r)));
+        }
+        let runner = self.make(job, &settings, &route)?;
+        made.insert(route, Arc::clone(&runner));
+        Ok(Some(runner))
+    }
+
+    fn made(&self) -> Vec<Arc<Runner>> {
+        self.made
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
