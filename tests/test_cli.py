@@ -306,3 +306,30 @@ def test_sigterm_stops_a_worker_and_hands_its_claims_back(tmp_path: Path) -> Non
         p = store.progress(job.id)
         assert store.held_by(job.id) == {} and p.running == 0
         assert p.pending == 200 - p.done > 0  # handed back at once, not after a lease
+
+
+def test_a_rerun_on_the_same_machine_takes_a_killed_run_over_at_once(tmp_path: Path) -> None:
+    """After kill -9, the rerun sees the dead run's process is gone on this machine: it takes
+    its requests over at once (and says so) instead of waiting out the 60 s lease."""
+    with FakeServer(latency=0.05) as server:
+        src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(200)])
+        out = tmp_path / "out.jsonl"
+        cmd = [sys.executable, "-m", "ferrobatch.cli", "run", str(src), "-o", str(out)]
+        cmd += ["--base-url", server.openai_base_url, "--concurrency", "4"]
+        cmd += ["--lease-seconds", "60", "--flush-interval", "0"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while server.request_count() < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=10)
+        started = time.monotonic()
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        took = time.monotonic() - started
+        assert rerun.returncode == 0, rerun.stderr
+        assert "took over runner_" in rerun.stderr, rerun.stderr
+        assert "process" in rerun.stderr and "is gone" in rerun.stderr
+        assert len(read_jsonl(out)) == 200
+        # Not a timing goal: the lease is 60 s and the rerun did not wait for it.
+        assert took < 55, took

@@ -163,3 +163,23 @@ def test_cache_prices_are_accepted_and_unknown_price_keys_named() -> None:
         Messages(
             "c", base_url="http://127.0.0.1:9/v1", api_key="k", prices={"c": {"cache_miss": 1.0}}
         )
+
+
+async def test_anthropic_base_url_means_what_the_official_sdk_means(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ANTHROPIC_BASE_URL holds the host, as for the official SDK: the same value sends both
+    to the same server (ferrobatch also takes a value ending in /v1, which the SDK does not)."""
+    with FakeServer(api_key="sk-ant") as server:
+        for value in (server.url, server.url + "/", server.anthropic_base_url):
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", value)
+            if not value.endswith("/v1"):
+                with anthropic.Anthropic(api_key="sk-ant", max_retries=0) as sdk:
+                    assert sdk.messages.create(model="claude-test", max_tokens=8, messages=USER)
+            m = Messages("claude-test", api_key="sk-ant", max_retries=0)
+            reply = await m.create(messages=USER, max_tokens=8)
+            assert reply["content"][0]["text"] == "fake reply to: hello there"
+            assert m.base_url == server.anthropic_base_url
+            await m.stop()
+        paths = {r["path"] for r in server.requests()}
+        assert paths == {"/v1/messages"}, paths

@@ -443,12 +443,13 @@ class JobRunner:
     ) -> asyncio.Future[None]: ...
     def stop(self) -> asyncio.Future[None]: ...
 
+@final
 class JobWorker:
     """Works every unfinished job of a store through clients made from each job's settings
     (`ferrobatch work`)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         store: JobStore,
         *,
         base_url: str | None = None,
@@ -469,7 +470,7 @@ class JobWorker:
         batch_requests: int | None = None,
         batch_bytes: int | None = None,
         fallback_online: bool = False,
-    ) -> None: ...
+    ) -> JobWorker: ...
     def work(
         self, job_ids: list[str] | None = None, until_idle: bool = False
     ) -> asyncio.Future[int]: ...
