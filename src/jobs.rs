@@ -346,37 +346,45 @@ fn runner_config(
     })
 }
 
-/// The `--batch-*` options as the core takes them.
-#[allow(clippy::too_many_arguments)]
-fn batch_options(
-    batch_provider: Option<String>,
+/// How a job goes through a provider's batch API, as Python passes it (a dict with every
+/// key; `ferrobatch.jobs.native_batch` builds it).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+struct BatchArgs {
+    provider: Option<String>,
     poll_interval: Option<f64>,
     max_attempts: i64,
     max_open_batches: usize,
-    batch_requests: Option<usize>,
-    batch_bytes: Option<usize>,
+    requests: Option<usize>,
+    bytes: Option<usize>,
     fallback_online: bool,
-) -> PyResult<BatchOptions> {
-    Ok(BatchOptions {
-        provider: batch_provider,
-        poll_interval: poll_interval
-            .map(|s| seconds("poll_interval", s, false))
-            .transpose()?,
-        max_attempts,
-        max_open: max_open_batches,
-        requests: batch_requests,
-        bytes: batch_bytes,
-        fallback_online,
-    })
+}
+
+impl BatchArgs {
+    fn options(self) -> PyResult<BatchOptions> {
+        if let Some(p) = &self.provider {
+            ferrobatch_core::providers::by_name("batch_provider", p).map_err(to_pyerr)?;
+        }
+        Ok(BatchOptions {
+            provider: self.provider,
+            poll_interval: self
+                .poll_interval
+                .map(|s| seconds("poll_interval", s, false))
+                .transpose()?,
+            max_attempts: self.max_attempts,
+            max_open: self.max_open_batches,
+            requests: self.requests,
+            bytes: self.bytes,
+            fallback_online: self.fallback_online,
+        })
+    }
 }
 
 #[pymethods]
 impl JobRunner {
     #[new]
     #[pyo3(signature = (store, client, *, lease_seconds, window, concurrency, flush_interval,
-                        flush_max, patience, host, batch_api=false, batch_provider=None,
-                        poll_interval=None, max_attempts=3, max_open_batches=4,
-                        batch_requests=None, batch_bytes=None, fallback_online=false))]
+                        flush_max, patience, host, batch=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -388,14 +396,7 @@ impl JobRunner {
         flush_max: usize,
         patience: f64,
         host: String,
-        batch_api: bool,
-        batch_provider: Option<String>,
-        poll_interval: Option<f64>,
-        max_attempts: i64,
-        max_open_batches: usize,
-        batch_requests: Option<usize>,
-        batch_bytes: Option<usize>,
-        fallback_online: bool,
+        batch: Option<BatchArgs>,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
             match &*c.get().inner {
@@ -419,22 +420,19 @@ impl JobRunner {
             patience,
         )?;
         let store = Arc::clone(&store.get().store);
-        let runner = if batch_api {
-            let opts = batch_options(
-                batch_provider,
-                poll_interval,
-                max_attempts,
-                max_open_batches,
-                batch_requests,
-                batch_bytes,
-                fallback_online,
-            )?;
-            batched_runner(Arc::clone(&store), endpoint, None, &opts, config, host)
-        } else {
-            Runner::new(Arc::clone(&store), endpoint, config, host)
+        let runner = match batch {
+            Some(b) => batched_runner(
+                Arc::clone(&store),
+                endpoint,
+                None,
+                &b.options()?,
+                config,
+                host,
+            ),
+            None => Runner::new(Arc::clone(&store), endpoint, config, host),
         }
         .map_err(to_pyerr)?;
-        let runner = Runner::with_listener(runner, listener());
+        runner.listen(listener());
         let worker = Arc::new(Worker::new(
             store,
             Arc::new(OneRunner(Arc::clone(&runner))),
@@ -496,10 +494,7 @@ impl JobWorker {
     #[new]
     #[pyo3(signature = (store, *, base_url=None, api_key_env=None, concurrency=16,
                         rate_limiter=None, prices=None, lease_seconds=60.0, flush_interval=0.1,
-                        flush_max=1000, patience=300.0, host, batch_api=false,
-                        batch_provider=None, poll_interval=None, max_attempts=3,
-                        max_open_batches=4, batch_requests=None, batch_bytes=None,
-                        fallback_online=false))]
+                        flush_max=1000, patience=300.0, host, batch=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -513,20 +508,10 @@ impl JobWorker {
         flush_max: usize,
         patience: f64,
         host: String,
-        batch_api: bool,
-        batch_provider: Option<String>,
-        poll_interval: Option<f64>,
-        max_attempts: i64,
-        max_open_batches: usize,
-        batch_requests: Option<usize>,
-        batch_bytes: Option<usize>,
-        fallback_online: bool,
+        batch: Option<BatchArgs>,
     ) -> PyResult<Self> {
         if concurrency == 0 {
             return Err(config_error("concurrency", "must be at least 1"));
-        }
-        if let Some(p) = &batch_provider {
-            ferrobatch_core::providers::by_name("batch_provider", p).map_err(to_pyerr)?;
         }
         let runner = runner_config(
             lease_seconds,
@@ -543,19 +528,7 @@ impl JobWorker {
                 Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?)
             }
         };
-        let batch = if batch_api {
-            Some(batch_options(
-                batch_provider,
-                poll_interval,
-                max_attempts,
-                max_open_batches,
-                batch_requests,
-                batch_bytes,
-                fallback_online,
-            )?)
-        } else {
-            None
-        };
+        let batch = batch.map(BatchArgs::options).transpose()?;
         let options = WorkerOptions {
             base_url,
             api_key_env,

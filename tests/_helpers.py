@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from ferrobatch.openai import Embeddings
@@ -57,3 +60,18 @@ class Recorder:
     @property
     def seen(self) -> list[Any]:
         return [x for b in self.batches for x in b]
+
+
+def chat_jsonl(path: Path, n: int) -> None:
+    """An OpenAI Batch API input file of `n` chat requests (`custom_id` c0.., content
+    `item 0`..)."""
+    with path.open("w") as f:
+        for i in range(n):
+            body = {"model": "m", "messages": [{"role": "user", "content": f"item {i}"}]}
+            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions"}
+            f.write(json.dumps({**line, "body": body}) + "\n")
+
+
+def cli(*args: str) -> list[str]:
+    """The `ferrobatch` command line with `args`, run by this interpreter."""
+    return [sys.executable, "-m", "ferrobatch.cli", *args]

@@ -9,12 +9,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from _helpers import chat_jsonl, cli
 from ferrobatch._native import _store_suite
 from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
 from ferrobatch.openai import ChatCompletions
@@ -34,18 +34,6 @@ def sends(server: FakeServer) -> collections.Counter[str]:
     return collections.Counter(
         r["body"]["messages"][-1]["content"] for r in server.requests("/chat/completions")
     )
-
-
-def jsonl(path: Path, n: int) -> None:
-    with path.open("w") as f:
-        for i in range(n):
-            body = {"model": "m", "messages": [{"role": "user", "content": f"item {i}"}]}
-            line = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions"}
-            f.write(json.dumps({**line, "body": body}) + "\n")
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ferrobatch.cli", *args]
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
@@ -96,7 +84,7 @@ def test_three_workers_one_killed_every_request_ends_once(
 ) -> None:
     n, concurrency = 600, 4
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    jsonl(src, n)
+    chat_jsonl(src, n)
     with FakeServer(latency=0.02) as server:
         sub = subprocess.run(
             cli("submit", str(src), "--store", postgres_dsn), capture_output=True, text=True

@@ -426,14 +426,7 @@ class JobRunner:
         flush_max: int,
         patience: float,
         host: str,
-        batch_api: bool = False,
-        batch_provider: str | None = None,
-        poll_interval: float | None = None,
-        max_attempts: int = 3,
-        max_open_batches: int = 4,
-        batch_requests: int | None = None,
-        batch_bytes: int | None = None,
-        fallback_online: bool = False,
+        batch: Mapping[str, Any] | None = None,
     ) -> JobRunner: ...
     @property
     def id(self) -> str: ...
@@ -462,14 +455,7 @@ class JobWorker:
         flush_max: int = 1000,
         patience: float = 300.0,
         host: str,
-        batch_api: bool = False,
-        batch_provider: str | None = None,
-        poll_interval: float | None = None,
-        max_attempts: int = 3,
-        max_open_batches: int = 4,
-        batch_requests: int | None = None,
-        batch_bytes: int | None = None,
-        fallback_online: bool = False,
+        batch: Mapping[str, Any] | None = None,
     ) -> JobWorker: ...
     def work(
         self, job_ids: list[str] | None = None, until_idle: bool = False

@@ -35,6 +35,7 @@ from ferrobatch.jobs import (
     BatchStore,
     Job,
     ProgressReporter,
+    native_batch,
 )
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages")
@@ -219,19 +220,6 @@ def shared_limiter(args: argparse.Namespace, base_url: str, key_var: str | None)
     )
 
 
-def native_batch_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The --batch-api options as the native worker takes them."""
-    return {
-        "batch_api": bool(args.batch_api),
-        "batch_provider": args.batch_provider,
-        "poll_interval": args.poll_interval,
-        "max_attempts": args.max_attempts,
-        "batch_requests": args.batch_requests,
-        "batch_bytes": args.batch_bytes,
-        "fallback_online": bool(args.fallback_online),
-    }
-
-
 def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespace) -> Any:
     from ferrobatch.anthropic import Messages
     from ferrobatch.openai import ChatCompletions, Embeddings
@@ -413,7 +401,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         flush_interval=args.flush_interval,
         host=socket.gethostname(),
-        **native_batch_options(args),
+        batch=native_batch(**batch_options(args)),
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []

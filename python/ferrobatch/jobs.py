@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from os import PathLike
-from typing import Any, TextIO, Union
+from typing import Any, TextIO, TypedDict, Union
 
 from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import (
@@ -344,6 +344,44 @@ def _positive_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+class NativeBatch(TypedDict):
+    """How the native runner and worker send a job through a provider's batch API."""
+
+    provider: str | None
+    poll_interval: float | None
+    max_attempts: int
+    max_open_batches: int
+    requests: int | None
+    bytes: int | None
+    fallback_online: bool
+
+
+def native_batch(
+    *,
+    via: str = "online",
+    batch_provider: str | None = None,
+    poll_interval: float | None = None,
+    max_attempts: int = 3,
+    max_open_batches: int = 4,
+    batch_requests: int | None = None,
+    batch_bytes: int | None = None,
+    fallback: str | None = None,
+) -> NativeBatch | None:
+    """`BatchManager`'s batch-API keywords as the native runner and worker take them (None:
+    online)."""
+    if via != "batch-api":
+        return None
+    return {
+        "provider": batch_provider,
+        "poll_interval": poll_interval,
+        "max_attempts": int(max_attempts),
+        "max_open_batches": int(max_open_batches),
+        "requests": batch_requests,
+        "bytes": batch_bytes,
+        "fallback_online": fallback == "online",
+    }
+
+
 class BatchManager:
     """Runs jobs through `client` (any ferrobatch HTTP batcher), recording them in `store`.
 
@@ -441,17 +479,16 @@ class BatchManager:
             "patience": float(patience),
             "host": socket.gethostname(),
         }
-        if via == "batch-api":
-            self._settings.update(
-                batch_api=True,
-                batch_provider=batch_provider,
-                poll_interval=poll_interval,
-                max_attempts=int(max_attempts),
-                max_open_batches=int(max_open_batches),
-                batch_requests=batch_requests,
-                batch_bytes=batch_bytes,
-                fallback_online=fallback == "online",
-            )
+        self._settings["batch"] = native_batch(
+            via=via,
+            batch_provider=batch_provider,
+            poll_interval=poll_interval,
+            max_attempts=max_attempts,
+            max_open_batches=max_open_batches,
+            batch_requests=batch_requests,
+            batch_bytes=batch_bytes,
+            fallback=fallback,
+        )
         self.lease_seconds = lease_seconds
         self.patience = patience
         self.window = window

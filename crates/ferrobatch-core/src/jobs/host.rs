@@ -26,8 +26,8 @@ fn boot_id() -> Option<&'static str> {
 /// `name (boot 1a2b3c4d5e6f)`, or `name` alone where the boot is unknown.
 pub fn identity(name: &str) -> String {
     match boot_id() {
-        Some(boot) if !name.ends_with(')') => format!("{name} (boot {boot})"),
-        _ => name.to_string(),
+        Some(boot) => format!("{name} (boot {boot})"),
+        None => name.to_string(),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod batched;
 pub mod endpoint;
 pub mod host;
 pub mod model;
+pub mod outage;
 pub mod output;
 pub mod postgres;
 pub mod routes;
@@ -27,7 +28,8 @@ pub use model::{
     ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
+pub use outage::{RunnerEvent, RunnerListener};
 pub use routes::{batched_runner, BatchOptions, JobRoutes, WorkerOptions};
-pub use runner::{Runner, RunnerConfig, RunnerEvent, RunnerListener};
+pub use runner::{Runner, RunnerConfig};
 pub use store::{is_postgres, open, redact, Store, StoreFuture};
 pub use worker::{OneRunner, Routes, Worker};

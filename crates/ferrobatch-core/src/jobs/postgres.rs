@@ -7,7 +7,9 @@
 //!   other and never get the same row;
 //! - every time comparison uses the database's `now()`, never a host's clock;
 //! - runners heartbeat into `ferrobatch_runners`; each heartbeat also hands back the requests
-//!   of runners whose heartbeat lapsed (no leader, no reaper process);
+//!   of runners whose heartbeat lapsed (no leader, no reaper process). A heartbeat counts from
+//!   the database's start at the earliest (`pg_postmaster_start_time()`): a restart, which
+//!   no runner can beat through, never makes every runner look dead at once;
 //! - outcomes go in groups to the insert-only `ferrobatch_results`, fenced by (runner,
 //!   attempt) in the same statement that counts them on the job's row;
 //! - every statement is its own short transaction, except a job's creation;
@@ -296,7 +298,7 @@ impl PgStore {
             .one(
                 "claiming requests",
                 "SELECT EXISTS (SELECT 1 FROM ferrobatch_runners
-                                WHERE id = $1 AND heartbeat_at + lease >= now())",
+                                WHERE id = $1 AND GREATEST(heartbeat_at, pg_postmaster_start_time()) + lease >= now())",
                 &[&runner_id],
             )
             .await?;
@@ -519,14 +521,14 @@ impl Store for PgStore {
                     "sending a heartbeat",
                     "WITH me AS (
                          UPDATE ferrobatch_runners SET heartbeat_at = now()
-                         WHERE id = $1 AND heartbeat_at + lease >= now() RETURNING id),
+                         WHERE id = $1 AND GREATEST(heartbeat_at, pg_postmaster_start_time()) + lease >= now() RETURNING id),
                      dead AS (
-                         DELETE FROM ferrobatch_runners WHERE heartbeat_at + lease < now() RETURNING id),
+                         DELETE FROM ferrobatch_runners WHERE GREATEST(heartbeat_at, pg_postmaster_start_time()) + lease < now() RETURNING id),
                      freed AS (
                          UPDATE ferrobatch_requests r SET status = 'pending', runner = NULL
                          WHERE r.status = 'running'
                            AND NOT EXISTS (SELECT 1 FROM ferrobatch_runners w
-                                           WHERE w.id = r.runner AND w.heartbeat_at + w.lease >= now())
+                                           WHERE w.id = r.runner AND GREATEST(w.heartbeat_at, pg_postmaster_start_time()) + w.lease >= now())
                          RETURNING 1)
                      SELECT (SELECT count(*) FROM me) + 0 * (SELECT count(*) FROM dead) + 0 * (SELECT count(*) FROM freed)",
                     &[&runner_id],
@@ -590,7 +592,7 @@ impl Store for PgStore {
                     "claiming requests",
                     "WITH me AS MATERIALIZED (
                          SELECT id FROM ferrobatch_runners
-                         WHERE id = $2 AND heartbeat_at + lease >= now() FOR SHARE),
+                         WHERE id = $2 AND GREATEST(heartbeat_at, pg_postmaster_start_time()) + lease >= now() FOR SHARE),
                      picked AS MATERIALIZED (
                          SELECT job_id, seq FROM ferrobatch_requests
                          WHERE job_id = $1 AND status = 'pending' AND EXISTS (SELECT 1 FROM me)
@@ -831,7 +833,7 @@ impl Store for PgStore {
             let live = tx
                 .query_opt(
                     "SELECT 1 FROM ferrobatch_runners
-                     WHERE id = $1 AND heartbeat_at + lease >= now() FOR SHARE",
+                     WHERE id = $1 AND GREATEST(heartbeat_at, pg_postmaster_start_time()) + lease >= now() FOR SHARE",
                     &[&runner_id],
                 )
                 .await
@@ -917,7 +919,7 @@ impl Store for PgStore {
                  WHERE c.job_id = $1 AND c.state != 'settled'
                    AND (c.owner IS NULL OR c.owner = $2 OR NOT EXISTS (
                         SELECT 1 FROM ferrobatch_runners w
-                        WHERE w.id = c.owner AND w.heartbeat_at + w.lease >= now()))",
+                        WHERE w.id = c.owner AND GREATEST(w.heartbeat_at, pg_postmaster_start_time()) + w.lease >= now()))",
                 &[&job_id, &runner_id],
             )
             .await?;

@@ -15,19 +15,18 @@ use serde_json::{Map, Value};
 use super::batched::Batched;
 use super::endpoint::Endpoint;
 use super::model::{ChunkLimits, JobRow};
-use super::runner::{Runner, RunnerConfig, RunnerListener};
+use super::outage::RunnerListener;
+use super::runner::{Runner, RunnerConfig};
 use super::store::Store;
 use super::worker::Routes;
 use crate::error::Error;
 use crate::http::anthropic::MessagesClient;
 use crate::http::openai::{self, Chat, ChatClient, EncodingFormat};
+use crate::http::transport::DEFAULT_MAX_RESPONSE_BYTES;
 use crate::http::{ApiKey, Embedder, EmbeddingModel, Price, RetryPolicy, Transport};
 use crate::http::{TransportConfig, UsageBook};
 use crate::limits::RateLimit;
 use crate::providers::{self, ProviderFacts};
-
-/// Most bytes of one response read.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
 /// How jobs sent through a provider's batch API are run (the `--batch-*` options).
 #[derive(Debug, Clone)]
@@ -118,13 +117,12 @@ impl JobRoutes {
         }
     }
 
-    fn base_url(&self, facts: &ProviderFacts, settings: &Map<String, Value>) -> String {
-        let given = self
-            .options
+    /// The base URL given: the worker's, else the job's.
+    fn given_base_url<'a>(&'a self, settings: &'a Map<String, Value>) -> Option<&'a str> {
+        self.options
             .base_url
             .as_deref()
-            .or_else(|| setting(settings, "base_url"));
-        facts.base_url(given)
+            .or_else(|| setting(settings, "base_url"))
     }
 
     /// The key: from `--api-key-env`, else the job's variable, else the provider's.
@@ -170,8 +168,8 @@ impl JobRoutes {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             timeout,
-            max_response_bytes: MAX_RESPONSE_BYTES,
-            retry: RetryPolicy::new(2, 0.5, 8.0)?,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            retry: RetryPolicy::default(),
             limiter: Arc::clone(&self.options.limiter),
         };
         Transport::new(config, UsageBook::new(self.options.prices.clone()))
@@ -180,15 +178,11 @@ impl JobRoutes {
     /// The client a job's requests are sent through online.
     fn endpoint(&self, job: &JobRow, settings: &Map<String, Value>) -> Result<Endpoint, Error> {
         let wire = providers::wire(&job.endpoint)?;
-        let given = self
-            .options
-            .base_url
-            .as_deref()
-            .or_else(|| setting(settings, "base_url"));
+        let given = self.given_base_url(settings);
         // Whose key: the provider the URL names (Gemini's OpenAI-compatible routes take a
         // Gemini key), else the wire's.
         let key_of = providers::detect(&job.endpoint, given);
-        let base_url = self.base_url(wire, settings);
+        let base_url = wire.base_url(given);
         let model = setting(settings, "model").map(str::to_string);
         Ok(match job.endpoint.as_str() {
             "/v1/embeddings" => {
@@ -240,11 +234,7 @@ impl JobRoutes {
                     .and_then(|o| o.provider.clone())
                     .or_else(|| setting(settings, "batch_provider").map(str::to_string))
                     .unwrap_or_else(|| {
-                        let given = self
-                            .options
-                            .base_url
-                            .as_deref()
-                            .or_else(|| setting(settings, "base_url"));
+                        let given = self.given_base_url(settings);
                         providers::detect(&job.endpoint, given).name.to_string()
                     }),
             ),
@@ -289,10 +279,10 @@ impl JobRoutes {
                 o.host.clone(),
             )?,
         };
-        Ok(match &o.listener {
-            Some(l) => Runner::with_listener(runner, Arc::clone(l)),
-            None => runner,
-        })
+        if let Some(l) = &o.listener {
+            runner.listen(Arc::clone(l));
+        }
+        Ok(runner)
     }
 }
 

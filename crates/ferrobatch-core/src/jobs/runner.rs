@@ -25,6 +25,7 @@ use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 use super::batched::Batched;
 use super::endpoint::{error_json, Endpoint, Sent};
 use super::model::{Claimed, Completion, Finished, JobStatus, RunnerInfo};
+use super::outage::{Outage, RunnerEvent, RunnerListener};
 use super::store::Store;
 use crate::error::Error;
 
@@ -81,79 +82,6 @@ impl RunnerConfig {
             return Err(Error::config("flush_max", "must be at least 1"));
         }
         Ok(())
-    }
-}
-
-/// What a runner tells the people running it (the bindings log these).
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum RunnerEvent {
-    /// A runner of this machine whose process is gone was removed at once (instead of
-    /// after its lease) and its requests handed back.
-    TookOver {
-        /// The dead runner's id.
-        runner: String,
-        /// Its process id.
-        pid: u32,
-        /// How many requests it held.
-        requests: u64,
-    },
-    /// The store stopped answering; the runner waits it out (said once per outage).
-    StoreDown {
-        /// The store's error.
-        error: String,
-    },
-    /// The store answers again after an outage of `after`.
-    StoreBack {
-        /// How long it did not answer.
-        after: Duration,
-    },
-    /// A worker started working a job with one of its runners.
-    Working {
-        /// The job.
-        job: String,
-        /// The runner's id in the store.
-        runner: String,
-    },
-    /// A job's run ended with an error; a worker carries on with its other jobs and
-    /// looks at this one again on its next scan.
-    JobError {
-        /// The job.
-        job: String,
-        /// What went wrong.
-        error: String,
-    },
-}
-
-/// Receives a runner's events, from any task.
-pub type RunnerListener = Arc<dyn Fn(&RunnerEvent) + Send + Sync>;
-
-/// One outage of the store at a time: said when it begins and when it ends.
-#[derive(Default)]
-pub(super) struct Outage {
-    since: Mutex<Option<Instant>>,
-}
-
-impl Outage {
-    pub(super) fn down(&self, e: &Error, listener: &Option<RunnerListener>) {
-        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.is_none() {
-            *since = Some(Instant::now());
-            if let Some(l) = listener {
-                l(&RunnerEvent::StoreDown {
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
-
-    pub(super) fn up(&self, listener: &Option<RunnerListener>) {
-        let began = self.since.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let (Some(began), Some(l)) = (began, listener) {
-            l(&RunnerEvent::StoreBack {
-                after: began.elapsed(),
-            });
-        }
     }
 }
 
@@ -214,7 +142,6 @@ pub struct Runner {
     active: AtomicUsize,
     idle: Notify,
     last_ok: Mutex<Instant>,
-    listener: Option<RunnerListener>,
     outage: Arc<Outage>,
 }
 
@@ -270,36 +197,23 @@ impl Runner {
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             last_ok: Mutex::new(Instant::now()),
-            listener: None,
             outage: Arc::default(),
         }))
     }
 
-    /// The same runner telling `listener` what happens (set before it is shared).
-    pub fn with_listener(runner: Arc<Runner>, listener: RunnerListener) -> Arc<Runner> {
-        match Arc::try_unwrap(runner) {
-            Ok(mut r) => {
-                r.listener = Some(listener);
-                Arc::new(r)
-            }
-            Err(shared) => shared,
-        }
+    /// Tell `listener` what happens (a takeover, store outages); the first one set stays.
+    pub fn listen(&self, listener: RunnerListener) {
+        self.outage.listen(listener);
     }
 
     /// Note a store outage seen outside `retrying` (told once per outage).
     pub(super) fn store_down(&self, e: &Error) {
-        self.outage.down(e, &self.listener);
+        self.outage.down(e);
     }
 
     /// The store answers again (told when it ends an outage).
     pub(super) fn store_up(&self) {
-        self.outage.up(&self.listener);
-    }
-
-    pub(super) fn tell(&self, event: RunnerEvent) {
-        if let Some(l) = &self.listener {
-            l(&event);
-        }
+        self.outage.up();
     }
 
     /// A runner that sends jobs through the provider's batch API instead of `endpoint`
@@ -343,7 +257,6 @@ impl Runner {
                     self.config.flush_max,
                     self.stop.subscribe(),
                     Arc::clone(&self.outage),
-                    self.listener.clone(),
                 ));
                 let heart = tokio::spawn(heartbeat_loop(
                     Arc::clone(&self.store),
@@ -371,7 +284,7 @@ impl Runner {
                 let requests = self
                     .retrying(|| self.store.unregister(r.id.clone()))
                     .await?;
-                self.tell(RunnerEvent::TookOver {
+                self.outage.tell(RunnerEvent::TookOver {
                     runner: r.id,
                     pid: r.pid,
                     requests,
@@ -389,26 +302,9 @@ impl Runner {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut delay = Duration::from_millis(50);
-        let mut stop = self.stop.subscribe();
-        loop {
-            match call().await {
-                Err(e @ Error::Store { .. }) if !*stop.borrow() => {
-                    self.outage.down(&e, &self.listener);
-                    tokio::select! {
-                        _ = sleep(delay.mul_f64(0.75 + 0.5 * fastrand::f64())) => {}
-                        _ = stop.changed() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                other => {
-                    if other.is_ok() {
-                        self.outage.up(&self.listener);
-                    }
-                    return other;
-                }
-            }
-        }
+        self.outage
+            .wait_out(call, &mut self.stop.subscribe(), Duration::ZERO)
+            .await
     }
 
     /// Claim up to `limit` pending requests of the job. A runner whose registration lapsed
@@ -689,16 +585,14 @@ async fn heartbeat_loop(store: Arc<dyn Store>, info: RunnerInfo, mut stop: watch
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn record_loop(
     store: Arc<dyn Store>,
     runner: String,
     mut rx: mpsc::Receiver<Pending>,
     interval: Duration,
     max: usize,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     outage: Arc<Outage>,
-    listener: Option<RunnerListener>,
 ) {
     let mut buf: Vec<Pending> = Vec::with_capacity(max);
     loop {
@@ -715,58 +609,19 @@ async fn record_loop(
                 }
             }
         }
-        let writer = Writer {
-            store: &*store,
-            runner: &runner,
-            stop: &stop,
-            outage: &outage,
-            listener: &listener,
-        };
-        writer.write(&mut buf).await;
-    }
-}
-
-struct Writer<'a> {
-    store: &'a dyn Store,
-    runner: &'a str,
-    stop: &'a watch::Receiver<bool>,
-    outage: &'a Outage,
-    listener: &'a Option<RunnerListener>,
-}
-
-impl Writer<'_> {
-    /// Write a group of outcomes, retrying through outages for as long as they last (a
-    /// repeated write is harmless: the fence refuses what was already written). A stopping
-    /// runner gives up after `STOP_GRACE`: those requests stay claimed by it and go back to
-    /// pending when its registration is removed.
-    async fn write(&self, buf: &mut Vec<Pending>) {
+        // Written through outages however long they last (a repeated write is harmless: the
+        // fence refuses what was already written). A stopping runner gives up after
+        // `STOP_GRACE`: those requests stay claimed by it and go back to pending when its
+        // registration is removed.
         let trackers: Vec<Arc<Tracker>> = buf.iter().map(|p| Arc::clone(&p.tracker)).collect();
         let done: Arc<Vec<Finished>> = Arc::new(buf.drain(..).map(|p| p.done).collect());
-        let mut delay = Duration::from_millis(50);
-        let mut stopped_at: Option<Instant> = None;
-        loop {
-            match self
-                .store
-                .record(self.runner.to_string(), Arc::clone(&done))
-                .await
-            {
-                Ok(_) => {
-                    self.outage.up(self.listener);
-                    break;
-                }
-                Err(e) => {
-                    self.outage.down(&e, self.listener);
-                    if *self.stop.borrow() {
-                        let at = *stopped_at.get_or_insert_with(Instant::now);
-                        if at.elapsed() > STOP_GRACE {
-                            break;
-                        }
-                    }
-                    sleep(delay.mul_f64(0.75 + 0.5 * fastrand::f64())).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+        let _ = outage
+            .wait_out(
+                || store.record(runner.clone(), Arc::clone(&done)),
+                &mut stop,
+                STOP_GRACE,
+            )
+            .await;
         for t in trackers {
             t.unrecorded.fetch_sub(1, Ordering::AcqRel);
             t.written.notify_waiters();

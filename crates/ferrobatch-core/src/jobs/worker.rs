@@ -17,7 +17,8 @@ use tokio::task::JoinSet;
 use tokio::time::sleep;
 
 use super::model::{JobRow, JobStatus};
-use super::runner::{Outage, Runner, RunnerEvent, RunnerListener};
+use super::outage::{Outage, RunnerEvent, RunnerListener};
+use super::runner::Runner;
 use super::store::Store;
 use crate::error::Error;
 
@@ -53,7 +54,6 @@ pub struct Worker {
     store: Arc<dyn Store>,
     routes: Arc<dyn Routes>,
     stop: watch::Sender<bool>,
-    listener: Option<RunnerListener>,
     outage: Outage,
     /// Job errors already told (job, message): each is said once.
     told: Mutex<HashSet<(String, String)>>,
@@ -74,12 +74,15 @@ impl Worker {
         routes: Arc<dyn Routes>,
         listener: Option<RunnerListener>,
     ) -> Worker {
+        let outage = Outage::default();
+        if let Some(l) = listener {
+            outage.listen(l);
+        }
         Worker {
             store,
             routes,
             stop: watch::channel(false).0,
-            listener,
-            outage: Outage::default(),
+            outage,
             told: Mutex::default(),
         }
     }
@@ -91,8 +94,8 @@ impl Worker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone());
-        if let (true, Some(l)) = (new, &self.listener) {
-            l(&RunnerEvent::JobError {
+        if new {
+            self.outage.tell(RunnerEvent::JobError {
                 job: key.0,
                 error: key.1,
             });
@@ -106,26 +109,13 @@ impl Worker {
 
     /// Every job of the store, waiting out outages; None once stopped.
     async fn scan(&self, stop: &mut watch::Receiver<bool>) -> Option<Vec<JobRow>> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            if *stop.borrow() {
-                return None;
-            }
-            match self.store.jobs().await {
-                Ok(jobs) => {
-                    self.outage.up(&self.listener);
-                    return Some(jobs);
-                }
-                Err(e) => {
-                    self.outage.down(&e, &self.listener);
-                    tokio::select! {
-                        _ = sleep(delay.mul_f64(0.75 + 0.5 * fastrand::f64())) => {}
-                        _ = stop.changed() => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-            }
+        if *stop.borrow() {
+            return None;
         }
+        self.outage
+            .wait_out(|| self.store.jobs(), stop, Duration::ZERO)
+            .await
+            .ok()
     }
 
     /// Run unfinished jobs (all, or those in `only`) as they appear, each concurrently:
@@ -153,12 +143,10 @@ impl Worker {
                     }
                 };
                 active.insert(j.id.clone(), ());
-                if let Some(l) = &self.listener {
-                    l(&RunnerEvent::Working {
-                        job: j.id.clone(),
-                        runner: runner.id().to_string(),
-                    });
-                }
+                self.outage.tell(RunnerEvent::Working {
+                    job: j.id.clone(),
+                    runner: runner.id().to_string(),
+                });
                 running.spawn(async move {
                     let r = runner.run_job(&j.id).await;
                     (j.id, r)

@@ -62,7 +62,7 @@ pub static REGISTRY: [ProviderFacts; 3] = [
         headers: &[],
         endpoints: &["/v1/chat/completions", "/v1/embeddings"],
         batch_limits: batch_api::openai::LIMITS,
-        poll_interval: Duration::from_secs(60),
+        poll_interval: batch_api::openai::POLL_INTERVAL,
         batch_price_factor: 0.5,
     },
     ProviderFacts {
@@ -77,7 +77,7 @@ pub static REGISTRY: [ProviderFacts; 3] = [
         headers: &[("anthropic-version", "2023-06-01")],
         endpoints: &["/v1/messages"],
         batch_limits: batch_api::anthropic::LIMITS,
-        poll_interval: Duration::from_secs(60),
+        poll_interval: batch_api::anthropic::POLL_INTERVAL,
         batch_price_factor: 0.5,
     },
     ProviderFacts {
@@ -93,7 +93,7 @@ pub static REGISTRY: [ProviderFacts; 3] = [
         headers: &[],
         endpoints: &["/v1/chat/completions", "/v1/embeddings"],
         batch_limits: batch_api::gemini::LIMITS,
-        poll_interval: Duration::from_secs(30),
+        poll_interval: batch_api::gemini::POLL_INTERVAL,
         batch_price_factor: 0.5,
     },
 ];

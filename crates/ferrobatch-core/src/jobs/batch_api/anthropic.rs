@@ -17,6 +17,9 @@ use crate::http::transport::{Payload, Retry, Transport};
 use crate::jobs::model::{ChunkLimits, Claimed};
 
 /// 100,000 requests and 256 MB a batch (a margin kept for the envelope).
+/// How often one of its batches is polled by default.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub const LIMITS: ChunkLimits = ChunkLimits {
     requests: 100_000,
     bytes: 250 * 1024 * 1024,

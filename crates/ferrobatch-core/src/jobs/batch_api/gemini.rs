@@ -17,6 +17,9 @@ use crate::http::transport::{Payload, Retry, Transport};
 use crate::jobs::model::{ChunkLimits, Claimed};
 
 /// Inline requests must stay under 20 MB; one model per batch.
+/// How often one of its batches is polled by default.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub const LIMITS: ChunkLimits = ChunkLimits {
     requests: 50_000,
     bytes: 19 * 1024 * 1024,

@@ -214,20 +214,22 @@ impl BatchApi {
         }
     }
 
-    /// The provider's facts (see [`crate::providers`]).
-    pub fn facts(&self) -> &'static crate::providers::ProviderFacts {
-        crate::providers::by_name("batch_provider", self.name())
-            .expect("every batch API is in the registry")
-    }
-
     /// The provider's limits on one batch.
     pub fn limits(&self) -> ChunkLimits {
-        self.facts().batch_limits
+        match self {
+            BatchApi::OpenAi(_) => openai::LIMITS,
+            BatchApi::Anthropic(_) => anthropic::LIMITS,
+            BatchApi::Gemini(_) => gemini::LIMITS,
+        }
     }
 
     /// How often a batch is polled by default.
     pub fn poll_interval(&self) -> Duration {
-        self.facts().poll_interval
+        match self {
+            BatchApi::OpenAi(_) => openai::POLL_INTERVAL,
+            BatchApi::Anthropic(_) => anthropic::POLL_INTERVAL,
+            BatchApi::Gemini(_) => gemini::POLL_INTERVAL,
+        }
     }
 
     /// Where costs are counted, at the batch price (half the prices given).

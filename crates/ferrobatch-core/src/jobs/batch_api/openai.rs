@@ -15,6 +15,9 @@ use crate::http::transport::{Payload, Retry, Transport};
 use crate::jobs::model::{ChunkLimits, Claimed};
 
 /// 50,000 requests and 200 MB a file (a margin kept for the lines' envelopes), one model.
+/// How often one of its batches is polled by default.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub const LIMITS: ChunkLimits = ChunkLimits {
     requests: 50_000,
     bytes: 190 * 1024 * 1024,
