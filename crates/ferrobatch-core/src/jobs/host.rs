@@ -1,13 +1,15 @@
-//! This machine as a job store sees it: a host name that also names the boot (so two
-//! machines that share a host name, or one machine before and after a reboot, are told
-//! apart), and whether a process of this boot is still alive.
+//! This machine as a job store sees it: a host name that also names the boot and the process
+//! id namespace (so two machines that share a host name, one machine before and after a
+//! reboot, or two containers that share a host name and a kernel are told apart), and
+//! whether a process of this boot and namespace is still alive.
 //!
-//! Both are known on Linux only (`/proc/sys/kernel/random/boot_id`, `/proc/<pid>`); elsewhere
-//! a runner that died is taken over by the lease rule alone.
+//! Both are known on Linux only (`/proc/sys/kernel/random/boot_id`, `/proc/self/ns/pid`,
+//! `/proc/<pid>`); elsewhere a runner that died is taken over by the lease rule alone.
 
 use std::sync::OnceLock;
 
-/// The current boot's id (its first 12 hex digits), when the system tells.
+/// This boot and process id namespace (`1a2b3c4d5e6f/4026531836`), when the system tells:
+/// the processes whose ids mean something here.
 fn boot_id() -> Option<&'static str> {
     static BOOT: OnceLock<Option<String>> = OnceLock::new();
     BOOT.get_or_init(|| {
@@ -17,13 +19,20 @@ fn boot_id() -> Option<&'static str> {
             .filter(char::is_ascii_hexdigit)
             .take(12)
             .collect();
-        (id.len() == 12).then_some(id)
+        // `pid:[4026531836]`: the namespace's inode.
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let ns: String = ns
+            .to_string_lossy()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        (id.len() == 12 && !ns.is_empty()).then(|| format!("{id}/{ns}"))
     })
     .as_deref()
 }
 
 /// The name a runner on this machine registers under: `name` and the boot, as
-/// `name (boot 1a2b3c4d5e6f)`, or `name` alone where the boot is unknown.
+/// `name (boot 1a2b3c4d5e6f/4026531836)`, or `name` alone where the boot is unknown.
 pub fn identity(name: &str) -> String {
     match boot_id() {
         Some(boot) => format!("{name} (boot {boot})"),
@@ -31,7 +40,7 @@ pub fn identity(name: &str) -> String {
     }
 }
 
-/// Whether `host` (a registered runner's) is this machine in this boot.
+/// Whether `host` (a registered runner's) is this machine in this boot and namespace.
 pub fn is_this_boot(host: &str) -> bool {
     boot_id().is_some_and(|boot| host.ends_with(&format!(" (boot {boot})")))
 }
@@ -56,7 +65,7 @@ mod tests {
         if boot_id().is_some() {
             assert!(is_this_boot(&me));
             assert!(!is_this_boot("box"));
-            assert!(!is_this_boot("box (boot 000000000000)"));
+            assert!(!is_this_boot("box (boot 000000000000/1)"));
             // A child that exited is gone.
             let mut child = std::process::Command::new("true").spawn().unwrap();
             let pid = child.id();
