@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 /// This boot and process id namespace (`1a2b3c4d5e6f/4026531836`), when the system tells:
 /// the processes whose ids mean something here.
-fn boot_id() -> Option<&'static str> {
+fn boot_and_namespace() -> Option<&'static str> {
     static BOOT: OnceLock<Option<String>> = OnceLock::new();
     BOOT.get_or_init(|| {
         let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
@@ -34,7 +34,7 @@ fn boot_id() -> Option<&'static str> {
 /// The name a runner on this machine registers under: `name` and the boot, as
 /// `name (boot 1a2b3c4d5e6f/4026531836)`, or `name` alone where the boot is unknown.
 pub fn identity(name: &str) -> String {
-    match boot_id() {
+    match boot_and_namespace() {
         Some(boot) => format!("{name} (boot {boot})"),
         None => name.to_string(),
     }
@@ -42,13 +42,13 @@ pub fn identity(name: &str) -> String {
 
 /// Whether `host` (a registered runner's) is this machine in this boot and namespace.
 pub fn is_this_boot(host: &str) -> bool {
-    boot_id().is_some_and(|boot| host.ends_with(&format!(" (boot {boot})")))
+    boot_and_namespace().is_some_and(|boot| host.ends_with(&format!(" (boot {boot})")))
 }
 
 /// Whether a process with this id is known to be gone (never true where that cannot be
 /// told, nor for this process).
 pub fn is_gone(pid: u32) -> bool {
-    if pid == std::process::id() || pid == 0 || boot_id().is_none() {
+    if pid == std::process::id() || pid == 0 || boot_and_namespace().is_none() {
         return false;
     }
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -62,7 +62,7 @@ mod tests {
     fn this_process_is_alive_and_its_host_is_this_boot() {
         assert!(!is_gone(std::process::id()));
         let me = identity("box");
-        if boot_id().is_some() {
+        if boot_and_namespace().is_some() {
             assert!(is_this_boot(&me));
             assert!(!is_this_boot("box"));
             assert!(!is_this_boot("box (boot 000000000000/1)"));
