@@ -148,7 +148,7 @@ fn settle_items(
             .unwrap_or_default();
         let err = errors::raise(
             py,
-            |e| &e.invalid_result,
+            errors::Class::InvalidBatchResult,
             format!("the batch function must return a list, a tuple or None, got {type_name}"),
         );
         fail_all(py, items, err.value(py).as_any(), r);

@@ -29,7 +29,7 @@ pub(crate) struct Core {
 }
 
 fn wrong_loop(py: Python<'_>, message: &str) -> PyErr {
-    errors::raise(py, |e| &e.wrong_loop, message.to_string())
+    errors::raise(py, errors::Class::WrongEventLoop, message.to_string())
 }
 
 impl Core {
@@ -219,7 +219,7 @@ impl Core {
             Some(v) => Some(v.extract::<f64>().map_err(|_| {
                 errors::raise(
                     py,
-                    |e| &e.config,
+                    errors::Class::Kind(ferrobatch_core::ErrorKind::Config),
                     format!("invalid max_queue_time: must be seconds >= 0 or \"auto\", got {v}"),
                 )
             })?),
@@ -414,7 +414,7 @@ fn seconds(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
         Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
         Some(t) => Err(errors::raise(
             py,
-            |e| &e.config,
+            errors::Class::Kind(ferrobatch_core::ErrorKind::Config),
             format!("invalid timeout: must be seconds >= 0, got {t}"),
         )),
     }

@@ -5,184 +5,232 @@
 //! `RuntimeError`, ...). Multiple bases are not expressible with `create_exception!`, so the
 //! classes are built once with `type(name, bases, namespace)` and cached.
 
-use ferrobatch_core::{Error, Provider, StopReason};
-use pyo3::exceptions::{PyException, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError};
+use ferrobatch_core::{Error, ErrorKind, Provider, StopReason};
+use pyo3::exceptions::{
+    PyConnectionError, PyException, PyLookupError, PyRuntimeError, PyTimeoutError, PyTypeError,
+    PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-/// The exception classes, built once per interpreter.
+/// Every exception class of the package: one per core [`ErrorKind`] and the bindings' own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// `FerrobatchError`, the base of all.
+    Ferrobatch,
+    /// `APIError`, the base of the HTTP errors.
+    Api,
+    /// The class of a core error kind.
+    Kind(ErrorKind),
+    /// `InvalidBatchResultError`: the batch function returned something unusable.
+    InvalidBatchResult,
+    /// `WrongEventLoopError`.
+    WrongEventLoop,
+    /// `StopTimeoutError`.
+    StopTimeout,
+}
+
+/// A builtin exception a class also derives from.
+#[derive(Debug, Clone, Copy)]
+enum Builtin {
+    Exception,
+    Value,
+    Type,
+    Runtime,
+    Timeout,
+    Connection,
+    Lookup,
+}
+
+/// One base of a class: another of ours or a builtin.
+#[derive(Debug, Clone, Copy)]
+enum Base {
+    Ours(Class),
+    Builtin(Builtin),
+}
+
+use Base::{Builtin as B, Ours as O};
+use ErrorKind as K;
+
+const FERROBATCH: Base = O(Class::Ferrobatch);
+const API: Base = O(Class::Api);
+const API_STATUS: Base = O(Class::Kind(K::ApiStatus));
+
+/// How a class is made: its bases (ours first) and its docstring.
+struct Spec {
+    bases: &'static [Base],
+    doc: &'static str,
+}
+
+const fn spec(bases: &'static [Base], doc: &'static str) -> Spec {
+    Spec { bases, doc }
+}
+
+const OWN_CLASSES: [Class; 5] = [
+    Class::Ferrobatch,
+    Class::Api,
+    Class::InvalidBatchResult,
+    Class::WrongEventLoop,
+    Class::StopTimeout,
+];
+const CLASS_COUNT: usize = OWN_CLASSES.len() + ErrorKind::ALL.len();
+
+impl Class {
+    fn all() -> impl Iterator<Item = Class> {
+        OWN_CLASSES
+            .into_iter()
+            .chain(ErrorKind::ALL.into_iter().map(Class::Kind))
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Class::Ferrobatch => 0,
+            Class::Api => 1,
+            Class::InvalidBatchResult => 2,
+            Class::WrongEventLoop => 3,
+            Class::StopTimeout => 4,
+            Class::Kind(k) => OWN_CLASSES.len() + k as usize,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Ferrobatch => "FerrobatchError",
+            Class::Api => "APIError",
+            Class::Kind(k) => k.name(),
+            Class::InvalidBatchResult => "InvalidBatchResultError",
+            Class::WrongEventLoop => "WrongEventLoopError",
+            Class::StopTimeout => "StopTimeoutError",
+        }
+    }
+
+    /// The one table of the exception tree. Exhaustive: a new core kind does not build
+    /// until it is given its place here.
+    fn spec(self) -> Spec {
+        match self {
+            Class::Ferrobatch => spec(&[B(Builtin::Exception)], "Base class of every ferrobatch error."),
+            Class::Api => spec(&[FERROBATCH],
+                "An HTTP API call failed; `message`, `status` (None without a response), `body`, `code` and `param` say how."),
+            Class::InvalidBatchResult => spec(&[FERROBATCH, B(Builtin::Type)],
+                "The batch function returned something that is not a list, a tuple, another sized iterable, or None."),
+            Class::WrongEventLoop => spec(&[FERROBATCH, B(Builtin::Runtime)],
+                "The batcher was used from an event loop other than the one it belongs to."),
+            Class::StopTimeout => spec(&[FERROBATCH, B(Builtin::Timeout)],
+                "stop(timeout=...) ran out of time; what was left was force-stopped."),
+            Class::Kind(kind) => match kind {
+                K::Config => spec(&[FERROBATCH, B(Builtin::Value)],
+                    "A setting is out of range; `field` names it."),
+                K::QueueFull => spec(&[FERROBATCH],
+                    "The queue holds max_queue_size items and on_full='reject'; `capacity` is the limit."),
+                K::Stopped => spec(&[FERROBATCH, B(Builtin::Runtime)],
+                    "The batcher is stopped (or was force-stopped or dropped while the item waited); `reason` says which."),
+                K::ItemTimeout => spec(&[FERROBATCH, B(Builtin::Timeout)],
+                    "The item was not dispatched within item_timeout; it was never dispatched later."),
+                K::BatchSizeMismatch => spec(&[FERROBATCH, B(Builtin::Value)],
+                    "The batch function returned a different number of results than items; `expected` and `got` say how many."),
+                K::InvalidInput => spec(&[FERROBATCH, B(Builtin::Value)],
+                    "An item cannot be sent as it is (an empty text, a body that is not JSON, ...)."),
+                K::ApiStatus => spec(&[API],
+                    "The server answered with an error status (after any retries); `status` holds it."),
+                K::BadRequest => spec(&[API_STATUS], "HTTP 400: the server rejected the request."),
+                K::Authentication => spec(&[API_STATUS], "HTTP 401: the API key is missing or wrong."),
+                K::PermissionDenied => spec(&[API_STATUS], "HTTP 403: the key may not do this."),
+                K::NotFound => spec(&[API_STATUS], "HTTP 404: no such model or endpoint."),
+                K::Conflict => spec(&[API_STATUS], "HTTP 409, after retries."),
+                K::UnprocessableEntity => spec(&[API_STATUS], "HTTP 422: the server could not process the request."),
+                K::RateLimit => spec(&[API_STATUS], "HTTP 429, after retries."),
+                K::InternalServer => spec(&[API_STATUS], "HTTP 5xx, after retries."),
+                K::ApiConnection => spec(&[API, B(Builtin::Connection)],
+                    "The connection failed or broke before a response (after any retries)."),
+                K::ApiTimeout => spec(&[O(Class::Kind(K::ApiConnection)), B(Builtin::Timeout)],
+                    "No response within the request timeout (after any retries); `timeout` is the limit."),
+                K::ResponseFormat => spec(&[API],
+                    "The server's answer does not have the documented shape (malformed JSON, wrong number of embeddings, ...)."),
+                K::ResponseTooLarge => spec(&[O(Class::Kind(K::ResponseFormat))],
+                    "The server's answer was larger than max_response_bytes; the rest was not read. `limit` is the cap."),
+                K::RateLimiterUnavailable => spec(&[FERROBATCH, B(Builtin::Connection)],
+                    "The shared rate limit cannot be consulted (Redis unreachable) and on_redis_error='fail'."),
+                K::Store => spec(&[FERROBATCH],
+                    "The job store failed (the SQLite file cannot be opened, stays locked, ...)."),
+                K::DuplicateRequestId => spec(&[FERROBATCH, B(Builtin::Value)],
+                    "Two requests of one job share an id; `id`, `index` and `first` say where."),
+                K::JobNotFound => spec(&[FERROBATCH, B(Builtin::Lookup)],
+                    "No job with this id in the store; `job` holds the id."),
+                K::ProviderBatch => spec(&[API],
+                    "A provider's batch API did not run a request (`code`: batch_expired, batch_cancelled, request_timeout, missing_output) or failed a whole batch (invalid_json_line, ...)."),
+            },
+        }
+    }
+}
+
+/// The exception classes, built once per interpreter, indexed by [`Class::index`].
 pub(crate) struct Exceptions {
-    pub base: Py<PyType>,
-    pub config: Py<PyType>,
-    pub queue_full: Py<PyType>,
-    pub stopped: Py<PyType>,
-    pub item_timeout: Py<PyType>,
-    pub size_mismatch: Py<PyType>,
-    pub invalid_result: Py<PyType>,
-    pub wrong_loop: Py<PyType>,
-    pub stop_timeout: Py<PyType>,
-    pub invalid_input: Py<PyType>,
-    pub api: Py<PyType>,
-    pub api_status: Py<PyType>,
-    pub bad_request: Py<PyType>,
-    pub authentication: Py<PyType>,
-    pub permission_denied: Py<PyType>,
-    pub not_found: Py<PyType>,
-    pub conflict: Py<PyType>,
-    pub unprocessable: Py<PyType>,
-    pub rate_limit: Py<PyType>,
-    pub internal_server: Py<PyType>,
-    pub api_connection: Py<PyType>,
-    pub api_timeout: Py<PyType>,
-    pub response_format: Py<PyType>,
-    pub response_too_large: Py<PyType>,
-    pub limiter_unavailable: Py<PyType>,
-    pub store: Py<PyType>,
-    pub duplicate_id: Py<PyType>,
-    pub job_not_found: Py<PyType>,
-    pub provider_batch: Py<PyType>,
+    classes: Vec<Py<PyType>>,
 }
 
 static EXCEPTIONS: PyOnceLock<Exceptions> = PyOnceLock::new();
 
-fn make(
-    py: Python<'_>,
-    name: &str,
-    bases: &[&Bound<'_, PyType>],
-    doc: &str,
-) -> PyResult<Py<PyType>> {
+fn builtin<'py>(py: Python<'py>, b: Builtin) -> Bound<'py, PyType> {
+    match b {
+        Builtin::Exception => py.get_type::<PyException>(),
+        Builtin::Value => py.get_type::<PyValueError>(),
+        Builtin::Type => py.get_type::<PyTypeError>(),
+        Builtin::Runtime => py.get_type::<PyRuntimeError>(),
+        Builtin::Timeout => py.get_type::<PyTimeoutError>(),
+        Builtin::Connection => py.get_type::<PyConnectionError>(),
+        Builtin::Lookup => py.get_type::<PyLookupError>(),
+    }
+}
+
+/// Make `class` (its bases first) with `type(name, bases, namespace)`: multiple bases are not
+/// expressible with `create_exception!`.
+fn make(py: Python<'_>, class: Class, made: &mut [Option<Py<PyType>>]) -> PyResult<Py<PyType>> {
+    if let Some(ty) = &made[class.index()] {
+        return Ok(ty.clone_ref(py));
+    }
+    let spec = class.spec();
+    let mut bases = Vec::with_capacity(spec.bases.len());
+    for base in spec.bases {
+        bases.push(match *base {
+            Base::Ours(parent) => make(py, parent, made)?.into_bound(py),
+            Base::Builtin(b) => builtin(py, b),
+        });
+    }
     let ns = PyDict::new(py);
     ns.set_item("__module__", "ferrobatch")?;
-    ns.set_item("__doc__", doc)?;
-    let bases = PyTuple::new(py, bases)?;
+    ns.set_item("__doc__", spec.doc)?;
     let ty = py
         .get_type::<PyType>()
-        .call1((name, bases, ns))?
-        .cast_into::<PyType>()?;
-    Ok(ty.unbind())
+        .call1((class.name(), PyTuple::new(py, bases)?, ns))?
+        .cast_into::<PyType>()?
+        .unbind();
+    made[class.index()] = Some(ty.clone_ref(py));
+    Ok(ty)
 }
 
 impl Exceptions {
-    /// The class of a core error's [`Error::type_name`].
-    fn class(&self, name: &str) -> &Py<PyType> {
-        match name {
-            "ConfigError" => &self.config,
-            "QueueFullError" => &self.queue_full,
-            "BatcherStoppedError" => &self.stopped,
-            "ItemTimeoutError" => &self.item_timeout,
-            "BatchSizeMismatchError" => &self.size_mismatch,
-            "InvalidInputError" => &self.invalid_input,
-            "BadRequestError" => &self.bad_request,
-            "AuthenticationError" => &self.authentication,
-            "PermissionDeniedError" => &self.permission_denied,
-            "NotFoundError" => &self.not_found,
-            "ConflictError" => &self.conflict,
-            "UnprocessableEntityError" => &self.unprocessable,
-            "RateLimitError" => &self.rate_limit,
-            "InternalServerError" => &self.internal_server,
-            "APIStatusError" => &self.api_status,
-            "APITimeoutError" => &self.api_timeout,
-            "APIConnectionError" => &self.api_connection,
-            "ResponseFormatError" => &self.response_format,
-            "ResponseTooLargeError" => &self.response_too_large,
-            "RateLimiterUnavailableError" => &self.limiter_unavailable,
-            "StoreError" => &self.store,
-            "DuplicateRequestIdError" => &self.duplicate_id,
-            "JobNotFoundError" => &self.job_not_found,
-            "ProviderBatchError" => &self.provider_batch,
-            _ => &self.base,
-        }
+    /// The class object of `class`.
+    pub(crate) fn class<'py>(py: Python<'py>, class: Class) -> &'py Bound<'py, PyType> {
+        Self::get(py).classes[class.index()].bind(py)
     }
 
-    pub(crate) fn get(py: Python<'_>) -> &Exceptions {
+    fn get(py: Python<'_>) -> &Exceptions {
         EXCEPTIONS
             .get_or_try_init(py, || Self::build(py))
             .expect("building the ferrobatch exception classes cannot fail")
     }
 
     fn build(py: Python<'_>) -> PyResult<Exceptions> {
-        let exc = py.get_type::<PyException>();
-        let runtime = py.get_type::<PyRuntimeError>();
-        let value = py.get_type::<PyValueError>();
-        let type_ = py.get_type::<PyTypeError>();
-        let timeout = py.get_type::<PyTimeoutError>();
-        let base = make(
-            py,
-            "FerrobatchError",
-            &[&exc],
-            "Base class of every ferrobatch error.",
-        )?;
-        let b = base.bind(py).clone();
-        let connection = py.get_type::<pyo3::exceptions::PyConnectionError>();
-        let api = make(py, "APIError", &[&b],
-            "An HTTP API call failed; `message`, `status` (None without a response), `body`, `code` and `param` say how.")?;
-        let a = api.bind(py).clone();
-        let api_status = make(
-            py,
-            "APIStatusError",
-            &[&a],
-            "The server answered with an error status (after any retries); `status` holds it.",
-        )?;
-        let st = api_status.bind(py).clone();
-        let api_connection = make(
-            py,
-            "APIConnectionError",
-            &[&a, &connection],
-            "The connection failed or broke before a response (after any retries).",
-        )?;
-        let conn = api_connection.bind(py).clone();
-        let lookup = py.get_type::<pyo3::exceptions::PyLookupError>();
-        let response_format = make(py, "ResponseFormatError", &[&a],
-            "The server's answer does not have the documented shape (malformed JSON, wrong number of embeddings, ...).")?;
-        let rf = response_format.bind(py).clone();
-        Ok(Exceptions {
-            response_too_large: make(py, "ResponseTooLargeError", &[&rf],
-                "The server's answer was larger than max_response_bytes; the rest was not read. `limit` is the cap.")?,
-            response_format,
-            limiter_unavailable: make(py, "RateLimiterUnavailableError", &[&b, &connection],
-                "The shared rate limit cannot be consulted (Redis unreachable) and on_redis_error='fail'.")?,
-            store: make(py, "StoreError", &[&b],
-                "The job store failed (the SQLite file cannot be opened, stays locked, ...).")?,
-            duplicate_id: make(py, "DuplicateRequestIdError", &[&b, &value],
-                "Two requests of one job share an id; `id`, `index` and `first` say where.")?,
-            provider_batch: make(py, "ProviderBatchError", &[&a],
-                "A provider's batch API did not run a request (`code`: batch_expired, batch_cancelled, request_timeout, missing_output) or failed a whole batch (invalid_json_line, ...).")?,
-            job_not_found: make(py, "JobNotFoundError", &[&b, &lookup],
-                "No job with this id in the store; `job` holds the id.")?,
-            invalid_input: make(py, "InvalidInputError", &[&b, &value],
-                "An item cannot be sent as it is (an empty text, a body that is not JSON, ...).")?,
-            bad_request: make(py, "BadRequestError", &[&st], "HTTP 400: the server rejected the request.")?,
-            authentication: make(py, "AuthenticationError", &[&st], "HTTP 401: the API key is missing or wrong.")?,
-            permission_denied: make(py, "PermissionDeniedError", &[&st], "HTTP 403: the key may not do this.")?,
-            not_found: make(py, "NotFoundError", &[&st], "HTTP 404: no such model or endpoint.")?,
-            conflict: make(py, "ConflictError", &[&st], "HTTP 409, after retries.")?,
-            unprocessable: make(py, "UnprocessableEntityError", &[&st], "HTTP 422: the server could not process the request.")?,
-            rate_limit: make(py, "RateLimitError", &[&st], "HTTP 429, after retries.")?,
-            internal_server: make(py, "InternalServerError", &[&st], "HTTP 5xx, after retries.")?,
-            api_timeout: make(py, "APITimeoutError", &[&conn, &timeout],
-                "No response within the request timeout (after any retries); `timeout` is the limit.")?,
-            api_connection,
-            api_status,
-            api,
-            config: make(py, "ConfigError", &[&b, &value],
-                "A setting is out of range; `field` names it.")?,
-            queue_full: make(py, "QueueFullError", &[&b],
-                "The queue holds max_queue_size items and on_full='reject'; `capacity` is the limit.")?,
-            stopped: make(py, "BatcherStoppedError", &[&b, &runtime],
-                "The batcher is stopped (or was force-stopped or dropped while the item waited); `reason` says which.")?,
-            item_timeout: make(py, "ItemTimeoutError", &[&b, &timeout],
-                "The item was not dispatched within item_timeout; it was never dispatched later.")?,
-            size_mismatch: make(py, "BatchSizeMismatchError", &[&b, &value],
-                "The batch function returned a different number of results than items; `expected` and `got` say how many.")?,
-            invalid_result: make(py, "InvalidBatchResultError", &[&b, &type_],
-                "The batch function returned something that is not a list, a tuple, another sized iterable, or None.")?,
-            wrong_loop: make(py, "WrongEventLoopError", &[&b, &runtime],
-                "The batcher was used from an event loop other than the one it belongs to.")?,
-            stop_timeout: make(py, "StopTimeoutError", &[&b, &timeout],
-                "stop(timeout=...) ran out of time; what was left was force-stopped.")?,
-            base,
-        })
+        let mut made: Vec<Option<Py<PyType>>> = (0..CLASS_COUNT).map(|_| None).collect();
+        for class in Class::all() {
+            make(py, class, &mut made)?;
+        }
+        let classes = made
+            .into_iter()
+            .map(|c| c.expect("every class is made"))
+            .collect();
+        Ok(Exceptions { classes })
     }
 }
 
@@ -224,10 +272,7 @@ fn set_api_fields(
 /// Build the exception instance for a core error (one instance may be shared by many items),
 /// with the error's structured fields as attributes.
 pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> {
-    let ex = Exceptions::get(py);
-    let ty = ex.class(err.type_name());
-    let value = ty
-        .bind(py)
+    let value = Exceptions::class(py, Class::Kind(err.kind()))
         .call1((err.to_string(),))
         .expect("exception classes accept one message argument");
     let set = match err {
@@ -293,14 +338,9 @@ pub(crate) fn to_pyerr(err: Error) -> PyErr {
     Python::attach(|py| PyErr::from_value(exception(py, &err)))
 }
 
-/// Raise `cls(message)` for one of the binding-level classes.
-pub(crate) fn raise(
-    py: Python<'_>,
-    pick: fn(&Exceptions) -> &Py<PyType>,
-    message: String,
-) -> PyErr {
-    let ty = pick(Exceptions::get(py)).bind(py);
-    match ty.call1((message,)) {
+/// Raise `class(message)`.
+pub(crate) fn raise(py: Python<'_>, class: Class, message: String) -> PyErr {
+    match Exceptions::class(py, class).call1((message,)) {
         Ok(v) => PyErr::from_value(v),
         Err(e) => e,
     }
@@ -309,40 +349,8 @@ pub(crate) fn raise(
 /// Add every class to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    let ex = Exceptions::get(py);
-    for ty in [
-        &ex.base,
-        &ex.config,
-        &ex.queue_full,
-        &ex.stopped,
-        &ex.item_timeout,
-        &ex.size_mismatch,
-        &ex.invalid_result,
-        &ex.wrong_loop,
-        &ex.stop_timeout,
-        &ex.invalid_input,
-        &ex.api,
-        &ex.api_status,
-        &ex.bad_request,
-        &ex.authentication,
-        &ex.permission_denied,
-        &ex.not_found,
-        &ex.conflict,
-        &ex.unprocessable,
-        &ex.rate_limit,
-        &ex.internal_server,
-        &ex.api_connection,
-        &ex.api_timeout,
-        &ex.response_format,
-        &ex.response_too_large,
-        &ex.limiter_unavailable,
-        &ex.store,
-        &ex.duplicate_id,
-        &ex.job_not_found,
-        &ex.provider_batch,
-    ] {
-        let ty = ty.bind(py);
-        m.add(ty.name()?, ty)?;
+    for class in Class::all() {
+        m.add(class.name(), Exceptions::class(py, class))?;
     }
     Ok(())
 }

@@ -185,7 +185,7 @@ fn hand_to_loop(py: Python<'_>, crossing: &Crossing, obj: &Py<Batch>, awaitable:
     let _ = awaitable.call_method0("close");
     let err = errors::raise(
         py,
-        |e| &e.invalid_result,
+        errors::Class::InvalidBatchResult,
         "the batch function returned an awaitable, and no event loop uses this batcher to \
          await it on; declare the batch function `async def`"
             .to_string(),

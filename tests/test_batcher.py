@@ -342,6 +342,30 @@ def test_every_exception_derives_from_the_base() -> None:
     assert ferrobatch.AsyncBatchException is FerrobatchError
 
 
+def test_every_native_exception_class_is_exported_and_in_the_tree() -> None:
+    from ferrobatch import _native
+
+    native = {
+        name
+        for name, obj in vars(_native).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    }
+    exported = {
+        name
+        for name in ferrobatch.__all__
+        if isinstance(getattr(ferrobatch, name), type)
+        and issubclass(getattr(ferrobatch, name), BaseException)
+        and name not in ("AsyncBatchException", "QueueFullException")  # async-batcher aliases
+    }
+    assert native == exported
+    for name in native:
+        assert issubclass(getattr(_native, name), FerrobatchError), name
+    assert issubclass(ferrobatch.APITimeoutError, ferrobatch.APIConnectionError)
+    assert issubclass(ferrobatch.ResponseTooLargeError, ferrobatch.ResponseFormatError)
+    assert issubclass(ferrobatch.RateLimitError, ferrobatch.APIStatusError)
+    assert issubclass(ferrobatch.JobNotFoundError, LookupError)
+
+
 def test_version_matches_the_installed_wheel() -> None:
     assert ferrobatch.__version__ == importlib.metadata.version("ferrobatch")
 

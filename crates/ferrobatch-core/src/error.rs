@@ -184,39 +184,158 @@ fn provider_label(p: Provider) -> &'static str {
     }
 }
 
-impl Error {
-    /// The name of the error's class in the Python exception tree (`BadRequestError`,
-    /// `APIConnectionError`, ...), which is also the `type` a job records for a failed
-    /// request. The one place a failure is classified.
-    pub fn type_name(&self) -> &'static str {
+/// The class of an error: one per exception class the core can raise. Deliberately *not*
+/// `#[non_exhaustive]`: the bindings map it to Python with an exhaustive `match`, so a new
+/// kind does not build until it has a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A setting is out of range.
+    Config,
+    /// The queue is full and the engine rejects.
+    QueueFull,
+    /// The engine is stopped.
+    Stopped,
+    /// The item was not dispatched within `item_timeout`.
+    ItemTimeout,
+    /// The batch function returned the wrong number of results.
+    BatchSizeMismatch,
+    /// An item cannot be sent as it is.
+    InvalidInput,
+    /// HTTP 400.
+    BadRequest,
+    /// HTTP 401.
+    Authentication,
+    /// HTTP 403.
+    PermissionDenied,
+    /// HTTP 404.
+    NotFound,
+    /// HTTP 409.
+    Conflict,
+    /// HTTP 422.
+    UnprocessableEntity,
+    /// HTTP 429.
+    RateLimit,
+    /// HTTP 5xx.
+    InternalServer,
+    /// Any other error status.
+    ApiStatus,
+    /// No response within the request timeout.
+    ApiTimeout,
+    /// The connection failed or broke.
+    ApiConnection,
+    /// The answer does not have the documented shape.
+    ResponseFormat,
+    /// The answer exceeds `max_response_bytes`.
+    ResponseTooLarge,
+    /// The shared rate limit cannot be consulted.
+    RateLimiterUnavailable,
+    /// The job store failed (or a runner's lease lapsed).
+    Store,
+    /// Two requests of one job share an id.
+    DuplicateRequestId,
+    /// No such job.
+    JobNotFound,
+    /// A provider batch did not run a request.
+    ProviderBatch,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 24] = [
+        ErrorKind::Config,
+        ErrorKind::QueueFull,
+        ErrorKind::Stopped,
+        ErrorKind::ItemTimeout,
+        ErrorKind::BatchSizeMismatch,
+        ErrorKind::InvalidInput,
+        ErrorKind::BadRequest,
+        ErrorKind::Authentication,
+        ErrorKind::PermissionDenied,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::UnprocessableEntity,
+        ErrorKind::RateLimit,
+        ErrorKind::InternalServer,
+        ErrorKind::ApiStatus,
+        ErrorKind::ApiTimeout,
+        ErrorKind::ApiConnection,
+        ErrorKind::ResponseFormat,
+        ErrorKind::ResponseTooLarge,
+        ErrorKind::RateLimiterUnavailable,
+        ErrorKind::Store,
+        ErrorKind::DuplicateRequestId,
+        ErrorKind::JobNotFound,
+        ErrorKind::ProviderBatch,
+    ];
+
+    /// The name of the kind's class in the Python exception tree, which is also the `type` a
+    /// job records for a failed request.
+    pub const fn name(self) -> &'static str {
         match self {
-            Error::InvalidConfig { .. } => "ConfigError",
-            Error::QueueFull { .. } => "QueueFullError",
-            Error::Stopped { .. } => "BatcherStoppedError",
-            Error::ItemTimeout { .. } => "ItemTimeoutError",
-            Error::BatchSizeMismatch { .. } => "BatchSizeMismatchError",
-            Error::InvalidInput { .. } => "InvalidInputError",
-            Error::Status { status, .. } => match status {
-                400 => "BadRequestError",
-                401 => "AuthenticationError",
-                403 => "PermissionDeniedError",
-                404 => "NotFoundError",
-                409 => "ConflictError",
-                422 => "UnprocessableEntityError",
-                429 => "RateLimitError",
-                500..=599 => "InternalServerError",
-                _ => "APIStatusError",
-            },
-            Error::Timeout { .. } => "APITimeoutError",
-            Error::Connection { .. } => "APIConnectionError",
-            Error::ResponseFormat { .. } => "ResponseFormatError",
-            Error::ResponseTooLarge { .. } => "ResponseTooLargeError",
-            Error::RateLimiterUnavailable { .. } => "RateLimiterUnavailableError",
-            Error::Store { .. } | Error::LeaseLost { .. } => "StoreError",
-            Error::DuplicateRequestId { .. } => "DuplicateRequestIdError",
-            Error::JobNotFound { .. } => "JobNotFoundError",
-            Error::ProviderBatch { .. } => "ProviderBatchError",
+            ErrorKind::Config => "ConfigError",
+            ErrorKind::QueueFull => "QueueFullError",
+            ErrorKind::Stopped => "BatcherStoppedError",
+            ErrorKind::ItemTimeout => "ItemTimeoutError",
+            ErrorKind::BatchSizeMismatch => "BatchSizeMismatchError",
+            ErrorKind::InvalidInput => "InvalidInputError",
+            ErrorKind::BadRequest => "BadRequestError",
+            ErrorKind::Authentication => "AuthenticationError",
+            ErrorKind::PermissionDenied => "PermissionDeniedError",
+            ErrorKind::NotFound => "NotFoundError",
+            ErrorKind::Conflict => "ConflictError",
+            ErrorKind::UnprocessableEntity => "UnprocessableEntityError",
+            ErrorKind::RateLimit => "RateLimitError",
+            ErrorKind::InternalServer => "InternalServerError",
+            ErrorKind::ApiStatus => "APIStatusError",
+            ErrorKind::ApiTimeout => "APITimeoutError",
+            ErrorKind::ApiConnection => "APIConnectionError",
+            ErrorKind::ResponseFormat => "ResponseFormatError",
+            ErrorKind::ResponseTooLarge => "ResponseTooLargeError",
+            ErrorKind::RateLimiterUnavailable => "RateLimiterUnavailableError",
+            ErrorKind::Store => "StoreError",
+            ErrorKind::DuplicateRequestId => "DuplicateRequestIdError",
+            ErrorKind::JobNotFound => "JobNotFoundError",
+            ErrorKind::ProviderBatch => "ProviderBatchError",
         }
+    }
+}
+
+impl Error {
+    /// The error's kind: the one place a failure is classified.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidConfig { .. } => ErrorKind::Config,
+            Error::QueueFull { .. } => ErrorKind::QueueFull,
+            Error::Stopped { .. } => ErrorKind::Stopped,
+            Error::ItemTimeout { .. } => ErrorKind::ItemTimeout,
+            Error::BatchSizeMismatch { .. } => ErrorKind::BatchSizeMismatch,
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::Status { status, .. } => match status {
+                400 => ErrorKind::BadRequest,
+                401 => ErrorKind::Authentication,
+                403 => ErrorKind::PermissionDenied,
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Conflict,
+                422 => ErrorKind::UnprocessableEntity,
+                429 => ErrorKind::RateLimit,
+                500..=599 => ErrorKind::InternalServer,
+                _ => ErrorKind::ApiStatus,
+            },
+            Error::Timeout { .. } => ErrorKind::ApiTimeout,
+            Error::Connection { .. } => ErrorKind::ApiConnection,
+            Error::ResponseFormat { .. } => ErrorKind::ResponseFormat,
+            Error::ResponseTooLarge { .. } => ErrorKind::ResponseTooLarge,
+            Error::RateLimiterUnavailable { .. } => ErrorKind::RateLimiterUnavailable,
+            Error::Store { .. } | Error::LeaseLost { .. } => ErrorKind::Store,
+            Error::DuplicateRequestId { .. } => ErrorKind::DuplicateRequestId,
+            Error::JobNotFound { .. } => ErrorKind::JobNotFound,
+            Error::ProviderBatch { .. } => ErrorKind::ProviderBatch,
+        }
+    }
+
+    /// The name of the error's class in the Python exception tree (`BadRequestError`, ...).
+    pub fn type_name(&self) -> &'static str {
+        self.kind().name()
     }
 
     /// An [`Error::InvalidConfig`] for the setting `field`.
@@ -231,6 +350,17 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_once_with_its_own_name() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "ALL is in declaration order");
+        }
+        assert_eq!(ErrorKind::ALL.len(), ErrorKind::ProviderBatch as usize + 1);
+        let names: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert!(names.iter().all(|n| n.ends_with("Error")));
+    }
 
     #[test]
     fn messages_name_the_problem() {

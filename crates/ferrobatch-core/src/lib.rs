@@ -18,4 +18,4 @@ pub use engine::{
     Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
     UserConfig, Window, Work, DEFAULT_AGING, LATENCY_BOUNDS,
 };
-pub use error::{Error, Provider, StopReason};
+pub use error::{Error, ErrorKind, Provider, StopReason};
