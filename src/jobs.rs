@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use ferrobatch_core::jobs::{
     self, batched_runner, output, BatchOptions, Endpoint, JobRoutes, JobRow, JobStatus, NewJob,
-    NewRequest, OneRunner, Runner, RunnerConfig, RunnerEvent, RunnerListener, Store, Worker,
-    WorkerOptions,
+    OneRunner, Runner, RunnerConfig, RunnerEvent, RunnerListener, Store, Worker, WorkerOptions,
 };
 use ferrobatch_core::Error;
 use pyo3::prelude::*;
@@ -18,6 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::{self, config_error, to_pyerr};
 use crate::http::{ChatClient, Chatter, EmbeddingsClient};
+use crate::job_input::{checked_requests, JobInput};
 use crate::limits::RateLimiter;
 use crate::runtime::runtime;
 use crate::task;
@@ -113,8 +113,10 @@ impl JobStore {
         self.call(py, |s| owned!(s => s.schema_version()))
     }
 
-    /// Write a job and its requests (`(id, body_json)` pairs) in one transaction.
-    #[pyo3(signature = (job_id, name, endpoint, settings, input_hash, requests))]
+    /// Write a job and its requests (`(id, body)` pairs, bodies as dicts) in one transaction,
+    /// after the core's check of every body for `endpoint`: `gemini_batch` (a Gemini batch
+    /// translates only some chat fields), `embeddings` (the client's `(model, dimensions)`).
+    #[pyo3(signature = (job_id, name, endpoint, settings, input_hash, requests, *, gemini_batch=false, embeddings=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_job(
         &self,
@@ -124,8 +126,11 @@ impl JobStore {
         endpoint: String,
         settings: Option<String>,
         input_hash: Option<String>,
-        requests: Vec<(String, String)>,
+        requests: Vec<(String, Bound<'_, PyAny>)>,
+        gemini_batch: bool,
+        embeddings: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     ) -> PyResult<()> {
+        let reqs = checked_requests(&endpoint, requests, gemini_batch, embeddings)?;
         let job = NewJob {
             id: job_id,
             name,
@@ -133,10 +138,26 @@ impl JobStore {
             settings,
             input_hash,
         };
-        let reqs: Vec<NewRequest> = requests
-            .into_iter()
-            .map(|(id, body)| NewRequest { id, body })
-            .collect();
+        self.call(py, move |s| owned!(s => s.create_job(job, reqs)))
+    }
+
+    /// Write a job from a checked JSONL input (its requests are taken: once per input).
+    fn create_job_from(
+        &self,
+        py: Python<'_>,
+        input: &JobInput,
+        job_id: String,
+        name: Option<String>,
+        settings: Option<String>,
+    ) -> PyResult<()> {
+        let reqs = input.take()?;
+        let job = NewJob {
+            id: job_id,
+            name,
+            endpoint: input.endpoint_path().to_string(),
+            settings,
+            input_hash: Some(input.hash().to_string()),
+        };
         self.call(py, move |s| owned!(s => s.create_job(job, reqs)))
     }
 
@@ -593,12 +614,6 @@ pub(crate) fn estimate_requests(
             .map(|(m, e)| (m, e.requests, e.input_tokens, e.max_output_tokens))
             .collect()
     })
-}
-
-/// The chat body fields a Gemini batch translates.
-#[pyfunction]
-pub(crate) fn gemini_chat_fields() -> Vec<&'static str> {
-    jobs::batch_api::gemini::CHAT_FIELDS.to_vec()
 }
 
 /// Run the job store test suite against the store at `location` (for the tests: the same

@@ -259,7 +259,7 @@ async def test_gemini_refuses_chat_fields_it_cannot_translate() -> None:
     with FakeServer() as server:
         m = manager("gemini", server)
         bad = BatchRequest(id="t", body={**body("gemini", "x"), "tools": []})
-        with pytest.raises(ValueError, match=r"\['tools'\] have no Gemini batch equivalent"):
+        with pytest.raises(ValueError, match=r"field\(s\) tools have no Gemini batch equivalent"):
             await m.submit([bad])
         await m.close()
 

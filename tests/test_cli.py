@@ -115,11 +115,11 @@ def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
     ("lines", "message"),
     [
         ([chat_line(0), "{not json"], "in.jsonl:2: not valid JSON"),
-        ([chat_line(0), chat_line(1, method="GET")], "in.jsonl:2: unsupported method 'GET'"),
-        ([chat_line(0, url="/v1/completions")], "in.jsonl:1: unsupported url '/v1/completions'"),
+        ([chat_line(0), chat_line(1, method="GET")], 'in.jsonl:2: unsupported method "GET"'),
+        ([chat_line(0, url="/v1/completions")], 'in.jsonl:1: unsupported url "/v1/completions"'),
         (
             [chat_line(0), chat_line(1), chat_line(0)],
-            "in.jsonl:3: duplicate custom_id 'req-0' (first on line 1)",
+            'in.jsonl:3: duplicate custom_id "req-0" (first on line 1)',
         ),
         (
             [
@@ -131,16 +131,16 @@ def test_embeddings_file(tmp_path: Path, fake_ai_server: FakeServer) -> None:
                     "body": {"input": "t"},
                 },
             ],
-            "in.jsonl:2: url '/v1/embeddings' differs",
+            'in.jsonl:2: url "/v1/embeddings" differs',
         ),
         (
             [{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {}}],
-            "in.jsonl:1: `body.messages` must be a list",
+            "in.jsonl:1: `messages` must be a list",
         ),
         ([{"method": "POST"}], "in.jsonl:1: `custom_id` must be a non-empty string"),
         (
             [{"custom_id": "x", "url": "/v1/embeddings", "body": {"input": "t", "dims": 3}}],
-            "in.jsonl:1: unsupported embeddings field(s) ['dims']",
+            "in.jsonl:1: unsupported embeddings field(s): dims",
         ),
     ],
 )

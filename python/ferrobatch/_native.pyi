@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import contextvars
+import os
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar, final
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidInputError",
     "ItemFuture",
     "ItemTimeoutError",
+    "JobInput",
     "JobNotFoundError",
     "JobRunner",
     "JobStore",
@@ -56,9 +58,9 @@ __all__ = [
     "detect_provider",
     "estimate_requests",
     "fake_embedding",
-    "gemini_chat_fields",
     "provider_base_url",
     "provider_facts",
+    "read_job_input",
 ]
 
 __version__: Final[str]
@@ -397,7 +399,13 @@ class JobStore:
         endpoint: str,
         settings: str | None,
         input_hash: str | None,
-        requests: list[tuple[str, str]],
+        requests: list[tuple[str, Any]],
+        *,
+        gemini_batch: bool = False,
+        embeddings: tuple[Any, Any] | None = None,
+    ) -> None: ...
+    def create_job_from(
+        self, input: JobInput, job_id: str, name: str | None, settings: str | None
     ) -> None: ...
     def job(self, job_id: str) -> dict[str, Any]: ...
     def jobs(self) -> list[dict[str, Any]]: ...
@@ -466,7 +474,30 @@ def _store_suite(location: str) -> None: ...
 def estimate_requests(
     endpoint: str, bodies: list[str], default_model: str
 ) -> list[tuple[str, int, int, int]]: ...
-def gemini_chat_fields() -> list[str]: ...
+
+@final
+class JobInput:
+    """A checked OpenAI Batch API input file; its requests stay in Rust."""
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def input_hash(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def dimensions(self) -> int | None: ...
+    def __len__(self) -> int: ...
+    def estimate(self, default_model: str) -> list[tuple[str, int, int, int]]: ...
+
+def read_job_input(
+    path: str | os.PathLike[str],
+    label: str,
+    *,
+    batch_api: bool = False,
+    batch_provider: str | None = None,
+    base_url: str | None = None,
+) -> JobInput: ...
 def provider_facts(name: str) -> dict[str, Any]: ...
 def detect_provider(endpoint: str, base_url: str | None = None) -> str: ...
 def provider_base_url(name: str, base_url: str | None = None) -> str: ...

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import signal
@@ -28,7 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ferrobatch._native import JobWorker, RateLimiter, detect_provider, provider_facts
+from ferrobatch._native import (
+    InvalidInputError,
+    JobInput,
+    JobWorker,
+    RateLimiter,
+    detect_provider,
+    provider_facts,
+    read_job_input,
+)
 from ferrobatch.jobs import (
     BatchManager,
     BatchRequest,
@@ -36,9 +43,8 @@ from ferrobatch.jobs import (
     Job,
     ProgressReporter,
     native_batch,
+    store_input,
 )
-
-ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages")
 
 
 def key_env(args: argparse.Namespace, endpoint: str) -> str:
@@ -97,91 +103,19 @@ class CliError(Exception):
 # --- the JSONL format -------------------------------------------------------------------------
 
 
-def parse_requests(path: Path) -> tuple[str, list[BatchRequest], str]:
-    """The endpoint, requests and content hash of an OpenAI Batch API input file; every line
-    is checked before anything is written."""
+def read_input(path: Path, args: argparse.Namespace) -> JobInput:
+    """An OpenAI Batch API input file, read and checked by the core (every line before
+    anything is written; the first problem names its line)."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CliError(f"cannot read {path}: {e.strerror}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    requests: list[BatchRequest] = []
-    first_line: dict[str, int] = {}
-    endpoint: str | None = None
-    endpoint_line = 0
-    model: Any = None
-    try:
-        # utf-8-sig: a leading byte-order mark (editors write one) is not part of line 1.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise CliError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    # JSON Lines end at "\n" only: str.splitlines would also split inside strings holding
-    # U+2028 and the like, which JSON allows unescaped.
-    for n, raw in enumerate(text.split("\n"), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise CliError(f"{where}: each line must be a JSON object")
-        cid = obj.get("custom_id")
-        if not isinstance(cid, str) or not cid:
-            raise CliError(f"{where}: `custom_id` must be a non-empty string")
-        if cid in first_line:
-            raise CliError(
-                f"{where}: duplicate custom_id {cid!r} (first on line {first_line[cid]})"
-            )
-        first_line[cid] = n
-        method = obj.get("method", "POST")
-        if method != "POST":
-            raise CliError(f"{where}: unsupported method {method!r} (only POST)")
-        url = obj.get("url")
-        if url not in ENDPOINTS:
-            raise CliError(f"{where}: unsupported url {url!r} (use one of {', '.join(ENDPOINTS)})")
-        if endpoint is None:
-            endpoint, endpoint_line = url, n
-        elif url != endpoint:
-            raise CliError(
-                f"{where}: url {url!r} differs from {endpoint!r} on line {endpoint_line}; "
-                "one endpoint per file"
-            )
-        body = obj.get("body")
-        if not isinstance(body, dict):
-            raise CliError(f"{where}: `body` must be a JSON object")
-        if url == "/v1/embeddings":
-            inp = body.get("input")
-            if not (
-                isinstance(inp, str)
-                or (isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp))
-            ):
-                raise CliError(f"{where}: `body.input` must be a string or a list of strings")
-            unknown = sorted(
-                set(body) - {"input", "model", "dimensions", "encoding_format", "user"}
-            )
-            if unknown:
-                raise CliError(f"{where}: unsupported embeddings field(s) {unknown}")
-            shape = (body.get("model"), body.get("dimensions"))
-            if model is None:
-                model = shape
-            elif shape != model:
-                raise CliError(
-                    f"{where}: embeddings model or dimensions differ from the first line's; "
-                    "one of each per file"
-                )
-        elif not isinstance(body.get("messages"), list):
-            raise CliError(f"{where}: `body.messages` must be a list")
-        elif url == "/v1/messages" and not (
-            isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 0
-        ):
-            raise CliError(f"{where}: `body.max_tokens` must be an integer > 0")
-        requests.append(BatchRequest(id=cid, body=body))
-    if endpoint is None:
-        raise CliError(f"{path}: no requests")
-    return endpoint, requests, digest
+        return read_job_input(
+            path,
+            str(path),
+            batch_api=bool(getattr(args, "batch_api", False)),
+            batch_provider=getattr(args, "batch_provider", None),
+            base_url=getattr(args, "base_url", None),
+        )
+    except InvalidInputError as e:
+        raise CliError(e.reason) from None
 
 
 def write_results(store: BatchStore, job_id: str, out: Path | None) -> None:
@@ -246,19 +180,13 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
 
 async def cmd_run(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.output)
-    endpoint, requests, digest = parse_requests(src)
+    source = read_input(src, args)
+    endpoint = source.endpoint
     store_path = args.store or os.environ.get("FERROBATCH_STORE") or str(out) + ".jobs.db"
-    settings = {
-        "base_url": args.base_url,
-        "api_key_env": key_env(args, endpoint),
-        "model": requests[0].body.get("model"),
-        "dimensions": requests[0].body.get("dimensions"),
-        "input": str(src),
-        "output": str(out),
-    }
+    settings = {**job_settings(args, source, src), "output": str(out)}
     client = make_client(endpoint, settings, args)  # before the store: a bad setting writes nothing
     store = BatchStore(store_path)
-    existing = store.find_by_input(digest)
+    existing = store.find_by_input(source.input_hash)
     manager = BatchManager(
         client,
         store,
@@ -268,19 +196,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     )
     if args.estimate:
         try:
-            print_estimate(manager.estimate(requests))
+            print_estimate(manager.estimate(source))
         finally:
             await manager.close()
             await client.stop()
         return 0
     try:
         if existing is None:
-            try:
-                job = await manager.submit(
-                    requests, name=src.name, settings=settings, input_hash=digest, start=False
-                )
-            except (TypeError, ValueError) as e:
-                raise CliError(str(e)) from None
+            job = store.job(store_input(store, source, src.name, settings))
             print(f"job {job.id}: {job.total} requests, store {store_path}", file=sys.stderr)
         else:
             job = existing
@@ -340,45 +263,27 @@ def open_store(args: argparse.Namespace, create: bool = False) -> BatchStore:
     return BatchStore(location)
 
 
-def job_settings(
-    args: argparse.Namespace, endpoint: str, requests: list[BatchRequest], src: Path
-) -> dict[str, Any]:
+def job_settings(args: argparse.Namespace, source: JobInput, src: Path) -> dict[str, Any]:
     """A job's non-secret settings: where it goes, which model, the key's variable name."""
     return {
         "base_url": args.base_url,
-        "api_key_env": key_env(args, endpoint),
-        "model": requests[0].body.get("model"),
-        "dimensions": requests[0].body.get("dimensions"),
+        "api_key_env": key_env(args, source.endpoint),
+        "model": source.model,
+        "dimensions": source.dimensions,
         "input": str(src),
     }
 
 
-async def cmd_submit(args: argparse.Namespace) -> int:
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Store a job for `ferrobatch work` to run: the file is read and checked by the core and
+    written to the store; nothing is sent."""
     src = Path(args.input)
-    endpoint, requests, digest = parse_requests(src)
+    source = read_input(src, args)
     store = open_store(args, create=True)
-    settings = job_settings(args, endpoint, requests, src)
+    settings = job_settings(args, source, src)
     if args.batch_api:
         settings.update(via="batch-api", batch_provider=args.batch_provider)
-    client = make_client(endpoint, {**settings, "base_url": "http://127.0.0.1:1"}, args)
-    try:
-        via: dict[str, Any] = {}
-        if args.batch_api:  # the batch API's own checks of the bodies (Gemini's fields)
-            via = {"via": "batch-api", "batch_provider": args.batch_provider}
-        manager = BatchManager(client, store, **via)
-        try:
-            job = await manager.submit(
-                requests,
-                name=args.name or src.name,
-                settings=settings,
-                input_hash=digest,
-                start=False,
-            )
-        except (TypeError, ValueError) as e:
-            raise CliError(str(e)) from None
-        await manager.close()
-    finally:
-        await client.stop()
+    job = store.job(store_input(store, source, args.name or src.name, settings))
     print(f"{job.id}: {job.total} requests, store {store.path}", file=sys.stderr)
     print(job.id)
     return 0
@@ -761,13 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(cmd_run(args))
-        if args.command == "submit":
-            return asyncio.run(cmd_submit(args))
         if args.command == "work":
             return asyncio.run(cmd_work(args))
         if args.command == "demo":
             return asyncio.run(cmd_demo(args))
         return {
+            "submit": cmd_submit,
             "jobs": cmd_jobs,
             "status": cmd_status,
             "cancel": cmd_cancel,

@@ -50,12 +50,12 @@ from typing import Any, TextIO, TypedDict, Union
 
 from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import (
-    InvalidInputError,
+    JobInput,
     JobRunner,
     JobStore,
     detect_provider,
     estimate_requests,
-    gemini_chat_fields,
+    provider_facts,
 )
 from ferrobatch.anthropic import Messages
 from ferrobatch.openai import ChatCompletions
@@ -301,47 +301,19 @@ def _endpoint(client: Client) -> str:
     )
 
 
-#: Embedding body fields a job honours; the client's settings must match them.
-_EMBEDDING_FIELDS = {"input", "model", "dimensions", "encoding_format", "user"}
+def new_job_id() -> str:
+    """A fresh job id."""
+    return f"batch_{uuid.uuid4().hex[:24]}"
 
 
-def _check_body(
-    client: Client, endpoint: str, rid: str, body: Mapping[str, Any], gemini: bool = False
-) -> None:
-    if isinstance(client, EmbeddingsBase):
-        unknown = sorted(set(body) - _EMBEDDING_FIELDS)
-        if unknown:
-            raise ValueError(f"request {rid!r}: unsupported embeddings field(s) {unknown}")
-        for field, have in (("model", client.model), ("dimensions", client.dimensions)):
-            if field in body and body[field] != have:
-                raise ValueError(
-                    f"request {rid!r}: {field}={body[field]!r} differs from the client's "
-                    f"{field}={have!r}; a job's embeddings use the client's settings"
-                )
-        inp = body.get("input")
-        ok = isinstance(inp, str) or (
-            isinstance(inp, list) and inp and all(isinstance(t, str) for t in inp)
-        )
-        if not ok:
-            raise ValueError(
-                f"request {rid!r}: an embeddings body needs `input`: a string or a non-empty "
-                "list of strings"
-            )
-    elif not isinstance(body.get("messages"), list):
-        raise ValueError(f"request {rid!r}: a chat body needs `messages`: a list")
-    elif gemini:
-        unknown = sorted(set(body) - set(gemini_chat_fields()))
-        if unknown:
-            raise ValueError(
-                f"request {rid!r}: field(s) {unknown} have no Gemini batch equivalent; "
-                f"a Gemini batch translates {sorted(gemini_chat_fields())}"
-            )
-    elif isinstance(client, Messages) and not _positive_int(body.get("max_tokens")):
-        raise ValueError(f"request {rid!r}: a Messages body needs `max_tokens`: an integer > 0")
-
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+def store_input(
+    store: BatchStore, source: JobInput, name: str | None, settings: Mapping[str, Any]
+) -> str:
+    """Store a checked JSONL input (`read_job_input`) as a new job; returns its id. The
+    bodies go from the file to the store in Rust."""
+    job_id = new_job_id()
+    store._native.create_job_from(source, job_id, name, json.dumps(dict(settings)))
+    return job_id
 
 
 class NativeBatch(TypedDict):
@@ -520,11 +492,12 @@ class BatchManager:
     ) -> Job:
         """Store a job and start running it; returns once every request is written.
 
-        Raises `DuplicateRequestIdError` for a repeated id, `TypeError` / `ValueError` for a
-        request that cannot be sent (naming its id; `InvalidInputError`, a `ValueError`, for a
-        body UTF-8 cannot encode); nothing is written then.
+        Raises `DuplicateRequestIdError` for a repeated id, `TypeError` for a request that is
+        not a `BatchRequest` with a dict body, and `InvalidInputError` (a `ValueError`) naming
+        the request whose body cannot be sent (not JSON, not UTF-8, missing what its endpoint
+        needs); nothing is written then.
         """
-        rows: list[tuple[str, str]] = []
+        rows: list[tuple[str, Any]] = []
         for i, r in enumerate(requests):
             if not isinstance(r, BatchRequest):
                 raise TypeError(f"requests[{i}] must be a BatchRequest, got {type(r).__name__}")
@@ -532,45 +505,44 @@ class BatchManager:
                 raise ValueError(f"requests[{i}]: id must be a non-empty str")
             if not isinstance(r.body, Mapping):
                 raise TypeError(f"request {r.id!r}: body must be a dict")
-            _check_body(self.client, self.endpoint, r.id, r.body, self.batch_provider == "gemini")
-            try:
-                text = json.dumps(dict(r.body), allow_nan=False, ensure_ascii=False)
-            except (TypeError, ValueError) as e:
-                raise TypeError(f"request {r.id!r}: body is not JSON: {e}") from None
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise InvalidInputError(
-                    f"request {r.id!r}: the body cannot be sent as UTF-8 ({e}); decode its "
-                    "source with errors='replace' or clean the data"
-                ) from None
-            rows.append((r.id, text))
-        job_id = f"batch_{uuid.uuid4().hex[:24]}"
-        settings_json = json.dumps(dict(settings or {}))
+            rows.append((r.id, r.body if isinstance(r.body, dict) else dict(r.body)))
+        shape = None
+        if isinstance(self.client, EmbeddingsBase):
+            shape = (self.client.model, self.client.dimensions)
+        job_id = new_job_id()
         await asyncio.to_thread(
             self.store._native.create_job,
             job_id,
             name,
             self.endpoint,
-            settings_json,
+            json.dumps(dict(settings or {})),
             input_hash,
             rows,
+            gemini_batch=self.batch_provider == "gemini" and self.via == "batch-api",
+            embeddings=shape,
         )
         if start:
             self._start(job_id)
         return await self.get_job(job_id)
 
-    def estimate(self, requests: Iterable[BatchRequest]) -> CostEstimate:
-        """What `requests` would cost through this manager (at batch prices with
-        `via="batch-api"`), before anything is sent; see `CostEstimate`."""
-        bodies = [json.dumps(dict(r.body)) for r in requests]
+    def estimate(self, requests: Iterable[BatchRequest] | JobInput) -> CostEstimate:
+        """What `requests` (or a JSONL input read by `read_job_input`) would cost through
+        this manager (at the provider's batch prices with `via="batch-api"`), before anything
+        is sent; see `CostEstimate`."""
         default = str(getattr(self.client, "model", ""))
-        factor = 0.5 if self.via == "batch-api" else 1.0
+        if isinstance(requests, JobInput):
+            rows = requests.estimate(default)
+        else:
+            bodies = [json.dumps(dict(r.body)) for r in requests]
+            rows = estimate_requests(self.endpoint, bodies, default)
+        factor = 1.0
+        if self.via == "batch-api" and self.batch_provider is not None:
+            factor = float(provider_facts(self.batch_provider)["batch_price_factor"])
         prices: Mapping[str, Mapping[str, float]] = getattr(self.client, "prices", {}) or {}
         n = inp = out = 0
         in_cost: float | None = 0.0
         out_cost: float | None = 0.0
-        for model, count, tokens, most in estimate_requests(self.endpoint, bodies, default):
+        for model, count, tokens, most in rows:
             n, inp, out = n + count, inp + tokens, out + most
             price = prices.get(model)
             if price is None or in_cost is None or out_cost is None:

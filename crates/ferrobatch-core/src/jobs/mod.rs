@@ -4,6 +4,7 @@
 //! - [`store`]: the one store interface, and [`open`] picking an engine from a location;
 //! - [`sqlite`]: the embedded engine (one file, one machine);
 //! - [`postgres`]: the shared engine (workers on many hosts);
+//! - [`input`]: the JSONL reader and the one body check per endpoint;
 //! - [`endpoint`]: what a request is sent through, and how its outcome is written down;
 //! - [`runner`]: claim → send → record on the tokio runtime;
 //! - [`output`]: results as an OpenAI Batch API output file.
@@ -12,6 +13,7 @@ pub mod batch_api;
 pub mod batched;
 pub mod endpoint;
 pub mod host;
+pub mod input;
 pub mod model;
 pub mod outage;
 pub mod output;
