@@ -50,9 +50,39 @@ def test_the_same_store_suite_passes_on_both_engines(
     assert BatchStore(location).engine == engine
 
 
+def test_stores_of_the_old_version_numbering_are_read_right(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    """PostgreSQL stores once counted 1 and 2 for what is now 2 and 3 (one sequence with
+    SQLite's): the tables say which layout a store has, and it moves to today's number."""
+    store = BatchStore(postgres_dsn)
+    store._native.create_job(
+        "j", None, "/v1/chat/completions", None, None, [("a", {"messages": []})]
+    )
+    db = postgres_dsn.rsplit("/", 1)[1]
+
+    def psql(sql: str) -> None:
+        postgres_server._run(
+            "psql", "-h", "127.0.0.1", "-p", str(postgres_server.port), "-U",
+            postgres_server.user, "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql,
+        )  # fmt: skip
+
+    psql("DELETE FROM ferrobatch_schema; INSERT INTO ferrobatch_schema VALUES (1), (2)")
+    again = BatchStore(postgres_dsn)
+    assert again.schema_version == 3 and again.job("j").total == 1
+    psql(
+        "DROP TABLE ferrobatch_chunks; ALTER TABLE ferrobatch_requests DROP COLUMN chunk;"
+        "ALTER TABLE ferrobatch_jobs DROP COLUMN chunks;"
+        "DELETE FROM ferrobatch_schema; INSERT INTO ferrobatch_schema VALUES (1)"
+    )
+    third = BatchStore(postgres_dsn)
+    assert third.schema_version == 3 and third.provider_batches("j") == []
+    assert third.progress("j").pending == 1
+
+
 async def test_a_job_on_postgres_with_results_in_order(postgres_dsn: str) -> None:
     store = BatchStore(postgres_dsn)
-    assert store.engine == "postgresql" and store.schema_version == 2
+    assert store.engine == "postgresql" and store.schema_version == 3
     with FakeServer() as server:
         chat = ChatCompletions(
             "m", base_url=server.openai_base_url, api_key="k", prices={"m": {"input": 1.0}}

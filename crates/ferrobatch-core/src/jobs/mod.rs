@@ -1,9 +1,8 @@
 //! Batch jobs: requests kept in a durable store and worked by runners on any number of hosts.
 //!
 //! - [`model`]: the values a store keeps (jobs, requests, claims, outcomes, progress);
-//! - [`store`]: the one store interface, and [`open`] picking an engine from a location;
-//! - [`sqlite`]: the embedded engine (one file, one machine);
-//! - [`postgres`]: the shared engine (workers on many hosts);
+//! - [`store`]: the one store interface, [`open`] picking an engine from a location, and the
+//!   engines: SQLite (one file, one machine) and PostgreSQL (workers on many hosts);
 //! - [`input`]: the JSONL reader and the one body check per endpoint;
 //! - [`endpoint`]: what a request is sent through, and how its outcome is written down;
 //! - [`runner`]: claim → send → record on the tokio runtime;
@@ -17,10 +16,8 @@ pub mod input;
 pub mod model;
 pub mod outage;
 pub mod output;
-pub mod postgres;
 pub mod routes;
 pub mod runner;
-pub mod sqlite;
 pub mod store;
 pub mod worker;
 

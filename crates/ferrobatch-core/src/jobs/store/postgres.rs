@@ -23,100 +23,28 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
-use super::model::{
-    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob,
-    NewRequest, Progress, ResultRow, RunnerInfo, Settled,
-};
-use super::sqlite::{count_outcome, progress_of};
-use super::store::{check_unique, check_version, redact, Store, StoreFuture};
+use super::ledger::{self, progress_of, Tally};
+use super::{check_unique, check_version, redact, Store, StoreFuture, SCHEMA_VERSION};
 use crate::error::Error;
+use crate::jobs::model::{
+    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
+};
 
-/// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE ferrobatch_jobs (
-    id text PRIMARY KEY,
-    name text,
-    status text NOT NULL,
-    endpoint text NOT NULL,
-    settings text,
-    input_hash text,
-    error text,
-    total bigint NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    succeeded bigint NOT NULL DEFAULT 0,
-    failed bigint NOT NULL DEFAULT 0,
-    cancelled bigint NOT NULL DEFAULT 0,
-    input_tokens bigint NOT NULL DEFAULT 0,
-    output_tokens bigint NOT NULL DEFAULT 0,
-    cost double precision
-);
-CREATE INDEX ferrobatch_jobs_input_hash ON ferrobatch_jobs (input_hash);
-CREATE TABLE ferrobatch_requests (
-    job_id text NOT NULL REFERENCES ferrobatch_jobs (id) ON DELETE CASCADE,
-    seq bigint NOT NULL,
-    id text NOT NULL,
-    body text NOT NULL,
-    status text NOT NULL DEFAULT 'pending',
-    runner text,
-    attempt integer NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, seq),
-    UNIQUE (job_id, id)
-);
-CREATE INDEX ferrobatch_requests_pending ON ferrobatch_requests (job_id, seq)
-    WHERE status = 'pending';
-CREATE INDEX ferrobatch_requests_running ON ferrobatch_requests (job_id, runner)
-    WHERE status = 'running';
-CREATE TABLE ferrobatch_results (
-    job_id text NOT NULL,
-    seq bigint NOT NULL,
-    attempt integer NOT NULL,
-    runner text,
-    ok boolean NOT NULL,
-    response text,
-    error text,
-    input_tokens bigint NOT NULL,
-    output_tokens bigint NOT NULL,
-    cost double precision,
-    finished_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, seq, attempt)
-);
-CREATE TABLE ferrobatch_runners (
-    id text PRIMARY KEY,
-    host text NOT NULL,
-    pid bigint NOT NULL,
-    lease interval NOT NULL,
-    started_at timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
-);
-"#,
-    // 2: provider batches ("chunks") holding requests set aside as `batched`.
-    r#"
-ALTER TABLE ferrobatch_requests ADD COLUMN chunk bigint;
-ALTER TABLE ferrobatch_jobs ADD COLUMN chunks bigint NOT NULL DEFAULT 0;
-CREATE INDEX ferrobatch_requests_chunk ON ferrobatch_requests (job_id, chunk)
-    WHERE status = 'batched';
-CREATE TABLE ferrobatch_chunks (
-    job_id text NOT NULL REFERENCES ferrobatch_jobs (id) ON DELETE CASCADE,
-    chunk bigint NOT NULL,
-    provider text NOT NULL,
-    state text NOT NULL,
-    owner text,
-    batch_id text,
-    file_id text,
-    remote_status text,
-    requests bigint NOT NULL,
-    intent_at timestamptz,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, chunk)
-);
-"#,
+/// The schema: `(version, SQL)`, each moving the store from the version before it. One
+/// version sequence for both engines: PostgreSQL stores begin at version 2.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        2,
+        include_str!("migrations/postgres/0002_jobs_runners_and_results.sql"),
+    ),
+    (
+        3,
+        include_str!("migrations/postgres/0003_provider_batches.sql"),
+    ),
 ];
 
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 /// Serializes migrations of concurrent first opens (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6665_7272_6f62;
@@ -246,16 +174,36 @@ impl PgStore {
             .await
             .map_err(pg("reading the schema version"))?
             .get(0);
+        let version = if version == 1 || version == 2 {
+            // Stores written before the engines shared one version sequence counted 1 and 2
+            // for what is now 2 and 3: the tables say which it is.
+            let row = tx
+                .query_one("SELECT to_regclass('ferrobatch_chunks') IS NOT NULL", &[])
+                .await
+                .map_err(pg("reading the schema version"))?;
+            if row.get::<_, bool>(0) {
+                3
+            } else {
+                2
+            }
+        } else {
+            version
+        };
         check_version(version, SCHEMA_VERSION)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
             tx.batch_execute(sql).await.map_err(pg("migrating"))?;
-            tx.execute(
-                "INSERT INTO ferrobatch_schema (version) VALUES ($1)",
-                &[&(i as i64 + 1)],
-            )
-            .await
-            .map_err(pg("migrating"))?;
+            tx.execute("INSERT INTO ferrobatch_schema (version) VALUES ($1)", &[v])
+                .await
+                .map_err(pg("migrating"))?;
         }
+        tx.execute(
+            // A store of the old numbering whose tables were current records today's number.
+            "INSERT INTO ferrobatch_schema (version) SELECT $1::bigint
+             WHERE (SELECT max(version) FROM ferrobatch_schema) < $1::bigint",
+            &[&SCHEMA_VERSION],
+        )
+        .await
+        .map_err(pg("migrating"))?;
         tx.commit().await.map_err(pg("migrating"))
     }
 
@@ -995,109 +943,17 @@ impl Store for PgStore {
         settled: Vec<Settled>,
     ) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            let op = "settling a chunk";
             let mut c = self.client().await?;
-            let tx = c.transaction().await.map_err(pg(op))?;
-            let owned = tx
-                .execute(
-                    "UPDATE ferrobatch_chunks SET state = 'settled', updated_at = now()
-                     WHERE job_id = $1 AND chunk = $2 AND owner = $3 AND state != 'settled'",
-                    &[&job_id, &chunk, &runner_id],
-                )
-                .await
-                .map_err(pg(op))?;
-            if owned == 0 {
-                return Ok(0);
-            }
-            let status = tx
-                .query_one(
-                    "SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE",
-                    &[&job_id],
-                )
-                .await
-                .map_err(pg(op))?;
-            let cancelled = status_of(&status) == JobStatus::Cancelled;
-            let fence = tx
-                .prepare(
-                    "UPDATE ferrobatch_requests SET status = $4, chunk = NULL
-                     WHERE job_id = $1 AND seq = $2 AND chunk = $3 AND status = 'batched'
-                     RETURNING attempt",
-                )
-                .await
-                .map_err(pg(op))?;
-            let insert = tx
-                .prepare(
-                    "INSERT INTO ferrobatch_results (job_id, seq, attempt, runner, ok, response,
-                         error, input_tokens, output_tokens, cost)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .await
-                .map_err(pg(op))?;
-            let (mut ok, mut failed, mut input, mut output) = (0i64, 0i64, 0i64, 0i64);
-            let mut cost: Option<f64> = None;
-            for s in &settled {
-                let Some(o) = &s.outcome else { continue };
-                let st = if o.ok { "succeeded" } else { "failed" };
-                let Some(row) = tx
-                    .query_opt(&fence, &[&job_id, &s.seq, &chunk, &st])
-                    .await
-                    .map_err(pg(op))?
-                else {
-                    continue;
-                };
-                let attempt: i32 = row.get(0);
-                tx.execute(
-                    &insert,
-                    &[
-                        &job_id,
-                        &s.seq,
-                        &attempt,
-                        &runner_id,
-                        &o.ok,
-                        &o.response,
-                        &o.error,
-                        &(o.input_tokens as i64),
-                        &(o.output_tokens as i64),
-                        &o.cost,
-                    ],
-                )
-                .await
-                .map_err(pg(op))?;
-                count_outcome(o, &mut ok, &mut failed, &mut input, &mut output, &mut cost);
-            }
-            let back = tx
-                .execute(
-                    "UPDATE ferrobatch_requests SET status = $3, chunk = NULL
-                     WHERE job_id = $1 AND chunk = $2 AND status = 'batched'",
-                    &[
-                        &job_id,
-                        &chunk,
-                        &(if cancelled { "cancelled" } else { "pending" }),
-                    ],
-                )
-                .await
-                .map_err(pg(op))? as i64;
-            tx.execute(
-                "UPDATE ferrobatch_jobs SET succeeded = succeeded + $2, failed = failed + $3,
-                     cancelled = cancelled + $4, input_tokens = input_tokens + $5,
-                     output_tokens = output_tokens + $6,
-                     cost = CASE WHEN $7::float8 IS NULL THEN cost ELSE COALESCE(cost, 0) + $7 END,
-                     updated_at = now()
-                 WHERE id = $1",
-                &[
-                    &job_id,
-                    &ok,
-                    &failed,
-                    &(if cancelled { back } else { 0 }),
-                    &input,
-                    &output,
-                    &cost,
-                ],
-            )
-            .await
-            .map_err(pg(op))?;
-            tx.commit().await.map_err(pg(op))?;
-            Ok((ok + failed) as u64)
+            let tx = c.transaction().await.map_err(pg(SETTLING))?;
+            let mut steps = PgSettle {
+                tx: &tx,
+                job_id: &job_id,
+                chunk,
+                runner_id: &runner_id,
+            };
+            let n = ledger::settle(&mut steps, &settled).await?;
+            tx.commit().await.map_err(pg(SETTLING))?;
+            Ok(n)
         })
     }
 
@@ -1116,5 +972,133 @@ impl Store for PgStore {
                 .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
                 .collect())
         })
+    }
+}
+
+const SETTLING: &str = "settling a chunk";
+
+/// Settling a provider batch in PostgreSQL (inside one transaction).
+struct PgSettle<'a> {
+    tx: &'a deadpool_postgres::Transaction<'a>,
+    job_id: &'a str,
+    chunk: i64,
+    runner_id: &'a str,
+}
+
+impl ledger::SettleSteps for PgSettle<'_> {
+    async fn take_batch(&mut self) -> Result<bool, Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE ferrobatch_chunks SET state = 'settled', updated_at = now()
+                 WHERE job_id = $1 AND chunk = $2 AND owner = $3 AND state != 'settled'",
+                &[&self.job_id, &self.chunk, &self.runner_id],
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        Ok(n > 0)
+    }
+
+    async fn job_cancelled(&mut self) -> Result<bool, Error> {
+        let row = self
+            .tx
+            .query_one(
+                "SELECT status FROM ferrobatch_jobs WHERE id = $1 FOR UPDATE",
+                &[&self.job_id],
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        Ok(status_of(&row) == JobStatus::Cancelled)
+    }
+
+    async fn record(&mut self, seq: i64, o: &Completion) -> Result<bool, Error> {
+        let status = if o.ok { "succeeded" } else { "failed" };
+        let fence = self
+            .tx
+            .prepare_cached(
+                "UPDATE ferrobatch_requests SET status = $4, chunk = NULL
+                 WHERE job_id = $1 AND seq = $2 AND chunk = $3 AND status = 'batched'
+                 RETURNING attempt",
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        let Some(row) = self
+            .tx
+            .query_opt(&fence, &[&self.job_id, &seq, &self.chunk, &status])
+            .await
+            .map_err(pg(SETTLING))?
+        else {
+            return Ok(false);
+        };
+        let attempt: i32 = row.get(0);
+        let insert = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO ferrobatch_results (job_id, seq, attempt, runner, ok, response,
+                     error, input_tokens, output_tokens, cost)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        self.tx
+            .execute(
+                &insert,
+                &[
+                    &self.job_id,
+                    &seq,
+                    &attempt,
+                    &self.runner_id,
+                    &o.ok,
+                    &o.response,
+                    &o.error,
+                    &(o.input_tokens as i64),
+                    &(o.output_tokens as i64),
+                    &o.cost,
+                ],
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        Ok(true)
+    }
+
+    async fn hand_back(&mut self, cancelled: bool) -> Result<i64, Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE ferrobatch_requests SET status = $3, chunk = NULL
+                 WHERE job_id = $1 AND chunk = $2 AND status = 'batched'",
+                &[
+                    &self.job_id,
+                    &self.chunk,
+                    &(if cancelled { "cancelled" } else { "pending" }),
+                ],
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        Ok(n as i64)
+    }
+
+    async fn count(&mut self, t: &Tally, cancelled: i64) -> Result<(), Error> {
+        self.tx
+            .execute(
+                "UPDATE ferrobatch_jobs SET succeeded = succeeded + $2, failed = failed + $3,
+                     cancelled = cancelled + $4, input_tokens = input_tokens + $5,
+                     output_tokens = output_tokens + $6,
+                     cost = CASE WHEN $7::float8 IS NULL THEN cost ELSE COALESCE(cost, 0) + $7 END,
+                     updated_at = now()
+                 WHERE id = $1",
+                &[
+                    &self.job_id,
+                    &t.succeeded,
+                    &t.failed,
+                    &cancelled,
+                    &t.input_tokens,
+                    &t.output_tokens,
+                    &t.cost,
+                ],
+            )
+            .await
+            .map_err(pg(SETTLING))?;
+        Ok(())
     }
 }

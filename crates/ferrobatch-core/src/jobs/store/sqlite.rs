@@ -7,131 +7,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::model::{
+use futures_util::FutureExt;
+
+use super::ledger::{self, progress_of, Tally};
+use super::{check_unique, check_version, Store, StoreFuture, SCHEMA_VERSION};
+use crate::error::Error;
+use crate::jobs::model::{
     ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
-use super::store::{check_unique, check_version, Store, StoreFuture};
-use crate::error::Error;
 
-/// The schema, one migration per version; `MIGRATIONS[i]` moves version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
-    // 1: jobs and requests, each request carrying its lease and outcome.
-    r#"
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    name TEXT,
-    status TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    settings TEXT,
-    input_hash TEXT,
-    error TEXT,
-    total INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX jobs_input_hash ON jobs(input_hash);
-CREATE TABLE requests (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    seq INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    status TEXT NOT NULL,
-    lease_owner TEXT,
-    lease_expires REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    response TEXT,
-    error TEXT,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    output_tokens INTEGER NOT NULL DEFAULT 0,
-    cost REAL,
-    finished_at REAL,
-    PRIMARY KEY (job_id, seq),
-    UNIQUE (job_id, id)
-);
-CREATE INDEX requests_status ON requests(job_id, status);
-"#,
-    // 2: runners with heartbeats, claims fenced by (runner, attempt), outcomes in their own
-    // insert-only table, a job's counters on its row.
-    r#"
-ALTER TABLE jobs ADD COLUMN succeeded INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE jobs ADD COLUMN cost REAL;
-CREATE TABLE results (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    runner TEXT,
-    ok INTEGER NOT NULL,
-    response TEXT,
-    error TEXT,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost REAL,
-    finished_at REAL NOT NULL,
-    PRIMARY KEY (job_id, seq, attempt)
-);
-INSERT INTO results
-    SELECT job_id, seq, attempts, NULL, status = 'succeeded', response, error, input_tokens,
-           output_tokens, cost, COALESCE(finished_at, 0)
-    FROM requests WHERE status IN ('succeeded', 'failed');
-UPDATE jobs SET
-    succeeded = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'succeeded'),
-    failed = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'failed'),
-    cancelled = (SELECT count(*) FROM requests r WHERE r.job_id = jobs.id AND r.status = 'cancelled'),
-    input_tokens = (SELECT COALESCE(SUM(input_tokens), 0) FROM requests r WHERE r.job_id = jobs.id),
-    output_tokens = (SELECT COALESCE(SUM(output_tokens), 0) FROM requests r WHERE r.job_id = jobs.id),
-    cost = (SELECT SUM(cost) FROM requests r WHERE r.job_id = jobs.id);
-UPDATE requests SET status = 'pending', lease_owner = NULL WHERE status = 'running';
-DROP INDEX requests_status;
-ALTER TABLE requests DROP COLUMN lease_expires;
-ALTER TABLE requests DROP COLUMN response;
-ALTER TABLE requests DROP COLUMN error;
-ALTER TABLE requests DROP COLUMN input_tokens;
-ALTER TABLE requests DROP COLUMN output_tokens;
-ALTER TABLE requests DROP COLUMN cost;
-ALTER TABLE requests DROP COLUMN finished_at;
-ALTER TABLE requests RENAME COLUMN lease_owner TO runner;
-ALTER TABLE requests RENAME COLUMN attempts TO attempt;
-CREATE INDEX requests_status ON requests(job_id, status, seq);
-CREATE INDEX requests_running ON requests(runner) WHERE status = 'running';
-CREATE TABLE runners (
-    id TEXT PRIMARY KEY,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    lease REAL NOT NULL,
-    started_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
-);
-"#,
-    // 3: provider batches ("chunks") holding requests set aside as `batched`.
-    r#"
-ALTER TABLE requests ADD COLUMN chunk INTEGER;
-ALTER TABLE jobs ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX requests_chunk ON requests(job_id, chunk) WHERE status = 'batched';
-CREATE TABLE chunks (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    chunk INTEGER NOT NULL,
-    provider TEXT NOT NULL,
-    state TEXT NOT NULL,
-    owner TEXT,
-    batch_id TEXT,
-    file_id TEXT,
-    remote_status TEXT,
-    requests INTEGER NOT NULL,
-    intent_at REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (job_id, chunk)
-);
-"#,
+/// The schema: `(version, SQL)`, each moving the store from the version before it.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("migrations/sqlite/0001_jobs_and_requests.sql"),
+    ),
+    (
+        2,
+        include_str!("migrations/sqlite/0002_runners_and_results.sql"),
+    ),
+    (
+        3,
+        include_str!("migrations/sqlite/0003_provider_batches.sql"),
+    ),
 ];
 
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+const _: () = assert!(MIGRATIONS[MIGRATIONS.len() - 1].0 == SCHEMA_VERSION);
 
 fn now() -> f64 {
     SystemTime::now()
@@ -212,9 +114,9 @@ impl SqliteStore {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db("reading the schema version"))?;
         check_version(version, SCHEMA_VERSION)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
             tx.execute_batch(sql).map_err(db("migrating"))?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)
+            tx.pragma_update(None, "user_version", v)
                 .map_err(db("migrating"))?;
         }
         tx.commit().map_err(db("migrating"))
@@ -558,12 +460,10 @@ impl Store for SqliteStore {
 
     fn record(&self, runner_id: String, done: Arc<Vec<Finished>>) -> StoreFuture<'_, u64> {
         self.call(move |conn| {
+            let op = "recording results";
             let at = now();
-            let tx = immediate(conn, "recording results")?;
-            let mut kept = 0u64;
-            // Per job: succeeded, failed, input tokens, output tokens, cost.
-            let mut counts: std::collections::BTreeMap<&str, (i64, i64, i64, i64, Option<f64>)> =
-                Default::default();
+            let tx = immediate(conn, op)?;
+            let mut tallies: std::collections::BTreeMap<&str, Tally> = Default::default();
             {
                 let mut fence = tx
                     .prepare_cached(
@@ -571,20 +471,14 @@ impl Store for SqliteStore {
                          WHERE job_id = ?1 AND seq = ?2 AND status = 'running'
                            AND runner = ?3 AND attempt = ?4",
                     )
-                    .map_err(db("recording results"))?;
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO results (job_id, seq, attempt, runner, ok, response, error,
-                             input_tokens, output_tokens, cost, finished_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    )
-                    .map_err(db("recording results"))?;
+                    .map_err(db(op))?;
+                let mut insert = tx.prepare_cached(INSERT_RESULT).map_err(db(op))?;
                 for f in done.iter() {
                     let o = &f.outcome;
                     let status = if o.ok { "succeeded" } else { "failed" };
                     let n = fence
                         .execute(params![f.job_id, f.seq, runner_id, f.attempt, status])
-                        .map_err(db("recording results"))?;
+                        .map_err(db(op))?;
                     if n == 0 {
                         continue;
                     }
@@ -602,36 +496,15 @@ impl Store for SqliteStore {
                             o.cost,
                             at
                         ])
-                        .map_err(db("recording results"))?;
-                    kept += 1;
-                    let c = counts.entry(f.job_id.as_str()).or_default();
-                    if o.ok {
-                        c.0 += 1;
-                    } else {
-                        c.1 += 1;
-                    }
-                    c.2 += o.input_tokens as i64;
-                    c.3 += o.output_tokens as i64;
-                    if let Some(cost) = o.cost {
-                        c.4 = Some(c.4.unwrap_or(0.0) + cost);
-                    }
-                }
-                let mut bump = tx
-                    .prepare_cached(
-                        "UPDATE jobs SET succeeded = succeeded + ?2, failed = failed + ?3,
-                             input_tokens = input_tokens + ?4, output_tokens = output_tokens + ?5,
-                             cost = CASE WHEN ?6 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?6 END,
-                             updated_at = ?7
-                         WHERE id = ?1",
-                    )
-                    .map_err(db("recording results"))?;
-                for (job, (ok, failed, input, output, cost)) in &counts {
-                    bump.execute(params![job, ok, failed, input, output, cost, at])
-                        .map_err(db("recording results"))?;
+                        .map_err(db(op))?;
+                    tallies.entry(f.job_id.as_str()).or_default().add(o);
                 }
             }
-            tx.commit().map_err(db("recording results"))?;
-            Ok(kept)
+            for (job, t) in &tallies {
+                bump_counters(&tx, job, t, 0, at).map_err(db(op))?;
+            }
+            tx.commit().map_err(db(op))?;
+            Ok(tallies.values().map(Tally::recorded).sum())
         })
     }
 
@@ -940,117 +813,143 @@ impl Store for SqliteStore {
     ) -> StoreFuture<'_, u64> {
         self.call(move |conn| {
             let op = "settling a chunk";
-            let at = now();
             let tx = immediate(conn, op)?;
-            let owned = tx
-                .execute(
-                    "UPDATE chunks SET state = 'settled', updated_at = ?4
-                     WHERE job_id = ?1 AND chunk = ?2 AND owner = ?3 AND state != 'settled'",
-                    params![job_id, chunk, runner_id, at],
-                )
-                .map_err(db(op))?;
-            if owned == 0 {
-                return Ok(0);
-            }
-            let (mut ok, mut failed, mut input, mut output) = (0i64, 0i64, 0i64, 0i64);
-            let mut cost: Option<f64> = None;
-            {
-                let mut fence = tx
-                    .prepare_cached(
-                        "UPDATE requests SET status = ?4, chunk = NULL
-                         WHERE job_id = ?1 AND seq = ?2 AND chunk = ?3 AND status = 'batched'
-                         RETURNING attempt",
-                    )
-                    .map_err(db(op))?;
-                let mut insert = tx
-                    .prepare_cached(
-                        "INSERT INTO results (job_id, seq, attempt, runner, ok, response, error,
-                             input_tokens, output_tokens, cost, finished_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    )
-                    .map_err(db(op))?;
-                for s in settled.iter() {
-                    let Some(o) = &s.outcome else { continue };
-                    let status = if o.ok { "succeeded" } else { "failed" };
-                    let attempt: Option<i64> = fence
-                        .query_row(params![job_id, s.seq, chunk, status], |r| r.get(0))
-                        .optional()
-                        .map_err(db(op))?;
-                    let Some(attempt) = attempt else { continue };
-                    insert
-                        .execute(params![
-                            job_id,
-                            s.seq,
-                            attempt,
-                            runner_id,
-                            o.ok,
-                            o.response,
-                            o.error,
-                            o.input_tokens as i64,
-                            o.output_tokens as i64,
-                            o.cost,
-                            at
-                        ])
-                        .map_err(db(op))?;
-                    count_outcome(o, &mut ok, &mut failed, &mut input, &mut output, &mut cost);
-                }
-            }
-            let cancelled = status_of(&tx, &job_id)? == JobStatus::Cancelled;
-            let back = tx
-                .execute(
-                    "UPDATE requests SET status = ?3, chunk = NULL
-                     WHERE job_id = ?1 AND chunk = ?2 AND status = 'batched'",
-                    params![
-                        job_id,
-                        chunk,
-                        if cancelled { "cancelled" } else { "pending" }
-                    ],
-                )
-                .map_err(db(op))? as i64;
-            tx.execute(
-                "UPDATE jobs SET succeeded = succeeded + ?2, failed = failed + ?3,
-                     cancelled = cancelled + ?4, input_tokens = input_tokens + ?5,
-                     output_tokens = output_tokens + ?6,
-                     cost = CASE WHEN ?7 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?7 END,
-                     updated_at = ?8
-                 WHERE id = ?1",
-                params![
-                    job_id,
-                    ok,
-                    failed,
-                    if cancelled { back } else { 0 },
-                    input,
-                    output,
-                    cost,
-                    at
-                ],
-            )
-            .map_err(db(op))?;
+            let mut steps = SqliteSettle {
+                tx: &tx,
+                job_id: &job_id,
+                chunk,
+                runner_id: &runner_id,
+                at: now(),
+            };
+            let n = ledger::settle(&mut steps, &settled)
+                .now_or_never()
+                .expect("SQLite's steps never wait")?;
             tx.commit().map_err(db(op))?;
-            Ok((ok + failed) as u64)
+            Ok(n)
         })
     }
 }
 
-/// Add one recorded outcome to a job's counters.
-pub(crate) fn count_outcome(
-    o: &Completion,
-    ok: &mut i64,
-    failed: &mut i64,
-    input: &mut i64,
-    output: &mut i64,
-    cost: &mut Option<f64>,
-) {
-    if o.ok {
-        *ok += 1;
-    } else {
-        *failed += 1;
+/// Settling a provider batch in SQLite (inside one IMMEDIATE transaction).
+struct SqliteSettle<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    job_id: &'a str,
+    chunk: i64,
+    runner_id: &'a str,
+    at: f64,
+}
+
+const SETTLING: &str = "settling a chunk";
+
+impl ledger::SettleSteps for SqliteSettle<'_> {
+    async fn take_batch(&mut self) -> Result<bool, Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE chunks SET state = 'settled', updated_at = ?4
+                 WHERE job_id = ?1 AND chunk = ?2 AND owner = ?3 AND state != 'settled'",
+                params![self.job_id, self.chunk, self.runner_id, self.at],
+            )
+            .map_err(db(SETTLING))?;
+        Ok(n > 0)
     }
-    *input += o.input_tokens as i64;
-    *output += o.output_tokens as i64;
-    if let Some(c) = o.cost {
-        *cost = Some(cost.unwrap_or(0.0) + c);
+
+    async fn job_cancelled(&mut self) -> Result<bool, Error> {
+        Ok(status_of(self.tx, self.job_id)? == JobStatus::Cancelled)
     }
+
+    async fn record(&mut self, seq: i64, o: &Completion) -> Result<bool, Error> {
+        let status = if o.ok { "succeeded" } else { "failed" };
+        let attempt: Option<i64> = self
+            .tx
+            .prepare_cached(
+                "UPDATE requests SET status = ?4, chunk = NULL
+                 WHERE job_id = ?1 AND seq = ?2 AND chunk = ?3 AND status = 'batched'
+                 RETURNING attempt",
+            )
+            .and_then(|mut fence| {
+                fence
+                    .query_row(params![self.job_id, seq, self.chunk, status], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(db(SETTLING))?;
+        let Some(attempt) = attempt else {
+            return Ok(false);
+        };
+        self.tx
+            .prepare_cached(INSERT_RESULT)
+            .and_then(|mut insert| {
+                insert.execute(params![
+                    self.job_id,
+                    seq,
+                    attempt,
+                    self.runner_id,
+                    o.ok,
+                    o.response,
+                    o.error,
+                    o.input_tokens as i64,
+                    o.output_tokens as i64,
+                    o.cost,
+                    self.at
+                ])
+            })
+            .map_err(db(SETTLING))?;
+        Ok(true)
+    }
+
+    async fn hand_back(&mut self, cancelled: bool) -> Result<i64, Error> {
+        let n = self
+            .tx
+            .execute(
+                "UPDATE requests SET status = ?3, chunk = NULL
+                 WHERE job_id = ?1 AND chunk = ?2 AND status = 'batched'",
+                params![
+                    self.job_id,
+                    self.chunk,
+                    if cancelled { "cancelled" } else { "pending" }
+                ],
+            )
+            .map_err(db(SETTLING))?;
+        Ok(n as i64)
+    }
+
+    async fn count(&mut self, t: &Tally, cancelled: i64) -> Result<(), Error> {
+        bump_counters(self.tx, self.job_id, t, cancelled, self.at).map_err(db(SETTLING))?;
+        Ok(())
+    }
+}
+
+/// The insert of one outcome into `results`.
+const INSERT_RESULT: &str = "INSERT INTO results (job_id, seq, attempt, runner, ok, response,
+         error, input_tokens, output_tokens, cost, finished_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Add a tally (and `cancelled` requests) to a job's counters.
+fn bump_counters(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: &str,
+    t: &Tally,
+    cancelled: i64,
+    at: f64,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "UPDATE jobs SET succeeded = succeeded + ?2, failed = failed + ?3,
+             cancelled = cancelled + ?4, input_tokens = input_tokens + ?5,
+             output_tokens = output_tokens + ?6,
+             cost = CASE WHEN ?7 IS NULL THEN cost ELSE COALESCE(cost, 0) + ?7 END,
+             updated_at = ?8
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        job_id,
+        t.succeeded,
+        t.failed,
+        cancelled,
+        t.input_tokens,
+        t.output_tokens,
+        t.cost,
+        at
+    ])
 }
 
 /// The job's chunks (only those `owner` holds, when given), in order.
@@ -1108,24 +1007,6 @@ impl SqliteStore {
     }
 }
 
-/// Progress from a job's counters: total, succeeded, failed, cancelled, input and output
-/// tokens, cost, and how many requests are running now.
-pub(crate) fn progress_of(row: (i64, i64, i64, i64, i64, i64, Option<f64>, i64)) -> Progress {
-    let (total, succeeded, failed, cancelled, input, output, cost, running) = row;
-    let u = |v: i64| v.max(0) as u64;
-    Progress {
-        total: u(total),
-        pending: u(total - succeeded - failed - cancelled - running),
-        running: u(running),
-        succeeded: u(succeeded),
-        failed: u(failed),
-        cancelled: u(cancelled),
-        input_tokens: u(input),
-        output_tokens: u(output),
-        cost,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1138,7 +1019,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[0].1).unwrap();
             c.execute_batch(
                 "PRAGMA user_version = 1;
                  INSERT INTO jobs VALUES ('j', 'n', 'processing', '/e', NULL, NULL, NULL, 3, 1, 1);

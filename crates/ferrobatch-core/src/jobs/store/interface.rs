@@ -1,5 +1,4 @@
-//! `Store`: the one interface of a job store, and [`open`], which picks the engine from a
-//! location: a file path (or `:memory:`) for SQLite, a `postgresql://` DSN for PostgreSQL.
+//! `Store`: the one interface of a job store, and what every engine checks the same way.
 //!
 //! The semantics every engine keeps (the same test suite runs against each):
 //! - A job and all its requests are written in one transaction before `create_job` returns.
@@ -23,11 +22,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::model::{
+use crate::error::Error;
+use crate::jobs::model::{
     ChunkLimits, ChunkRow, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest,
     Progress, ResultRow, RunnerInfo, Settled,
 };
-use crate::error::Error;
 
 /// What every store call returns: a boxed future (one allocation per call, and calls are
 /// per group of requests, never per request).
@@ -132,27 +131,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn held_by(&self, job_id: String) -> StoreFuture<'_, Vec<(String, u64)>>;
 }
 
-/// Whether a location names a PostgreSQL database.
-pub fn is_postgres(location: &str) -> bool {
-    location.starts_with("postgresql://") || location.starts_with("postgres://")
-}
-
-/// Open the store at `location`: a `postgresql://` DSN, or a SQLite file path (`:memory:`
-/// for a store in memory only).
-pub async fn open(location: &str) -> Result<Arc<dyn Store>, Error> {
-    if is_postgres(location) {
-        Ok(Arc::new(super::postgres::PgStore::open(location).await?))
-    } else {
-        let path = location.to_string();
-        let store = tokio::task::spawn_blocking(move || super::sqlite::SqliteStore::open(&path))
-            .await
-            .map_err(|e| Error::Store {
-                operation: "opening the store",
-                message: e.to_string(),
-            })??;
-        Ok(Arc::new(store))
-    }
-}
+/// The schema version this code writes, one sequence for both engines (SQLite stores begin at
+/// 1, PostgreSQL stores at 2); each engine's migrations end at it.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Refuse a job whose request ids repeat, naming the first repeat.
 pub(crate) fn check_unique(requests: &[NewRequest]) -> Result<(), Error> {
@@ -181,63 +162,4 @@ pub(crate) fn check_version(version: i64, supported: i64) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// A DSN with its password replaced, for messages and reprs.
-pub fn redact(location: &str) -> String {
-    if !is_postgres(location) {
-        return location.to_string();
-    }
-    // scheme://user:password@host/...: hide what sits between the first ':' after the scheme
-    // and the '@'.
-    let (scheme, rest) = location.split_once("://").unwrap_or(("", location));
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    let mut out = format!("{scheme}://");
-    if let Some(a) = auth {
-        match a.split_once(':') {
-            Some((user, _)) => out.push_str(&format!("{user}:***@")),
-            None => out.push_str(&format!("{a}@")),
-        }
-    }
-    // A password may also come as a query parameter.
-    let host = match host.split_once('?') {
-        Some((h, q)) => {
-            let params: Vec<String> = q
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => p.to_string(),
-                })
-                .collect();
-            format!("{h}?{}", params.join("&"))
-        }
-        None => host.to_string(),
-    };
-    out.push_str(&host);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_hides_passwords_only() {
-        assert_eq!(redact("/tmp/jobs.db"), "/tmp/jobs.db");
-        assert_eq!(
-            redact("postgresql://bob:s3cret@db:5432/jobs"),
-            "postgresql://bob:***@db:5432/jobs"
-        );
-        assert_eq!(
-            redact("postgresql://bob@db/jobs"),
-            "postgresql://bob@db/jobs"
-        );
-        assert_eq!(
-            redact("postgres://db/jobs?user=a&password=s3cret&sslmode=require"),
-            "postgres://db/jobs?user=a&password=***&sslmode=require"
-        );
-    }
 }
