@@ -5,11 +5,10 @@
 //!   engines: SQLite (one file, one machine) and PostgreSQL (workers on many hosts);
 //! - [`input`]: the JSONL reader and the one body check per endpoint;
 //! - [`endpoint`]: what a request is sent through, and how its outcome is written down;
-//! - [`runner`]: claim → send → record on the tokio runtime;
+//! - [`run`]: the runner core and its routes (online, through a provider's batch API);
 //! - [`output`]: results as an OpenAI Batch API output file.
 
 pub mod batch_api;
-pub mod batched;
 pub mod endpoint;
 pub mod host;
 pub mod input;
@@ -17,11 +16,10 @@ pub mod model;
 pub mod outage;
 pub mod output;
 pub mod routes;
-pub mod runner;
+pub mod run;
 pub mod store;
 pub mod worker;
 
-pub use batched::Batched;
 pub use endpoint::{error_json, Endpoint, Sent};
 pub use model::{
     ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
@@ -29,6 +27,6 @@ pub use model::{
 };
 pub use outage::{RunnerEvent, RunnerListener};
 pub use routes::{batched_runner, BatchOptions, JobRoutes, WorkerOptions};
-pub use runner::{Runner, RunnerConfig};
+pub use run::{Batched, Online, Route, Runner, RunnerConfig};
 pub use store::{is_postgres, open, redact, Store, StoreFuture};
 pub use worker::{OneRunner, Routes, Worker};

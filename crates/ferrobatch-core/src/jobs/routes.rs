@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::batched::Batched;
 use super::endpoint::Endpoint;
 use super::model::{ChunkLimits, JobRow};
 use super::outage::RunnerListener;
-use super::runner::{Runner, RunnerConfig};
+use super::run::Batched;
+use super::run::{Runner, RunnerConfig};
 use super::store::Store;
 use super::worker::Routes;
 use crate::error::Error;

@@ -18,7 +18,7 @@ use tokio::time::sleep;
 
 use super::model::{JobRow, JobStatus};
 use super::outage::{Outage, RunnerEvent, RunnerListener};
-use super::runner::Runner;
+use super::run::Runner;
 use super::store::Store;
 use crate::error::Error;
 

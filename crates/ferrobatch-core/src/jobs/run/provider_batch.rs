@@ -1,4 +1,4 @@
-//! The batch-API path of a [`Runner`]: a job's requests go to the provider's own batch API
+//! The batch-API route of a [`Runner`]: a job's requests go to the provider's own batch API
 //! (half price, within 24 h) in chunks, each chunk one provider batch.
 //!
 //! Each step of a chunk is written to the store before the network call that follows it:
@@ -24,13 +24,14 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::{sleep, Instant};
 
-use super::batch_api::{custom_id, seq_of, BatchApi, Outcome, Phase, Remote};
-use super::endpoint::{error_json, Endpoint};
-use super::model::{
+use super::runner::{is_fatal, Route, Runner, RunnerConfig};
+use crate::error::Error;
+use crate::jobs::batch_api::{custom_id, seq_of, BatchApi, Outcome, Phase, Remote};
+use crate::jobs::endpoint::{error_json, Endpoint};
+use crate::jobs::model::{
     ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, JobStatus, Settled,
 };
-use super::runner::{is_fatal, Runner};
-use crate::error::Error;
+use crate::jobs::store::Store;
 
 /// How long new chunks wait after a provider said its queue of enqueued tokens is full, in
 /// poll intervals.
@@ -130,20 +131,58 @@ impl Batched {
 }
 
 impl Runner {
-    fn batch_path(&self) -> &Batched {
-        self.batch.as_ref().expect("called on the batch path only")
+    /// A runner that sends jobs through the provider's batch API instead of `endpoint`
+    /// (whose path the jobs must have).
+    pub fn batched(
+        store: Arc<dyn Store>,
+        endpoint: Endpoint,
+        batch: Batched,
+        config: RunnerConfig,
+        host: String,
+    ) -> Result<Arc<Runner>, Error> {
+        batch.check(&endpoint)?;
+        Runner::with_route(store, endpoint, Arc::new(batch), config, host)
     }
+}
 
+impl Route for Batched {
+    fn run<'a>(
+        &'a self,
+        runner: &'a Arc<Runner>,
+        job_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<JobStatus, Error>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            BatchRun {
+                runner,
+                batch: self,
+            }
+            .run(job_id)
+            .await
+        })
+    }
+}
+
+/// One job's run along the batch-API route.
+struct BatchRun<'a> {
+    runner: &'a Arc<Runner>,
+    batch: &'a Batched,
+}
+
+impl BatchRun<'_> {
     /// Run one job through the provider's batch API until it ends or the runner stops.
-    pub(super) async fn run_batched(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
-        self.start().await?;
-        let b = self.batch_path();
+    async fn run(&self, job_id: &str) -> Result<JobStatus, Error> {
+        self.runner.start().await?;
+        let b = self.batch;
         let job = job_id.to_string();
-        let status = self.retrying(|| self.store.start(job.clone())).await?;
+        let status = self
+            .runner
+            .retrying(|| self.runner.store.start(job.clone()))
+            .await?;
         if matches!(status, JobStatus::Completed | JobStatus::Failed) {
             return Ok(status);
         }
-        let mut stop = self.stop.subscribe();
+        let mut stop = self.runner.stop.subscribe();
         let mut failing_since: Option<Instant> = None;
         loop {
             if *stop.borrow() {
@@ -153,20 +192,22 @@ impl Runner {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) => {
                     failing_since = None;
-                    self.store_up();
+                    self.runner.store_up();
                 }
                 Err(e @ Error::JobNotFound { .. }) => return Err(e),
                 Err(e) if is_fatal(&e) => {
-                    self.retrying(|| self.store.fail(job.clone(), e.to_string()))
+                    self.runner
+                        .retrying(|| self.runner.store.fail(job.clone(), e.to_string()))
                         .await?;
                     return Ok(JobStatus::Failed);
                 }
                 // The store is down: waited out however long it lasts (told once).
-                Err(e @ Error::Store { .. }) => self.store_down(&e),
+                Err(e @ Error::Store { .. }) => self.runner.store_down(&e),
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > self.config.patience {
-                        self.retrying(|| self.store.fail(job.clone(), e.to_string()))
+                    if since.elapsed() > self.runner.config.patience {
+                        self.runner
+                            .retrying(|| self.runner.store.fail(job.clone(), e.to_string()))
                             .await?;
                         return Ok(JobStatus::Failed);
                     }
@@ -178,7 +219,8 @@ impl Runner {
                 _ = stop.changed() => {}
             }
         }
-        self.retrying(|| self.store.job(job.clone()))
+        self.runner
+            .retrying(|| self.runner.store.job(job.clone()))
             .await
             .map(|j| j.status)
     }
@@ -186,20 +228,22 @@ impl Runner {
     /// One look at the job: new chunks, then each open chunk moved on. The job's status
     /// when it ended.
     async fn batch_step(&self, job_id: &str) -> Result<Option<JobStatus>, Error> {
-        let b = self.batch_path();
-        let me = self.info.id.clone();
-        let job = self.store.job(job_id.to_string()).await?;
+        let b = self.batch;
+        let me = self.runner.info.id.clone();
+        let job = self.runner.store.job(job_id.to_string()).await?;
         if matches!(job.status, JobStatus::Completed | JobStatus::Failed) {
             return Ok(Some(job.status));
         }
         let cancelled = job.status == JobStatus::Cancelled;
         let mut open = self
+            .runner
             .store
             .take_chunks(job_id.to_string(), me.clone())
             .await?;
         if !cancelled && !b.held(job_id) {
             while open.len() < b.max_open {
                 let claimed = match self
+                    .runner
                     .store
                     .claim_chunk(
                         job_id.to_string(),
@@ -211,7 +255,7 @@ impl Runner {
                 {
                     // Cut off past its lease: register again, claim on the next step.
                     Err(Error::LeaseLost { .. }) => {
-                        self.store.register(self.info.clone()).await?;
+                        self.runner.store.register(self.runner.info.clone()).await?;
                         break;
                     }
                     other => other?,
@@ -235,9 +279,9 @@ impl Runner {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let status = self.store.finish_if_done(job_id.to_string()).await?;
+        let status = self.runner.store.finish_if_done(job_id.to_string()).await?;
         if status == JobStatus::Cancelled {
-            let left = self.store.chunks(job_id.to_string()).await?;
+            let left = self.runner.store.chunks(job_id.to_string()).await?;
             if left.iter().all(|c| c.state == ChunkState::Settled) {
                 return Ok(Some(status));
             }
@@ -247,11 +291,12 @@ impl Runner {
     }
 
     async fn update(&self, chunk: &ChunkRow, update: ChunkUpdate) -> Result<bool, Error> {
-        self.store
+        self.runner
+            .store
             .update_chunk(
                 chunk.job_id.clone(),
                 chunk.chunk,
-                self.info.id.clone(),
+                self.runner.info.id.clone(),
                 update,
             )
             .await
@@ -259,7 +304,7 @@ impl Runner {
 
     /// Move one chunk on as far as it goes now.
     async fn advance(&self, chunk: &ChunkRow, cancelled: bool) -> Result<(), Error> {
-        let b = self.batch_path();
+        let b = self.batch;
         match chunk.state {
             ChunkState::Planned | ChunkState::Creating if cancelled && chunk.batch_id.is_none() => {
                 // Nothing may exist yet; if a create was interrupted, find and cancel it.
@@ -333,7 +378,8 @@ impl Runner {
     }
 
     async fn requests_of(&self, chunk: &ChunkRow) -> Result<Vec<Claimed>, Error> {
-        self.store
+        self.runner
+            .store
             .chunk_requests(chunk.job_id.clone(), chunk.chunk)
             .await
     }
@@ -341,6 +387,7 @@ impl Runner {
     /// The provider's batch for a chunk whose create call may have gone out.
     async fn find(&self, chunk: &ChunkRow) -> Result<Option<String>, Error> {
         let others: Vec<String> = self
+            .runner
             .store
             .chunks(chunk.job_id.clone())
             .await?
@@ -348,7 +395,7 @@ impl Runner {
             .filter(|c| c.chunk != chunk.chunk)
             .filter_map(|c| c.batch_id)
             .collect();
-        self.batch_path()
+        self.batch
             .api
             .find(
                 &chunk.job_id,
@@ -378,7 +425,7 @@ impl Runner {
         file_id: Option<&str>,
         requests: &[Claimed],
     ) -> Result<(), Error> {
-        let b = self.batch_path();
+        let b = self.batch;
         match b
             .api
             .create(&chunk.job_id, chunk.chunk, file_id, requests)
@@ -404,11 +451,12 @@ impl Runner {
     }
 
     async fn settle(&self, chunk: &ChunkRow, settled: Vec<Settled>) -> Result<(), Error> {
-        self.store
+        self.runner
+            .store
             .settle_chunk(
                 chunk.job_id.clone(),
                 chunk.chunk,
-                self.info.id.clone(),
+                self.runner.info.id.clone(),
                 settled,
             )
             .await
@@ -422,7 +470,7 @@ impl Runner {
         remote: &Remote,
         cancelled: bool,
     ) -> Result<(), Error> {
-        let b = self.batch_path();
+        let b = self.batch;
         let requests = self.requests_of(chunk).await?;
         if remote.errors.iter().any(|e| e.0 == "token_limit_exceeded") {
             let until = Instant::now() + b.poll_interval * TOKEN_LIMIT_WAIT;
@@ -514,8 +562,10 @@ impl Runner {
             })
             .collect();
         // The stragglers at full price through the online endpoint, `concurrency` at a time.
-        let mut online: FuturesUnordered<_> =
-            stragglers.into_iter().map(|c| self.send(c)).collect();
+        let mut online: FuturesUnordered<_> = stragglers
+            .into_iter()
+            .map(|c| self.runner.send(c))
+            .collect();
         while let Some((c, result)) = online.next().await {
             let outcome = match result {
                 Ok(sent) => Completion {

@@ -1,7 +1,7 @@
-//! `Runner`: works a store's jobs on the tokio runtime. It claims a job's requests in chunks,
-//! sends them through an [`Endpoint`] (at most `concurrency` at once), and hands each outcome
-//! to one recorder task that writes them in groups: every `flush_interval` or `flush_max`
-//! outcomes, whichever comes first (`flush_interval` zero: one write per outcome).
+//! `Runner`, the runner core: works a store's jobs on the tokio runtime along its [`Route`]. It
+//! registers, claims, sends through an [`Endpoint`] (at most `concurrency` at once), and hands
+//! each outcome to one recorder task that writes them in groups: every `flush_interval` or
+//! `flush_max` outcomes, whichever comes first (`flush_interval` zero: one write per outcome).
 //!
 //! A heartbeat task keeps the runner's claims alive and hands back those of runners whose
 //! heartbeat lapsed. If this process dies, what is sent twice is bounded by what it had in
@@ -17,22 +17,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, watch, Notify, OnceCell, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+use tokio::time::{sleep, timeout_at, Instant};
 
-use super::batched::Batched;
-use super::endpoint::{error_json, Endpoint, Sent};
-use super::model::{Claimed, Completion, Finished, JobStatus, RunnerInfo};
-use super::outage::{Outage, RunnerEvent, RunnerListener};
-use super::store::Store;
 use crate::error::Error;
+use crate::jobs::endpoint::{error_json, Endpoint, Sent};
+use crate::jobs::model::{Claimed, Completion, Finished, JobStatus, RunnerInfo};
+use crate::jobs::outage::{Outage, RunnerEvent, RunnerListener};
+use crate::jobs::store::Store;
 
 /// How often a runner looks at its jobs' status (for a cancel from elsewhere).
-const STATUS_EVERY: Duration = Duration::from_millis(250);
+pub(super) const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// How long a stopping runner waits for its last outcomes to be written.
-const STOP_GRACE: Duration = Duration::from_secs(30);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// A runner's settings.
 #[derive(Debug, Clone)]
@@ -87,18 +85,18 @@ impl RunnerConfig {
 
 /// Outcomes of one job handed to the recorder and not yet written.
 #[derive(Default)]
-struct Tracker {
-    unrecorded: AtomicUsize,
+pub(super) struct Tracker {
+    pub(super) unrecorded: AtomicUsize,
     written: Notify,
 }
 
 impl Tracker {
-    fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.unrecorded.load(Ordering::Acquire)
     }
 
     /// Until every outcome handed over is written (or given up on), or `deadline`.
-    async fn drained(&self, deadline: Option<Instant>) {
+    pub(super) async fn drained(&self, deadline: Option<Instant>) {
         loop {
             let written = self.written.notified();
             if self.held() == 0 {
@@ -116,24 +114,36 @@ impl Tracker {
     }
 }
 
-struct Pending {
-    done: Finished,
-    tracker: Arc<Tracker>,
+pub(super) struct Pending {
+    pub(super) done: Finished,
+    pub(super) tracker: Arc<Tracker>,
 }
 
 pub(super) struct Started {
-    recorder: Mutex<Option<mpsc::Sender<Pending>>>,
+    pub(super) recorder: Mutex<Option<mpsc::Sender<Pending>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 pub(super) type Sending = Pin<Box<dyn Future<Output = (Claimed, Result<Sent, Error>)> + Send>>;
 
-/// Works jobs of one store through one endpoint: online, or through the provider's batch API
-/// (see [`super::batched`]).
+/// How a runner takes a job: online ([`super::online`]) or through the provider's batch API
+/// ([`super::provider_batch`]). The runner core (registration, heartbeats, the recorder,
+/// outages, claims and sends) is the same for both.
+pub trait Route: Send + Sync + std::fmt::Debug + 'static {
+    /// Run one job on `runner` until it is completed, failed or cancelled, or the runner
+    /// stops; its status then.
+    fn run<'a>(
+        &'a self,
+        runner: &'a Arc<Runner>,
+        job_id: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<JobStatus, Error>> + Send + 'a>>;
+}
+
+/// Works jobs of one store through one endpoint, along one [`Route`].
 pub struct Runner {
     pub(super) store: Arc<dyn Store>,
     endpoint: Endpoint,
-    pub(super) batch: Option<Batched>,
+    route: Arc<dyn Route>,
     pub(super) info: RunnerInfo,
     pub(super) config: RunnerConfig,
     sends: Arc<Semaphore>,
@@ -141,7 +151,7 @@ pub struct Runner {
     started: OnceCell<Started>,
     active: AtomicUsize,
     idle: Notify,
-    last_ok: Mutex<Instant>,
+    pub(super) last_ok: Mutex<Instant>,
     outage: Arc<Outage>,
 }
 
@@ -170,10 +180,12 @@ fn is_connection(e: &Error) -> bool {
 }
 
 impl Runner {
-    /// A runner with a fresh id; it registers with the store on its first job.
-    pub fn new(
+    /// A runner with a fresh id taking jobs along `route`; it registers with the store on
+    /// its first job.
+    pub(super) fn with_route(
         store: Arc<dyn Store>,
         endpoint: Endpoint,
+        route: Arc<dyn Route>,
         config: RunnerConfig,
         host: String,
     ) -> Result<Arc<Runner>, Error> {
@@ -181,14 +193,14 @@ impl Runner {
         let id = format!("runner_{:016x}", fastrand::u64(..));
         let info = RunnerInfo {
             id,
-            host: super::host::identity(&host),
+            host: crate::jobs::host::identity(&host),
             pid: std::process::id(),
             lease: config.lease,
         };
         Ok(Arc::new(Runner {
             store,
             endpoint,
-            batch: None,
+            route,
             info,
             sends: Arc::new(Semaphore::new(config.concurrency)),
             config,
@@ -214,22 +226,6 @@ impl Runner {
     /// The store answers again (told when it ends an outage).
     pub(super) fn store_up(&self) {
         self.outage.up();
-    }
-
-    /// A runner that sends jobs through the provider's batch API instead of `endpoint`
-    /// (whose path the jobs must have).
-    pub fn batched(
-        store: Arc<dyn Store>,
-        endpoint: Endpoint,
-        batch: Batched,
-        config: RunnerConfig,
-        host: String,
-    ) -> Result<Arc<Runner>, Error> {
-        batch.check(&endpoint)?;
-        let runner = Runner::new(store, endpoint, config, host)?;
-        let mut runner = Arc::into_inner(runner).expect("a runner just made is not shared");
-        runner.batch = Some(batch);
-        Ok(Arc::new(runner))
     }
 
     /// This runner's id in the store.
@@ -278,8 +274,8 @@ impl Runner {
         let runners = self.retrying(|| self.store.runners()).await?;
         for r in runners {
             if r.id != self.info.id
-                && super::host::is_this_boot(&r.host)
-                && super::host::is_gone(r.pid)
+                && crate::jobs::host::is_this_boot(&r.host)
+                && crate::jobs::host::is_gone(r.pid)
             {
                 let requests = self
                     .retrying(|| self.store.unregister(r.id.clone()))
@@ -310,7 +306,7 @@ impl Runner {
     /// Claim up to `limit` pending requests of the job. A runner whose registration lapsed
     /// (cut off from the store for longer than its lease, its requests handed to others)
     /// registers again first: the store refuses claims of a runner without a live lease.
-    async fn claim(&self, job: &str, limit: usize) -> Result<Vec<Claimed>, Error> {
+    pub(super) async fn claim(&self, job: &str, limit: usize) -> Result<Vec<Claimed>, Error> {
         loop {
             let me = self.info.id.clone();
             match self
@@ -330,133 +326,12 @@ impl Runner {
     /// then. Requests other runners hold are waited for.
     pub async fn run_job(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
         self.active.fetch_add(1, Ordering::AcqRel);
-        let out = self.run_job_inner(job_id).await;
+        let route = Arc::clone(&self.route);
+        let out = route.run(self, job_id).await;
         if self.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
         out
-    }
-
-    async fn run_job_inner(self: &Arc<Self>, job_id: &str) -> Result<JobStatus, Error> {
-        if self.batch.is_some() {
-            return self.run_batched(job_id).await;
-        }
-        let started = self.start().await?;
-        let Some(recorder) = started
-            .recorder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
-            return self.store.job(job_id.to_string()).await.map(|j| j.status);
-        };
-        let mut stop = self.stop.subscribe();
-        let job = job_id.to_string();
-        let me = self.info.id.clone();
-        let mut status = self.retrying(|| self.store.start(job.clone())).await?;
-        *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        let tracker = Arc::new(Tracker::default());
-        let mut in_flight: FuturesUnordered<Sending> = FuturesUnordered::new();
-        let window = self.config.window;
-        let refill = (window / 4).max(1);
-        let mut next_check = Instant::now() + STATUS_EVERY;
-        // The job ended (cancelled, failed): claim nothing more, finish what is in flight.
-        let mut ending = status.is_terminal();
-        // The last claim found fewer requests than asked for.
-        let mut exhausted = false;
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            if !ending && !exhausted {
-                // Outcomes waiting to be written do not count: they are bounded by the
-                // recorder's queue (`flush_max`), and counting them would hold sends back
-                // for a flush interval.
-                let held = in_flight.len();
-                let free = window.saturating_sub(held);
-                if free > 0 && (free >= refill || held == 0) {
-                    let claimed = self.claim(&job, free).await?;
-                    exhausted = claimed.len() < free;
-                    for c in claimed {
-                        in_flight.push(self.send(c));
-                    }
-                }
-            }
-            if in_flight.is_empty() {
-                tracker.drained(None).await;
-                if ending {
-                    break;
-                }
-                if exhausted {
-                    // Nothing of this job is ours any more; a claim whose answer was lost
-                    // (an outage) would still be marked ours: hand it back.
-                    self.retrying(|| self.store.release(job.clone(), me.clone()))
-                        .await?;
-                    status = self
-                        .retrying(|| self.store.finish_if_done(job.clone()))
-                        .await?;
-                    if status.is_terminal() {
-                        break;
-                    }
-                    // Other runners hold the rest; look again soon.
-                    let wait =
-                        (self.config.lease / 4).clamp(Duration::from_millis(20), STATUS_EVERY);
-                    tokio::select! {
-                        _ = sleep(wait) => {}
-                        _ = stop.changed() => {}
-                    }
-                    exhausted = false;
-                }
-                continue;
-            }
-            tokio::select! {
-                biased;
-                _ = stop.changed() => {}
-                Some((claimed, result)) = in_flight.next() => {
-                    let outcome = self.outcome(&job, result, &mut ending).await;
-                    tracker.unrecorded.fetch_add(1, Ordering::AcqRel);
-                    let pending = Pending {
-                        done: Finished {
-                            job_id: claimed.job_id,
-                            seq: claimed.seq,
-                            attempt: claimed.attempt,
-                            outcome,
-                        },
-                        tracker: Arc::clone(&tracker),
-                    };
-                    if recorder.send(pending).await.is_err() {
-                        tracker.unrecorded.fetch_sub(1, Ordering::AcqRel);
-                        break;
-                    }
-                }
-                _ = sleep_until(next_check) => {
-                    next_check = Instant::now() + STATUS_EVERY;
-                    exhausted = false;
-                    match self.store.job(job.clone()).await {
-                        Ok(j) => {
-                            status = j.status;
-                            ending |= status.is_terminal();
-                        }
-                        Err(e @ Error::JobNotFound { .. }) => return Err(e),
-                        Err(_) => {} // an outage: the next look will tell
-                    }
-                }
-            }
-        }
-        // Stopping (or done): what is still in flight is abandoned and handed back.
-        drop(in_flight);
-        tracker.drained(Some(Instant::now() + STOP_GRACE)).await;
-        if *stop.borrow() {
-            let _ = self.store.release(job.clone(), me).await;
-            if status == JobStatus::Cancelled {
-                // Handed back into a cancelled job: they will never be sent.
-                let _ = self.store.cancel(job.clone()).await;
-            }
-        }
-        match self.store.job(job).await {
-            Ok(j) => Ok(j.status),
-            Err(_) => Ok(status),
-        }
     }
 
     pub(super) fn send(&self, claimed: Claimed) -> Sending {
@@ -474,7 +349,7 @@ impl Runner {
     }
 
     /// A request's outcome; fails the job on a job-level error.
-    async fn outcome(
+    pub(super) async fn outcome(
         &self,
         job: &str,
         result: Result<Sent, Error>,
