@@ -118,7 +118,7 @@ fn build_transport(provider: Provider, auth: Auth, c: &Common<'_>) -> PyResult<T
         })?;
     let limiter = match &c.rate_limiter {
         Some(l) => Arc::clone(&l.get().inner),
-        None => Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?),
+        None => Arc::new(ferrobatch_core::limits::LocalLimiter::new(None, None).map_err(to_pyerr)?),
     };
     let config = TransportConfig {
         provider,

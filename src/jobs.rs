@@ -546,7 +546,7 @@ impl JobWorker {
         let limiter = match &rate_limiter {
             Some(l) => Arc::clone(&l.get().inner),
             None => {
-                Arc::new(ferrobatch_core::http::RateLimiter::new(None, None).map_err(to_pyerr)?)
+                Arc::new(ferrobatch_core::limits::LocalLimiter::new(None, None).map_err(to_pyerr)?)
             }
         };
         let batch = batch.map(BatchArgs::options).transpose()?;

@@ -75,7 +75,7 @@ impl RateLimiter {
         let default_burst = if redis_url.is_some() {
             REDIS_BURST
         } else {
-            ferrobatch_core::http::limiter::DEFAULT_LOCAL_BURST.as_secs_f64()
+            ferrobatch_core::limits::local::DEFAULT_LOCAL_BURST.as_secs_f64()
         };
         let burst_s = burst.unwrap_or(default_burst);
         if !(burst_s.is_finite() && burst_s > 0.0) {
@@ -96,7 +96,7 @@ impl RateLimiter {
             }
         };
         let Some(url) = redis_url else {
-            let inner = ferrobatch_core::http::RateLimiter::with_burst(
+            let inner = ferrobatch_core::limits::LocalLimiter::with_burst(
                 requests_per_minute,
                 tokens_per_minute,
                 burst_d,

@@ -6,9 +6,8 @@ use std::time::Duration;
 use ferrobatch_core::http::embed::embed_all;
 use ferrobatch_core::http::openai::{Embeddings, EncodingFormat};
 use ferrobatch_core::http::transport::{DEFAULT_MAX_RESPONSE_BYTES, MAX_ERROR_BODY};
-use ferrobatch_core::http::{
-    ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig, UsageBook,
-};
+use ferrobatch_core::http::{ApiKey, Auth, RetryPolicy, Transport, TransportConfig, UsageBook};
+use ferrobatch_core::limits::LocalLimiter;
 use ferrobatch_core::testing::fake::fake_embedding;
 use ferrobatch_core::testing::{
     ErrorStyle, Fault, FaultKind, ServerConfig, TestServer, REJECT_MARKER,
@@ -29,7 +28,7 @@ fn capped_transport(server: &TestServer, key: &str, timeout: Duration, cap: usiz
         timeout,
         max_response_bytes: cap,
         retry: RetryPolicy::new(2, 0.01, 0.02).unwrap(),
-        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
+        limiter: Arc::new(LocalLimiter::new(None, None).unwrap()),
     };
     Transport::new(config, UsageBook::default()).unwrap()
 }

@@ -8,10 +8,10 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
-use super::limiter::estimate_json_tokens;
 use super::transport::Transport;
 use super::usage::UsageBook;
 use crate::error::Error;
+use crate::limits::estimate::estimate_json_tokens;
 use crate::limits::RateLimit;
 
 /// The API version this client speaks.

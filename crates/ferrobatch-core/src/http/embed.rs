@@ -7,9 +7,9 @@ use std::ops::Range;
 use bytes::Bytes;
 use futures_util::future::join_all;
 
-use super::limiter::estimate_tokens;
 use super::transport::{param_index, Transport};
 use crate::error::Error;
+use crate::limits::estimate::estimate_tokens;
 
 /// One embedding vector.
 pub type Vector = Vec<f32>;

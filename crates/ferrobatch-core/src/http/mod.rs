@@ -1,7 +1,6 @@
 //! The HTTP layer: providers' wire formats on one retrying, rate-limited transport.
 //!
 //! - [`retry`]: which failures are retried and how long to wait (pure, synthetic clock);
-//! - [`limiter`]: the shared RPM/TPM budget and 429 pause (pure, synthetic clock);
 //! - [`secret`]: the API key that never shows itself;
 //! - [`usage`]: requests, retries, tokens and cost per model;
 //! - [`transport`]: the reqwest client that sends, retries and classifies failures;
@@ -13,7 +12,6 @@ pub mod anthropic;
 pub mod embed;
 pub mod embedder;
 pub mod gemini;
-pub mod limiter;
 pub mod openai;
 pub mod retry;
 pub mod secret;
@@ -21,7 +19,6 @@ pub mod transport;
 pub mod usage;
 
 pub use embedder::{Embedder, EmbeddingModel};
-pub use limiter::{estimate_tokens, RateLimiter};
 pub use retry::{Failure, RetryPolicy};
 pub use secret::ApiKey;
 pub use transport::{Auth, Payload, Retry, Transport, TransportConfig};

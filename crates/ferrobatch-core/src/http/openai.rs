@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::embed::{decode_base64, EmbeddingApi, Vector};
-use super::limiter::estimate_json_tokens;
 use super::transport::Transport;
 use crate::error::Error;
+use crate::limits::estimate::estimate_json_tokens;
 
 /// OpenAI's per-request cap on embedding inputs.
 pub const MAX_INPUTS: usize = 2048;

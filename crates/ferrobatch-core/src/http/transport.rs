@@ -1,6 +1,6 @@
 //! `Transport`: one provider's HTTP client. It POSTs a JSON body to `{base_url}{path}` with
 //! the provider's auth header and the user's extra headers, waits for the shared
-//! [`RateLimiter`], retries by the [`RetryPolicy`] (the server's retry hint first), pauses every
+//! [`LocalLimiter`], retries by the [`RetryPolicy`] (the server's retry hint first), pauses every
 //! sharer of the limiter on a 429, and turns every failure into a core [`Error`] with the API
 //! key scrubbed from it.
 

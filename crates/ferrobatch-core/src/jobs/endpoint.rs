@@ -8,9 +8,9 @@ use serde_json::{json, Map, Value};
 
 use crate::error::Error;
 use crate::http::anthropic::{MessageUsage, MessagesClient};
-use crate::http::limiter::estimate_tokens;
 use crate::http::openai::ChatClient;
 use crate::http::Embedder;
+use crate::limits::estimate::estimate_tokens;
 
 /// A response, ready to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,20 @@ pub struct Sent {
     pub output_tokens: u64,
     /// Its cost in USD, when the client has a price for the model.
     pub cost: Option<f64>,
+}
+
+impl From<Sent> for crate::jobs::model::Completion {
+    /// A successful outcome, as recorded.
+    fn from(sent: Sent) -> Self {
+        crate::jobs::model::Completion {
+            ok: true,
+            response: Some(sent.response),
+            error: None,
+            input_tokens: sent.input_tokens,
+            output_tokens: sent.output_tokens,
+            cost: sent.cost,
+        }
+    }
 }
 
 /// The client a runner sends a job's requests through.

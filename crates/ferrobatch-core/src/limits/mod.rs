@@ -1,17 +1,21 @@
 //! Rate limits as the HTTP clients see them: one trait, [`RateLimit`], with two engines —
-//! the in-process [`crate::http::RateLimiter`] (one process's budget) and [`RedisLimiter`]
+//! the in-process [`LocalLimiter`] (one process's budget) and [`RedisLimiter`]
 //! (one budget shared by every process and host that names the same bucket).
 //!
 //! A request asks for one request slot and its estimated tokens before it is sent
 //! ([`RateLimit::acquire`]), has the estimate corrected from the response's usage or refunded
 //! when it fails ([`RateLimit::settle`]), and a 429 pauses every sharer ([`RateLimit::pause`]).
 
+pub mod estimate;
+pub mod local;
 mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use self::estimate::{estimate_json_tokens, estimate_tokens};
+pub use self::local::LocalLimiter;
 pub use self::redis::{redact_url, LimiterEvent, OnRedisError, RedisLimiter, RedisLimiterConfig};
 use crate::error::Error;
 

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
+use super::LocalLimiter;
 use super::{jittered, BoxFuture, RateLimit};
 use crate::error::Error;
-use crate::http::RateLimiter;
 
 /// The GCRA script. KEYS: the requests TAT, the tokens TAT, the live-process set. ARGV: mode
 /// (`acquire` or `pause`), µs per request (0: no request limit), µs per token (0: none), burst
@@ -156,7 +156,7 @@ pub fn redact_url(url: &str) -> String {
 
 /// While Redis is unreachable: the in-process stand-in and when to try Redis again.
 struct Fallback {
-    local: RateLimiter,
+    local: LocalLimiter,
     next_probe: Instant,
 }
 
@@ -326,7 +326,7 @@ impl RedisLimiter {
             (None, Some(reason)) => {
                 let live = self.live_processes();
                 let share = |v: Option<f64>| v.map(|x| x / live as f64);
-                let local = RateLimiter::with_burst(
+                let local = LocalLimiter::with_burst(
                     share(self.config.requests_per_minute),
                     share(self.config.tokens_per_minute),
                     self.config.burst,

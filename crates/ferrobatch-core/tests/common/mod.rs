@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrobatch_core::http::{ApiKey, Auth, RateLimiter, RetryPolicy, Transport, TransportConfig};
+use ferrobatch_core::http::{ApiKey, Auth, RetryPolicy, Transport, TransportConfig};
 use ferrobatch_core::http::{Price, UsageBook};
+use ferrobatch_core::limits::LocalLimiter;
 use ferrobatch_core::testing::TestServer;
 use ferrobatch_core::Provider;
 
@@ -20,7 +21,7 @@ pub fn transport(server: &TestServer, max_retries: i64) -> Transport {
         timeout: Duration::from_secs(5),
         max_response_bytes: 1 << 24,
         retry: RetryPolicy::new(max_retries, 0.01, 0.02).unwrap(),
-        limiter: Arc::new(RateLimiter::new(None, None).unwrap()),
+        limiter: Arc::new(LocalLimiter::new(None, None).unwrap()),
     };
     let prices = [(
         "m".to_string(),

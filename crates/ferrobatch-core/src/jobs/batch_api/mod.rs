@@ -353,7 +353,7 @@ pub fn estimate<'a>(
     bodies: impl IntoIterator<Item = &'a str>,
     default_model: &str,
 ) -> std::collections::BTreeMap<String, Estimate> {
-    use crate::http::limiter::estimate_json_tokens;
+    use crate::limits::estimate::estimate_json_tokens;
     let mut out: std::collections::BTreeMap<String, Estimate> = Default::default();
     for text in bodies {
         let Ok(body) = serde_json::from_str::<Map<String, Value>>(text) else {

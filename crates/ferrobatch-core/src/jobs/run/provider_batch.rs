@@ -568,14 +568,7 @@ impl BatchRun<'_> {
             .collect();
         while let Some((c, result)) = online.next().await {
             let outcome = match result {
-                Ok(sent) => Completion {
-                    ok: true,
-                    response: Some(sent.response),
-                    error: None,
-                    input_tokens: sent.input_tokens,
-                    output_tokens: sent.output_tokens,
-                    cost: sent.cost,
-                },
+                Ok(sent) => Completion::from(sent),
                 Err(e) => failure(error_json(&e)),
             };
             settled.push(Settled {

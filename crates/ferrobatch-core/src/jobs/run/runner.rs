@@ -358,14 +358,7 @@ impl Runner {
         let e = match result {
             Ok(sent) => {
                 *self.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-                return Completion {
-                    ok: true,
-                    response: Some(sent.response),
-                    error: None,
-                    input_tokens: sent.input_tokens,
-                    output_tokens: sent.output_tokens,
-                    cost: sent.cost,
-                };
+                return Completion::from(sent);
             }
             Err(e) => e,
         };

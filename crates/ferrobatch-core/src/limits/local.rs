@@ -1,36 +1,19 @@
-//! A rate budget shared by every request that holds the same [`RateLimiter`]: requests per
+//! `LocalLimiter`: the in-process rate budget, shared by every request that holds the same
+//! limiter: requests per
 //! minute and tokens per minute as token buckets, and a shared pause after a 429.
 //!
 //! A request asks for one request slot and its *estimated* tokens before it is sent
-//! ([`RateLimiter::try_acquire`]); when the response reports real usage the difference is
-//! settled ([`RateLimiter::settle`]). A 429 pauses every sharer until the server's time
-//! ([`RateLimiter::pause_until`]) instead of letting each request retry on its own.
+//! ([`LocalLimiter::try_acquire`]); when the response reports real usage the difference is
+//! settled ([`LocalLimiter::settle`]). A 429 pauses every sharer until the server's time
+//! ([`LocalLimiter::pause_until`]) instead of letting each request retry on its own.
 //!
-//! Token estimate ([`estimate_tokens`]): one token per 4 characters of text (rounded up), the
-//! rule of thumb OpenAI documents for English; usage from the response corrects it.
+//! Token estimates come from [`super::estimate`]; usage from the response corrects them.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::{jittered, BoxFuture, RateLimit};
 use crate::error::Error;
-use crate::limits::{jittered, BoxFuture, RateLimit};
-
-/// Estimated tokens of `text`: its characters divided by 4, rounded up (at least 1 when
-/// non-empty).
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4)
-}
-
-/// Estimated tokens of every string inside a JSON value (message lists, content blocks).
-pub fn estimate_json_tokens(v: &serde_json::Value) -> u64 {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => estimate_tokens(s),
-        Value::Array(a) => a.iter().map(estimate_json_tokens).sum(),
-        Value::Object(o) => o.values().map(estimate_json_tokens).sum(),
-        _ => 0,
-    }
-}
 
 /// A token bucket refilled continuously at `capacity` per minute.
 #[derive(Debug, Clone)]
@@ -82,7 +65,7 @@ struct Inner {
 /// Requests-per-minute and tokens-per-minute budgets and a shared 429 pause. Share one
 /// instance (behind an `Arc`) between every client that draws on the same account.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct LocalLimiter {
     inner: Mutex<Inner>,
     /// Wakes waiting requests when a settle gives tokens back, so a refund is used at once
     /// instead of after the wait computed before it.
@@ -103,7 +86,7 @@ fn per_minute(field: &'static str, v: Option<f64>) -> Result<Option<f64>, Error>
 /// The in-process default burst: a whole minute's budget at once.
 pub const DEFAULT_LOCAL_BURST: Duration = Duration::from_secs(60);
 
-impl RateLimiter {
+impl LocalLimiter {
     /// A limiter with optional requests-per-minute and tokens-per-minute budgets, and up to
     /// a minute's budget at once.
     pub fn new(
@@ -125,7 +108,7 @@ impl RateLimiter {
         if burst.is_zero() {
             return Err(Error::config("burst", "must be seconds > 0"));
         }
-        Ok(RateLimiter {
+        Ok(LocalLimiter {
             inner: Mutex::new(Inner {
                 requests: rpm.map(|r| Bucket::new(r, burst, now)),
                 tokens: tpm.map(|t| Bucket::new(t, burst, now)),
@@ -193,7 +176,7 @@ impl RateLimiter {
     }
 }
 
-impl RateLimit for RateLimiter {
+impl RateLimit for LocalLimiter {
     fn acquire(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             loop {
@@ -212,7 +195,7 @@ impl RateLimit for RateLimiter {
     }
 
     fn settle(&self, estimated: u64, actual: u64) {
-        RateLimiter::settle(self, estimated, actual, Instant::now());
+        LocalLimiter::settle(self, estimated, actual, Instant::now());
         if actual < estimated {
             self.refunded.notify_waiters();
         }
@@ -233,17 +216,8 @@ mod tests {
     }
 
     #[test]
-    fn the_estimator_is_a_quarter_of_the_characters() {
-        assert_eq!(estimate_tokens(""), 0);
-        assert_eq!(estimate_tokens("abc"), 1);
-        assert_eq!(estimate_tokens("abcd"), 1);
-        assert_eq!(estimate_tokens("abcde"), 2);
-        assert_eq!(estimate_tokens("ééééé"), 2, "characters, not bytes");
-    }
-
-    #[test]
     fn requests_per_minute_spaces_requests_once_the_burst_is_spent() {
-        let l = RateLimiter::new(Some(60.0), None).unwrap();
+        let l = LocalLimiter::new(Some(60.0), None).unwrap();
         let t0 = Instant::now();
         for _ in 0..60 {
             l.try_acquire(0, t0).unwrap();
@@ -256,7 +230,7 @@ mod tests {
 
     #[test]
     fn tokens_per_minute_limits_by_estimated_tokens() {
-        let l = RateLimiter::new(None, Some(6000.0)).unwrap();
+        let l = LocalLimiter::new(None, Some(6000.0)).unwrap();
         let t0 = Instant::now();
         l.try_acquire(5000, t0).unwrap();
         let wait = l.try_acquire(2000, t0).unwrap_err();
@@ -269,7 +243,7 @@ mod tests {
 
     #[test]
     fn an_oversized_request_waits_for_a_full_bucket_but_is_never_stuck() {
-        let l = RateLimiter::new(None, Some(600.0)).unwrap();
+        let l = LocalLimiter::new(None, Some(600.0)).unwrap();
         let t0 = Instant::now();
         l.try_acquire(10_000, t0).unwrap(); // full bucket: goes, and drives the level negative
         let wait = l.try_acquire(10, t0).unwrap_err();
@@ -278,7 +252,7 @@ mod tests {
 
     #[test]
     fn settle_refunds_and_charges_the_difference() {
-        let l = RateLimiter::new(None, Some(6000.0)).unwrap();
+        let l = LocalLimiter::new(None, Some(6000.0)).unwrap();
         let t0 = Instant::now();
         l.try_acquire(6000, t0).unwrap();
         assert!(l.try_acquire(1000, t0).is_err());
@@ -294,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_429_pauses_every_sharer_until_the_stated_time() {
-        let l = RateLimiter::new(None, None).unwrap();
+        let l = LocalLimiter::new(None, None).unwrap();
         let t0 = Instant::now();
         l.try_acquire(1, t0).unwrap();
         l.pause_until(t0 + secs(2.0));
@@ -306,14 +280,14 @@ mod tests {
     #[test]
     fn bad_budgets_name_the_field() {
         assert!(matches!(
-            RateLimiter::new(Some(0.0), None),
+            LocalLimiter::new(Some(0.0), None),
             Err(Error::InvalidConfig {
                 field: "requests_per_minute",
                 ..
             })
         ));
         assert!(matches!(
-            RateLimiter::new(None, Some(f64::NAN)),
+            LocalLimiter::new(None, Some(f64::NAN)),
             Err(Error::InvalidConfig {
                 field: "tokens_per_minute",
                 ..
