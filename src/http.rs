@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use ferrobatch_core::http::embed::Vector;
 use ferrobatch_core::http::{
-    anthropic, gemini, openai, ApiKey, Auth, Embedder, EmbeddingModel, Price, Transport,
-    TransportConfig, UsageBook,
+    ApiKey, Auth, Embedder, EmbeddingApi, Price, Transport, TransportConfig, UsageBook,
 };
+use ferrobatch_core::providers::anthropic::wire as anthropic;
+use ferrobatch_core::providers::gemini::wire as gemini;
+use ferrobatch_core::providers::openai::wire as openai;
 use ferrobatch_core::{Error, Provider};
 use futures_util::future::join_all;
 use pyo3::ffi;
@@ -271,7 +273,7 @@ impl EmbeddingsClient {
                 };
                 let api = openai::Embeddings::new(model.clone(), dimensions, encoding, user);
                 (
-                    EmbeddingModel::OpenAi(api),
+                    Box::new(api) as Box<dyn EmbeddingApi>,
                     build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
                     openai::MAX_INPUTS,
                 )
@@ -279,7 +281,7 @@ impl EmbeddingsClient {
             "gemini" => {
                 let api = gemini::Embeddings::new(&model, task_type, dimensions, title);
                 (
-                    EmbeddingModel::Gemini(api),
+                    Box::new(api) as Box<dyn EmbeddingApi>,
                     build_transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
                     gemini::MAX_INPUTS,
                 )

@@ -86,7 +86,7 @@ impl JobInput {
             return Vec::new();
         };
         py.detach(|| {
-            ferrobatch_core::jobs::batch_api::estimate(
+            ferrobatch_core::jobs::estimate::estimate(
                 self.endpoint,
                 requests.iter().map(|r| r.body.as_str()),
                 &default_model,

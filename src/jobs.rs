@@ -609,7 +609,7 @@ pub(crate) fn estimate_requests(
     default_model: String,
 ) -> Vec<(String, u64, u64, u64)> {
     py.detach(move || {
-        jobs::batch_api::estimate(&endpoint, bodies.iter().map(String::as_str), &default_model)
+        jobs::estimate::estimate(&endpoint, bodies.iter().map(String::as_str), &default_model)
             .into_iter()
             .map(|(m, e)| (m, e.requests, e.input_tokens, e.max_output_tokens))
             .collect()

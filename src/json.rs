@@ -31,7 +31,12 @@ pub(crate) fn to_json(obj: &Bound<'_, PyAny>, at: &str) -> Result<Value, String>
         return s
             .to_cow()
             .map(|s| Value::String(s.into_owned()))
-            .map_err(|e| format!("{at}: {e}"));
+            .map_err(|e| {
+                format!(
+                    "{at}: the text cannot be sent as UTF-8 ({e}); decode its source with \
+                     errors='replace' or clean the data"
+                )
+            });
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         let mut map = Map::new();

@@ -112,7 +112,7 @@ async def test_a_job_request_with_a_lone_surrogate_is_refused_at_submit(
         BatchRequest(id="ok", body={"messages": [{"role": "user", "content": "hi"}]}),
         BatchRequest(id="broken", body={"messages": [{"role": "user", "content": LONE}]}),
     ]
-    with pytest.raises(ferrobatch.InvalidInputError, match=r"'broken'.*UTF-8"):
+    with pytest.raises(ferrobatch.InvalidInputError, match=r'"broken".*UTF-8'):
         await manager.submit(reqs)
     assert manager.list_jobs() == []
     await chat.stop()

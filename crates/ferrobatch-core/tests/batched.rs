@@ -6,13 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrobatch_core::http::openai::{Chat, ChatClient};
 use ferrobatch_core::http::{Auth, Transport};
-use ferrobatch_core::jobs::batch_api::{openai::OpenAiBatches, BatchApi};
 use ferrobatch_core::jobs::{
-    self, Batched, ChunkLimits, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig,
+    self, BatchLimits, Batched, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig,
     Store,
 };
+use ferrobatch_core::providers::batch::BatchProvider;
+use ferrobatch_core::providers::openai::batch::OpenAiBatches;
+use ferrobatch_core::providers::openai::wire::{Chat, ChatClient};
 use ferrobatch_core::testing::{BatchFault, Fault, FaultKind, ServerConfig, TestServer};
 use ferrobatch_core::Provider;
 
@@ -26,7 +27,7 @@ fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<R
         transport: transport(server),
     }));
     let t = transport(server);
-    let api = BatchApi::OpenAi(OpenAiBatches {
+    let api = Box::new(OpenAiBatches {
         transport: t
             .sibling(
                 Provider::OpenAi,
@@ -38,7 +39,7 @@ fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<R
         endpoint: "/v1/chat/completions".into(),
         model: "m".into(),
     });
-    let limits = ChunkLimits {
+    let limits = BatchLimits {
         requests: per_batch,
         ..api.limits()
     };

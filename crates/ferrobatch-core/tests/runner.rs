@@ -5,10 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrobatch_core::http::openai::{Chat, ChatClient};
 use ferrobatch_core::jobs::{
     self, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig, Store,
 };
+use ferrobatch_core::providers::openai::wire::{Chat, ChatClient};
 use ferrobatch_core::testing::{Fault, FaultKind, ServerConfig, TestServer};
 
 fn server(latency: Duration) -> TestServer {

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobatch_core::http::embed::embed_all;
-use ferrobatch_core::http::openai::{Embeddings, EncodingFormat};
 use ferrobatch_core::http::transport::{DEFAULT_MAX_RESPONSE_BYTES, MAX_ERROR_BODY};
 use ferrobatch_core::http::{ApiKey, Auth, RetryPolicy, Transport, TransportConfig, UsageBook};
 use ferrobatch_core::limits::LocalLimiter;
+use ferrobatch_core::providers::openai::wire::{Embeddings, EncodingFormat};
 use ferrobatch_core::testing::fake::fake_embedding;
 use ferrobatch_core::testing::{
     ErrorStyle, Fault, FaultKind, ServerConfig, TestServer, REJECT_MARKER,

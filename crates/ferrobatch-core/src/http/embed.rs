@@ -15,9 +15,11 @@ use crate::limits::estimate::estimate_tokens;
 pub type Vector = Vec<f32>;
 
 /// What a provider's embedding endpoint looks like.
-pub trait EmbeddingApi: Send + Sync {
+pub trait EmbeddingApi: Send + Sync + std::fmt::Debug {
     /// The model, for usage accounting.
     fn model(&self) -> &str;
+    /// The output size asked for, if any.
+    fn dimensions(&self) -> Option<u32>;
     /// The path under the base URL.
     fn path(&self) -> String;
     /// The request body for these texts.
@@ -55,7 +57,7 @@ pub fn split(tokens: &[u64], max_inputs: usize, max_tokens: u64) -> Vec<Range<us
 }
 
 /// Embed every text: one result per text, in order.
-pub async fn embed_all<A: EmbeddingApi>(
+pub async fn embed_all<A: EmbeddingApi + ?Sized>(
     api: &A,
     transport: &Transport,
     texts: &[String],
@@ -95,7 +97,7 @@ pub async fn embed_all<A: EmbeddingApi>(
 
 /// One request's texts (`idx` into `texts`): resend without any input the server rejects by
 /// position, until the rest succeed or fail together.
-async fn embed_request<A: EmbeddingApi>(
+async fn embed_request<A: EmbeddingApi + ?Sized>(
     api: &A,
     transport: &Transport,
     texts: &[String],

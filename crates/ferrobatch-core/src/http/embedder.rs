@@ -1,25 +1,17 @@
-//! `Embedder`: one embedding model of one provider on its transport, with the provider's caps
+//! `Embedder`: one embedding model of one provider (its wire format behind
+//! [`EmbeddingApi`]) on its transport, with the provider's caps
 //! per request. Used by the embedding batchers (a batch of texts at a time) and by the job
 //! runner (one stored request at a time).
 
 use super::embed::{embed_all, EmbeddingApi, Vector};
-use super::{gemini, openai, Transport};
+use super::Transport;
 use crate::error::Error;
-
-/// Which provider's wire format.
-#[derive(Debug)]
-pub enum EmbeddingModel {
-    /// `POST /embeddings`, OpenAI-compatible.
-    OpenAi(openai::Embeddings),
-    /// `POST /models/{model}:batchEmbedContents`.
-    Gemini(gemini::Embeddings),
-}
 
 /// An embedding model, its transport and the caps of one request.
 #[derive(Debug)]
 pub struct Embedder {
-    /// The model and its wire format.
-    pub model: EmbeddingModel,
+    /// The model and its provider's wire format.
+    pub model: Box<dyn EmbeddingApi>,
     /// The HTTP client.
     pub transport: Transport,
     /// Most texts per request.
@@ -31,19 +23,12 @@ pub struct Embedder {
 impl Embedder {
     /// The model name.
     pub fn model_name(&self) -> &str {
-        match &self.model {
-            EmbeddingModel::OpenAi(a) => a.model(),
-            EmbeddingModel::Gemini(a) => a.model(),
-        }
-        .trim_start_matches("models/")
+        self.model.model().trim_start_matches("models/")
     }
 
     /// The `dimensions` asked for, if any.
     pub fn dimensions(&self) -> Option<u32> {
-        match &self.model {
-            EmbeddingModel::OpenAi(a) => a.dimensions,
-            EmbeddingModel::Gemini(a) => a.output_dimensionality,
-        }
+        self.model.dimensions()
     }
 
     /// One result per entry: the texts are embedded, the refused entries keep their error.
@@ -62,10 +47,7 @@ impl Embedder {
             }
         }
         let (t, n, k) = (&self.transport, self.max_inputs, self.max_tokens);
-        let embedded = match &self.model {
-            EmbeddingModel::OpenAi(a) => embed_all(a, t, &sendable, n, k).await,
-            EmbeddingModel::Gemini(a) => embed_all(a, t, &sendable, n, k).await,
-        };
+        let embedded = embed_all(&*self.model, t, &sendable, n, k).await;
         for (i, r) in at.into_iter().zip(embedded) {
             out[i] = r;
         }

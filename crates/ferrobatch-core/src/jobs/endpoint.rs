@@ -7,10 +7,10 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::http::anthropic::{MessageUsage, MessagesClient};
-use crate::http::openai::ChatClient;
 use crate::http::Embedder;
 use crate::limits::estimate::estimate_tokens;
+use crate::providers::anthropic::wire::{MessageUsage, MessagesClient};
+use crate::providers::openai::wire::ChatClient;
 
 /// A response, ready to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +63,15 @@ impl Endpoint {
             Endpoint::Chat(_) => "/v1/chat/completions",
             Endpoint::Embeddings(_) => "/v1/embeddings",
             Endpoint::Messages(_) => "/v1/messages",
+        }
+    }
+
+    /// The client's default model (for bodies that name none).
+    pub fn model(&self) -> &str {
+        match self {
+            Endpoint::Chat(c) => &c.chat.model,
+            Endpoint::Embeddings(e) => e.model_name(),
+            Endpoint::Messages(m) => &m.model,
         }
     }
 

@@ -14,9 +14,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::jobs::batch_api::gemini::CHAT_FIELDS as GEMINI_CHAT_FIELDS;
 use crate::jobs::model::NewRequest;
 use crate::providers;
+use crate::providers::gemini::batch::CHAT_FIELDS as GEMINI_CHAT_FIELDS;
 
 /// The endpoints a job's requests may name (the OpenAI Batch API's `url`).
 pub const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"];

@@ -8,8 +8,8 @@
 //! - [`run`]: the runner core and its routes (online, through a provider's batch API);
 //! - [`output`]: results as an OpenAI Batch API output file.
 
-pub mod batch_api;
 pub mod endpoint;
+pub mod estimate;
 pub mod host;
 pub mod input;
 pub mod model;
@@ -22,7 +22,7 @@ pub mod worker;
 
 pub use endpoint::{error_json, Endpoint, Sent};
 pub use model::{
-    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
 pub use outage::{RunnerEvent, RunnerListener};

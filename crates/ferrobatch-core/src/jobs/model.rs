@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub use crate::providers::batch::BatchLimits;
+
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobStatus {
@@ -234,43 +236,29 @@ impl ChunkState {
     }
 }
 
-/// How large one provider batch may be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkLimits {
-    /// Most requests.
-    pub requests: usize,
-    /// Most bytes of request bodies plus `line_overhead` per request.
-    pub bytes: usize,
-    /// Bytes each request adds around its body (the JSONL line's `custom_id`, `url`, ...).
-    pub line_overhead: usize,
-    /// Whether every request must name the same model (OpenAI: one model per file).
-    pub one_model: bool,
-}
-
-impl ChunkLimits {
-    /// How many of `candidates` (in submit order) go into one batch: as many as fit, at least
-    /// one (a single request over the byte limit goes alone and the provider judges it).
-    pub fn cut(&self, candidates: &[Claimed]) -> usize {
-        let model_of = |c: &Claimed| -> Option<String> {
-            let v: serde_json::Value = serde_json::from_str(&c.body).ok()?;
-            v.get("model")?.as_str().map(str::to_string)
-        };
-        let first_model = if self.one_model {
-            candidates.first().map(model_of)
-        } else {
-            None
-        };
-        let mut bytes = 0usize;
-        for (i, c) in candidates.iter().enumerate().take(self.requests.max(1)) {
-            bytes += c.body.len() + self.line_overhead;
-            let too_big = i > 0 && bytes > self.bytes;
-            let other_model = i > 0 && first_model.as_ref().is_some_and(|m| &model_of(c) != m);
-            if too_big || other_model {
-                return i;
-            }
+/// How many of `candidates` (in submit order) go into one provider batch within `limits`: as
+/// many as fit, at least one (a single request over the byte limit goes alone and the
+/// provider judges it).
+pub fn cut(limits: &BatchLimits, candidates: &[Claimed]) -> usize {
+    let model_of = |c: &Claimed| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&c.body).ok()?;
+        v.get("model")?.as_str().map(str::to_string)
+    };
+    let first_model = if limits.one_model {
+        candidates.first().map(model_of)
+    } else {
+        None
+    };
+    let mut bytes = 0usize;
+    for (i, c) in candidates.iter().enumerate().take(limits.requests.max(1)) {
+        bytes += c.body.len() + limits.line_overhead;
+        let too_big = i > 0 && bytes > limits.bytes;
+        let other_model = i > 0 && first_model.as_ref().is_some_and(|m| &model_of(c) != m);
+        if too_big || other_model {
+            return i;
         }
-        candidates.len().min(self.requests.max(1))
     }
+    candidates.len().min(limits.requests.max(1))
 }
 
 /// A provider batch as the store keeps it.
@@ -339,32 +327,32 @@ mod tests {
     fn chunks_are_cut_by_count_bytes_and_model() {
         let a = r#"{"model":"a","x":1}"#; // 19 bytes
         let b = r#"{"model":"b","x":1}"#;
-        let limits = ChunkLimits {
+        let limits = BatchLimits {
             requests: 3,
             bytes: 1000,
             line_overhead: 10,
             one_model: false,
         };
         let four: Vec<Claimed> = (0..4).map(|i| req(i, a)).collect();
-        assert_eq!(limits.cut(&four), 3, "by count");
-        let bytes = ChunkLimits {
+        assert_eq!(cut(&limits, &four), 3, "by count");
+        let bytes = BatchLimits {
             bytes: 60, // two lines of 29
             ..limits
         };
-        assert_eq!(bytes.cut(&four), 2, "by bytes, envelope included");
-        let tiny = ChunkLimits { bytes: 5, ..limits };
+        assert_eq!(cut(&bytes, &four), 2, "by bytes, envelope included");
+        let tiny = BatchLimits { bytes: 5, ..limits };
         assert_eq!(
-            tiny.cut(&four),
+            cut(&tiny, &four),
             1,
             "one request over the limit still goes, alone"
         );
         let mixed = vec![req(0, a), req(1, a), req(2, b)];
-        assert_eq!(limits.cut(&mixed), 3, "models may mix");
-        let one_model = ChunkLimits {
+        assert_eq!(cut(&limits, &mixed), 3, "models may mix");
+        let one_model = BatchLimits {
             one_model: true,
             ..limits
         };
-        assert_eq!(one_model.cut(&mixed), 2, "one model a file");
-        assert_eq!(limits.cut(&[]), 0);
+        assert_eq!(cut(&one_model, &mixed), 2, "one model a file");
+        assert_eq!(cut(&limits, &[]), 0);
     }
 }

@@ -13,19 +13,19 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::endpoint::Endpoint;
-use super::model::{ChunkLimits, JobRow};
+use super::model::{BatchLimits, JobRow};
 use super::outage::RunnerListener;
 use super::run::Batched;
 use super::run::{Runner, RunnerConfig};
 use super::store::Store;
 use super::worker::Routes;
 use crate::error::Error;
-use crate::http::anthropic::MessagesClient;
-use crate::http::openai::{self, Chat, ChatClient, EncodingFormat};
 use crate::http::transport::DEFAULT_MAX_RESPONSE_BYTES;
-use crate::http::{ApiKey, Embedder, EmbeddingModel, Price, RetryPolicy, Transport};
+use crate::http::{ApiKey, Embedder, Price, RetryPolicy, Transport};
 use crate::http::{TransportConfig, UsageBook};
 use crate::limits::RateLimit;
+use crate::providers::anthropic::wire::MessagesClient;
+use crate::providers::openai::wire::{self as openai, Chat, ChatClient, EncodingFormat};
 use crate::providers::{self, ProviderFacts};
 
 /// How jobs sent through a provider's batch API are run (the `--batch-*` options).
@@ -194,7 +194,7 @@ impl JobRoutes {
                 let transport =
                     self.transport(wire, key_of, base_url, settings, Duration::from_secs(60))?;
                 Endpoint::Embeddings(Arc::new(Embedder {
-                    model: EmbeddingModel::OpenAi(openai::Embeddings::new(
+                    model: Box::new(openai::Embeddings::new(
                         model,
                         dims,
                         EncodingFormat::Base64,
@@ -296,9 +296,14 @@ pub fn batched_runner(
     config: RunnerConfig,
     host: String,
 ) -> Result<Arc<Runner>, Error> {
-    let api = providers::batch_api(&endpoint, provider.or(opts.provider.as_deref()))?;
+    let api = providers::batch_provider(
+        endpoint.path(),
+        endpoint.transport(),
+        endpoint.model().to_string(),
+        provider.or(opts.provider.as_deref()),
+    )?;
     let most = api.limits();
-    let limits = ChunkLimits {
+    let limits = BatchLimits {
         requests: opts.requests.unwrap_or(most.requests),
         bytes: opts.bytes.unwrap_or(most.bytes),
         ..most

@@ -1213,7 +1213,7 @@ mod tests {
     fn rfc3339_round_trips_through_the_parser() {
         for t in [0.0, 1_724_179_044.5, 1_900_000_000.25] {
             let s = rfc3339(t);
-            let back = crate::jobs::batch_api::rfc3339(&s).unwrap();
+            let back = crate::providers::batch::rfc3339(&s).unwrap();
             assert!((back - t).abs() < 1e-3, "{s}");
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::jobs::{
-    ChunkLimits, ChunkState, ChunkUpdate, Completion, Finished, JobStatus, NewJob, NewRequest,
+    BatchLimits, ChunkState, ChunkUpdate, Completion, Finished, JobStatus, NewJob, NewRequest,
     RunnerInfo, Settled, Store,
 };
 
@@ -282,7 +282,7 @@ async fn claims_need_a_live_lease(s: &dyn Store, c: &Case) -> Result<(), String>
         lost(s.claim(job.clone(), a.id.clone(), 2).await),
         "a lapsed runner claims nothing",
     )?;
-    let limits = ChunkLimits {
+    let limits = BatchLimits {
         requests: 2,
         bytes: 1 << 20,
         line_overhead: 0,
@@ -503,8 +503,8 @@ async fn lookups(s: &dyn Store, c: &Case) -> Result<(), String> {
     )
 }
 
-fn limits(requests: usize, bytes: usize) -> ChunkLimits {
-    ChunkLimits {
+fn limits(requests: usize, bytes: usize) -> BatchLimits {
+    BatchLimits {
         requests,
         bytes,
         line_overhead: 0,

@@ -26,12 +26,14 @@ use tokio::time::{sleep, Instant};
 
 use super::runner::{is_fatal, Route, Runner, RunnerConfig};
 use crate::error::Error;
-use crate::jobs::batch_api::{custom_id, seq_of, BatchApi, Outcome, Phase, Remote};
 use crate::jobs::endpoint::{error_json, Endpoint};
 use crate::jobs::model::{
-    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, JobStatus, Settled,
+    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, JobStatus, Settled,
 };
 use crate::jobs::store::Store;
+use crate::providers::batch::{
+    custom_id, seq_of, BatchLine, BatchProvider, Outcome, Phase, Remote,
+};
 
 /// How long new chunks wait after a provider said its queue of enqueued tokens is full, in
 /// poll intervals.
@@ -41,7 +43,7 @@ const TOKEN_LIMIT_WAIT: u32 = 5;
 #[derive(Debug)]
 pub struct Batched {
     /// The provider's batch API.
-    pub api: BatchApi,
+    pub api: Box<dyn BatchProvider>,
     /// How often each open batch is polled (jittered by ±20%).
     pub poll_interval: Duration,
     /// Attempts a request gets (the first included) before a retryable error is its outcome.
@@ -52,7 +54,7 @@ pub struct Batched {
     /// at once, at full price, instead of into another batch.
     pub fallback_online: bool,
     /// How large one batch may be (at most the provider's limits).
-    pub limits: ChunkLimits,
+    pub limits: BatchLimits,
     /// Batches this runner asked to cancel.
     cancel_sent: Mutex<HashSet<String>>,
     /// Jobs whose new chunks wait (token limit) until then.
@@ -62,11 +64,11 @@ pub struct Batched {
 impl Batched {
     /// The batch path over `api`; `limits` None takes the provider's.
     pub fn new(
-        api: BatchApi,
+        api: Box<dyn BatchProvider>,
         poll_interval: Duration,
         max_attempts: i64,
         max_open: usize,
-        limits: Option<ChunkLimits>,
+        limits: Option<BatchLimits>,
     ) -> Batched {
         let limits = limits.unwrap_or_else(|| api.limits());
         Batched {
@@ -322,7 +324,10 @@ impl BatchRun<'_> {
                 }
                 let mut file_id = chunk.file_id.clone();
                 if file_id.is_none() {
-                    file_id = b.api.upload(&chunk.job_id, chunk.chunk, &requests).await?;
+                    file_id = b
+                        .api
+                        .upload(&chunk.job_id, chunk.chunk, &lines(&requests))
+                        .await?;
                 }
                 let intent = ChunkUpdate {
                     state: ChunkState::Creating,
@@ -342,7 +347,10 @@ impl BatchRun<'_> {
                 let requests = self.requests_of(chunk).await?;
                 let mut file_id = chunk.file_id.clone();
                 if file_id.is_none() {
-                    file_id = b.api.upload(&chunk.job_id, chunk.chunk, &requests).await?;
+                    file_id = b
+                        .api
+                        .upload(&chunk.job_id, chunk.chunk, &lines(&requests))
+                        .await?;
                 }
                 self.create(chunk, file_id.as_deref(), &requests).await
             }
@@ -428,7 +436,7 @@ impl BatchRun<'_> {
         let b = self.batch;
         match b
             .api
-            .create(&chunk.job_id, chunk.chunk, file_id, requests)
+            .create(&chunk.job_id, chunk.chunk, file_id, &lines(requests))
             .await
         {
             Ok(id) => self.created(chunk, id).await,
@@ -489,7 +497,7 @@ impl BatchRun<'_> {
         let mut whole: Option<Outcome> = None;
         for (code, message, line) in &remote.errors {
             let e = Error::ProviderBatch {
-                provider: provider_of(&b.api),
+                provider: b.api.provider(),
                 code: code.clone(),
                 message: message.clone(),
             };
@@ -512,7 +520,7 @@ impl BatchRun<'_> {
                     .or_else(|| whole.clone())
                     .unwrap_or_else(|| {
                         Outcome::Retryable(Error::ProviderBatch {
-                            provider: provider_of(&b.api),
+                            provider: b.api.provider(),
                             code: "missing_output".into(),
                             message: format!(
                                 "batch {} ended ({}) with no output or error line for {}",
@@ -535,7 +543,7 @@ impl BatchRun<'_> {
                         input_tokens,
                         output_tokens,
                         cost: usage.cost_cached(
-                            &b.api.model_of(c),
+                            &b.api.model_of(&line(c)),
                             input_tokens.saturating_sub(written + read),
                             written,
                             read,
@@ -591,10 +599,15 @@ fn failure(error: String) -> Completion {
     }
 }
 
-fn provider_of(api: &BatchApi) -> crate::error::Provider {
-    match api {
-        BatchApi::OpenAi(_) => crate::error::Provider::OpenAi,
-        BatchApi::Anthropic(_) => crate::error::Provider::Anthropic,
-        BatchApi::Gemini(_) => crate::error::Provider::Gemini,
+/// A claimed request as a line of a provider batch.
+fn line(c: &Claimed) -> BatchLine<'_> {
+    BatchLine {
+        seq: c.seq,
+        id: &c.id,
+        body: &c.body,
     }
+}
+
+fn lines(requests: &[Claimed]) -> Vec<BatchLine<'_>> {
+    requests.iter().map(line).collect()
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::jobs::model::{
-    ChunkLimits, ChunkRow, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest,
+    BatchLimits, ChunkRow, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest,
     Progress, ResultRow, RunnerInfo, Settled,
 };
 
@@ -97,7 +97,7 @@ pub trait Store: Send + Sync + fmt::Debug {
         job_id: String,
         runner_id: String,
         provider: String,
-        limits: ChunkLimits,
+        limits: BatchLimits,
     ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>>;
     /// The job's unsettled chunks that are the runner's now: its own, and those whose owner
     /// is gone or lapsed (taken over by this call).

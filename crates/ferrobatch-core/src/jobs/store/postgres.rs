@@ -27,7 +27,7 @@ use super::ledger::{self, progress_of, Tally};
 use super::{check_unique, check_version, redact, Store, StoreFuture, SCHEMA_VERSION};
 use crate::error::Error;
 use crate::jobs::model::{
-    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
 
@@ -770,7 +770,7 @@ impl Store for PgStore {
         job_id: String,
         runner_id: String,
         provider: String,
-        limits: ChunkLimits,
+        limits: BatchLimits,
     ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
         Box::pin(async move {
             let op = "setting aside a chunk";
@@ -811,7 +811,7 @@ impl Store for PgStore {
                     attempt: i64::from(r.get::<_, i32>(3)) + 1,
                 })
                 .collect();
-            taken.truncate(limits.cut(&taken));
+            taken.truncate(crate::jobs::model::cut(&limits, &taken));
             let seqs: Vec<i64> = taken.iter().map(|c| c.seq).collect();
             let chunk: i64 = tx
                 .query_one(

@@ -13,7 +13,7 @@ use super::ledger::{self, progress_of, Tally};
 use super::{check_unique, check_version, Store, StoreFuture, SCHEMA_VERSION};
 use crate::error::Error;
 use crate::jobs::model::{
-    ChunkLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
+    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
     JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
 };
 
@@ -642,7 +642,7 @@ impl Store for SqliteStore {
         job_id: String,
         runner_id: String,
         provider: String,
-        limits: ChunkLimits,
+        limits: BatchLimits,
     ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
         self.call(move |conn| {
             let op = "setting aside a chunk";
@@ -676,7 +676,7 @@ impl Store for SqliteStore {
                 return Ok(None);
             }
             let mut taken = candidates;
-            taken.truncate(limits.cut(&taken));
+            taken.truncate(crate::jobs::model::cut(&limits, &taken));
             let at = now();
             let chunk: i64 = tx
                 .query_row(

@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 
 use std::sync::Arc;
 
-use super::transport::Transport;
-use super::usage::UsageBook;
 use crate::error::Error;
+use crate::http::transport::Transport;
+use crate::http::usage::UsageBook;
 use crate::limits::estimate::estimate_json_tokens;
 use crate::limits::RateLimit;
 

@@ -9,18 +9,19 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{body_with_model, custom_id, jsonl, not_run, rfc3339, status_outcome, Line, Outcome};
-use super::{Phase, Remote};
 use crate::error::{Error, Provider};
-use crate::http::anthropic::MessageUsage;
 use crate::http::transport::{Payload, Retry, Transport};
-use crate::jobs::model::{ChunkLimits, Claimed};
+use crate::providers::anthropic::wire::MessageUsage;
+use crate::providers::batch::{
+    body_with_model, custom_id, jsonl, not_run, rfc3339, status_outcome, BatchFuture, BatchLimits,
+    BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+};
 
 /// 100,000 requests and 256 MB a batch (a margin kept for the envelope).
 /// How often one of its batches is polled by default.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-pub const LIMITS: ChunkLimits = ChunkLimits {
+pub const LIMITS: BatchLimits = BatchLimits {
     requests: 100_000,
     bytes: 250 * 1024 * 1024,
     line_overhead: 48,
@@ -44,11 +45,11 @@ pub struct AnthropicBatches {
 const API: &str = "the Message Batches API";
 
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    super::parse_answer(API, bytes)
+    crate::providers::batch::parse_answer(API, bytes)
 }
 
 fn id_of(v: &Value) -> Result<String, Error> {
-    super::text_field(API, v, "id")
+    crate::providers::batch::text_field(API, v, "id")
 }
 
 /// The HTTP status an Anthropic error type stands for.
@@ -157,7 +158,7 @@ fn total_of(b: &Value) -> u64 {
 
 impl AnthropicBatches {
     /// Create the batch with the requests inline; its id.
-    pub async fn create(&self, requests: &[Claimed]) -> Result<String, Error> {
+    pub async fn create(&self, requests: &[BatchLine<'_>]) -> Result<String, Error> {
         let items = requests
             .iter()
             .map(|c| Ok(json!({"custom_id": custom_id(c.seq), "params": body_with_model(c, &self.model)?})))
@@ -244,6 +245,71 @@ impl AnthropicBatches {
         let bytes = self.transport.get(&path).await?;
         Ok(jsonl(&bytes).filter_map(|l| line_outcome(&l)).collect())
     }
+}
+
+impl BatchProvider for AnthropicBatches {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+    fn provider(&self) -> Provider {
+        Provider::Anthropic
+    }
+    fn endpoint(&self) -> &str {
+        "/v1/messages"
+    }
+    fn limits(&self) -> BatchLimits {
+        LIMITS
+    }
+    fn poll_interval(&self) -> std::time::Duration {
+        POLL_INTERVAL
+    }
+    fn usage(&self) -> &crate::http::UsageBook {
+        self.transport.usage()
+    }
+    fn default_model(&self) -> &str {
+        &self.model
+    }
+    fn create<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        _file_id: Option<&'a str>,
+        requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, String> {
+        let _ = (job_id, batch);
+        Box::pin(AnthropicBatches::create(self, requests))
+    }
+    fn find<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        intent_at: f64,
+        requests: u64,
+        exclude: &'a [String],
+    ) -> BatchFuture<'a, Option<String>> {
+        let _ = (job_id, batch);
+        Box::pin(AnthropicBatches::find(self, intent_at, requests, exclude))
+    }
+    fn get<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, Remote> {
+        Box::pin(AnthropicBatches::get(self, batch_id))
+    }
+    fn cancel<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, ()> {
+        Box::pin(AnthropicBatches::cancel(self, batch_id))
+    }
+    fn results<'a>(&'a self, remote: &'a Remote) -> BatchFuture<'a, Vec<Line>> {
+        Box::pin(AnthropicBatches::results(self, remote))
+    }
+}
+
+/// Anthropic's Message Batches beside a Messages client.
+pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
+    if setup.endpoint != "/v1/messages" {
+        return Err(setup.unsupported("anthropic", "messages"));
+    }
+    Ok(Box::new(AnthropicBatches {
+        transport: setup.sibling(setup.transport.base_url())?,
+        model: setup.model.clone(),
+    }))
 }
 
 #[cfg(test)]

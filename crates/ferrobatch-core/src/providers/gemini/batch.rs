@@ -10,17 +10,18 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use super::{body_with_model, custom_id, not_run, status_outcome, tag, Line, Outcome};
-use super::{Phase, Remote};
 use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
-use crate::jobs::model::{ChunkLimits, Claimed};
+use crate::providers::batch::{
+    body_with_model, custom_id, not_run, status_outcome, tag, BatchFuture, BatchLimits, BatchLine,
+    BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+};
 
 /// Inline requests must stay under 20 MB; one model per batch.
 /// How often one of its batches is polled by default.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub const LIMITS: ChunkLimits = ChunkLimits {
+pub const LIMITS: BatchLimits = BatchLimits {
     requests: 50_000,
     bytes: 19 * 1024 * 1024,
     line_overhead: 64,
@@ -42,11 +43,11 @@ pub struct GeminiBatches {
 const API: &str = "the Gemini batch API";
 
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    super::parse_answer(API, bytes)
+    crate::providers::batch::parse_answer(API, bytes)
 }
 
 fn name_of(v: &Value) -> Result<String, Error> {
-    super::text_field(API, v, "name")
+    crate::providers::batch::text_field(API, v, "name")
 }
 
 /// The chat body fields [`to_gemini`] translates; the bindings refuse others at submit.
@@ -260,7 +261,7 @@ pub fn lines(remote: &Remote, model: &str) -> Vec<Line> {
         .find_map(|k| {
             meta.get(*k)
                 .and_then(Value::as_str)
-                .and_then(super::rfc3339)
+                .and_then(crate::providers::batch::rfc3339)
         })
         .unwrap_or(0.0) as u64;
     items
@@ -296,7 +297,7 @@ impl GeminiBatches {
         &self,
         job_id: &str,
         chunk: i64,
-        requests: &[Claimed],
+        requests: &[BatchLine<'_>],
     ) -> Result<String, Error> {
         let mut model = self.model.clone();
         let mut items = Vec::with_capacity(requests.len());
@@ -381,6 +382,73 @@ impl GeminiBatches {
     pub fn results(&self, remote: &Remote) -> Result<Vec<Line>, Error> {
         Ok(lines(remote, &self.model))
     }
+}
+
+impl BatchProvider for GeminiBatches {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+    fn provider(&self) -> Provider {
+        Provider::Gemini
+    }
+    fn endpoint(&self) -> &str {
+        "/v1/chat/completions"
+    }
+    fn limits(&self) -> BatchLimits {
+        LIMITS
+    }
+    fn poll_interval(&self) -> std::time::Duration {
+        POLL_INTERVAL
+    }
+    fn usage(&self) -> &crate::http::UsageBook {
+        self.transport.usage()
+    }
+    fn default_model(&self) -> &str {
+        &self.model
+    }
+    fn create<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        _file_id: Option<&'a str>,
+        requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, String> {
+        Box::pin(GeminiBatches::create(self, job_id, batch, requests))
+    }
+    fn find<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        intent_at: f64,
+        requests: u64,
+        exclude: &'a [String],
+    ) -> BatchFuture<'a, Option<String>> {
+        let _ = (intent_at, requests, exclude);
+        Box::pin(GeminiBatches::find(self, job_id, batch))
+    }
+    fn get<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, Remote> {
+        Box::pin(GeminiBatches::get(self, batch_id))
+    }
+    fn cancel<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, ()> {
+        Box::pin(GeminiBatches::cancel(self, batch_id))
+    }
+    fn results<'a>(&'a self, remote: &'a Remote) -> BatchFuture<'a, Vec<Line>> {
+        let lines = GeminiBatches::results(self, remote);
+        Box::pin(async move { lines })
+    }
+}
+
+/// Gemini's Batch Mode beside a chat client on Gemini's OpenAI-compatible routes
+/// (`.../v1beta/openai`): the batch routes are the native ones beside them.
+pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
+    if setup.endpoint != "/v1/chat/completions" {
+        return Err(setup.unsupported("gemini", "chat completions"));
+    }
+    let base = setup.transport.base_url();
+    Ok(Box::new(GeminiBatches {
+        transport: setup.sibling(base.strip_suffix("/openai").unwrap_or(base))?,
+        model: setup.model.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -1,25 +1,22 @@
-//! The providers' own batch APIs, which run a job's requests at half price within 24 h:
-//! [`openai`] (files + `/batches`), [`anthropic`] (Message Batches) and [`gemini`]
-//! (`batchGenerateContent`). [`BatchApi`] is the one face the batch runner sees: create a
-//! batch from a chunk of requests, find one again after a crash, poll, cancel, and read every
-//! result line back as an [`Outcome`].
+//! The providers' own batch APIs, which run a job's requests at half price within 24 h, in one
+//! vocabulary: [`BatchProvider`] is the one face the batch route sees (create a provider batch
+//! from some requests, find one again after a crash, poll, cancel, and read every result line
+//! back as an [`Outcome`]); each provider's folder implements it (`openai::batch`: files +
+//! `/batches`, `anthropic::batch`: Message Batches, `gemini::batch`: `batchGenerateContent`).
 //!
 //! Every request goes out under a provider-safe id, `r<seq>` (its position in the job), so the
 //! mapping back to the store is the store's own key. Results are matched by that id, never by
 //! order; a request with no line at all is retryable (`missing_output`).
 
-pub mod anthropic;
-pub mod gemini;
-pub mod openai;
-
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::model::{ChunkLimits, Claimed};
 use crate::error::{Error, Provider};
 use crate::http::transport::ErrorBody;
-use crate::http::UsageBook;
+use crate::http::{Transport, UsageBook};
 
 /// Where a provider batch is, in one vocabulary for all providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +104,9 @@ pub fn tag(job_id: &str, chunk: i64) -> String {
 }
 
 /// A request body as a JSON object with `model` filled in when absent.
-pub(crate) fn body_with_model(c: &Claimed, model: &str) -> Result<Map<String, Value>, Error> {
+pub(crate) fn body_with_model(c: &BatchLine<'_>, model: &str) -> Result<Map<String, Value>, Error> {
     let mut body: Map<String, Value> =
-        serde_json::from_str(&c.body).map_err(|e| Error::InvalidInput {
+        serde_json::from_str(c.body).map_err(|e| Error::InvalidInput {
             reason: format!(
                 "request {:?}: the stored body is not a JSON object: {e}",
                 c.id
@@ -184,205 +181,6 @@ pub fn rfc3339(s: &str) -> Option<f64> {
     Some((days * 86_400 + hh * 3600 + mm * 60 - off) as f64 + ss)
 }
 
-/// What a provider's batch API is reached through.
-#[derive(Debug)]
-pub enum BatchApi {
-    /// The OpenAI Batch API.
-    OpenAi(openai::OpenAiBatches),
-    /// Anthropic's Message Batches.
-    Anthropic(anthropic::AnthropicBatches),
-    /// Gemini's Batch Mode.
-    Gemini(gemini::GeminiBatches),
-}
-
-impl BatchApi {
-    /// `openai`, `anthropic` or `gemini`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            BatchApi::OpenAi(_) => "openai",
-            BatchApi::Anthropic(_) => "anthropic",
-            BatchApi::Gemini(_) => "gemini",
-        }
-    }
-
-    /// The API path the job's requests have (`/v1/chat/completions`, ...).
-    pub fn endpoint(&self) -> &str {
-        match self {
-            BatchApi::OpenAi(a) => &a.endpoint,
-            BatchApi::Anthropic(_) => "/v1/messages",
-            BatchApi::Gemini(_) => "/v1/chat/completions",
-        }
-    }
-
-    /// The provider's limits on one batch.
-    pub fn limits(&self) -> ChunkLimits {
-        match self {
-            BatchApi::OpenAi(_) => openai::LIMITS,
-            BatchApi::Anthropic(_) => anthropic::LIMITS,
-            BatchApi::Gemini(_) => gemini::LIMITS,
-        }
-    }
-
-    /// How often a batch is polled by default.
-    pub fn poll_interval(&self) -> Duration {
-        match self {
-            BatchApi::OpenAi(_) => openai::POLL_INTERVAL,
-            BatchApi::Anthropic(_) => anthropic::POLL_INTERVAL,
-            BatchApi::Gemini(_) => gemini::POLL_INTERVAL,
-        }
-    }
-
-    /// Where costs are counted, at the batch price (half the prices given).
-    pub fn usage(&self) -> &UsageBook {
-        match self {
-            BatchApi::OpenAi(a) => a.transport.usage(),
-            BatchApi::Anthropic(a) => a.transport.usage(),
-            BatchApi::Gemini(a) => a.transport.usage(),
-        }
-    }
-
-    /// The model a request is billed as.
-    pub fn model_of(&self, c: &Claimed) -> String {
-        let default = match self {
-            BatchApi::OpenAi(a) => &a.model,
-            BatchApi::Anthropic(a) => &a.model,
-            BatchApi::Gemini(a) => &a.model,
-        };
-        serde_json::from_str::<Value>(&c.body)
-            .ok()
-            .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| default.clone())
-    }
-
-    /// Upload what must be uploaded before the create call (OpenAI's input file); its id.
-    pub async fn upload(
-        &self,
-        job_id: &str,
-        chunk: i64,
-        requests: &[Claimed],
-    ) -> Result<Option<String>, Error> {
-        match self {
-            BatchApi::OpenAi(a) => a.upload(job_id, chunk, requests).await.map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// Create the batch (a create call is not repeated on a failure that may hide a batch
-    /// that was made); its id.
-    pub async fn create(
-        &self,
-        job_id: &str,
-        chunk: i64,
-        file_id: Option<&str>,
-        requests: &[Claimed],
-    ) -> Result<String, Error> {
-        match self {
-            BatchApi::OpenAi(a) => {
-                let file = file_id.ok_or_else(|| Error::InvalidInput {
-                    reason: "an OpenAI batch needs its uploaded input file".into(),
-                })?;
-                a.create(job_id, chunk, file).await
-            }
-            BatchApi::Anthropic(a) => a.create(requests).await,
-            BatchApi::Gemini(a) => a.create(job_id, chunk, requests).await,
-        }
-    }
-
-    /// The batch a create call for this chunk made, if one did: found in the provider's list
-    /// (OpenAI by metadata, Gemini by display name, Anthropic by creation time and count,
-    /// leaving out the batches of the job's other chunks, `exclude`).
-    pub async fn find(
-        &self,
-        job_id: &str,
-        chunk: i64,
-        intent_at: f64,
-        requests: u64,
-        exclude: &[String],
-    ) -> Result<Option<String>, Error> {
-        match self {
-            BatchApi::OpenAi(a) => a.find(job_id, chunk, intent_at).await,
-            BatchApi::Anthropic(a) => a.find(intent_at, requests, exclude).await,
-            BatchApi::Gemini(a) => a.find(job_id, chunk).await,
-        }
-    }
-
-    /// The batch as the provider reports it now.
-    pub async fn get(&self, batch_id: &str) -> Result<Remote, Error> {
-        match self {
-            BatchApi::OpenAi(a) => a.get(batch_id).await,
-            BatchApi::Anthropic(a) => a.get(batch_id).await,
-            BatchApi::Gemini(a) => a.get(batch_id).await,
-        }
-    }
-
-    /// Ask the provider to cancel the batch (it ends later, with partial results).
-    pub async fn cancel(&self, batch_id: &str) -> Result<(), Error> {
-        match self {
-            BatchApi::OpenAi(a) => a.cancel(batch_id).await,
-            BatchApi::Anthropic(a) => a.cancel(batch_id).await,
-            BatchApi::Gemini(a) => a.cancel(batch_id).await,
-        }
-    }
-
-    /// Every result line of an ended batch: outputs, errors, partial results of an expired
-    /// or cancelled one.
-    pub async fn results(&self, remote: &Remote) -> Result<Vec<Line>, Error> {
-        match self {
-            BatchApi::OpenAi(a) => a.results(remote).await,
-            BatchApi::Anthropic(a) => a.results(remote).await,
-            BatchApi::Gemini(a) => a.results(remote),
-        }
-    }
-}
-
-/// A pre-submit estimate of some requests of one model.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Estimate {
-    /// Requests.
-    pub requests: u64,
-    /// Estimated input tokens (characters / 4 of the text sent).
-    pub input_tokens: u64,
-    /// The output tokens the requests allow at most (`max_tokens`); 0 for embeddings.
-    pub max_output_tokens: u64,
-}
-
-/// Estimates per model of request bodies (JSON texts) bound for `endpoint`; `default_model`
-/// for bodies that name none. A body that is not a JSON object counts as nothing.
-pub fn estimate<'a>(
-    endpoint: &str,
-    bodies: impl IntoIterator<Item = &'a str>,
-    default_model: &str,
-) -> std::collections::BTreeMap<String, Estimate> {
-    use crate::limits::estimate::estimate_json_tokens;
-    let mut out: std::collections::BTreeMap<String, Estimate> = Default::default();
-    for text in bodies {
-        let Ok(body) = serde_json::from_str::<Map<String, Value>>(text) else {
-            continue;
-        };
-        let model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or(default_model);
-        let e = out.entry(model.to_string()).or_default();
-        e.requests += 1;
-        if endpoint == "/v1/embeddings" {
-            e.input_tokens += body.get("input").map_or(0, estimate_json_tokens);
-            continue;
-        }
-        e.input_tokens += ["messages", "system", "tools"]
-            .iter()
-            .filter_map(|k| body.get(*k))
-            .map(estimate_json_tokens)
-            .sum::<u64>()
-            .max(1);
-        e.max_output_tokens += ["max_completion_tokens", "max_tokens"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_u64))
-            .unwrap_or(0);
-    }
-    out
-}
-
 /// An answer of a batch API (`api` names it in errors: "the Batch API") as JSON.
 pub(crate) fn parse_answer(api: &str, bytes: &[u8]) -> Result<Value, Error> {
     serde_json::from_slice(bytes).map_err(|e| Error::ResponseFormat {
@@ -412,6 +210,136 @@ pub(crate) fn jsonl(bytes: &[u8]) -> impl Iterator<Item = Value> + '_ {
         .split(|b| *b == b'\n')
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
         .filter_map(|l| serde_json::from_slice(l).ok())
+}
+
+/// How large one provider batch may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most requests.
+    pub requests: usize,
+    /// Most bytes of request bodies plus `line_overhead` per request.
+    pub bytes: usize,
+    /// Bytes each request adds around its body (the JSONL line's `custom_id`, `url`, ...).
+    pub line_overhead: usize,
+    /// Whether every request must name the same model (OpenAI: one model per file).
+    pub one_model: bool,
+}
+
+/// One request going into a provider batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLine<'a> {
+    /// Its position in the job: it goes out under [`custom_id`] of it.
+    pub seq: i64,
+    /// The user's id, for messages.
+    pub id: &'a str,
+    /// The body as JSON text.
+    pub body: &'a str,
+}
+
+/// A boxed future, so that [`BatchProvider`] can be a trait object.
+pub type BatchFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+/// A provider's batch API, as the batch route sees it.
+pub trait BatchProvider: Send + Sync + std::fmt::Debug {
+    /// `openai`, `anthropic` or `gemini`.
+    fn name(&self) -> &'static str;
+    /// Which API its errors come from.
+    fn provider(&self) -> Provider;
+    /// The API path the job's requests have (`/v1/chat/completions`, ...).
+    fn endpoint(&self) -> &str;
+    /// The provider's limits on one batch.
+    fn limits(&self) -> BatchLimits;
+    /// How often a batch is polled by default.
+    fn poll_interval(&self) -> Duration;
+    /// Where costs are counted, at the batch price.
+    fn usage(&self) -> &UsageBook;
+    /// The model a request that names none is billed as.
+    fn default_model(&self) -> &str;
+    /// Upload what must be uploaded before the create call (OpenAI's input file); its id.
+    fn upload<'a>(
+        &'a self,
+        _job_id: &'a str,
+        _batch: i64,
+        _requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Create the provider batch (a create call is not repeated on a failure that may hide a
+    /// batch that was made); its id.
+    fn create<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        file_id: Option<&'a str>,
+        requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, String>;
+    /// The provider batch a create call for this one made, if one did: found in the
+    /// provider's list (OpenAI by metadata, Gemini by display name, Anthropic by creation time
+    /// and count, leaving out the job's other provider batches, `exclude`).
+    fn find<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        intent_at: f64,
+        requests: u64,
+        exclude: &'a [String],
+    ) -> BatchFuture<'a, Option<String>>;
+    /// The provider batch as the provider reports it now.
+    fn get<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, Remote>;
+    /// Ask the provider to cancel it (it ends later, with partial results).
+    fn cancel<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, ()>;
+    /// Every result line of an ended provider batch: outputs, errors, partial results of an
+    /// expired or cancelled one.
+    fn results<'a>(&'a self, remote: &'a Remote) -> BatchFuture<'a, Vec<Line>>;
+
+    /// The model a request is billed as.
+    fn model_of(&self, line: &BatchLine<'_>) -> String {
+        serde_json::from_str::<Value>(line.body)
+            .ok()
+            .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| self.default_model().to_string())
+    }
+}
+
+/// What a provider's maker gets to build its batch API beside an online client.
+#[derive(Debug)]
+pub struct BatchSetup<'a> {
+    /// The job endpoint (`/v1/chat/completions`, ...).
+    pub endpoint: &'a str,
+    /// The online client's transport (its base URL, key, limiter, usage).
+    pub transport: &'a Transport,
+    /// The online client's model.
+    pub model: String,
+    /// The provider's price factor for batched requests.
+    pub price_factor: f64,
+    /// The provider's auth.
+    pub auth: crate::http::Auth,
+    /// The provider's error label.
+    pub provider: Provider,
+}
+
+impl BatchSetup<'_> {
+    /// A transport to the provider's batch routes at `base`: the same key, limiter and
+    /// settings; usage counted at the batch price.
+    pub fn sibling(&self, base: &str) -> Result<Transport, Error> {
+        self.transport.sibling(
+            self.provider,
+            base,
+            self.auth,
+            self.transport.usage().scaled(self.price_factor),
+        )
+    }
+
+    /// The error for an endpoint this provider's batch API does not take.
+    pub fn unsupported(&self, name: &str, takes: &str) -> Error {
+        Error::config(
+            "batch_provider",
+            format!(
+                "no {name:?} batch API for {} requests ({name} batches take {takes})",
+                self.endpoint
+            ),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::embed::{EmbeddingApi, Vector};
 use crate::error::Error;
+use crate::http::embed::{EmbeddingApi, Vector};
 
 /// The API's per-call cap on requests in one `batchEmbedContents`.
 pub const MAX_INPUTS: usize = 100;
@@ -59,6 +59,10 @@ struct ContentEmbedding {
 impl EmbeddingApi for Embeddings {
     fn model(&self) -> &str {
         self.model_path.trim_start_matches("models/")
+    }
+
+    fn dimensions(&self) -> Option<u32> {
+        self.output_dimensionality
     }
 
     fn path(&self) -> String {

@@ -8,17 +8,18 @@ use bytes::Bytes;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{body_with_model, custom_id, jsonl, not_run, status_outcome, tag, Line, Outcome};
-use super::{Phase, Remote};
 use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
-use crate::jobs::model::{ChunkLimits, Claimed};
+use crate::providers::batch::{
+    body_with_model, custom_id, jsonl, not_run, status_outcome, tag, BatchFuture, BatchLimits,
+    BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+};
 
 /// 50,000 requests and 200 MB a file (a margin kept for the lines' envelopes), one model.
 /// How often one of its batches is polled by default.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-pub const LIMITS: ChunkLimits = ChunkLimits {
+pub const LIMITS: BatchLimits = BatchLimits {
     requests: 50_000,
     bytes: 190 * 1024 * 1024,
     line_overhead: 96,
@@ -44,15 +45,15 @@ pub struct OpenAiBatches {
 const API: &str = "the Batch API";
 
 fn format_error(what: &str) -> Error {
-    super::missing(API, what)
+    crate::providers::batch::missing(API, what)
 }
 
 fn parse(bytes: &[u8]) -> Result<Value, Error> {
-    super::parse_answer(API, bytes)
+    crate::providers::batch::parse_answer(API, bytes)
 }
 
 fn id_of(v: &Value) -> Result<String, Error> {
-    super::text_field(API, v, "id")
+    crate::providers::batch::text_field(API, v, "id")
 }
 
 /// The tokens an OpenAI response body reports (chat, embeddings or responses).
@@ -163,7 +164,7 @@ pub fn remote(raw: Value) -> Result<Remote, Error> {
 
 impl OpenAiBatches {
     /// The chunk's input file, one line per request in submit order.
-    pub fn input_file(&self, requests: &[Claimed]) -> Result<Vec<u8>, Error> {
+    pub fn input_file(&self, requests: &[BatchLine<'_>]) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         for c in requests {
             let line = json!({
@@ -185,7 +186,7 @@ impl OpenAiBatches {
         &self,
         job_id: &str,
         chunk: i64,
-        requests: &[Claimed],
+        requests: &[BatchLine<'_>],
     ) -> Result<String, Error> {
         let file = Bytes::from(self.input_file(requests)?);
         let payload = Payload::Multipart {
@@ -293,6 +294,86 @@ impl OpenAiBatches {
         }
         Ok(lines)
     }
+}
+
+impl BatchProvider for OpenAiBatches {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+    fn provider(&self) -> Provider {
+        Provider::OpenAi
+    }
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+    fn limits(&self) -> BatchLimits {
+        LIMITS
+    }
+    fn poll_interval(&self) -> std::time::Duration {
+        POLL_INTERVAL
+    }
+    fn usage(&self) -> &crate::http::UsageBook {
+        self.transport.usage()
+    }
+    fn default_model(&self) -> &str {
+        &self.model
+    }
+    fn upload<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, Option<String>> {
+        Box::pin(async move { self.upload(job_id, batch, requests).await.map(Some) })
+    }
+    fn create<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        file_id: Option<&'a str>,
+        _requests: &'a [BatchLine<'a>],
+    ) -> BatchFuture<'a, String> {
+        Box::pin(async move {
+            let file = file_id.ok_or_else(|| Error::InvalidInput {
+                reason: "an OpenAI batch needs its uploaded input file".into(),
+            })?;
+            OpenAiBatches::create(self, job_id, batch, file).await
+        })
+    }
+    fn find<'a>(
+        &'a self,
+        job_id: &'a str,
+        batch: i64,
+        intent_at: f64,
+        _requests: u64,
+        _exclude: &'a [String],
+    ) -> BatchFuture<'a, Option<String>> {
+        Box::pin(OpenAiBatches::find(self, job_id, batch, intent_at))
+    }
+    fn get<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, Remote> {
+        Box::pin(OpenAiBatches::get(self, batch_id))
+    }
+    fn cancel<'a>(&'a self, batch_id: &'a str) -> BatchFuture<'a, ()> {
+        Box::pin(OpenAiBatches::cancel(self, batch_id))
+    }
+    fn results<'a>(&'a self, remote: &'a Remote) -> BatchFuture<'a, Vec<Line>> {
+        Box::pin(OpenAiBatches::results(self, remote))
+    }
+}
+
+/// The OpenAI Batch API beside an online client: chat completions, and embeddings of an
+/// OpenAI-compatible embeddings client.
+pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
+    let takes = setup.endpoint == "/v1/chat/completions"
+        || (setup.endpoint == "/v1/embeddings" && setup.transport.provider() == Provider::OpenAi);
+    if !takes {
+        return Err(setup.unsupported("openai", "chat completions and OpenAI embeddings"));
+    }
+    Ok(Box::new(OpenAiBatches {
+        transport: setup.sibling(setup.transport.base_url())?,
+        endpoint: setup.endpoint.to_string(),
+        model: setup.model.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::embed::{decode_base64, EmbeddingApi, Vector};
-use super::transport::Transport;
 use crate::error::Error;
+use crate::http::embed::{decode_base64, EmbeddingApi, Vector};
+use crate::http::transport::Transport;
 use crate::limits::estimate::estimate_json_tokens;
 
 /// OpenAI's per-request cap on embedding inputs.
@@ -102,6 +102,10 @@ fn malformed(reason: impl Into<String>) -> Error {
 impl EmbeddingApi for Embeddings {
     fn model(&self) -> &str {
         &self.model
+    }
+
+    fn dimensions(&self) -> Option<u32> {
+        self.dimensions
     }
 
     fn path(&self) -> String {
