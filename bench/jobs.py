@@ -9,7 +9,7 @@ size, one after another on a fresh event loop, through the same `ChatCompletions
 (concurrency 64):
 
 - online: `asyncio.gather` over `chat.process(body)` in chunks of 20,000 (no store);
-- a job on SQLite: `BatchManager.submit` + `wait` (outcomes recorded every 100 ms);
+- a job on SQLite: `JobManager.submit` + `wait` (outcomes recorded every 100 ms);
 - jobs on PostgreSQL (a throwaway server, when its binaries are installed), worked by 1, 2 and
   3 `ferrobatch work` processes at once: their CPU from `getrusage(RUSAGE_CHILDREN)`.
 
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import ChatCompletions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,10 +58,10 @@ async def online(url: str, n: int) -> int:
     return done
 
 
-async def job(url: str, n: int, store: BatchStore) -> int:
+async def job(url: str, n: int, store: JobStore) -> int:
     chat = client(url)
-    async with BatchManager(chat, store) as manager:
-        j = await manager.submit(BatchRequest(id=f"r{i}", body=body(i)) for i in range(n))
+    async with JobManager(chat, store) as manager:
+        j = await manager.create_job(JobRequest(id=f"r{i}", body=body(i)) for i in range(n))
         j = await manager.wait(j.id, poll=0.05)
         p = await manager.progress(j.id)
     await chat.stop()
@@ -100,7 +100,7 @@ def workers(url: str, n: int, dsn: str, count: int, tmp: Path) -> tuple[float, f
         if p.wait() != 0:
             raise SystemExit(f"a worker exited with {p.returncode}")
     wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
-    return wall, cpu, BatchStore(dsn).progress(job_id).succeeded
+    return wall, cpu, JobStore(dsn).progress(job_id).succeeded
 
 
 def main() -> None:
@@ -129,7 +129,7 @@ def main() -> None:
             runs = {
                 "online: gather over chat.process": lambda n=n: online(url, n),
                 "job, SQLite file store": lambda n=n: job(
-                    url, n, BatchStore(Path(tmp.name) / f"jobs-{n}.db")
+                    url, n, JobStore(Path(tmp.name) / f"jobs-{n}.db")
                 ),
             }
             for name, run in runs.items():

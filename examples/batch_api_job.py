@@ -12,7 +12,7 @@ import asyncio
 import os
 import tempfile
 
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
 
@@ -26,15 +26,15 @@ async def main() -> None:
             api_key="demo",
             prices={"gpt-4o-mini": {"input": 0.15, "output": 0.60}},  # USD per 1M tokens
         )
-        manager = BatchManager(
+        manager = JobManager(
             chat,
-            BatchStore(os.path.join(tmp, "jobs.db")),
+            JobStore(os.path.join(tmp, "jobs.db")),
             via="batch-api",
             batch_requests=1000,  # OpenAI allows 50,000; small here to show several batches
             poll_interval=0.2,  # 60 s by default
         )
         requests = [
-            BatchRequest(
+            JobRequest(
                 id=f"review-{i}",
                 body={
                     "messages": [{"role": "user", "content": f"Label review {i}: great value"}],
@@ -46,13 +46,13 @@ async def main() -> None:
         estimate = manager.estimate(requests)
         print(f"estimate: {estimate.requests} requests, at most ${estimate.max_cost:.4f}")
 
-        job = await manager.submit(requests, name="reviews")
+        job = await manager.create_job(requests, name="reviews")
         job = await manager.wait(job.id)
         progress = await manager.progress(job.id)
         print(f"job {job.status.value}: {progress.succeeded} succeeded, {progress.failed} failed")
         print(f"cost at batch prices: ${progress.cost:.6f}")
         for b in manager.store.provider_batches(job.id):
-            print(f"  batch {b.chunk}: {b.requests} requests, {b.remote_status}")
+            print(f"  batch {b.number}: {b.requests} requests, {b.remote_status}")
         first = (await manager.get_results(job.id))[0]
         print(first.id, "->", first.response["choices"][0]["message"]["content"])
         await manager.close()

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
 from ferrobatch.testing.postgres import PostgresServer
@@ -21,16 +21,16 @@ from ferrobatch.testing.postgres import PostgresServer
 async def main() -> None:
     with FakeServer(latency=0.02) as server, PostgresServer() as pg:
         dsn = pg.create_database()  # in production: postgresql://user:password@host/db
-        store = BatchStore(dsn)
+        store = JobStore(dsn)
 
         # Submit without running (what `ferrobatch submit FILE --store DSN` does).
         chat = ChatCompletions("gpt-4o-mini", base_url=server.openai_base_url, api_key="demo")
-        manager = BatchManager(chat, store)
+        manager = JobManager(chat, store)
         requests = [
-            BatchRequest(id=f"review-{i}", body={"messages": [{"role": "user", "content": f"{i}"}]})
+            JobRequest(id=f"review-{i}", body={"messages": [{"role": "user", "content": f"{i}"}]})
             for i in range(1000)
         ]
-        job = await manager.submit(requests, name="reviews", start=False)
+        job = await manager.create_job(requests, name="reviews", start=False)
         await chat.stop()
         print(f"submitted {job.id}: {job.total} requests")
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobatch_core::jobs::{
-    self, batched_runner, output, BatchOptions, Endpoint, JobRoutes, JobRow, JobStatus, NewJob,
-    OneRunner, Runner, RunnerConfig, RunnerEvent, RunnerListener, Store, Worker, WorkerOptions,
+    self, output, provider_batch_runner, Endpoint, JobRoutes, JobRow, JobStatus, NewJob, OneRunner,
+    ProviderBatchOptions, Runner, RunnerConfig, RunnerEvent, RunnerListener, Store, Worker,
+    WorkerOptions,
 };
 use ferrobatch_core::Error;
 use pyo3::prelude::*;
@@ -262,12 +263,16 @@ impl JobStore {
     }
 
     /// The job's provider batches, in order.
-    fn chunks<'py>(&self, py: Python<'py>, job_id: String) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let rows = self.call(py, move |s| owned!(s => s.chunks(job_id)))?;
+    fn provider_batches<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: String,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let rows = self.call(py, move |s| owned!(s => s.provider_batches(job_id)))?;
         rows.iter()
             .map(|c| {
                 let d = PyDict::new(py);
-                d.set_item("chunk", c.chunk)?;
+                d.set_item("number", c.number)?;
                 d.set_item("provider", &c.provider)?;
                 d.set_item("state", c.state.as_str())?;
                 d.set_item("batch_id", &c.batch_id)?;
@@ -368,10 +373,10 @@ fn runner_config(
 }
 
 /// How a job goes through a provider's batch API, as Python passes it (a dict with every
-/// key; `ferrobatch.jobs.native_batch` builds it).
+/// key; `ferrobatch.jobs.batch_api_options` builds it).
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
-struct BatchArgs {
+struct BatchApiArgs {
     provider: Option<String>,
     poll_interval: Option<f64>,
     max_attempts: i64,
@@ -381,12 +386,12 @@ struct BatchArgs {
     fallback_online: bool,
 }
 
-impl BatchArgs {
-    fn options(self) -> PyResult<BatchOptions> {
+impl BatchApiArgs {
+    fn options(self) -> PyResult<ProviderBatchOptions> {
         if let Some(p) = &self.provider {
             ferrobatch_core::providers::by_name("batch_provider", p).map_err(to_pyerr)?;
         }
-        Ok(BatchOptions {
+        Ok(ProviderBatchOptions {
             provider: self.provider,
             poll_interval: self
                 .poll_interval
@@ -405,7 +410,7 @@ impl BatchArgs {
 impl JobRunner {
     #[new]
     #[pyo3(signature = (store, client, *, lease_seconds, window, concurrency, flush_interval,
-                        flush_max, patience, host, batch=None))]
+                        flush_max, patience, host, batch_api=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -417,7 +422,7 @@ impl JobRunner {
         flush_max: usize,
         patience: f64,
         host: String,
-        batch: Option<BatchArgs>,
+        batch_api: Option<BatchApiArgs>,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
             match &*c.get().inner {
@@ -441,8 +446,8 @@ impl JobRunner {
             patience,
         )?;
         let store = Arc::clone(&store.get().store);
-        let runner = match batch {
-            Some(b) => batched_runner(
+        let runner = match batch_api {
+            Some(b) => provider_batch_runner(
                 Arc::clone(&store),
                 endpoint,
                 None,
@@ -515,7 +520,7 @@ impl JobWorker {
     #[new]
     #[pyo3(signature = (store, *, base_url=None, api_key_env=None, concurrency=16,
                         rate_limiter=None, prices=None, lease_seconds=60.0, flush_interval=0.1,
-                        flush_max=1000, patience=300.0, host, batch=None))]
+                        flush_max=1000, patience=300.0, host, batch_api=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -529,7 +534,7 @@ impl JobWorker {
         flush_max: usize,
         patience: f64,
         host: String,
-        batch: Option<BatchArgs>,
+        batch_api: Option<BatchApiArgs>,
     ) -> PyResult<Self> {
         if concurrency == 0 {
             return Err(config_error("concurrency", "must be at least 1"));
@@ -549,7 +554,7 @@ impl JobWorker {
                 Arc::new(ferrobatch_core::limits::LocalLimiter::new(None, None).map_err(to_pyerr)?)
             }
         };
-        let batch = batch.map(BatchArgs::options).transpose()?;
+        let batch = batch_api.map(BatchApiArgs::options).transpose()?;
         let options = WorkerOptions {
             base_url,
             api_key_env,

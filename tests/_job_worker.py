@@ -8,18 +8,18 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import ChatCompletions
 
 
 async def main(store_path: str, base_url: str, n: int, lease: float) -> None:
     chat = ChatCompletions("fake", base_url=base_url, api_key="k", concurrency=4)
-    manager = BatchManager(chat, BatchStore(store_path), lease_seconds=lease, window=8)
+    manager = JobManager(chat, JobStore(store_path), lease_seconds=lease, window=8)
     reqs = [
-        BatchRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"item {i}"}]})
+        JobRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"item {i}"}]})
         for i in range(n)
     ]
-    job = await manager.submit(reqs, name="crash")
+    job = await manager.create_job(reqs, name="crash")
     print(job.id, flush=True)
     await manager.wait(job.id)
 

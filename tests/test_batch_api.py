@@ -18,7 +18,7 @@ import pytest
 
 from ferrobatch.anthropic import Messages
 from ferrobatch.cli import main
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStatus, JobStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import REJECT_MARKER, FakeServer
 
@@ -50,11 +50,11 @@ def client(provider: str, server: FakeServer) -> ChatCompletions | Messages:
     return ChatCompletions(MODEL[provider], base_url=url, api_key="k", prices=PRICES)
 
 
-def manager(provider: str, server: FakeServer, **kw: Any) -> BatchManager:
+def manager(provider: str, server: FakeServer, **kw: Any) -> JobManager:
     kw.setdefault("poll_interval", 0.03)
-    return BatchManager(
+    return JobManager(
         client(provider, server),
-        BatchStore(),
+        JobStore(),
         via="batch-api",
         batch_provider="gemini" if provider == "gemini" else None,
         **kw,
@@ -68,8 +68,8 @@ def body(provider: str, text: str) -> dict[str, Any]:
     return b
 
 
-def requests(provider: str, n: int) -> list[BatchRequest]:
-    return [BatchRequest(id=f"q{i}", body=body(provider, f"item {i}")) for i in range(n)]
+def requests(provider: str, n: int) -> list[JobRequest]:
+    return [JobRequest(id=f"q{i}", body=body(provider, f"item {i}")) for i in range(n)]
 
 
 def creates(server: FakeServer, provider: str) -> list[dict[str, Any]]:
@@ -102,9 +102,9 @@ async def test_a_job_runs_as_several_batches_and_costs_half_of_what_they_report(
 ) -> None:
     with FakeServer() as server:
         m = manager(provider, server, batch_requests=500)
-        job = await m.submit(requests(provider, 2000))
+        job = await m.create_job(requests(provider, 2000))
         job = await m.wait(job.id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         assert len(creates(server, provider)) == 4
         batches = m.store.provider_batches(job.id)
         assert [b.requests for b in batches] == [500] * 4
@@ -134,9 +134,9 @@ async def test_an_expired_batch_keeps_what_finished_and_the_rest_goes_again(
     with FakeServer() as server:
         server.fault("batch_expire", done=100, path=CREATE[provider])
         m = manager(provider, server)
-        job = await m.submit(requests(provider, 300))
+        job = await m.create_job(requests(provider, 300))
         job = await m.wait(job.id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         p = await m.progress(job.id)
         assert (p.succeeded, p.failed) == (300, 0)
         sizes = [b.requests for b in m.store.provider_batches(job.id)]
@@ -159,10 +159,10 @@ async def test_rejected_rows_fail_alone_and_retryable_ones_stop_at_the_budget(
         server.fault("batch_expire", done=1, path=CREATE[provider], times=2)
         m = manager(provider, server, max_attempts=2)
         reqs = requests(provider, 5)
-        reqs[0] = BatchRequest(id="bad", body=body(provider, f"x {REJECT_MARKER}"))
-        job = await m.submit(reqs)
+        reqs[0] = JobRequest(id="bad", body=body(provider, f"x {REJECT_MARKER}"))
+        job = await m.create_job(reqs)
         job = await m.wait(job.id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         results = {r.id: r for r in await m.get_results(job.id)}
         if provider == "gemini":
             # An expired Gemini batch returns nothing: every request expired twice.
@@ -191,9 +191,9 @@ async def test_openai_batch_failures_are_each_handled() -> None:
         server.fault("batch_status_zero", path="/v1/batches")
         server.fault("batch_token_limit", path="/v1/batches")
         m = manager("openai", server, max_attempts=5)
-        job = await m.submit(requests("openai", 20))
+        job = await m.create_job(requests("openai", 20))
         job = await m.wait(job.id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         results = await m.get_results(job.id)
         # Validation named line 1: that request's own error; the rest went on.
         assert results[0].error == {
@@ -218,7 +218,7 @@ async def test_an_oversized_batch_ends_its_requests_with_the_providers_error() -
     with FakeServer() as server:
         server.fault("status", status=413, path="/v1/messages/batches")
         m = manager("anthropic", server, batch_requests=3)
-        job = await m.submit(requests("anthropic", 5))
+        job = await m.create_job(requests("anthropic", 5))
         job = await m.wait(job.id)
         results = await m.get_results(job.id)
         assert [r.error["status"] if r.error else None for r in results] == [
@@ -236,7 +236,7 @@ async def test_an_oversized_batch_ends_its_requests_with_the_providers_error() -
 async def test_cancelling_a_job_cancels_its_provider_batches(provider: str) -> None:
     with FakeServer(batch_duration=30.0) as server:
         m = manager(provider, server, batch_requests=25)
-        job = await m.submit(requests(provider, 50))
+        job = await m.create_job(requests(provider, 50))
         runner = asyncio.ensure_future(m.wait(job.id))
         for _ in range(200):
             if [b.state for b in m.store.provider_batches(job.id)] == ["created", "created"]:
@@ -246,7 +246,7 @@ async def test_cancelling_a_job_cancels_its_provider_batches(provider: str) -> N
             raise AssertionError(m.store.provider_batches(job.id))
         await m.cancel(job.id)
         job = await asyncio.wait_for(runner, 10)
-        assert job.status is BatchStatus.CANCELLED
+        assert job.status is JobStatus.CANCELLED
         p = await m.progress(job.id)
         assert (p.pending, p.running, p.cancelled) == (0, 0, 50)
         cancels = [r for r in server.requests() if "cancel" in r["path"]]
@@ -258,19 +258,19 @@ async def test_cancelling_a_job_cancels_its_provider_batches(provider: str) -> N
 async def test_gemini_refuses_chat_fields_it_cannot_translate() -> None:
     with FakeServer() as server:
         m = manager("gemini", server)
-        bad = BatchRequest(id="t", body={**body("gemini", "x"), "tools": []})
+        bad = JobRequest(id="t", body={**body("gemini", "x"), "tools": []})
         with pytest.raises(ValueError, match=r"field\(s\) tools have no Gemini batch equivalent"):
-            await m.submit([bad])
+            await m.create_job([bad])
         await m.close()
 
 
 async def test_the_estimate_is_half_price_through_the_batch_api() -> None:
     with FakeServer() as server:
         reqs = [
-            BatchRequest(id=f"q{i}", body={**body("openai", "x" * 400), "max_tokens": 50})
+            JobRequest(id=f"q{i}", body={**body("openai", "x" * 400), "max_tokens": 50})
             for i in range(10)
         ]
-        online = BatchManager(client("openai", server), BatchStore())
+        online = JobManager(client("openai", server), JobStore())
         batch = manager("openai", server)
         a, b = online.estimate(reqs), batch.estimate(reqs)
         assert (a.requests, a.input_tokens, a.max_output_tokens) == (10, b.input_tokens, 500)
@@ -363,7 +363,7 @@ def test_kill_9_right_after_the_create_call_does_not_pay_for_a_second_batch(
         finally:
             proc.wait(10)
         assert len(creates(server, provider)) == 1
-        chunks = BatchStore(str(out) + ".jobs.db")
+        chunks = JobStore(str(out) + ".jobs.db")
         job = chunks.jobs()[0]
         assert chunks.provider_batches(job.id)[0].state == "creating"
         # The same command resumes: the interrupted create is found, not repeated.
@@ -501,10 +501,10 @@ def test_the_google_genai_sdk_speaks_to_the_fake_batch_mode() -> None:
 async def test_stragglers_go_online_at_full_price_when_asked() -> None:
     with FakeServer() as server:
         server.fault("batch_expire", done=100, path="/v1/batches")
-        m = manager("openai", server, fallback="online")
-        job = await m.submit(requests("openai", 300))
+        m = manager("openai", server, fallback_online=True)
+        job = await m.create_job(requests("openai", 300))
         job = await m.wait(job.id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         assert len(creates(server, "openai")) == 1
         online = [r for r in server.requests("/v1/chat/completions") if r["method"] == "POST"]
         assert len(online) == 200
@@ -534,8 +534,8 @@ def test_a_job_submitted_for_the_batch_api_is_worked_through_it(
         assert main(work) == 0
         assert len(creates(server, "anthropic")) == 1
         assert [r for r in server.requests() if r["path"] == "/v1/messages"] == []  # none online
-        job = BatchStore(store).jobs()[0]
-        assert job.status is BatchStatus.COMPLETED
+        job = JobStore(store).jobs()[0]
+        assert job.status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -544,8 +544,8 @@ async def test_a_rejected_row_fails_alone_in_a_batch_that_succeeds(provider: str
     with FakeServer() as server:
         m = manager(provider, server)
         reqs = requests(provider, 6)
-        reqs[2] = BatchRequest(id="bad", body=body(provider, f"x {REJECT_MARKER}"))
-        job = await m.submit(reqs)
+        reqs[2] = JobRequest(id="bad", body=body(provider, f"x {REJECT_MARKER}"))
+        job = await m.create_job(reqs)
         job = await m.wait(job.id)
         results = {r.id: r for r in await m.get_results(job.id)}
         assert results["bad"].error["type"] == "BadRequestError"

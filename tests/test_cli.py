@@ -281,7 +281,7 @@ def test_submit_then_work_then_results_on_a_sqlite_store(
 
 
 def test_sigterm_stops_a_worker_and_hands_its_claims_back(tmp_path: Path) -> None:
-    from ferrobatch.jobs import BatchStore
+    from ferrobatch.jobs import JobStore
 
     src = write_jsonl(tmp_path / "in.jsonl", [chat_line(i) for i in range(200)])
     store_path = str(tmp_path / "jobs.db")
@@ -291,7 +291,7 @@ def test_sigterm_stops_a_worker_and_hands_its_claims_back(tmp_path: Path) -> Non
         cmd += ["--base-url", server.openai_base_url, "--concurrency", "4"]
         worker = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         try:
-            store = BatchStore(store_path)
+            store = JobStore(store_path)
             job = store.jobs()[0]
             deadline = time.monotonic() + 30
             while not store.held_by(job.id):

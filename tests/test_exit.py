@@ -110,15 +110,15 @@ CASES = {
     """,
     "a job runner mid-job": """
         import asyncio, sys, tempfile, os
-        from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+        from ferrobatch.jobs import JobManager, JobRequest, JobStore
         from ferrobatch.openai import ChatCompletions
         chat = ChatCompletions("m", base_url=sys.argv[1], api_key="k", concurrency=4)
-        store = BatchStore(os.path.join(tempfile.mkdtemp(), "jobs.db"))
-        manager = BatchManager(chat, store)
+        store = JobStore(os.path.join(tempfile.mkdtemp(), "jobs.db"))
+        manager = JobManager(chat, store)
         async def main():
             body = lambda i: {"messages": [{"role": "user", "content": str(i)}]}
-            reqs = [BatchRequest(id=f"r{i}", body=body(i)) for i in range(200)]
-            await manager.submit(reqs)
+            reqs = [JobRequest(id=f"r{i}", body=body(i)) for i in range(200)]
+            await manager.create_job(reqs)
             await asyncio.sleep(0.5)         # the job is running
         asyncio.run(main())
     """,

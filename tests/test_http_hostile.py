@@ -15,7 +15,7 @@ import pytest
 
 import ferrobatch
 from _helpers import DIMS, close, embeddings
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import REJECT_MARKER, FakeServer, fake_embedding
 
@@ -107,13 +107,13 @@ async def test_a_job_request_with_a_lone_surrogate_is_refused_at_submit(
     fake_ai_server: FakeServer, tmp_path: Path
 ) -> None:
     chat = ChatCompletions("m", base_url=fake_ai_server.openai_base_url, api_key="k")
-    manager = BatchManager(chat, BatchStore(tmp_path / "jobs.db"))
+    manager = JobManager(chat, JobStore(tmp_path / "jobs.db"))
     reqs = [
-        BatchRequest(id="ok", body={"messages": [{"role": "user", "content": "hi"}]}),
-        BatchRequest(id="broken", body={"messages": [{"role": "user", "content": LONE}]}),
+        JobRequest(id="ok", body={"messages": [{"role": "user", "content": "hi"}]}),
+        JobRequest(id="broken", body={"messages": [{"role": "user", "content": LONE}]}),
     ]
     with pytest.raises(ferrobatch.InvalidInputError, match=r'"broken".*UTF-8'):
-        await manager.submit(reqs)
+        await manager.create_job(reqs)
     assert manager.list_jobs() == []
     await chat.stop()
 

@@ -1,4 +1,4 @@
-"""BatchManager and BatchStore against the shipped fake server and a real SQLite file."""
+"""JobManager and JobStore against the shipped fake server and a real SQLite file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ferrobatch
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStatus, JobStore
 from ferrobatch.openai import ChatCompletions, Embeddings
 from ferrobatch.testing import REJECT_MARKER, FakeServer, fake_embedding
 
@@ -32,9 +32,9 @@ def chat(server: FakeServer, **kw: object) -> ChatCompletions:
     return ChatCompletions("fake-model", **opts)  # type: ignore[arg-type]
 
 
-def reqs(n: int, prefix: str = "item") -> list[BatchRequest]:
+def reqs(n: int, prefix: str = "item") -> list[JobRequest]:
     return [
-        BatchRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"{prefix} {i}"}]})
+        JobRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"{prefix} {i}"}]})
         for i in range(n)
     ]
 
@@ -50,14 +50,14 @@ async def test_a_job_runs_to_completion_with_results_in_order(
     fake_ai_server: FakeServer, tmp_path: Path
 ) -> None:
     client = chat(fake_ai_server, prices={"fake-model": {"input": 1.0, "output": 2.0}})
-    store = BatchStore(tmp_path / "jobs.db")
+    store = JobStore(tmp_path / "jobs.db")
     assert store.schema_version == 3 and store.engine == "sqlite"
-    manager = BatchManager(client, store)
-    job = await manager.submit(reqs(60), name="reviews")
+    manager = JobManager(client, store)
+    job = await manager.create_job(reqs(60), name="reviews")
     assert job.total == 60 and job.name == "reviews"
-    assert job.status in (BatchStatus.PENDING, BatchStatus.PROCESSING)
+    assert job.status in (JobStatus.PENDING, JobStatus.PROCESSING)
     job = await manager.wait(job.id)
-    assert job.status is BatchStatus.COMPLETED
+    assert job.status is JobStatus.COMPLETED
     results = await manager.get_results(job.id)
     assert [r.id for r in results] == [f"r{i}" for i in range(60)]
     for i, r in enumerate(results):
@@ -78,16 +78,16 @@ async def test_bad_requests_are_refused_before_anything_is_written(
     fake_ai_server: FakeServer,
 ) -> None:
     client = chat(fake_ai_server)
-    manager = BatchManager(client)
-    dup = [*reqs(3), BatchRequest(id="r1", body={"messages": []})]
+    manager = JobManager(client)
+    dup = [*reqs(3), JobRequest(id="r1", body={"messages": []})]
     with pytest.raises(ferrobatch.DuplicateRequestIdError) as info:
-        await manager.submit(dup)
+        await manager.create_job(dup)
     assert (info.value.id, info.value.index, info.value.first) == ("r1", 3, 1)
     assert isinstance(info.value, ValueError)
     with pytest.raises(ValueError, match='"x": `messages` must be a list'):
-        await manager.submit([BatchRequest(id="x", body={"prompt": "hi"})])
+        await manager.create_job([JobRequest(id="x", body={"prompt": "hi"})])
     with pytest.raises(ferrobatch.InvalidInputError, match='"y": the body is not JSON'):
-        await manager.submit([BatchRequest(id="y", body={"messages": [], "t": object()})])
+        await manager.create_job([JobRequest(id="y", body={"messages": [], "t": object()})])
     assert manager.list_jobs() == []
     with pytest.raises(ferrobatch.JobNotFoundError):
         await manager.get_status("nope")
@@ -97,12 +97,12 @@ async def test_bad_requests_are_refused_before_anything_is_written(
 async def test_cancel_never_sends_pending_requests() -> None:
     with FakeServer(latency=0.1) as server:
         client = chat(server, concurrency=2)
-        manager = BatchManager(client, window=2)
-        job = await manager.submit(reqs(40))
+        manager = JobManager(client, window=2)
+        job = await manager.create_job(reqs(40))
         await asyncio.sleep(0.25)
         cancelled = await manager.cancel(job.id)
         job = await manager.wait(job.id)
-        assert job.status is BatchStatus.CANCELLED
+        assert job.status is JobStatus.CANCELLED
         p = await manager.progress(job.id)
         assert p.cancelled == cancelled > 0
         assert p.succeeded + p.cancelled == 40 and p.pending == 0 and p.running == 0
@@ -117,11 +117,11 @@ async def test_per_request_failures_leave_the_job_completed_and_retry_failed(
     fake_ai_server: FakeServer,
 ) -> None:
     client = chat(fake_ai_server)
-    manager = BatchManager(client)
+    manager = JobManager(client)
     fake_ai_server.fault("status", status=400, times=3)
-    job = await manager.submit(reqs(20))
+    job = await manager.create_job(reqs(20))
     job = await manager.wait(job.id)
-    assert job.status is BatchStatus.COMPLETED
+    assert job.status is JobStatus.COMPLETED
     results = await manager.get_results(job.id)
     failed = [r for r in results if not r.ok]
     assert len(failed) == 3
@@ -131,7 +131,7 @@ async def test_per_request_failures_leave_the_job_completed_and_retry_failed(
     )
     assert await manager.retry_failed(job.id) == 3
     job = await manager.wait(job.id)
-    assert job.status is BatchStatus.COMPLETED
+    assert job.status is JobStatus.COMPLETED
     assert all(r.ok for r in await manager.get_results(job.id))
     assert fake_ai_server.request_count() == 23
     await client.stop()
@@ -139,10 +139,10 @@ async def test_per_request_failures_leave_the_job_completed_and_retry_failed(
 
 async def test_a_rejected_request_fails_alone(fake_ai_server: FakeServer) -> None:
     client = chat(fake_ai_server)
-    manager = BatchManager(client)
+    manager = JobManager(client)
     rs = reqs(5)
-    rs[2] = BatchRequest(id="bad", body={"messages": [{"role": "user", "content": REJECT_MARKER}]})
-    job = await manager.wait((await manager.submit(rs)).id)
+    rs[2] = JobRequest(id="bad", body={"messages": [{"role": "user", "content": REJECT_MARKER}]})
+    job = await manager.wait((await manager.create_job(rs)).id)
     results = await manager.get_results(job.id)
     assert [r.ok for r in results] == [True, True, False, True, True]
     await client.stop()
@@ -151,9 +151,9 @@ async def test_a_rejected_request_fails_alone(fake_ai_server: FakeServer) -> Non
 async def test_authentication_failure_fails_the_job() -> None:
     with FakeServer(api_key="right") as server:
         client = chat(server, api_key="wrong-key-123")
-        manager = BatchManager(client, window=1)
-        job = await manager.wait((await manager.submit(reqs(10))).id)
-        assert job.status is BatchStatus.FAILED
+        manager = JobManager(client, window=1)
+        job = await manager.wait((await manager.create_job(reqs(10))).id)
+        assert job.status is JobStatus.FAILED
         assert job.error is not None and "AuthenticationError" in job.error
         assert "wrong-key-123" not in job.error
         p = await manager.progress(job.id)
@@ -168,21 +168,21 @@ async def test_an_unreachable_server_fails_the_job_after_patience() -> None:
     server.stop()
     await asyncio.sleep(0.05)
     client = ChatCompletions("m", base_url=url, api_key="k", max_retries=0)
-    manager = BatchManager(client, patience=0.0, window=1)
-    job = await manager.wait((await manager.submit(reqs(5))).id)
-    assert job.status is BatchStatus.FAILED
+    manager = JobManager(client, patience=0.0, window=1)
+    job = await manager.wait((await manager.create_job(reqs(5))).id)
+    assert job.status is JobStatus.FAILED
     assert job.error is not None and "unreachable" in job.error
     await client.stop()
 
 
 async def test_embeddings_jobs(fake_ai_server: FakeServer) -> None:
     emb = Embeddings(base_url=fake_ai_server.openai_base_url, api_key="k", dimensions=4)
-    manager = BatchManager(emb)
+    manager = JobManager(emb)
     rs = [
-        BatchRequest(id="one", body={"input": "alpha"}),
-        BatchRequest(id="two", body={"input": ["beta", "gamma"]}),
+        JobRequest(id="one", body={"input": "alpha"}),
+        JobRequest(id="two", body={"input": ["beta", "gamma"]}),
     ]
-    job = await manager.wait((await manager.submit(rs)).id)
+    job = await manager.wait((await manager.create_job(rs)).id)
     results = await manager.get_results(job.id)
     assert results[1].response is not None
     data = results[1].response["data"]
@@ -190,11 +190,11 @@ async def test_embeddings_jobs(fake_ai_server: FakeServer) -> None:
     for d, text in zip(data, ["beta", "gamma"]):
         assert all(abs(a - b) < 1e-6 for a, b in zip(d["embedding"], fake_embedding(text, 4)))
     with pytest.raises(ValueError, match="`input` must be a string"):
-        await manager.submit([BatchRequest(id="x", body={"input": []})])
+        await manager.create_job([JobRequest(id="x", body={"input": []})])
     with pytest.raises(ValueError, match="`dimensions` 8 differs from the client's 4"):
-        await manager.submit([BatchRequest(id="x", body={"input": "a", "dimensions": 8})])
+        await manager.create_job([JobRequest(id="x", body={"input": "a", "dimensions": 8})])
     with pytest.raises(ValueError, match=r"unsupported embeddings field\(s\): foo"):
-        await manager.submit([BatchRequest(id="x", body={"input": "a", "foo": 1})])
+        await manager.create_job([JobRequest(id="x", body={"input": "a", "foo": 1})])
     await emb.stop()
 
 
@@ -202,12 +202,12 @@ async def test_two_managers_on_one_store_never_send_a_request_twice(tmp_path: Pa
     with FakeServer(latency=0.01) as server:
         path = tmp_path / "shared.db"
         a_client, b_client = chat(server, concurrency=4), chat(server, concurrency=4)
-        a = BatchManager(a_client, BatchStore(path), window=4)
-        b = BatchManager(b_client, BatchStore(path), window=4)
-        job = await a.submit(reqs(200))
+        a = JobManager(a_client, JobStore(path), window=4)
+        b = JobManager(b_client, JobStore(path), window=4)
+        job = await a.create_job(reqs(200))
         await b.resume()  # b works on the same job at the same time
         await asyncio.gather(a.wait(job.id), b.wait(job.id))
-        assert (await a.get_status(job.id)) is BatchStatus.COMPLETED
+        assert (await a.get_status(job.id)) is JobStatus.COMPLETED
         counts = sends(server)
         assert counts == {f"item {i}": 1 for i in range(200)}
         results = await b.get_results(job.id)
@@ -235,7 +235,7 @@ async def test_sigkill_mid_job_then_resume_sends_nothing_committed_twice(tmp_pat
         try:
             assert worker.stdout is not None
             job_id = worker.stdout.readline().strip()
-            store = BatchStore(path)
+            store = JobStore(path)
             deadline = time.monotonic() + 30
             while store.progress(job_id).succeeded < 40:
                 assert time.monotonic() < deadline, "the worker made no progress"
@@ -256,11 +256,11 @@ async def test_sigkill_mid_job_then_resume_sends_nothing_committed_twice(tmp_pat
         sent_before = sends(server)
 
         client = chat(server)
-        manager = BatchManager(client, store, lease_seconds=1.0)
+        manager = JobManager(client, store, lease_seconds=1.0)
         resumed = await manager.resume()
         assert [j.id for j in resumed] == [job_id]
         job = await manager.wait(job_id)
-        assert job.status is BatchStatus.COMPLETED
+        assert job.status is JobStatus.COMPLETED
         results = await manager.get_results(job_id)
         assert len(results) == n and all(r.ok for r in results)
         counts = sends(server)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from _helpers import chat_jsonl, cli
-from ferrobatch.jobs import BatchStatus, BatchStore
+from ferrobatch.jobs import JobStatus, JobStore
 from ferrobatch.testing import FakeServer
 from ferrobatch.testing.plugin import unavailable
 from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
@@ -106,7 +106,7 @@ def test_partition_sigstop_and_restart_every_request_ends_once(tmp_path: Path) -
         )
         assert sub.returncode == 0, sub.stderr
         job_id = sub.stdout.strip()
-        store = BatchStore(dsn)
+        store = JobStore(dsn)
         proxies = [Proxy(pg.port) for _ in range(3)]
         env = {**os.environ, "OPENAI_API_KEY": "k"}
         workers = []
@@ -166,7 +166,7 @@ def test_partition_sigstop_and_restart_every_request_ends_once(tmp_path: Path) -
                 p.close()
             for log in logs:
                 log.close()
-        assert store.job(job_id).status is BatchStatus.COMPLETED
+        assert store.job(job_id).status is JobStatus.COMPLETED
         p = store.progress(job_id)
         assert (p.succeeded, p.failed, p.cancelled) == (n, 0, 0)
         results = store.results(job_id)

@@ -16,16 +16,16 @@ import pytest
 
 from _helpers import chat_jsonl, cli
 from ferrobatch._native import _store_suite
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStatus, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStatus, JobStore
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
 from ferrobatch.testing.plugin import unavailable
 from ferrobatch.testing.postgres import PostgresServer, PostgresUnavailable
 
 
-def reqs(n: int) -> list[BatchRequest]:
+def reqs(n: int) -> list[JobRequest]:
     return [
-        BatchRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"item {i}"}]})
+        JobRequest(id=f"r{i}", body={"messages": [{"role": "user", "content": f"item {i}"}]})
         for i in range(n)
     ]
 
@@ -47,7 +47,7 @@ def test_the_same_store_suite_passes_on_both_engines(
     )
     _store_suite(location)
     _store_suite(location)  # again, on a store holding the first run's data
-    assert BatchStore(location).engine == engine
+    assert JobStore(location).engine == engine
 
 
 def test_stores_of_the_old_version_numbering_are_read_right(
@@ -55,7 +55,7 @@ def test_stores_of_the_old_version_numbering_are_read_right(
 ) -> None:
     """PostgreSQL stores once counted 1 and 2 for what is now 2 and 3 (one sequence with
     SQLite's): the tables say which layout a store has, and it moves to today's number."""
-    store = BatchStore(postgres_dsn)
+    store = JobStore(postgres_dsn)
     store._native.create_job(
         "j", None, "/v1/chat/completions", None, None, [("a", {"messages": []})]
     )
@@ -68,28 +68,28 @@ def test_stores_of_the_old_version_numbering_are_read_right(
         )  # fmt: skip
 
     psql("DELETE FROM ferrobatch_schema; INSERT INTO ferrobatch_schema VALUES (1), (2)")
-    again = BatchStore(postgres_dsn)
+    again = JobStore(postgres_dsn)
     assert again.schema_version == 3 and again.job("j").total == 1
     psql(
         "DROP TABLE ferrobatch_chunks; ALTER TABLE ferrobatch_requests DROP COLUMN chunk;"
         "ALTER TABLE ferrobatch_jobs DROP COLUMN chunks;"
         "DELETE FROM ferrobatch_schema; INSERT INTO ferrobatch_schema VALUES (1)"
     )
-    third = BatchStore(postgres_dsn)
+    third = JobStore(postgres_dsn)
     assert third.schema_version == 3 and third.provider_batches("j") == []
     assert third.progress("j").pending == 1
 
 
 async def test_a_job_on_postgres_with_results_in_order(postgres_dsn: str) -> None:
-    store = BatchStore(postgres_dsn)
+    store = JobStore(postgres_dsn)
     assert store.engine == "postgresql" and store.schema_version == 3
     with FakeServer() as server:
         chat = ChatCompletions(
             "m", base_url=server.openai_base_url, api_key="k", prices={"m": {"input": 1.0}}
         )
-        async with BatchManager(chat, store) as manager:
-            job = await manager.wait((await manager.submit(reqs(50), name="pg")).id)
-            assert job.status is BatchStatus.COMPLETED and job.name == "pg"
+        async with JobManager(chat, store) as manager:
+            job = await manager.wait((await manager.create_job(reqs(50), name="pg")).id)
+            assert job.status is JobStatus.COMPLETED and job.name == "pg"
             results = await manager.get_results(job.id)
             assert [r.id for r in results] == [f"r{i}" for i in range(50)]
             assert all(r.ok for r in results)
@@ -103,9 +103,9 @@ async def test_a_job_on_postgres_with_results_in_order(postgres_dsn: str) -> Non
 def test_a_password_never_shows(postgres_server: PostgresServer) -> None:
     dsn = f"postgresql://nobody:s3cret-pw@127.0.0.1:{postgres_server.port}/nope"
     with pytest.raises(Exception) as info:
-        BatchStore(dsn)
+        JobStore(dsn)
     assert "s3cret-pw" not in str(info.value)
-    store = BatchStore(postgres_server.create_database().replace("ferrobatch@", "ferrobatch:pw@"))
+    store = JobStore(postgres_server.create_database().replace("ferrobatch@", "ferrobatch:pw@"))
     assert "pw@" not in repr(store) and "***" in repr(store)
 
 
@@ -128,7 +128,7 @@ def test_three_workers_one_killed_every_request_ends_once(
             subprocess.Popen(cli("work", *args), env=env, stderr=subprocess.PIPE, text=True)
             for _ in range(3)
         ]
-        store = BatchStore(postgres_dsn)
+        store = JobStore(postgres_dsn)
         try:
             assert workers[0].stderr is not None
             line = ""
@@ -154,7 +154,7 @@ def test_three_workers_one_killed_every_request_ends_once(
                     w.wait()
                 if w.stderr is not None:
                     w.stderr.close()
-        assert store.job(job_id).status is BatchStatus.COMPLETED
+        assert store.job(job_id).status is JobStatus.COMPLETED
         p = store.progress(job_id)
         assert (p.succeeded, p.failed, p.pending, p.running) == (n, 0, 0, 0)
         results = store.results(job_id)
@@ -184,17 +184,17 @@ async def test_postgres_restarted_mid_job_the_workers_reconnect_and_finish() -> 
         raise
     n = 400
     with pg, FakeServer(latency=0.01) as server:
-        store = BatchStore(pg.create_database())
+        store = JobStore(pg.create_database())
         chat = ChatCompletions("m", base_url=server.openai_base_url, api_key="k", concurrency=8)
-        async with BatchManager(chat, store, lease_seconds=5.0) as manager:
-            job = await manager.submit(reqs(n))
+        async with JobManager(chat, store, lease_seconds=5.0) as manager:
+            job = await manager.create_job(reqs(n))
             while (await manager.progress(job.id)).done < n // 4:
                 await asyncio.sleep(0.02)
             await asyncio.to_thread(pg.stop)
             await asyncio.sleep(1.0)  # requests still finish; their outcomes wait
             await asyncio.to_thread(pg.start)
             job = await asyncio.wait_for(manager.wait(job.id), 60)
-            assert job.status is BatchStatus.COMPLETED
+            assert job.status is JobStatus.COMPLETED
             results = await manager.get_results(job.id)
             assert len(results) == n and all(r.ok for r in results)
         assert set(sends(server)) == {f"item {i}" for i in range(n)}

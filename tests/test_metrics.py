@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import ferrobatch
 from ferrobatch import metrics
-from ferrobatch.jobs import BatchManager, BatchRequest, BatchStore
+from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import Embeddings
 from ferrobatch.testing import REJECT_MARKER, FakeServer
 
@@ -83,9 +83,9 @@ async def test_http_and_job_series_name_the_model_never_the_key() -> None:
         await emb.embed_many([f"text {i}" for i in range(16)])
         with pytest.raises(ferrobatch.BadRequestError):
             await emb.embed(REJECT_MARKER)
-        manager = BatchManager(emb, BatchStore())
-        job = await manager.submit(
-            [BatchRequest(id=f"r{i}", body={"input": "x"}) for i in range(5)]
+        manager = JobManager(emb, JobStore())
+        job = await manager.create_job(
+            [JobRequest(id=f"r{i}", body={"input": "x"}) for i in range(5)]
         )
         await manager.wait(job.id)
         metrics.track(emb, name="embedder")
@@ -165,9 +165,9 @@ async def test_tracking_is_weak_and_checks_its_argument() -> None:
 async def test_a_managers_unfinished_jobs_show_before_it_runs_them() -> None:
     with FakeServer() as server:
         emb = Embeddings("m", base_url=server.openai_base_url, api_key="k")
-        manager = BatchManager(emb, BatchStore())
-        job = await manager.submit(
-            [BatchRequest(id=f"r{i}", body={"input": "x"}) for i in range(4)], start=False
+        manager = JobManager(emb, JobStore())
+        job = await manager.create_job(
+            [JobRequest(id=f"r{i}", body={"input": "x"}) for i in range(4)], start=False
         )
         metrics.track(manager, name="queued")
         try:

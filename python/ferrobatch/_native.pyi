@@ -418,7 +418,7 @@ class JobStore:
     def held_by(self, job_id: str) -> list[tuple[str, int]]: ...
     def write_results(self, job_id: str, path: str) -> int: ...
     def results_jsonl(self, job_id: str) -> bytes: ...
-    def chunks(self, job_id: str) -> list[dict[str, Any]]: ...
+    def provider_batches(self, job_id: str) -> list[dict[str, Any]]: ...
 
 @final
 class JobRunner:
@@ -434,7 +434,7 @@ class JobRunner:
         flush_max: int,
         patience: float,
         host: str,
-        batch: Mapping[str, Any] | None = None,
+        batch_api: Mapping[str, Any] | None = None,
     ) -> JobRunner: ...
     @property
     def id(self) -> str: ...
@@ -463,7 +463,7 @@ class JobWorker:
         flush_max: int = 1000,
         patience: float = 300.0,
         host: str,
-        batch: Mapping[str, Any] | None = None,
+        batch_api: Mapping[str, Any] | None = None,
     ) -> JobWorker: ...
     def work(
         self, job_ids: list[str] | None = None, until_idle: bool = False

@@ -37,12 +37,12 @@ from ferrobatch._native import (
     read_job_input,
 )
 from ferrobatch.jobs import (
-    BatchManager,
-    BatchRequest,
-    BatchStore,
     Job,
+    JobManager,
+    JobRequest,
+    JobStore,
     ProgressReporter,
-    native_batch,
+    batch_api_options,
     store_input,
 )
 
@@ -77,7 +77,7 @@ def parse_prices(values: Sequence[str] | None) -> dict[str, dict[str, float]]:
 
 
 def batch_options(args: argparse.Namespace, job: Job | None = None) -> dict[str, Any]:
-    """BatchManager keywords of --batch-api and its options (none without it), for `job` when
+    """JobManager keywords of --batch-api and its options (none without it), for `job` when
     given: a job submitted with --batch-api goes through the batch API too."""
     submitted = job.settings.get("via") == "batch-api" if job is not None else False
     if not (getattr(args, "batch_api", False) or submitted):
@@ -88,7 +88,7 @@ def batch_options(args: argparse.Namespace, job: Job | None = None) -> dict[str,
     return {
         "via": "batch-api",
         "batch_provider": provider,
-        "fallback": "online" if args.fallback_online else None,
+        "fallback_online": bool(args.fallback_online),
         "poll_interval": args.poll_interval,
         "max_attempts": args.max_attempts,
         "batch_requests": args.batch_requests,
@@ -118,7 +118,7 @@ def read_input(path: Path, args: argparse.Namespace) -> JobInput:
         raise CliError(e.reason) from None
 
 
-def write_results(store: BatchStore, job_id: str, out: Path | None) -> None:
+def write_results(store: JobStore, job_id: str, out: Path | None) -> None:
     """Write the job's results in the OpenAI Batch API output format (in Rust, without a
     Python object per line); a file is replaced atomically, never left half-written."""
     if out is None:
@@ -185,9 +185,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     store_path = args.store or os.environ.get("FERROBATCH_STORE") or str(out) + ".jobs.db"
     settings = {**job_settings(args, source, src), "output": str(out)}
     client = make_client(endpoint, settings, args)  # before the store: a bad setting writes nothing
-    store = BatchStore(store_path)
+    store = JobStore(store_path)
     existing = store.find_by_input(source.input_hash)
-    manager = BatchManager(
+    manager = JobManager(
         client,
         store,
         lease_seconds=args.lease_seconds,
@@ -253,14 +253,14 @@ def store_location(args: argparse.Namespace) -> str:
     return str(location)
 
 
-def open_store(args: argparse.Namespace, create: bool = False) -> BatchStore:
+def open_store(args: argparse.Namespace, create: bool = False) -> JobStore:
     """The store of --store / FERROBATCH_STORE: a SQLite path (which must exist unless
     `create`) or a postgresql:// DSN."""
     location = store_location(args)
     is_dsn = location.startswith(("postgresql://", "postgres://"))
     if not is_dsn and not create and not Path(location).exists():
         raise CliError(f"no store at {location}")
-    return BatchStore(location)
+    return JobStore(location)
 
 
 def job_settings(args: argparse.Namespace, source: JobInput, src: Path) -> dict[str, Any]:
@@ -306,7 +306,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
         lease_seconds=args.lease_seconds,
         flush_interval=args.flush_interval,
         host=socket.gethostname(),
-        batch=native_batch(**batch_options(args)),
+        batch_api=batch_api_options(**batch_options(args)),
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []
@@ -359,7 +359,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  held by    {runner}: {n}")
     for b in store.provider_batches(args.job):
         print(
-            f"  batch {b.chunk:<4} {b.provider} {b.batch_id or '(not created yet)'}: {b.state}"
+            f"  batch {b.number:<4} {b.provider} {b.batch_id or '(not created yet)'}: {b.state}"
             f"{', ' + b.remote_status if b.remote_status else ''}; {b.requests} requests"
         )
     if p.cost is not None:
@@ -459,17 +459,17 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
         # 3. A batch job in a SQLite store.
         with tempfile.TemporaryDirectory() as tmp:
-            store = BatchStore(Path(tmp) / "demo-jobs.db")
-            async with BatchManager(chat, store) as manager:
+            store = JobStore(Path(tmp) / "demo-jobs.db")
+            async with JobManager(chat, store) as manager:
                 reqs = [
-                    BatchRequest(
+                    JobRequest(
                         id=f"r{i}",
                         body={"messages": [{"role": "user", "content": f"job item {i}"}]},
                     )
                     for i in range(n_job)
                 ]
                 t0 = time.perf_counter()
-                job = await manager.submit(reqs, name="demo")
+                job = await manager.create_job(reqs, name="demo")
                 job = await manager.wait(job.id)
                 p = await manager.progress(job.id)
                 took = time.perf_counter() - t0

@@ -1,10 +1,10 @@
-"""Batch jobs that survive crashes and scale past one machine: `BatchManager` runs many
-requests through a ferrobatch HTTP client and keeps every request and result in a `BatchStore`:
+"""Batch jobs that survive crashes and scale past one machine: `JobManager` runs many
+requests through a ferrobatch HTTP client and keeps every request and result in a `JobStore`:
 a SQLite file on one machine, or PostgreSQL for workers on many hosts.
 
 ```python
-manager = BatchManager(client=chat, store=BatchStore("batches.db"))
-job = await manager.submit([BatchRequest(id="r1", body={"messages": [...]}), ...], name="x")
+manager = JobManager(client=chat, store=JobStore("batches.db"))
+job = await manager.create_job([JobRequest(id="r1", body={"messages": [...]}), ...], name="x")
 await manager.wait(job.id, progress=True)
 results = await manager.get_results(job.id)      # in submit order
 ```
@@ -13,7 +13,7 @@ Claim → send → record runs in the Rust core on its tokio runtime: no Python 
 
 Guarantees:
 
-- The job and its requests are written (one transaction) before `submit` returns.
+- The job and its requests are written (one transaction) before `create_job` returns.
 - Outcomes are recorded in groups, every `flush_interval` seconds (0.1) or `flush_max`
   outcomes (1000), whichever comes first; `flush_interval=0` records each on its own.
 - Kill a worker at any moment (kill -9): every request still ends exactly once in the store.
@@ -28,10 +28,10 @@ Guarantees:
   carrying `error`.
 - The API key is never stored; a PostgreSQL password never shows in reprs or errors.
 
-Half-price bulk jobs: `BatchManager(client, store, via="batch-api")` runs the same job through
+Half-price bulk jobs: `JobManager(client, store, via="batch-api")` runs the same job through
 the provider's own batch API (OpenAI Batch API, Anthropic Message Batches, Gemini Batch Mode),
 which charges half and answers within 24 h. The store keeps the same requests and results;
-see `BatchManager` for what is guaranteed.
+see `JobManager` for what is guaranteed.
 """
 
 from __future__ import annotations
@@ -52,23 +52,25 @@ from ferrobatch._http import EmbeddingsBase
 from ferrobatch._native import (
     JobInput,
     JobRunner,
-    JobStore,
     detect_provider,
     estimate_requests,
     provider_facts,
+)
+from ferrobatch._native import (
+    JobStore as NativeJobStore,
 )
 from ferrobatch.anthropic import Messages
 from ferrobatch.openai import ChatCompletions
 
 __all__ = [
-    "BatchManager",
-    "BatchRequest",
-    "BatchResult",
-    "BatchStatus",
-    "BatchStore",
     "CostEstimate",
     "Job",
+    "JobManager",
     "JobProgress",
+    "JobRequest",
+    "JobResult",
+    "JobStatus",
+    "JobStore",
     "ProgressReporter",
     "ProviderBatch",
 ]
@@ -83,9 +85,9 @@ BATCH_PROVIDERS = ("openai", "anthropic", "gemini")
 
 @dataclass(frozen=True)
 class ProviderBatch:
-    """One provider batch of a job (a chunk of its requests), as the store keeps it."""
+    """One provider batch of a job (some of its requests), as the store keeps it."""
 
-    chunk: int
+    number: int
     provider: str
     #: `planned`, `creating`, `created` or `settled`.
     state: str
@@ -117,7 +119,7 @@ class CostEstimate:
         return self.input_cost + self.max_output_cost
 
 
-class BatchStatus(Enum):
+class JobStatus(Enum):
     """A job's state: pending → processing → completed | failed | cancelled."""
 
     PENDING = "pending"
@@ -128,11 +130,11 @@ class BatchStatus(Enum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
-class BatchRequest:
+class JobRequest:
     """One request of a job: a unique `id` and the request body (a JSON object)."""
 
     id: str
@@ -140,7 +142,7 @@ class BatchRequest:
 
 
 @dataclass(frozen=True)
-class BatchResult:
+class JobResult:
     """One request's outcome: `response` (the response body) or `error` (a dict with `type`,
     `message`, and `status` / `code` when the server gave them); both None while it has not
     ended."""
@@ -181,7 +183,7 @@ class Job:
 
     id: str
     name: str | None
-    status: BatchStatus
+    status: JobStatus
     endpoint: str
     total: int
     created_at: float
@@ -193,7 +195,7 @@ def _job(row: dict[str, Any]) -> Job:
     return Job(
         id=row["id"],
         name=row["name"],
-        status=BatchStatus(row["status"]),
+        status=JobStatus(row["status"]),
         endpoint=row["endpoint"],
         total=row["total"],
         created_at=row["created_at"],
@@ -202,14 +204,14 @@ def _job(row: dict[str, Any]) -> Job:
     )
 
 
-class BatchStore:
+class JobStore:
     """Where jobs, requests and results live: a SQLite file (WAL mode; `":memory:"`, the
     default, keeps them in memory only), or a PostgreSQL database given by a DSN
     (`"postgresql://user:password@host/db"`, TLS with `?sslmode=require`). Several processes
     may open the same store; with PostgreSQL they may be on many hosts."""
 
     def __init__(self, location: str | PathLike[str] = ":memory:") -> None:
-        self._native = JobStore(str(location))
+        self._native = NativeJobStore(str(location))
         #: The store's location (a PostgreSQL password is shown as `***`).
         self.path = self._native.location
 
@@ -239,10 +241,10 @@ class BatchStore:
         """Counts of the job's requests, tokens and cost (work done by every runner)."""
         return JobProgress(**self._native.progress(job_id))
 
-    def results(self, job_id: str) -> list[BatchResult]:
+    def results(self, job_id: str) -> list[JobResult]:
         """Every request's outcome, in submit order."""
         return [
-            BatchResult(
+            JobResult(
                 id=rid,
                 status=status,
                 response=json.loads(resp) if resp is not None else None,
@@ -273,18 +275,18 @@ class BatchStore:
         """The job's provider batches (jobs run with `via="batch-api"`), in order."""
         return [
             ProviderBatch(
-                chunk=c["chunk"],
+                number=c["number"],
                 provider=c["provider"],
                 state=c["state"],
                 batch_id=c["batch_id"],
                 remote_status=c["remote_status"],
                 requests=c["requests"],
             )
-            for c in self._native.chunks(job_id)
+            for c in self._native.provider_batches(job_id)
         ]
 
     def __repr__(self) -> str:
-        return f"BatchStore({self.path!r})"
+        return f"JobStore({self.path!r})"
 
 
 def _endpoint(client: Client) -> str:
@@ -307,7 +309,7 @@ def new_job_id() -> str:
 
 
 def store_input(
-    store: BatchStore, source: JobInput, name: str | None, settings: Mapping[str, Any]
+    store: JobStore, source: JobInput, name: str | None, settings: Mapping[str, Any]
 ) -> str:
     """Store a checked JSONL input (`read_job_input`) as a new job; returns its id. The
     bodies go from the file to the store in Rust."""
@@ -316,7 +318,7 @@ def store_input(
     return job_id
 
 
-class NativeBatch(TypedDict):
+class BatchApiOptions(TypedDict):
     """How the native runner and worker send a job through a provider's batch API."""
 
     provider: str | None
@@ -328,7 +330,7 @@ class NativeBatch(TypedDict):
     fallback_online: bool
 
 
-def native_batch(
+def batch_api_options(
     *,
     via: str = "online",
     batch_provider: str | None = None,
@@ -337,9 +339,9 @@ def native_batch(
     max_open_batches: int = 4,
     batch_requests: int | None = None,
     batch_bytes: int | None = None,
-    fallback: str | None = None,
-) -> NativeBatch | None:
-    """`BatchManager`'s batch-API keywords as the native runner and worker take them (None:
+    fallback_online: bool = False,
+) -> BatchApiOptions | None:
+    """`JobManager`'s batch-API keywords as the native runner and worker take them (None:
     online)."""
     if via != "batch-api":
         return None
@@ -350,11 +352,11 @@ def native_batch(
         "max_open_batches": int(max_open_batches),
         "requests": batch_requests,
         "bytes": batch_bytes,
-        "fallback_online": fallback == "online",
+        "fallback_online": bool(fallback_online),
     }
 
 
-class BatchManager:
+class JobManager:
     """Runs jobs through `client` (any ferrobatch HTTP batcher), recording them in `store`.
 
     - `lease_seconds`: how long this manager's claims outlive its last heartbeat (it beats
@@ -387,7 +389,7 @@ class BatchManager:
       cancelled batches). Permanent errors (400-class) are the request's outcome; retryable
       ones (expired, cancelled, timed out, `status_code 0`, 429, 5xx, overloaded, no line at
       all) go into a later batch until a request has had `max_attempts`; with
-      `fallback="online"` they are sent through the online endpoint at once instead (full
+      `fallback_online=True` they are sent through the online endpoint at once instead (full
       price; for stragglers near a deadline).
     - Costs come from the usage each result reports, at half the client's prices, counted once.
     - Batches are polled every `poll_interval` seconds (±20%; 60 s by default, 30 s for
@@ -398,7 +400,7 @@ class BatchManager:
     def __init__(
         self,
         client: Client,
-        store: BatchStore | None = None,
+        store: JobStore | None = None,
         *,
         lease_seconds: float = 60.0,
         patience: float = 300.0,
@@ -413,7 +415,7 @@ class BatchManager:
         max_open_batches: int = 4,
         batch_requests: int | None = None,
         batch_bytes: int | None = None,
-        fallback: str | None = None,
+        fallback_online: bool = False,
     ) -> None:
         self.client = client
         self.endpoint = _endpoint(client)
@@ -425,11 +427,9 @@ class BatchManager:
             raise ValueError(
                 f"batch_provider must be one of {BATCH_PROVIDERS}, got {batch_provider!r}"
             )
-        if fallback not in (None, "online"):
-            raise ValueError(f"fallback must be None or 'online', got {fallback!r}")
         self.via = via
         self.batch_provider = batch_provider
-        self.store = store if store is not None else BatchStore()
+        self.store = store if store is not None else JobStore()
         if concurrency is None:
             slots = client.concurrency if client.concurrency > 0 else 64
             per_batch = client.max_batch_size if client.max_batch_size > 0 else 1
@@ -451,7 +451,7 @@ class BatchManager:
             "patience": float(patience),
             "host": socket.gethostname(),
         }
-        self._settings["batch"] = native_batch(
+        self._settings["batch_api"] = batch_api_options(
             via=via,
             batch_provider=batch_provider,
             poll_interval=poll_interval,
@@ -459,7 +459,7 @@ class BatchManager:
             max_open_batches=max_open_batches,
             batch_requests=batch_requests,
             batch_bytes=batch_bytes,
-            fallback=fallback,
+            fallback_online=fallback_online,
         )
         self.lease_seconds = lease_seconds
         self.patience = patience
@@ -481,9 +481,9 @@ class BatchManager:
 
     # --- submitting ----------------------------------------------------------------------
 
-    async def submit(
+    async def create_job(
         self,
-        requests: Iterable[BatchRequest],
+        requests: Iterable[JobRequest],
         name: str | None = None,
         *,
         settings: Mapping[str, Any] | None = None,
@@ -493,14 +493,14 @@ class BatchManager:
         """Store a job and start running it; returns once every request is written.
 
         Raises `DuplicateRequestIdError` for a repeated id, `TypeError` for a request that is
-        not a `BatchRequest` with a dict body, and `InvalidInputError` (a `ValueError`) naming
+        not a `JobRequest` with a dict body, and `InvalidInputError` (a `ValueError`) naming
         the request whose body cannot be sent (not JSON, not UTF-8, missing what its endpoint
         needs); nothing is written then.
         """
         rows: list[tuple[str, Any]] = []
         for i, r in enumerate(requests):
-            if not isinstance(r, BatchRequest):
-                raise TypeError(f"requests[{i}] must be a BatchRequest, got {type(r).__name__}")
+            if not isinstance(r, JobRequest):
+                raise TypeError(f"requests[{i}] must be a JobRequest, got {type(r).__name__}")
             if not isinstance(r.id, str) or not r.id:
                 raise ValueError(f"requests[{i}]: id must be a non-empty str")
             if not isinstance(r.body, Mapping):
@@ -525,7 +525,7 @@ class BatchManager:
             self._start(job_id)
         return await self.get_job(job_id)
 
-    def estimate(self, requests: Iterable[BatchRequest] | JobInput) -> CostEstimate:
+    def estimate(self, requests: Iterable[JobRequest] | JobInput) -> CostEstimate:
         """What `requests` (or a JSONL input read by `read_job_input`) would cost through
         this manager (at the provider's batch prices with `via="batch-api"`), before anything
         is sent; see `CostEstimate`."""
@@ -557,7 +557,7 @@ class BatchManager:
     async def get_job(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.job, job_id)
 
-    async def get_status(self, job_id: str) -> BatchStatus:
+    async def get_status(self, job_id: str) -> JobStatus:
         """The job's state (`JobNotFoundError` for an unknown id)."""
         return (await self.get_job(job_id)).status
 
@@ -565,7 +565,7 @@ class BatchManager:
         """Counts of the job's requests, tokens and cost (work done by every runner)."""
         return await asyncio.to_thread(self.store.progress, job_id)
 
-    async def get_results(self, job_id: str) -> list[BatchResult]:
+    async def get_results(self, job_id: str) -> list[JobResult]:
         """Every request's outcome, in submit order."""
         return await asyncio.to_thread(self.store.results, job_id)
 
@@ -588,7 +588,7 @@ class BatchManager:
         db = self.store._native
         n = await asyncio.to_thread(db.reset_failed, job_id)
         job = await self.get_job(job_id)
-        if n or job.status is BatchStatus.FAILED:
+        if n or job.status is JobStatus.FAILED:
             await asyncio.to_thread(db.set_status, job_id, "processing")
             self._start(job_id)
         return n
@@ -644,7 +644,7 @@ class BatchManager:
                 fut.cancel()
         self._runners.clear()
 
-    async def __aenter__(self) -> BatchManager:
+    async def __aenter__(self) -> JobManager:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ OpenTelemetry.
 ```python
 from ferrobatch import metrics
 
-metrics.track(embedder, name="embed")        # an AsyncBatcher, an HTTP batcher, a BatchManager
+metrics.track(embedder, name="embed")        # an AsyncBatcher, an HTTP batcher, a JobManager
 metrics.enable_prometheus()                  # a collector on prometheus_client's REGISTRY
 metrics.enable_opentelemetry()               # instruments on the global MeterProvider
 ```
@@ -75,12 +75,12 @@ _counter = itertools.count(1)
 def track(obj: Any, name: str | None = None) -> Any:
     """Export `obj`'s numbers under `name` (default: its class name and a number). `obj` is
     an `AsyncBatcher` (HTTP batchers included: they add the HTTP series), a decorated
-    `@batch` function, or a `BatchManager` (its jobs' progress). Returns `obj`."""
+    `@batch` function, or a `JobManager` (its jobs' progress). Returns `obj`."""
     target = getattr(obj, "batcher", obj)  # a @batch function's batcher
     if not (isinstance(target, AsyncBatcher) or _is_manager(target)):
         raise TypeError(
             f"track() takes an AsyncBatcher, an HTTP batcher, a @batch function or a "
-            f"BatchManager, got {type(obj).__name__}"
+            f"JobManager, got {type(obj).__name__}"
         )
     label = name or f"{type(target).__name__.lower()}_{next(_counter)}"
     if not isinstance(label, str) or not label:
@@ -98,9 +98,9 @@ def untrack(obj: Any) -> None:
 
 
 def _is_manager(obj: Any) -> bool:
-    from ferrobatch.jobs import BatchManager
+    from ferrobatch.jobs import JobManager
 
-    return isinstance(obj, BatchManager)
+    return isinstance(obj, JobManager)
 
 
 def _live() -> list[tuple[Any, str]]:

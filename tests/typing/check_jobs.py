@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 
 from ferrobatch.jobs import (
-    BatchManager,
-    BatchRequest,
-    BatchResult,
-    BatchStatus,
-    BatchStore,
     Job,
+    JobManager,
     JobProgress,
+    JobRequest,
+    JobResult,
+    JobStatus,
+    JobStore,
 )
 from ferrobatch.openai import ChatCompletions
 
@@ -22,12 +22,12 @@ else:  # pragma: no cover
 
 
 async def use(chat: ChatCompletions) -> None:
-    async with BatchManager(client=chat, store=BatchStore("batches.db")) as manager:
-        job = await manager.submit([BatchRequest(id="r1", body={"messages": []})], name="x")
+    async with JobManager(client=chat, store=JobStore("batches.db")) as manager:
+        job = await manager.create_job([JobRequest(id="r1", body={"messages": []})], name="x")
         assert_type(job, Job)
-        assert_type(await manager.get_status(job.id), BatchStatus)
+        assert_type(await manager.get_status(job.id), JobStatus)
         assert_type(await manager.progress(job.id), JobProgress)
-        assert_type(await manager.get_results(job.id), list[BatchResult])
+        assert_type(await manager.get_results(job.id), list[JobResult])
         assert_type(await manager.cancel(job.id), int)
         assert_type(await manager.wait(job.id, progress=True), Job)
         assert_type(await manager.retry_failed(job.id), int)

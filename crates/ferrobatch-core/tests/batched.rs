@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ferrobatch_core::http::{Auth, Transport};
 use ferrobatch_core::jobs::{
-    self, BatchLimits, Batched, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig,
-    Store,
+    self, BatchLimits, Endpoint, JobStatus, NewJob, NewRequest, ProviderBatchRoute, Runner,
+    RunnerConfig, Store,
 };
 use ferrobatch_core::providers::batch::BatchProvider;
 use ferrobatch_core::providers::openai::batch::OpenAiBatches;
@@ -43,7 +43,7 @@ fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<R
         requests: per_batch,
         ..api.limits()
     };
-    let batched = Batched::new(api, Duration::from_millis(30), 3, 2, Some(limits));
+    let batched = ProviderBatchRoute::new(api, Duration::from_millis(30), 3, 2, Some(limits));
     let config = RunnerConfig {
         lease: Duration::from_secs(10),
         patience: Duration::from_secs(10),

@@ -41,7 +41,7 @@ def _bin_dir() -> str:
 
 
 class PostgresServer(Service):
-    """`with PostgresServer() as pg: BatchStore(pg.create_database())`.
+    """`with PostgresServer() as pg: JobStore(pg.create_database())`.
 
     `stop()` shuts it down at once (an outage, as clients see one) and `start()` brings it
     back on the same port with the same data.

@@ -22,11 +22,11 @@ pub mod worker;
 
 pub use endpoint::{error_json, Endpoint, Sent};
 pub use model::{
-    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
-    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
+    BatchLimits, Claimed, Completion, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress,
+    ProviderBatchRow, ProviderBatchState, ProviderBatchUpdate, ResultRow, RunnerInfo, Settled,
 };
 pub use outage::{RunnerEvent, RunnerListener};
-pub use routes::{batched_runner, BatchOptions, JobRoutes, WorkerOptions};
-pub use run::{Batched, Online, Route, Runner, RunnerConfig};
+pub use routes::{provider_batch_runner, JobRoutes, ProviderBatchOptions, WorkerOptions};
+pub use run::{Online, ProviderBatchRoute, Route, Runner, RunnerConfig};
 pub use store::{is_postgres, open, redact, Store, StoreFuture};
 pub use worker::{OneRunner, Routes, Worker};

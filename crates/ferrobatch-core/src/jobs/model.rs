@@ -199,10 +199,10 @@ pub struct ResultRow {
     pub error: Option<String>,
 }
 
-/// Where a provider batch (a chunk of a job's requests) stands in the store. Each step is
+/// Where a provider batch (a provider batch of a job's requests) stands in the store. Each step is
 /// written before the network call that follows it, so a restart knows what may exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkState {
+pub enum ProviderBatchState {
     /// Its requests are set aside; nothing was sent to the provider.
     Planned,
     /// A create call may have been sent; the provider's id is not known yet (after a crash,
@@ -214,24 +214,24 @@ pub enum ChunkState {
     Settled,
 }
 
-impl ChunkState {
+impl ProviderBatchState {
     /// The name stored.
     pub fn as_str(self) -> &'static str {
         match self {
-            ChunkState::Planned => "planned",
-            ChunkState::Creating => "creating",
-            ChunkState::Created => "created",
-            ChunkState::Settled => "settled",
+            ProviderBatchState::Planned => "planned",
+            ProviderBatchState::Creating => "creating",
+            ProviderBatchState::Created => "created",
+            ProviderBatchState::Settled => "settled",
         }
     }
 
     /// The state of a stored name.
-    pub fn parse(s: &str) -> ChunkState {
+    pub fn parse(s: &str) -> ProviderBatchState {
         match s {
-            "planned" => ChunkState::Planned,
-            "creating" => ChunkState::Creating,
-            "created" => ChunkState::Created,
-            _ => ChunkState::Settled,
+            "planned" => ProviderBatchState::Planned,
+            "creating" => ProviderBatchState::Creating,
+            "created" => ProviderBatchState::Created,
+            _ => ProviderBatchState::Settled,
         }
     }
 }
@@ -263,15 +263,15 @@ pub fn cut(limits: &BatchLimits, candidates: &[Claimed]) -> usize {
 
 /// A provider batch as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChunkRow {
+pub struct ProviderBatchRow {
     /// Its job.
     pub job_id: String,
     /// Its number within the job (1, 2, ...).
-    pub chunk: i64,
+    pub number: i64,
     /// `openai`, `anthropic` or `gemini`.
     pub provider: String,
     /// Where it stands.
-    pub state: ChunkState,
+    pub state: ProviderBatchState,
     /// The provider's batch id, once known.
     pub batch_id: Option<String>,
     /// The uploaded input file (OpenAI), once known.
@@ -286,11 +286,11 @@ pub struct ChunkRow {
     pub owner: Option<String>,
 }
 
-/// A change to a chunk, written only while the runner still owns it.
+/// A change to a provider batch, written only while the runner still owns it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChunkUpdate {
+pub struct ProviderBatchUpdate {
     /// Its new state.
-    pub state: ChunkState,
+    pub state: ProviderBatchState,
     /// The provider's batch id (kept when None).
     pub batch_id: Option<String>,
     /// The uploaded file's id (kept when None).
@@ -299,7 +299,7 @@ pub struct ChunkUpdate {
     pub remote_status: Option<String>,
 }
 
-/// One request of a chunk as it was settled: recorded with `outcome`, or (None) handed back
+/// One request of a provider batch as it was settled: recorded with `outcome`, or (None) handed back
 /// to pending for another attempt (cancelled instead when the job is cancelled).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settled {

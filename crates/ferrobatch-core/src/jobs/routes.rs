@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use super::endpoint::Endpoint;
 use super::model::{BatchLimits, JobRow};
 use super::outage::RunnerListener;
-use super::run::Batched;
+use super::run::ProviderBatchRoute;
 use super::run::{Runner, RunnerConfig};
 use super::store::Store;
 use super::worker::Routes;
@@ -30,7 +30,7 @@ use crate::providers::{self, ProviderFacts};
 
 /// How jobs sent through a provider's batch API are run (the `--batch-*` options).
 #[derive(Debug, Clone)]
-pub struct BatchOptions {
+pub struct ProviderBatchOptions {
     /// Whose batch API (default: the job's, else the one the base URL names).
     pub provider: Option<String>,
     /// Seconds between polls (default: the provider's).
@@ -47,9 +47,9 @@ pub struct BatchOptions {
     pub fallback_online: bool,
 }
 
-impl Default for BatchOptions {
+impl Default for ProviderBatchOptions {
     fn default() -> Self {
-        BatchOptions {
+        ProviderBatchOptions {
             provider: None,
             poll_interval: None,
             max_attempts: 3,
@@ -78,7 +78,7 @@ pub struct WorkerOptions {
     pub host: String,
     /// The batch API's options: Some sends every job through its provider's batch API
     /// (`--batch-api`); a job submitted that way goes through it regardless.
-    pub batch: Option<BatchOptions>,
+    pub batch: Option<ProviderBatchOptions>,
     /// Told what the runners do.
     pub listener: Option<RunnerListener>,
 }
@@ -270,7 +270,7 @@ impl JobRoutes {
                 o.runner.clone(),
                 o.host.clone(),
             )?,
-            Some(provider) => batched_runner(
+            Some(provider) => provider_batch_runner(
                 Arc::clone(&self.store),
                 endpoint,
                 Some(provider),
@@ -288,11 +288,11 @@ impl JobRoutes {
 
 /// A runner that sends jobs through a provider's batch API (`provider`'s, else the one the
 /// client's base URL names) with `opts`.
-pub fn batched_runner(
+pub fn provider_batch_runner(
     store: Arc<dyn Store>,
     endpoint: Endpoint,
     provider: Option<&str>,
-    opts: &BatchOptions,
+    opts: &ProviderBatchOptions,
     config: RunnerConfig,
     host: String,
 ) -> Result<Arc<Runner>, Error> {
@@ -309,7 +309,8 @@ pub fn batched_runner(
         ..most
     };
     let poll = opts.poll_interval.unwrap_or_else(|| api.poll_interval());
-    let mut batched = Batched::new(api, poll, opts.max_attempts, opts.max_open, Some(limits));
+    let mut batched =
+        ProviderBatchRoute::new(api, poll, opts.max_attempts, opts.max_open, Some(limits));
     batched.fallback_online = opts.fallback_online;
     Runner::batched(store, endpoint, batched, config, host)
 }

@@ -99,8 +99,8 @@ pub fn seq_of(custom_id: &str) -> Option<i64> {
 }
 
 /// The name a batch is known by at the provider (OpenAI metadata, Gemini display name).
-pub fn tag(job_id: &str, chunk: i64) -> String {
-    format!("ferrobatch-{job_id}-{chunk}")
+pub fn tag(job_id: &str, number: i64) -> String {
+    format!("ferrobatch-{job_id}-{number}")
 }
 
 /// A request body as a JSON object with `model` filled in when absent.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::jobs::{
-    BatchLimits, ChunkState, ChunkUpdate, Completion, Finished, JobStatus, NewJob, NewRequest,
-    RunnerInfo, Settled, Store,
+    BatchLimits, Completion, Finished, JobStatus, NewJob, NewRequest, ProviderBatchState,
+    ProviderBatchUpdate, RunnerInfo, Settled, Store,
 };
 
 fn check(ok: bool, what: impl Into<String>) -> Result<(), String> {
@@ -136,7 +136,7 @@ pub async fn run(store: Arc<dyn Store>) -> Result<(), String> {
         ),
         ("finish and fail", finish_and_fail(s, &c).await),
         ("lookups", lookups(s, &c).await),
-        ("provider batches", chunks(s, &c).await),
+        ("provider batches", provider_batches(s, &c).await),
         ("cancelled chunks", cancelled_chunks(s, &c).await),
     ];
     for (name, r) in cases {
@@ -290,7 +290,7 @@ async fn claims_need_a_live_lease(s: &dyn Store, c: &Case) -> Result<(), String>
     };
     check(
         matches!(
-            s.claim_chunk(job.clone(), a.id.clone(), "openai".into(), limits)
+            s.claim_provider_batch(job.clone(), a.id.clone(), "openai".into(), limits)
                 .await,
             Err(Error::LeaseLost { .. })
         ),
@@ -512,8 +512,8 @@ fn limits(requests: usize, bytes: usize) -> BatchLimits {
     }
 }
 
-fn step(state: ChunkState, batch_id: Option<&str>) -> ChunkUpdate {
-    ChunkUpdate {
+fn step(state: ProviderBatchState, batch_id: Option<&str>) -> ProviderBatchUpdate {
+    ProviderBatchUpdate {
         state,
         batch_id: batch_id.map(str::to_string),
         file_id: None,
@@ -521,7 +521,7 @@ fn step(state: ChunkState, batch_id: Option<&str>) -> ChunkUpdate {
     }
 }
 
-async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
+async fn provider_batches(s: &dyn Store, c: &Case) -> Result<(), String> {
     let job = c.job("chunks");
     new_job(s, &job, 6, None).await?;
     s.start(job.clone()).await.map_err(e)?;
@@ -532,25 +532,25 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
     let provider = "openai".to_string();
     // By count, then by bytes: each body is 8 bytes, so 17 bytes hold two.
     let (one, r1) = s
-        .claim_chunk(job.clone(), a.id.clone(), provider.clone(), limits(3, 1000))
+        .claim_provider_batch(job.clone(), a.id.clone(), provider.clone(), limits(3, 1000))
         .await
         .map_err(e)?
         .ok_or("a first chunk")?;
     eq!(
-        (one.chunk, one.requests, one.state),
-        (1, 3, ChunkState::Planned)
+        (one.number, one.requests, one.state),
+        (1, 3, ProviderBatchState::Planned)
     );
     eq!(
         r1.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(),
         vec![(0, 1), (1, 1), (2, 1)]
     );
     let (two, r2) = s
-        .claim_chunk(job.clone(), a.id.clone(), provider.clone(), limits(10, 17))
+        .claim_provider_batch(job.clone(), a.id.clone(), provider.clone(), limits(10, 17))
         .await
         .map_err(e)?
         .ok_or("a second chunk")?;
-    eq!((two.chunk, r2.len()), (2, 2));
-    // Batched requests are nobody's claim, and count as running.
+    eq!((two.number, r2.len()), (2, 2));
+    // ProviderBatchRoute requests are nobody's claim, and count as running.
     check(
         s.claim(job.clone(), b.id.clone(), 10)
             .await
@@ -568,33 +568,33 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
     );
     // Each step is fenced by the owner; the intent time is set once.
     check(
-        s.update_chunk(
+        s.update_provider_batch(
             job.clone(),
             1,
             a.id.clone(),
-            step(ChunkState::Creating, None),
+            step(ProviderBatchState::Creating, None),
         )
         .await
         .map_err(e)?,
         "a moves its chunk",
     )?;
     check(
-        !s.update_chunk(
+        !s.update_provider_batch(
             job.clone(),
             1,
             b.id.clone(),
-            step(ChunkState::Created, Some("x")),
+            step(ProviderBatchState::Created, Some("x")),
         )
         .await
         .map_err(e)?,
         "b may not",
     )?;
-    let before = s.chunks(job.clone()).await.map_err(e)?;
+    let before = s.provider_batches(job.clone()).await.map_err(e)?;
     check(before[0].intent_at.is_some(), "the intent is written")?;
-    eq!(before[0].state, ChunkState::Creating);
-    // B takes nothing while A lives; once A's lease lapses, B takes both chunks.
+    eq!(before[0].state, ProviderBatchState::Creating);
+    // B takes nothing while A lives; once A's lease lapses, B takes both provider batches.
     check(
-        s.take_chunks(job.clone(), b.id.clone())
+        s.take_provider_batches(job.clone(), b.id.clone())
             .await
             .map_err(e)?
             .is_empty(),
@@ -602,37 +602,40 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
     )?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     check(s.heartbeat(b.id.clone()).await.map_err(e)?, "b alive")?;
-    let taken = s.take_chunks(job.clone(), b.id.clone()).await.map_err(e)?;
+    let taken = s
+        .take_provider_batches(job.clone(), b.id.clone())
+        .await
+        .map_err(e)?;
     eq!(
-        taken.iter().map(|x| x.chunk).collect::<Vec<_>>(),
+        taken.iter().map(|x| x.number).collect::<Vec<_>>(),
         vec![1, 2]
     );
     // The heartbeat handed nothing batched back.
     let p = s.progress(job.clone()).await.map_err(e)?;
     eq!((p.pending, p.running), (1, 5));
     check(
-        !s.update_chunk(
+        !s.update_provider_batch(
             job.clone(),
             1,
             a.id.clone(),
-            step(ChunkState::Created, Some("lost")),
+            step(ProviderBatchState::Created, Some("lost")),
         )
         .await
         .map_err(e)?,
         "a lost it",
     )?;
     check(
-        s.update_chunk(
+        s.update_provider_batch(
             job.clone(),
             1,
             b.id.clone(),
-            step(ChunkState::Created, Some("batch_1")),
+            step(ProviderBatchState::Created, Some("batch_1")),
         )
         .await
         .map_err(e)?,
         "b records the id",
     )?;
-    let reqs1 = s.chunk_requests(job.clone(), 1).await.map_err(e)?;
+    let reqs1 = s.provider_batch_requests(job.clone(), 1).await.map_err(e)?;
     eq!(
         reqs1.iter().map(|x| x.seq).collect::<Vec<_>>(),
         vec![0, 1, 2]
@@ -649,19 +652,19 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
         },
     ];
     eq!(
-        s.settle_chunk(job.clone(), 1, a.id.clone(), settled.clone())
+        s.settle_provider_batch(job.clone(), 1, a.id.clone(), settled.clone())
             .await
             .map_err(e)?,
         0
     );
     eq!(
-        s.settle_chunk(job.clone(), 1, b.id.clone(), settled.clone())
+        s.settle_provider_batch(job.clone(), 1, b.id.clone(), settled.clone())
             .await
             .map_err(e)?,
         2
     );
     eq!(
-        s.settle_chunk(job.clone(), 1, b.id.clone(), settled)
+        s.settle_provider_batch(job.clone(), 1, b.id.clone(), settled)
             .await
             .map_err(e)?,
         0
@@ -669,14 +672,14 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
     let p = s.progress(job.clone()).await.map_err(e)?;
     eq!((p.pending, p.running, p.succeeded, p.failed), (2, 2, 1, 1));
     eq!((p.input_tokens, p.cost), (4, Some(0.5)));
-    // The request handed back gets a second attempt in a later chunk (seq 5's second: b
+    // The request handed back gets a second attempt in a later provider batch (seq 5's second: b
     // claimed and released it above).
     let (three, r3) = s
-        .claim_chunk(job.clone(), b.id.clone(), provider, limits(10, 1000))
+        .claim_provider_batch(job.clone(), b.id.clone(), provider, limits(10, 1000))
         .await
         .map_err(e)?
         .ok_or("a third chunk")?;
-    eq!(three.chunk, 3);
+    eq!(three.number, 3);
     eq!(
         r3.iter().map(|x| (x.seq, x.attempt)).collect::<Vec<_>>(),
         vec![(2, 2), (5, 2)]
@@ -691,7 +694,7 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
             outcome: Some(ok(1)),
         },
     ];
-    s.settle_chunk(job.clone(), 3, b.id.clone(), all)
+    s.settle_provider_batch(job.clone(), 3, b.id.clone(), all)
         .await
         .map_err(e)?;
     let rest = vec![
@@ -704,7 +707,7 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
             outcome: Some(ok(1)),
         },
     ];
-    s.settle_chunk(job.clone(), 2, b.id.clone(), rest)
+    s.settle_provider_batch(job.clone(), 2, b.id.clone(), rest)
         .await
         .map_err(e)?;
     eq!(
@@ -723,9 +726,9 @@ async fn chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
             "succeeded"
         ]
     );
-    let done = s.chunks(job).await.map_err(e)?;
+    let done = s.provider_batches(job).await.map_err(e)?;
     check(
-        done.iter().all(|x| x.state == ChunkState::Settled),
+        done.iter().all(|x| x.state == ProviderBatchState::Settled),
         "every chunk settled",
     )?;
     eq!(done[0].batch_id.as_deref(), Some("batch_1"));
@@ -738,7 +741,7 @@ async fn cancelled_chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
     s.start(job.clone()).await.map_err(e)?;
     let a = c.runner("canceller", LONG);
     s.register(a.clone()).await.map_err(e)?;
-    s.claim_chunk(
+    s.claim_provider_batch(
         job.clone(),
         a.id.clone(),
         "anthropic".into(),
@@ -760,7 +763,7 @@ async fn cancelled_chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
         },
     ];
     eq!(
-        s.settle_chunk(job.clone(), 1, a.id.clone(), settled)
+        s.settle_provider_batch(job.clone(), 1, a.id.clone(), settled)
             .await
             .map_err(e)?,
         1
@@ -770,10 +773,10 @@ async fn cancelled_chunks(s: &dyn Store, c: &Case) -> Result<(), String> {
         (p.pending, p.running, p.succeeded, p.cancelled),
         (0, 0, 1, 3)
     );
-    // A clean stop leaves no chunk owned.
+    // A clean stop leaves no provider batch owned.
     s.unregister(a.id.clone()).await.map_err(e)?;
     check(
-        s.chunks(job)
+        s.provider_batches(job)
             .await
             .map_err(e)?
             .iter()

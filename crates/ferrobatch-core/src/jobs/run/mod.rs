@@ -7,5 +7,5 @@ pub mod provider_batch;
 pub mod runner;
 
 pub use online::Online;
-pub use provider_batch::Batched;
+pub use provider_batch::ProviderBatchRoute;
 pub use runner::{Route, Runner, RunnerConfig};

@@ -1,20 +1,20 @@
 //! The batch-API route of a [`Runner`]: a job's requests go to the provider's own batch API
-//! (half price, within 24 h) in chunks, each chunk one provider batch.
+//! (half price, within 24 h) in provider batches, each provider batch one provider batch.
 //!
-//! Each step of a chunk is written to the store before the network call that follows it:
+//! Each step of a provider batch is written to the store before the network call that follows it:
 //! planned (requests set aside) → upload (OpenAI's file id written) → creating (the intent
 //! written) → create → created (the batch id written) → poll → harvest → settled. A runner that
-//! dies anywhere leaves a chunk another runner (or this one, restarted) takes over once its
-//! heartbeat lapses: a `creating` chunk is first looked for in the provider's list, and only
+//! dies anywhere leaves a provider batch another runner (or this one, restarted) takes over once its
+//! heartbeat lapses: a `creating` provider batch is first looked for in the provider's list, and only
 //! created again if no batch made for it exists; so a crash between create and record does not
 //! pay for a second batch.
 //!
 //! Harvest reads every line (output and error files, partial results of expired and cancelled
 //! batches); a request with no line is retryable. Retryable outcomes go back to pending and
-//! into a later chunk until a request has had `max_attempts`; then its last error is its
+//! into a later provider batch until a request has had `max_attempts`; then its last error is its
 //! outcome (with `fallback_online`, they are sent through the online endpoint at once, at
-//! full price). OpenAI's `token_limit_exceeded` hands the chunk back and holds new chunks off
-//! for a while. Costs are counted at batch prices from the usage each line reports, once: a chunk
+//! full price). OpenAI's `token_limit_exceeded` hands the provider batch back and holds new provider batches off
+//! for a while. Costs are counted at batch prices from the usage each line reports, once: a provider batch
 //! is settled once.
 
 use std::collections::{HashMap, HashSet};
@@ -28,20 +28,21 @@ use super::runner::{is_fatal, Route, Runner, RunnerConfig};
 use crate::error::Error;
 use crate::jobs::endpoint::{error_json, Endpoint};
 use crate::jobs::model::{
-    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, JobStatus, Settled,
+    BatchLimits, Claimed, Completion, JobStatus, ProviderBatchRow, ProviderBatchState,
+    ProviderBatchUpdate, Settled,
 };
 use crate::jobs::store::Store;
 use crate::providers::batch::{
     custom_id, seq_of, BatchLine, BatchProvider, Outcome, Phase, Remote,
 };
 
-/// How long new chunks wait after a provider said its queue of enqueued tokens is full, in
+/// How long new provider batches wait after a provider said its queue of enqueued tokens is full, in
 /// poll intervals.
 const TOKEN_LIMIT_WAIT: u32 = 5;
 
 /// The settings and state of a runner's batch-API path.
 #[derive(Debug)]
-pub struct Batched {
+pub struct ProviderBatchRoute {
     /// The provider's batch API.
     pub api: Box<dyn BatchProvider>,
     /// How often each open batch is polled (jittered by ±20%).
@@ -57,11 +58,11 @@ pub struct Batched {
     pub limits: BatchLimits,
     /// Batches this runner asked to cancel.
     cancel_sent: Mutex<HashSet<String>>,
-    /// Jobs whose new chunks wait (token limit) until then.
+    /// Jobs whose new provider batches wait (token limit) until then.
     hold_until: Mutex<HashMap<String, Instant>>,
 }
 
-impl Batched {
+impl ProviderBatchRoute {
     /// The batch path over `api`; `limits` None takes the provider's.
     pub fn new(
         api: Box<dyn BatchProvider>,
@@ -69,9 +70,9 @@ impl Batched {
         max_attempts: i64,
         max_open: usize,
         limits: Option<BatchLimits>,
-    ) -> Batched {
+    ) -> ProviderBatchRoute {
         let limits = limits.unwrap_or_else(|| api.limits());
-        Batched {
+        ProviderBatchRoute {
             api,
             poll_interval,
             max_attempts,
@@ -138,7 +139,7 @@ impl Runner {
     pub fn batched(
         store: Arc<dyn Store>,
         endpoint: Endpoint,
-        batch: Batched,
+        batch: ProviderBatchRoute,
         config: RunnerConfig,
         host: String,
     ) -> Result<Arc<Runner>, Error> {
@@ -147,7 +148,7 @@ impl Runner {
     }
 }
 
-impl Route for Batched {
+impl Route for ProviderBatchRoute {
     fn run<'a>(
         &'a self,
         runner: &'a Arc<Runner>,
@@ -168,7 +169,7 @@ impl Route for Batched {
 /// One job's run along the batch-API route.
 struct BatchRun<'a> {
     runner: &'a Arc<Runner>,
-    batch: &'a Batched,
+    batch: &'a ProviderBatchRoute,
 }
 
 impl BatchRun<'_> {
@@ -227,7 +228,7 @@ impl BatchRun<'_> {
             .map(|j| j.status)
     }
 
-    /// One look at the job: new chunks, then each open chunk moved on. The job's status
+    /// One look at the job: new provider batches, then each open provider batch moved on. The job's status
     /// when it ended.
     async fn batch_step(&self, job_id: &str) -> Result<Option<JobStatus>, Error> {
         let b = self.batch;
@@ -240,14 +241,14 @@ impl BatchRun<'_> {
         let mut open = self
             .runner
             .store
-            .take_chunks(job_id.to_string(), me.clone())
+            .take_provider_batches(job_id.to_string(), me.clone())
             .await?;
         if !cancelled && !b.held(job_id) {
             while open.len() < b.max_open {
                 let claimed = match self
                     .runner
                     .store
-                    .claim_chunk(
+                    .claim_provider_batch(
                         job_id.to_string(),
                         me.clone(),
                         b.api.name().to_string(),
@@ -268,10 +269,10 @@ impl BatchRun<'_> {
                 }
             }
         }
-        // One chunk's trouble does not hold the others up; the first error is reported.
+        // One provider batch's trouble does not hold the others up; the first error is reported.
         let mut first_error = None;
-        for chunk in &open {
-            if let Err(e) = self.advance(chunk, cancelled).await {
+        for pb in &open {
+            if let Err(e) = self.advance(pb, cancelled).await {
                 if is_fatal(&e) {
                     return Err(e);
                 }
@@ -283,8 +284,12 @@ impl BatchRun<'_> {
         }
         let status = self.runner.store.finish_if_done(job_id.to_string()).await?;
         if status == JobStatus::Cancelled {
-            let left = self.runner.store.chunks(job_id.to_string()).await?;
-            if left.iter().all(|c| c.state == ChunkState::Settled) {
+            let left = self
+                .runner
+                .store
+                .provider_batches(job_id.to_string())
+                .await?;
+            if left.iter().all(|c| c.state == ProviderBatchState::Settled) {
                 return Ok(Some(status));
             }
             return Ok(None);
@@ -292,154 +297,160 @@ impl BatchRun<'_> {
         Ok(status.is_terminal().then_some(status))
     }
 
-    async fn update(&self, chunk: &ChunkRow, update: ChunkUpdate) -> Result<bool, Error> {
+    async fn update(
+        &self,
+        pb: &ProviderBatchRow,
+        update: ProviderBatchUpdate,
+    ) -> Result<bool, Error> {
         self.runner
             .store
-            .update_chunk(
-                chunk.job_id.clone(),
-                chunk.chunk,
+            .update_provider_batch(
+                pb.job_id.clone(),
+                pb.number,
                 self.runner.info.id.clone(),
                 update,
             )
             .await
     }
 
-    /// Move one chunk on as far as it goes now.
-    async fn advance(&self, chunk: &ChunkRow, cancelled: bool) -> Result<(), Error> {
+    /// Move one provider batch on as far as it goes now.
+    async fn advance(&self, pb: &ProviderBatchRow, cancelled: bool) -> Result<(), Error> {
         let b = self.batch;
-        match chunk.state {
-            ChunkState::Planned | ChunkState::Creating if cancelled && chunk.batch_id.is_none() => {
+        match pb.state {
+            ProviderBatchState::Planned | ProviderBatchState::Creating
+                if cancelled && pb.batch_id.is_none() =>
+            {
                 // Nothing may exist yet; if a create was interrupted, find and cancel it.
-                if chunk.state == ChunkState::Creating {
-                    if let Some(id) = self.find(chunk).await? {
-                        return self.created(chunk, id).await;
+                if pb.state == ProviderBatchState::Creating {
+                    if let Some(id) = self.find(pb).await? {
+                        return self.created(pb, id).await;
                     }
                 }
-                self.settle(chunk, Vec::new()).await
+                self.settle(pb, Vec::new()).await
             }
-            ChunkState::Planned => {
-                let requests = self.requests_of(chunk).await?;
+            ProviderBatchState::Planned => {
+                let requests = self.requests_of(pb).await?;
                 if requests.is_empty() {
-                    return self.settle(chunk, Vec::new()).await;
+                    return self.settle(pb, Vec::new()).await;
                 }
-                let mut file_id = chunk.file_id.clone();
+                let mut file_id = pb.file_id.clone();
                 if file_id.is_none() {
                     file_id = b
                         .api
-                        .upload(&chunk.job_id, chunk.chunk, &lines(&requests))
+                        .upload(&pb.job_id, pb.number, &lines(&requests))
                         .await?;
                 }
-                let intent = ChunkUpdate {
-                    state: ChunkState::Creating,
+                let intent = ProviderBatchUpdate {
+                    state: ProviderBatchState::Creating,
                     batch_id: None,
                     file_id: file_id.clone(),
                     remote_status: None,
                 };
-                if !self.update(chunk, intent).await? {
+                if !self.update(pb, intent).await? {
                     return Ok(()); // no longer ours
                 }
-                self.create(chunk, file_id.as_deref(), &requests).await
+                self.create(pb, file_id.as_deref(), &requests).await
             }
-            ChunkState::Creating => {
-                if let Some(id) = self.find(chunk).await? {
-                    return self.created(chunk, id).await;
+            ProviderBatchState::Creating => {
+                if let Some(id) = self.find(pb).await? {
+                    return self.created(pb, id).await;
                 }
-                let requests = self.requests_of(chunk).await?;
-                let mut file_id = chunk.file_id.clone();
+                let requests = self.requests_of(pb).await?;
+                let mut file_id = pb.file_id.clone();
                 if file_id.is_none() {
                     file_id = b
                         .api
-                        .upload(&chunk.job_id, chunk.chunk, &lines(&requests))
+                        .upload(&pb.job_id, pb.number, &lines(&requests))
                         .await?;
                 }
-                self.create(chunk, file_id.as_deref(), &requests).await
+                self.create(pb, file_id.as_deref(), &requests).await
             }
-            ChunkState::Created => {
-                let id = chunk.batch_id.clone().unwrap_or_default();
+            ProviderBatchState::Created => {
+                let id = pb.batch_id.clone().unwrap_or_default();
                 let remote = b.api.get(&id).await?;
                 if cancelled
                     && matches!(remote.phase, Phase::Validating | Phase::Running)
-                    && Batched::lock(&b.cancel_sent).insert(id.clone())
+                    && ProviderBatchRoute::lock(&b.cancel_sent).insert(id.clone())
                 {
                     // A failed cancel is asked again after a restart; the batch ends anyway.
                     let _ = b.api.cancel(&id).await;
                 }
                 let described = remote.describe();
-                if chunk.remote_status.as_deref() != Some(described.as_str()) {
-                    let update = ChunkUpdate {
-                        state: ChunkState::Created,
+                if pb.remote_status.as_deref() != Some(described.as_str()) {
+                    let update = ProviderBatchUpdate {
+                        state: ProviderBatchState::Created,
                         batch_id: None,
                         file_id: None,
                         remote_status: Some(described),
                     };
-                    if !self.update(chunk, update).await? {
+                    if !self.update(pb, update).await? {
                         return Ok(());
                     }
                 }
                 if remote.phase == Phase::Ended {
-                    self.harvest(chunk, &remote, cancelled).await?;
+                    self.harvest(pb, &remote, cancelled).await?;
                 }
                 Ok(())
             }
-            ChunkState::Settled => Ok(()),
+            ProviderBatchState::Settled => Ok(()),
         }
     }
 
-    async fn requests_of(&self, chunk: &ChunkRow) -> Result<Vec<Claimed>, Error> {
+    async fn requests_of(&self, pb: &ProviderBatchRow) -> Result<Vec<Claimed>, Error> {
         self.runner
             .store
-            .chunk_requests(chunk.job_id.clone(), chunk.chunk)
+            .provider_batch_requests(pb.job_id.clone(), pb.number)
             .await
     }
 
-    /// The provider's batch for a chunk whose create call may have gone out.
-    async fn find(&self, chunk: &ChunkRow) -> Result<Option<String>, Error> {
+    /// The provider's batch for a provider batch whose create call may have gone out.
+    async fn find(&self, pb: &ProviderBatchRow) -> Result<Option<String>, Error> {
         let others: Vec<String> = self
             .runner
             .store
-            .chunks(chunk.job_id.clone())
+            .provider_batches(pb.job_id.clone())
             .await?
             .into_iter()
-            .filter(|c| c.chunk != chunk.chunk)
+            .filter(|c| c.number != pb.number)
             .filter_map(|c| c.batch_id)
             .collect();
         self.batch
             .api
             .find(
-                &chunk.job_id,
-                chunk.chunk,
-                chunk.intent_at.unwrap_or(0.0),
-                chunk.requests,
+                &pb.job_id,
+                pb.number,
+                pb.intent_at.unwrap_or(0.0),
+                pb.requests,
                 &others,
             )
             .await
     }
 
-    async fn created(&self, chunk: &ChunkRow, batch_id: String) -> Result<(), Error> {
-        let update = ChunkUpdate {
-            state: ChunkState::Created,
+    async fn created(&self, pb: &ProviderBatchRow, batch_id: String) -> Result<(), Error> {
+        let update = ProviderBatchUpdate {
+            state: ProviderBatchState::Created,
             batch_id: Some(batch_id),
             file_id: None,
             remote_status: None,
         };
-        self.update(chunk, update).await.map(|_| ())
+        self.update(pb, update).await.map(|_| ())
     }
 
-    /// Send the create call. A rejection (400-class) ends the chunk's requests with it; any
-    /// other failure leaves the chunk `creating`, to be looked for before another create.
+    /// Send the create call. A rejection (400-class) ends the provider batch's requests with it; any
+    /// other failure leaves the provider batch `creating`, to be looked for before another create.
     async fn create(
         &self,
-        chunk: &ChunkRow,
+        pb: &ProviderBatchRow,
         file_id: Option<&str>,
         requests: &[Claimed],
     ) -> Result<(), Error> {
         let b = self.batch;
         match b
             .api
-            .create(&chunk.job_id, chunk.chunk, file_id, &lines(requests))
+            .create(&pb.job_id, pb.number, file_id, &lines(requests))
             .await
         {
-            Ok(id) => self.created(chunk, id).await,
+            Ok(id) => self.created(pb, id).await,
             Err(e @ Error::Status { status, .. })
                 if (400..500).contains(&status)
                     && !matches!(status, 401 | 403 | 404 | 408 | 409 | 429) =>
@@ -452,18 +463,18 @@ impl BatchRun<'_> {
                         outcome: Some(failure(error.clone())),
                     })
                     .collect();
-                self.settle(chunk, settled).await
+                self.settle(pb, settled).await
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn settle(&self, chunk: &ChunkRow, settled: Vec<Settled>) -> Result<(), Error> {
+    async fn settle(&self, pb: &ProviderBatchRow, settled: Vec<Settled>) -> Result<(), Error> {
         self.runner
             .store
-            .settle_chunk(
-                chunk.job_id.clone(),
-                chunk.chunk,
+            .settle_provider_batch(
+                pb.job_id.clone(),
+                pb.number,
                 self.runner.info.id.clone(),
                 settled,
             )
@@ -471,19 +482,19 @@ impl BatchRun<'_> {
             .map(|_| ())
     }
 
-    /// Read every line of an ended batch and settle the chunk.
+    /// Read every line of an ended batch and settle the provider batch.
     async fn harvest(
         &self,
-        chunk: &ChunkRow,
+        pb: &ProviderBatchRow,
         remote: &Remote,
         cancelled: bool,
     ) -> Result<(), Error> {
         let b = self.batch;
-        let requests = self.requests_of(chunk).await?;
+        let requests = self.requests_of(pb).await?;
         if remote.errors.iter().any(|e| e.0 == "token_limit_exceeded") {
             let until = Instant::now() + b.poll_interval * TOKEN_LIMIT_WAIT;
-            Batched::lock(&b.hold_until).insert(chunk.job_id.clone(), until);
-            return self.settle(chunk, Vec::new()).await;
+            ProviderBatchRoute::lock(&b.hold_until).insert(pb.job_id.clone(), until);
+            return self.settle(pb, Vec::new()).await;
         }
         let mut by_seq: HashMap<i64, Outcome> = b
             .api
@@ -584,7 +595,7 @@ impl BatchRun<'_> {
                 outcome: Some(outcome),
             });
         }
-        self.settle(chunk, settled).await
+        self.settle(pb, settled).await
     }
 }
 

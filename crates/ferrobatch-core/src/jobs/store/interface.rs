@@ -10,11 +10,11 @@
 //!   that was lost (taken over, handed back, cancelled) is discarded, so every request ends
 //!   exactly once. Outcomes go to their own insert-only table; a job's counters (done,
 //!   tokens, cost) are kept on its row, so progress costs the same for any job size.
-//! - Provider batches: a runner sets aside a *chunk* of pending requests (they become
+//! - Provider batches: a runner sets aside a *provider batch* of pending requests (they become
 //!   `batched`, their attempt bumped, out of reach of claims and takeovers) and owns the
-//!   chunk while its heartbeat lives; each step of the chunk (planned → creating → created →
+//!   provider batch while its heartbeat lives; each step of the provider batch (planned → creating → created →
 //!   settled) is written before the network call that follows it. Settling records outcomes
-//!   fenced by the chunk (a chunk is settled once) and hands the rest back to pending.
+//!   fenced by the provider batch (a provider batch is settled once) and hands the rest back to pending.
 //! - No API key is ever written: request bodies and a job's non-secret settings only.
 
 use std::fmt;
@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::jobs::model::{
-    BatchLimits, ChunkRow, ChunkUpdate, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest,
-    Progress, ResultRow, RunnerInfo, Settled,
+    BatchLimits, Claimed, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress,
+    ProviderBatchRow, ProviderBatchUpdate, ResultRow, RunnerInfo, Settled,
 };
 
 /// What every store call returns: a boxed future (one allocation per call, and calls are
@@ -90,39 +90,44 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn progress(&self, job_id: String) -> StoreFuture<'_, Progress>;
     /// Every request's outcome, in submit order.
     fn results(&self, job_id: String) -> StoreFuture<'_, Vec<ResultRow>>;
-    /// Set aside the next pending requests of the job that fit `limits` as a new chunk owned
+    /// Set aside the next pending requests of the job that fit `limits` as a new provider batch owned
     /// by the runner (state planned); None when nothing is pending.
-    fn claim_chunk(
+    fn claim_provider_batch(
         &self,
         job_id: String,
         runner_id: String,
         provider: String,
         limits: BatchLimits,
-    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>>;
-    /// The job's unsettled chunks that are the runner's now: its own, and those whose owner
+    ) -> StoreFuture<'_, Option<(ProviderBatchRow, Vec<Claimed>)>>;
+    /// The job's unsettled provider batches that are the runner's now: its own, and those whose owner
     /// is gone or lapsed (taken over by this call).
-    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>>;
-    /// Every chunk of the job, in order.
-    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>>;
-    /// The requests a chunk holds, in submit order.
-    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>>;
-    /// Move a chunk on (`intent_at` is set the first time it becomes creating); false when the
-    /// runner no longer owns it or it is settled.
-    fn update_chunk(
+    fn take_provider_batches(
         &self,
         job_id: String,
-        chunk: i64,
         runner_id: String,
-        update: ChunkUpdate,
-    ) -> StoreFuture<'_, bool>;
-    /// Record a chunk's outcomes and hand back the rest (every request of the chunk not
-    /// settled with an outcome goes back to pending, or to cancelled in a cancelled job), in
-    /// one transaction, once: a chunk already settled or owned by another runner changes
-    /// nothing. How many outcomes were recorded.
-    fn settle_chunk(
+    ) -> StoreFuture<'_, Vec<ProviderBatchRow>>;
+    /// Every provider batch of the job, in order.
+    fn provider_batches(&self, job_id: String) -> StoreFuture<'_, Vec<ProviderBatchRow>>;
+    /// The requests a provider batch holds, in submit order.
+    fn provider_batch_requests(&self, job_id: String, number: i64)
+        -> StoreFuture<'_, Vec<Claimed>>;
+    /// Move a provider batch on (`intent_at` is set the first time it becomes creating); false when the
+    /// runner no longer owns it or it is settled.
+    fn update_provider_batch(
         &self,
         job_id: String,
-        chunk: i64,
+        number: i64,
+        runner_id: String,
+        update: ProviderBatchUpdate,
+    ) -> StoreFuture<'_, bool>;
+    /// Record a provider batch's outcomes and hand back the rest (every request of the provider batch not
+    /// settled with an outcome goes back to pending, or to cancelled in a cancelled job), in
+    /// one transaction, once: a provider batch already settled or owned by another runner changes
+    /// nothing. How many outcomes were recorded.
+    fn settle_provider_batch(
+        &self,
+        job_id: String,
+        number: i64,
         runner_id: String,
         settled: Vec<Settled>,
     ) -> StoreFuture<'_, u64>;

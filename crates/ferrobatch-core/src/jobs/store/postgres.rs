@@ -27,8 +27,8 @@ use super::ledger::{self, progress_of, Tally};
 use super::{check_unique, check_version, redact, Store, StoreFuture, SCHEMA_VERSION};
 use crate::error::Error;
 use crate::jobs::model::{
-    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
-    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
+    BatchLimits, Claimed, Completion, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress,
+    ProviderBatchRow, ProviderBatchState, ProviderBatchUpdate, ResultRow, RunnerInfo, Settled,
 };
 
 /// The schema: `(version, SQL)`, each moving the store from the version before it. One
@@ -253,11 +253,15 @@ impl PgStore {
         Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
     }
 
-    /// The job's chunks (only the unsettled ones `owner` holds, when given), in order.
-    async fn read_chunks(&self, job_id: &str, owner: Option<&str>) -> Result<Vec<ChunkRow>, Error> {
+    /// The job's provider batches (only the unsettled ones `owner` holds, when given), in order.
+    async fn read_chunks(
+        &self,
+        job_id: &str,
+        owner: Option<&str>,
+    ) -> Result<Vec<ProviderBatchRow>, Error> {
         let rows = self
             .many(
-                "reading chunks",
+                "reading provider batches",
                 "SELECT chunk, provider, state, batch_id, file_id, remote_status, requests,
                      extract(epoch FROM intent_at)::float8, owner
                  FROM ferrobatch_chunks
@@ -268,11 +272,11 @@ impl PgStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| ChunkRow {
+            .map(|r| ProviderBatchRow {
                 job_id: job_id.to_string(),
-                chunk: r.get(0),
+                number: r.get(0),
                 provider: r.get(1),
-                state: ChunkState::parse(r.get(2)),
+                state: ProviderBatchState::parse(r.get(2)),
                 batch_id: r.get(3),
                 file_id: r.get(4),
                 remote_status: r.get(5),
@@ -765,15 +769,15 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_chunk(
+    fn claim_provider_batch(
         &self,
         job_id: String,
         runner_id: String,
         provider: String,
         limits: BatchLimits,
-    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
+    ) -> StoreFuture<'_, Option<(ProviderBatchRow, Vec<Claimed>)>> {
         Box::pin(async move {
-            let op = "setting aside a chunk";
+            let op = "setting aside a provider batch";
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg(op))?;
             // The runner's row is locked for the transaction: a heartbeat of another runner
@@ -843,11 +847,11 @@ impl Store for PgStore {
             .await
             .map_err(pg(op))?;
             tx.commit().await.map_err(pg(op))?;
-            let row = ChunkRow {
+            let row = ProviderBatchRow {
                 job_id,
-                chunk,
+                number: chunk,
                 provider,
-                state: ChunkState::Planned,
+                state: ProviderBatchState::Planned,
                 batch_id: None,
                 file_id: None,
                 remote_status: None,
@@ -859,10 +863,14 @@ impl Store for PgStore {
         })
     }
 
-    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+    fn take_provider_batches(
+        &self,
+        job_id: String,
+        runner_id: String,
+    ) -> StoreFuture<'_, Vec<ProviderBatchRow>> {
         Box::pin(async move {
             self.count(
-                "taking chunks",
+                "taking provider batches",
                 "UPDATE ferrobatch_chunks c SET owner = $2, updated_at = now()
                  WHERE c.job_id = $1 AND c.state != 'settled'
                    AND (c.owner IS NULL OR c.owner = $2 OR NOT EXISTS (
@@ -875,15 +883,15 @@ impl Store for PgStore {
         })
     }
 
-    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+    fn provider_batches(&self, job_id: String) -> StoreFuture<'_, Vec<ProviderBatchRow>> {
         Box::pin(async move { self.read_chunks(&job_id, None).await })
     }
 
-    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
+    fn provider_batch_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
         Box::pin(async move {
             let rows = self
                 .many(
-                    "reading a chunk",
+                    "reading a provider batch",
                     "SELECT seq, id, body, attempt FROM ferrobatch_requests
                      WHERE job_id = $1 AND chunk = $2 AND status = 'batched' ORDER BY seq",
                     &[&job_id, &chunk],
@@ -902,17 +910,17 @@ impl Store for PgStore {
         })
     }
 
-    fn update_chunk(
+    fn update_provider_batch(
         &self,
         job_id: String,
         chunk: i64,
         runner_id: String,
-        update: ChunkUpdate,
+        update: ProviderBatchUpdate,
     ) -> StoreFuture<'_, bool> {
         Box::pin(async move {
             let n = self
                 .count(
-                    "updating a chunk",
+                    "updating a provider batch",
                     "UPDATE ferrobatch_chunks SET state = $4, batch_id = COALESCE($5, batch_id),
                          file_id = COALESCE($6, file_id),
                          remote_status = COALESCE($7, remote_status),
@@ -935,7 +943,7 @@ impl Store for PgStore {
         })
     }
 
-    fn settle_chunk(
+    fn settle_provider_batch(
         &self,
         job_id: String,
         chunk: i64,
@@ -975,7 +983,7 @@ impl Store for PgStore {
     }
 }
 
-const SETTLING: &str = "settling a chunk";
+const SETTLING: &str = "settling a provider batch";
 
 /// Settling a provider batch in PostgreSQL (inside one transaction).
 struct PgSettle<'a> {

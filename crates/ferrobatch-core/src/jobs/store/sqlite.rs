@@ -13,8 +13,8 @@ use super::ledger::{self, progress_of, Tally};
 use super::{check_unique, check_version, Store, StoreFuture, SCHEMA_VERSION};
 use crate::error::Error;
 use crate::jobs::model::{
-    BatchLimits, ChunkRow, ChunkState, ChunkUpdate, Claimed, Completion, Finished, JobRow,
-    JobStatus, NewJob, NewRequest, Progress, ResultRow, RunnerInfo, Settled,
+    BatchLimits, Claimed, Completion, Finished, JobRow, JobStatus, NewJob, NewRequest, Progress,
+    ProviderBatchRow, ProviderBatchState, ProviderBatchUpdate, ResultRow, RunnerInfo, Settled,
 };
 
 /// The schema: `(version, SQL)`, each moving the store from the version before it.
@@ -637,15 +637,15 @@ impl Store for SqliteStore {
         self.call(move |c| SqliteStore::held(c, &job_id))
     }
 
-    fn claim_chunk(
+    fn claim_provider_batch(
         &self,
         job_id: String,
         runner_id: String,
         provider: String,
         limits: BatchLimits,
-    ) -> StoreFuture<'_, Option<(ChunkRow, Vec<Claimed>)>> {
+    ) -> StoreFuture<'_, Option<(ProviderBatchRow, Vec<Claimed>)>> {
         self.call(move |conn| {
-            let op = "setting aside a chunk";
+            let op = "setting aside a provider batch";
             let tx = immediate(conn, op)?;
             if !live(&tx, &runner_id, now())? {
                 return Err(Error::LeaseLost { runner: runner_id });
@@ -706,11 +706,11 @@ impl Store for SqliteStore {
             )
             .map_err(db(op))?;
             tx.commit().map_err(db(op))?;
-            let row = ChunkRow {
+            let row = ProviderBatchRow {
                 job_id,
-                chunk,
+                number: chunk,
                 provider,
-                state: ChunkState::Planned,
+                state: ProviderBatchState::Planned,
                 batch_id: None,
                 file_id: None,
                 remote_status: None,
@@ -722,9 +722,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn take_chunks(&self, job_id: String, runner_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+    fn take_provider_batches(
+        &self,
+        job_id: String,
+        runner_id: String,
+    ) -> StoreFuture<'_, Vec<ProviderBatchRow>> {
         self.call(move |conn| {
-            let op = "taking chunks";
+            let op = "taking provider batches";
             let tx = immediate(conn, op)?;
             tx.execute(
                 "UPDATE chunks SET owner = ?2, updated_at = ?3
@@ -740,13 +744,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn chunks(&self, job_id: String) -> StoreFuture<'_, Vec<ChunkRow>> {
+    fn provider_batches(&self, job_id: String) -> StoreFuture<'_, Vec<ProviderBatchRow>> {
         self.call(move |conn| read_chunks(conn, &job_id, None))
     }
 
-    fn chunk_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
+    fn provider_batch_requests(&self, job_id: String, chunk: i64) -> StoreFuture<'_, Vec<Claimed>> {
         self.call(move |conn| {
-            let op = "reading a chunk";
+            let op = "reading a provider batch";
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT seq, id, body, attempt FROM requests
@@ -770,12 +774,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_chunk(
+    fn update_provider_batch(
         &self,
         job_id: String,
         chunk: i64,
         runner_id: String,
-        update: ChunkUpdate,
+        update: ProviderBatchUpdate,
     ) -> StoreFuture<'_, bool> {
         self.call(move |c| {
             let at = now();
@@ -799,12 +803,12 @@ impl Store for SqliteStore {
                         at
                     ],
                 )
-                .map_err(db("updating a chunk"))?;
+                .map_err(db("updating a provider batch"))?;
             Ok(n == 1)
         })
     }
 
-    fn settle_chunk(
+    fn settle_provider_batch(
         &self,
         job_id: String,
         chunk: i64,
@@ -812,7 +816,7 @@ impl Store for SqliteStore {
         settled: Vec<Settled>,
     ) -> StoreFuture<'_, u64> {
         self.call(move |conn| {
-            let op = "settling a chunk";
+            let op = "settling a provider batch";
             let tx = immediate(conn, op)?;
             let mut steps = SqliteSettle {
                 tx: &tx,
@@ -839,7 +843,7 @@ struct SqliteSettle<'a> {
     at: f64,
 }
 
-const SETTLING: &str = "settling a chunk";
+const SETTLING: &str = "settling a provider batch";
 
 impl ledger::SettleSteps for SqliteSettle<'_> {
     async fn take_batch(&mut self) -> Result<bool, Error> {
@@ -952,13 +956,13 @@ fn bump_counters(
     ])
 }
 
-/// The job's chunks (only those `owner` holds, when given), in order.
+/// The job's provider batches (only those `owner` holds, when given), in order.
 fn read_chunks(
     conn: &Connection,
     job_id: &str,
     owner: Option<&str>,
-) -> Result<Vec<ChunkRow>, Error> {
-    let op = "reading chunks";
+) -> Result<Vec<ProviderBatchRow>, Error> {
+    let op = "reading provider batches";
     let mut stmt = conn
         .prepare_cached(
             "SELECT chunk, provider, state, batch_id, file_id, remote_status, requests, intent_at,
@@ -969,11 +973,11 @@ fn read_chunks(
         .map_err(db(op))?;
     let rows = stmt
         .query_map(params![job_id, owner], |r| {
-            Ok(ChunkRow {
+            Ok(ProviderBatchRow {
                 job_id: job_id.to_string(),
-                chunk: r.get(0)?,
+                number: r.get(0)?,
                 provider: r.get(1)?,
-                state: ChunkState::parse(&r.get::<_, String>(2)?),
+                state: ProviderBatchState::parse(&r.get::<_, String>(2)?),
                 batch_id: r.get(3)?,
                 file_id: r.get(4)?,
                 remote_status: r.get(5)?,

@@ -1,6 +1,6 @@
 //! Gemini's Batch Mode: a chat-completions job's requests, each translated to a
 //! `GenerateContentRequest`, inline in `POST /models/{model}:batchGenerateContent` under the
-//! display name of the job and chunk (found again by it after a crash); the batch is an
+//! display name of the job and provider batch (found again by it after a crash); the batch is an
 //! operation polled at `GET /batches/{id}` (`BATCH_STATE_*`, or the SDK's `JOB_STATE_*`; its
 //! counts arrive as JSON strings), cancelled at `POST /batches/{id}:cancel`. Each inline
 //! response is translated back to a chat completion, so a job's output has one shape whether
@@ -296,7 +296,7 @@ impl GeminiBatches {
     pub async fn create(
         &self,
         job_id: &str,
-        chunk: i64,
+        number: i64,
         requests: &[BatchLine<'_>],
     ) -> Result<String, Error> {
         let mut model = self.model.clone();
@@ -312,7 +312,7 @@ impl GeminiBatches {
         }
         let model = model.trim_start_matches("models/");
         let body = json!({"batch": {
-            "display_name": tag(job_id, chunk),
+            "display_name": tag(job_id, number),
             "input_config": {"requests": {"requests": items}},
         }});
         let answer = self
@@ -327,9 +327,9 @@ impl GeminiBatches {
         name_of(&parse(&answer)?)
     }
 
-    /// The batch made for this chunk, by its display name.
-    pub async fn find(&self, job_id: &str, chunk: i64) -> Result<Option<String>, Error> {
-        let want = tag(job_id, chunk);
+    /// The batch made for this provider batch, by its display name.
+    pub async fn find(&self, job_id: &str, number: i64) -> Result<Option<String>, Error> {
+        let want = tag(job_id, number);
         let mut token: Option<String> = None;
         for _ in 0..FIND_PAGES {
             let path = match &token {

@@ -1,5 +1,5 @@
-//! The OpenAI Batch API: the chunk's requests as a JSONL file uploaded to `POST /files`
-//! (`purpose=batch`), a batch made by `POST /batches` with the job and chunk in its
+//! The OpenAI Batch API: the provider batch's requests as a JSONL file uploaded to `POST /files`
+//! (`purpose=batch`), a batch made by `POST /batches` with the job and provider batch in its
 //! `metadata`, polled at `GET /batches/{id}`, cancelled at `POST /batches/{id}/cancel`, listed
 //! at `GET /batches`; results are the lines of its output and error files
 //! (`GET /files/{id}/content`), matched by `custom_id`.
@@ -163,7 +163,7 @@ pub fn remote(raw: Value) -> Result<Remote, Error> {
 }
 
 impl OpenAiBatches {
-    /// The chunk's input file, one line per request in submit order.
+    /// The provider batch's input file, one line per request in submit order.
     pub fn input_file(&self, requests: &[BatchLine<'_>]) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
         for c in requests {
@@ -181,18 +181,18 @@ impl OpenAiBatches {
         Ok(out)
     }
 
-    /// Upload the chunk's input file; its id.
+    /// Upload the provider batch's input file; its id.
     pub async fn upload(
         &self,
         job_id: &str,
-        chunk: i64,
+        number: i64,
         requests: &[BatchLine<'_>],
     ) -> Result<String, Error> {
         let file = Bytes::from(self.input_file(requests)?);
         let payload = Payload::Multipart {
             fields: vec![("purpose".into(), "batch".into())],
             part: "file".into(),
-            file_name: format!("{}.jsonl", tag(job_id, chunk)),
+            file_name: format!("{}.jsonl", tag(job_id, number)),
             file,
         };
         let answer = self
@@ -203,12 +203,12 @@ impl OpenAiBatches {
     }
 
     /// Create the batch over an uploaded file; its id.
-    pub async fn create(&self, job_id: &str, chunk: i64, file_id: &str) -> Result<String, Error> {
+    pub async fn create(&self, job_id: &str, number: i64, file_id: &str) -> Result<String, Error> {
         let body = json!({
             "input_file_id": file_id,
             "endpoint": self.endpoint,
             "completion_window": "24h",
-            "metadata": {"ferrobatch_job": job_id, "ferrobatch_chunk": chunk.to_string()},
+            "metadata": {"ferrobatch_job": job_id, "ferrobatch_chunk": number.to_string()},
         });
         let answer = self
             .transport
@@ -222,14 +222,14 @@ impl OpenAiBatches {
         id_of(&parse(&answer)?)
     }
 
-    /// The batch made for this chunk, searched newest first back to an hour before the intent.
+    /// The batch made for this provider batch, searched newest first back to an hour before the intent.
     pub async fn find(
         &self,
         job_id: &str,
-        chunk: i64,
+        number: i64,
         intent_at: f64,
     ) -> Result<Option<String>, Error> {
-        let chunk = chunk.to_string();
+        let number = number.to_string();
         let mut after: Option<String> = None;
         for _ in 0..FIND_PAGES {
             let path = match &after {
@@ -245,7 +245,7 @@ impl OpenAiBatches {
             for b in data {
                 let meta = |k: &str| b.pointer(&format!("/metadata/{k}")).and_then(Value::as_str);
                 if meta("ferrobatch_job") == Some(job_id)
-                    && meta("ferrobatch_chunk") == Some(chunk.as_str())
+                    && meta("ferrobatch_chunk") == Some(number.as_str())
                 {
                     return Ok(Some(id_of(b)?));
                 }
