@@ -61,6 +61,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(providers::provider_facts, m)?)?;
     m.add_function(wrap_pyfunction!(providers::detect_provider, m)?)?;
     m.add_function(wrap_pyfunction!(providers::provider_base_url, m)?)?;
+    m.add_function(wrap_pyfunction!(providers::provider_key, m)?)?;
     errors::register(m)?;
     exit::register(m)?;
     Ok(())

@@ -42,3 +42,17 @@ pub(crate) fn provider_base_url(name: &str, base_url: Option<&str>) -> PyResult<
     let p = providers::by_name("provider", name).map_err(to_pyerr)?;
     Ok(p.base_url(base_url))
 }
+
+/// The key for `base_url` of provider `name`: `api_key` if given, else the first of the
+/// provider's variables that is set; `ConfigError` when the official API would get none.
+#[pyfunction]
+#[pyo3(signature = (name, base_url, api_key=None))]
+pub(crate) fn provider_key(
+    name: &str,
+    base_url: &str,
+    api_key: Option<String>,
+) -> PyResult<Option<String>> {
+    let p = providers::by_name("provider", name).map_err(to_pyerr)?;
+    p.key(api_key, base_url, "api_key", "pass api_key=...")
+        .map_err(to_pyerr)
+}

@@ -7,12 +7,11 @@ an exception instance per item.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import ChatClient, ConfigError, EmbeddingsClient, ItemFuture, RateLimiter
+from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -22,7 +21,6 @@ __all__ = [
     "ModelUsage",
     "RequestBatcher",
     "Vector",
-    "resolve_key",
     "transport_options",
 ]
 
@@ -67,23 +65,6 @@ class BatcherOptions(TypedDict, total=False):
     item_timeout: float | None
     max_latency: float | None
     aging: float | None
-
-
-def resolve_key(api_key: str | None, env: Sequence[str]) -> str | None:
-    """`api_key`, else the first of the environment variables `env` that is set."""
-    if api_key is not None:
-        return api_key
-    for name in env:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return None
-
-
-def require_key(key: str | None, base_url: str, official: str, env: Sequence[str]) -> None:
-    """The official endpoint needs a key; a self-hosted one may not."""
-    if key is None and base_url.rstrip("/") == official:
-        raise ConfigError(f"no API key for {official}: pass api_key=... or set {' or '.join(env)}")
 
 
 def merged_headers(headers: Mapping[str, str] | None, **named: str | None) -> dict[str, str]:

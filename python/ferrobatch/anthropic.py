@@ -31,8 +31,6 @@ from ferrobatch._http import (
     Prices,
     RequestBatcher,
     merged_headers,
-    require_key,
-    resolve_key,
     transport_options,
 )
 from ferrobatch._native import (
@@ -41,6 +39,7 @@ from ferrobatch._native import (
     RateLimiter,
     provider_base_url,
     provider_facts,
+    provider_key,
 )
 
 __all__ = ["API_VERSION", "DEFAULT_BASE_URL", "Messages"]
@@ -52,7 +51,6 @@ _FACTS = provider_facts("anthropic")
 DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
 #: The `anthropic-version` header sent.
 API_VERSION = "2023-06-01"
-_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 class Messages(RequestBatcher):
@@ -85,8 +83,7 @@ class Messages(RequestBatcher):
         prices: Prices | None = None,
     ) -> None:
         url = provider_base_url("anthropic", base_url)
-        key = resolve_key(api_key, _KEY_ENV)
-        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        key = provider_key("anthropic", url, api_key)
         options = transport_options(
             base_url=url,
             api_key=key,

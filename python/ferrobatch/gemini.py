@@ -17,11 +17,9 @@ from ferrobatch._http import (
     BatcherOptions,
     EmbeddingsBase,
     Prices,
-    require_key,
-    resolve_key,
     transport_options,
 )
-from ferrobatch._native import EmbeddingsClient, RateLimiter, provider_facts
+from ferrobatch._native import EmbeddingsClient, RateLimiter, provider_facts, provider_key
 
 __all__ = ["DEFAULT_BASE_URL", "Embeddings"]
 
@@ -29,7 +27,6 @@ _FACTS = provider_facts("gemini")
 #: The official endpoint.
 DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
 #: As the google-genai SDK: GOOGLE_API_KEY first when both are set.
-_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 class Embeddings(EmbeddingsBase):
@@ -69,8 +66,7 @@ class Embeddings(EmbeddingsBase):
         max_inputs_per_request: int = 100,
         max_tokens_per_request: int = 300_000,
     ) -> None:
-        key = resolve_key(api_key, _KEY_ENV)
-        require_key(key, base_url, DEFAULT_BASE_URL, _KEY_ENV)
+        key = provider_key("gemini", base_url, api_key)
         client = EmbeddingsClient(
             "gemini",
             model,

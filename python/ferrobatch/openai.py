@@ -21,8 +21,6 @@ from ferrobatch._http import (
     Prices,
     RequestBatcher,
     merged_headers,
-    require_key,
-    resolve_key,
     transport_options,
 )
 from ferrobatch._native import (
@@ -32,6 +30,7 @@ from ferrobatch._native import (
     RateLimiter,
     provider_base_url,
     provider_facts,
+    provider_key,
 )
 
 __all__ = ["DEFAULT_BASE_URL", "ChatCompletions", "Embeddings"]
@@ -39,7 +38,6 @@ __all__ = ["DEFAULT_BASE_URL", "ChatCompletions", "Embeddings"]
 _FACTS = provider_facts("openai")
 #: The official endpoint; `OPENAI_BASE_URL` overrides it when `base_url` is not given.
 DEFAULT_BASE_URL: str = _FACTS["default_base_url"]
-_KEY_ENV: tuple[str, ...] = tuple(_FACTS["key_env"])
 
 
 def _base_url(base_url: str | None) -> str:
@@ -89,8 +87,7 @@ class Embeddings(EmbeddingsBase):
         max_tokens_per_request: int = 300_000,
     ) -> None:
         url = _base_url(base_url)
-        key = resolve_key(api_key, _KEY_ENV)
-        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        key = provider_key("openai", url, api_key)
         client = EmbeddingsClient(
             "openai",
             model,
@@ -166,8 +163,7 @@ class ChatCompletions(RequestBatcher):
         prices: Prices | None = None,
     ) -> None:
         url = _base_url(base_url)
-        key = resolve_key(api_key, _KEY_ENV)
-        require_key(key, url, DEFAULT_BASE_URL, _KEY_ENV)
+        key = provider_key("openai", url, api_key)
         client = ChatClient(
             model,
             transport=transport_options(

@@ -125,18 +125,33 @@ impl JobRoutes {
             .or_else(|| setting(settings, "base_url"))
     }
 
-    /// The key: from `--api-key-env`, else the job's variable, else the provider's.
-    fn key(&self, facts: &ProviderFacts, settings: &Map<String, Value>) -> Option<ApiKey> {
+    /// The key: from `--api-key-env`, else the job's variable, else the provider's (the
+    /// registry's rule); the official API without one is a `ConfigError`.
+    fn key(
+        &self,
+        facts: &ProviderFacts,
+        base_url: &str,
+        settings: &Map<String, Value>,
+    ) -> Result<Option<ApiKey>, Error> {
         let named = self
             .options
             .api_key_env
             .as_deref()
             .or_else(|| setting(settings, "api_key_env"));
         let value = match named {
-            Some(var) => std::env::var(var).ok(),
-            None => facts.key_from_env().map(|(_, v)| v),
+            Some(var) => {
+                let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+                if value.is_none() && facts.is_official(base_url) {
+                    return Err(Error::config(
+                        "api_key_env",
+                        format!("no API key for {base_url}: {var} is not set"),
+                    ));
+                }
+                value
+            }
+            None => facts.key(None, base_url, "api_key_env", "pass --api-key-env")?,
         };
-        value.and_then(ApiKey::new)
+        Ok(value.and_then(ApiKey::new))
     }
 
     fn transport(
@@ -147,16 +162,7 @@ impl JobRoutes {
         settings: &Map<String, Value>,
         timeout: Duration,
     ) -> Result<Transport, Error> {
-        let api_key = self.key(key_of, settings);
-        if api_key.is_none() && key_of.is_official(&base_url) {
-            return Err(Error::config(
-                "api_key_env",
-                format!(
-                    "no API key for {base_url}: set {} (or pass --api-key-env)",
-                    key_of.key_env.join(" or ")
-                ),
-            ));
-        }
+        let api_key = self.key(key_of, &base_url, settings)?;
         let config = TransportConfig {
             provider: wire.provider,
             base_url,

@@ -73,6 +73,30 @@ impl ProviderFacts {
         })
     }
 
+    /// The key requests to `base_url` carry: `explicit` if given, else the first of
+    /// `key_env` that is set. `None` only for a self-hosted URL: the official API needs a
+    /// key, and a `ConfigError` on `field` says where one comes from (`how`: "pass
+    /// api_key=..." or "pass --api-key-env").
+    pub fn key(
+        &self,
+        explicit: Option<String>,
+        base_url: &str,
+        field: &'static str,
+        how: &str,
+    ) -> Result<Option<String>, Error> {
+        let key = explicit.or_else(|| self.key_from_env().map(|(_, v)| v));
+        if key.is_none() && self.is_official(base_url) {
+            return Err(Error::config(
+                field,
+                format!(
+                    "no API key for {base_url}: {how} or set {}",
+                    self.key_env.join(" or ")
+                ),
+            ));
+        }
+        Ok(key)
+    }
+
     /// Whether `url` is this provider's official API (which needs a key).
     pub fn is_official(&self, url: &str) -> bool {
         url.trim_end_matches('/') == self.default_base_url
