@@ -243,13 +243,12 @@ fn reason_name(r: StopReason) -> &'static str {
     }
 }
 
+/// The registry's name of the provider an error came from.
 fn provider_name(p: Provider) -> &'static str {
-    match p {
-        Provider::OpenAi => "openai",
-        Provider::Gemini => "gemini",
-        Provider::Anthropic => "anthropic",
-        _ => "unknown",
-    }
+    ferrobatch_core::providers::REGISTRY
+        .iter()
+        .find(|f| f.provider == p)
+        .map_or("unknown", |f| f.name)
 }
 
 /// The attributes every `APIError` carries (openai-python's names, plus `status`).

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use ferrobatch_core::http::embed::Vector;
 use ferrobatch_core::http::{
-    ApiKey, Auth, Embedder, EmbeddingApi, Price, Transport, TransportConfig, UsageBook,
+    ApiKey, Auth, Embedder, EmbeddingSpec, Price, Transport, TransportConfig, UsageBook,
 };
 use ferrobatch_core::providers::anthropic::wire as anthropic;
-use ferrobatch_core::providers::gemini::wire as gemini;
 use ferrobatch_core::providers::openai::wire as openai;
 use ferrobatch_core::{Error, Provider};
 use futures_util::future::join_all;
@@ -259,40 +258,20 @@ impl EmbeddingsClient {
         if dimensions == Some(0) {
             return Err(config_error("dimensions", "must be at least 1"));
         }
-        let (api, transport, cap) = match provider {
-            "openai" => {
-                let encoding = match encoding_format {
-                    "base64" => openai::EncodingFormat::Base64,
-                    "float" => openai::EncodingFormat::Float,
-                    other => {
-                        return Err(config_error(
-                            "encoding_format",
-                            format!("must be 'base64' or 'float', got {other:?}"),
-                        ))
-                    }
-                };
-                let api = openai::Embeddings::new(model.clone(), dimensions, encoding, user);
-                (
-                    Box::new(api) as Box<dyn EmbeddingApi>,
-                    build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
-                    openai::MAX_INPUTS,
-                )
-            }
-            "gemini" => {
-                let api = gemini::Embeddings::new(&model, task_type, dimensions, title);
-                (
-                    Box::new(api) as Box<dyn EmbeddingApi>,
-                    build_transport(Provider::Gemini, Auth::GoogApiKey, &common)?,
-                    gemini::MAX_INPUTS,
-                )
-            }
-            other => {
-                return Err(config_error(
-                    "provider",
-                    format!("must be 'openai' or 'gemini', got {other:?}"),
-                ))
-            }
+        let facts = ferrobatch_core::providers::by_name("provider", provider).map_err(to_pyerr)?;
+        let make = facts.embeddings.ok_or_else(|| {
+            config_error("provider", format!("{provider} has no embeddings API here"))
+        })?;
+        let spec = EmbeddingSpec {
+            model: model.clone(),
+            dimensions,
+            encoding_format: encoding_format.to_string(),
+            task_type,
+            title,
+            user,
         };
+        let (api, cap) = make(&spec).map_err(to_pyerr)?;
+        let transport = build_transport(facts.provider, facts.auth, &common)?;
         let max_inputs = max_inputs_per_request.unwrap_or(cap);
         if max_inputs == 0 {
             return Err(config_error("max_inputs_per_request", "must be at least 1"));

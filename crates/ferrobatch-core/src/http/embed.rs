@@ -35,6 +35,27 @@ pub trait EmbeddingApi: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// What an embeddings client asks of a provider's wire format (each provider reads what it
+/// has: OpenAI `encoding_format` and `user`, Gemini `task_type` and `title`).
+#[derive(Debug, Clone, Default)]
+pub struct EmbeddingSpec {
+    /// The model.
+    pub model: String,
+    /// The output size, if any.
+    pub dimensions: Option<u32>,
+    /// `base64` or `float` (OpenAI).
+    pub encoding_format: String,
+    /// The task the vectors are for (Gemini).
+    pub task_type: Option<String>,
+    /// The document title (Gemini).
+    pub title: Option<String>,
+    /// The end user (OpenAI).
+    pub user: Option<String>,
+}
+
+/// A provider's embeddings wire format for a spec, and its most inputs per request.
+pub type MakeEmbeddings = fn(&EmbeddingSpec) -> Result<(Box<dyn EmbeddingApi>, usize), Error>;
+
 /// Requests within the caps: contiguous ranges of at most `max_inputs` texts and at most
 /// `max_tokens` estimated tokens (a text over the token cap goes alone; the server decides).
 pub fn split(tokens: &[u64], max_inputs: usize, max_tokens: u64) -> Vec<Range<usize>> {

@@ -15,7 +15,7 @@ pub mod secret;
 pub mod transport;
 pub mod usage;
 
-pub use embed::EmbeddingApi;
+pub use embed::{EmbeddingApi, EmbeddingSpec, MakeEmbeddings};
 pub use embedder::Embedder;
 pub use retry::{Failure, RetryPolicy};
 pub use secret::ApiKey;

@@ -38,6 +38,8 @@ pub struct ProviderFacts {
     pub poll_interval: Duration,
     /// Its batch API: the price of a batched request relative to the online price.
     pub batch_price_factor: f64,
+    /// Its embeddings wire format (None: it has no embeddings API).
+    pub embeddings: Option<crate::http::MakeEmbeddings>,
     /// Its batch API beside an online client (an error for an endpoint it does not take).
     pub batches: fn(&BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error>,
 }

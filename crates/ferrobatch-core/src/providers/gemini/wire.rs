@@ -117,6 +117,19 @@ impl EmbeddingApi for Embeddings {
     }
 }
 
+/// Gemini's native embeddings format (`batchEmbedContents`) for `spec`.
+pub fn embeddings(
+    spec: &crate::http::EmbeddingSpec,
+) -> Result<(Box<dyn EmbeddingApi>, usize), Error> {
+    let api = Embeddings::new(
+        &spec.model,
+        spec.task_type.clone(),
+        spec.dimensions,
+        spec.title.clone(),
+    );
+    Ok((Box::new(api), MAX_INPUTS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,5 +25,6 @@ pub static FACTS: ProviderFacts = ProviderFacts {
     batch_limits: batch::LIMITS,
     poll_interval: batch::POLL_INTERVAL,
     batch_price_factor: 0.5,
+    embeddings: Some(wire::embeddings),
     batches: batch::make,
 };

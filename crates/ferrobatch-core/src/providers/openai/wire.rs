@@ -282,6 +282,29 @@ pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
     prompt.max(1) + completion
 }
 
+/// The OpenAI-compatible embeddings format for `spec`.
+pub fn embeddings(
+    spec: &crate::http::EmbeddingSpec,
+) -> Result<(Box<dyn EmbeddingApi>, usize), Error> {
+    let encoding = match spec.encoding_format.as_str() {
+        "base64" | "" => EncodingFormat::Base64,
+        "float" => EncodingFormat::Float,
+        other => {
+            return Err(Error::config(
+                "encoding_format",
+                format!("must be 'base64' or 'float', got {other:?}"),
+            ))
+        }
+    };
+    let api = Embeddings::new(
+        spec.model.clone(),
+        spec.dimensions,
+        encoding,
+        spec.user.clone(),
+    );
+    Ok((Box::new(api), MAX_INPUTS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
