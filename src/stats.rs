@@ -38,7 +38,8 @@ impl From<ferrobatch_core::LatencySummary> for LatencySummary {
             p99: s.p99,
             max: s.max,
             sum: s.sum,
-            buckets: ferrobatch_core::LATENCY_BOUNDS
+            buckets: s
+                .bounds
                 .iter()
                 .copied()
                 .zip(s.buckets.iter().copied().chain(std::iter::repeat(0)))

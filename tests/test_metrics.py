@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from ferrobatch import metrics
 from ferrobatch.jobs import JobManager, JobRequest, JobStore
 from ferrobatch.openai import Embeddings
 from ferrobatch.testing import REJECT_MARKER, FakeServer
+from ferrobatch.testing.plugin import unavailable
 
 
 async def workload() -> ferrobatch.AsyncBatcher[int, int]:
@@ -104,7 +109,7 @@ async def test_http_and_job_series_name_the_model_never_the_key() -> None:
             tokens = value(registry, "ferrobatch_tokens_total", **m, direction="input")
             assert tokens == usage["input_tokens"] > 0
             assert value(registry, "ferrobatch_cost_usd_total", **m) == pytest.approx(usage["cost"])
-            j = {"manager": "nightly", "job": job.id}
+            j = {"manager": "nightly", "job_id": job.id}
             assert value(registry, "ferrobatch_job_requests", **j, state="succeeded") == 5
             assert value(registry, "ferrobatch_job_requests", **j, state="pending") == 0
             text = generate_latest(registry).decode()
@@ -174,7 +179,7 @@ async def test_a_managers_unfinished_jobs_show_before_it_runs_them() -> None:
             states = {
                 s.labels["state"]: s.value
                 for s in metrics.samples()
-                if s.name == "ferrobatch_job_requests" and s.labels["job"] == job.id
+                if s.name == "ferrobatch_job_requests" and s.labels["job_id"] == job.id
             }
             assert states == {
                 "pending": 4,
@@ -187,3 +192,98 @@ async def test_a_managers_unfinished_jobs_show_before_it_runs_them() -> None:
             metrics.untrack(manager)
             await manager.close()
             await emb.stop()
+
+
+def documented(text: str) -> dict[str, set[str]]:
+    """Series name -> label names, from a markdown table whose rows start with backticked
+    series names (`_x` after a full name abbreviates one sharing its first two words)."""
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`ferrobatch_"):
+            continue
+        names = re.findall(r"`([\w]+)`", cells[0])
+        prefix = "_".join(names[0].split("_")[:2])
+        labels = {x.strip() for x in re.sub(r"\(.*?\)", "", cells[2]).split(",")}
+        for n in names:
+            out[prefix + n if n.startswith("_") else n] = labels
+    return out
+
+
+async def exposition() -> str:
+    """The Prometheus text of a workload that produces every series."""
+    registry = CollectorRegistry()
+    metrics.enable_prometheus(registry)
+    b = await workload()
+    with FakeServer() as server:
+        emb = Embeddings(
+            "e",
+            base_url=server.openai_base_url,
+            api_key="k",
+            prices={"e": {"input": 0.02, "output": 0.0}},
+            initial_backoff=0.01,
+        )
+        server.fault("status", status=429, retry_after=0.01)
+        await emb.embed_many(["a", "b"])
+        with pytest.raises(ferrobatch.BadRequestError):
+            await emb.embed(REJECT_MARKER)
+        manager = JobManager(emb, JobStore())
+        job = await manager.create_job([JobRequest(id="r", body={"input": "x"})])
+        await manager.wait(job.id)
+        for obj, name in ((b, "doubler"), (emb, "embedder"), (manager, "nightly")):
+            metrics.track(obj, name=name)
+        try:
+            return generate_latest(registry).decode()
+        finally:
+            for obj in (b, emb, manager):
+                metrics.untrack(obj)
+            await manager.close()
+            await emb.stop()
+            await b.stop()
+
+
+def exported(text: str) -> dict[str, set[str]]:
+    """Series name (as documented: counters with `_total`) -> label names, from an
+    exposition."""
+    types = dict(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.M))
+    out: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):
+        if name.endswith("_created"):
+            continue
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        series = base if types.get(base) == "histogram" else name
+        keys = {k for k in re.findall(r"(\w+)=", labels) if k != "le"}
+        out.setdefault(series, set()).update(keys)
+    return out
+
+
+async def test_the_documented_series_and_labels_are_what_is_exported() -> None:
+    text = await exposition()
+    have = exported(text)
+    readme = documented((Path(__file__).parent.parent / "README.md").read_text())
+    module = documented(metrics.__doc__ or "")
+    assert readme == module, "README and ferrobatch.metrics document the same series"
+    assert {k: v for k, v in have.items() if k.startswith("ferrobatch_")} == readme
+    for series, labels in have.items():
+        assert not labels & {"job", "instance"}, f"{series} uses a label Prometheus owns"
+
+
+async def test_queue_wait_buckets_hug_the_window() -> None:
+    text = await exposition()  # the workload's window is 50 ms
+    bounds = re.findall(
+        r'ferrobatch_queue_wait_seconds_bucket\{batcher="doubler",le="([^"]+)"', text
+    )
+    for want in ("0.05", "0.055", "0.0625", "0.1"):
+        assert want in bounds, bounds
+
+
+async def test_promtool_finds_nothing_to_lint() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable(RuntimeError("promtool not found: install the Debian package prometheus"))
+        return
+    text = await exposition()
+    out = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr

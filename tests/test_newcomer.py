@@ -50,10 +50,12 @@ def test_ci_runs_the_readme_commands_verbatim_after_a_fresh_venv() -> None:
         "rm -rf .venv",
         "python3 -m venv .venv",
         ". .venv/bin/activate",
-        # System packages the README names (database servers) may be installed with apt,
+        # System packages the README names (database servers, promtool) may be installed
+        # with apt,
         # and services required (a test that would skip for want of one fails instead).
         "command -v redis-server >/dev/null || { apt-get ",
         "command -v pg_ctl >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' ",
+        "command -v promtool >/dev/null || { apt-get ",
         "export FERROBATCH_REQUIRE_SERVICES=1",
     )
     for step in prelude:

@@ -35,11 +35,18 @@ The series (Prometheus names; OpenTelemetry uses the same with dots,
 | `ferrobatch_http_error_responses_total` | counter | batcher, model, status |
 | `ferrobatch_tokens_total` | counter | batcher, model, direction (input, output) |
 | `ferrobatch_cost_usd_total` | counter | batcher, model |
-| `ferrobatch_job_requests` | gauge | manager, job, state (pending, running, succeeded, ...) |
-| `ferrobatch_job_tokens_total` | counter | manager, job, direction |
-| `ferrobatch_job_cost_usd_total` | counter | manager, job |
+| `ferrobatch_job_requests` | gauge | manager, job_id, state (pending, running, succeeded, ...) |
+| `ferrobatch_job_tokens_total` | counter | manager, job_id, direction (input, output) |
+| `ferrobatch_job_cost_usd_total` | counter | manager, job_id |
 
-Labels name what you tracked (`name=`) and the model; never an API key or a URL.
+Labels name what you tracked (`name=`) and the model; never an API key or a URL, and never a
+label Prometheus attaches itself (`job`, `instance`): a job is `job_id`.
+
+Buckets: `ferrobatch_queue_wait_seconds` has the bounds of `LATENCY_BOUNDS` plus the batcher's
+window and a little above it (×1.1, ×1.25, ×1.5, ×2; for `max_queue_time="auto"`, around
+`max_latency` when given), so a p99 of one window plus noise reads as such, not as the next
+default bound; `ferrobatch_batch_duration_seconds` has `LATENCY_BOUNDS`;
+`ferrobatch_batch_size` has `BATCH_SIZE_BOUNDS`.
 """
 
 from __future__ import annotations
@@ -230,7 +237,7 @@ def _job_samples(manager: Any, label: str) -> Iterator[Sample]:
             p = manager.store.progress(job_id)
         except Exception:  # the store is away: this scrape goes without the job
             continue
-        labels = {"manager": label, "job": job_id}
+        labels = {"manager": label, "job_id": job_id}
         for state in ("pending", "running", "succeeded", "failed", "cancelled"):
             yield Sample(
                 "ferrobatch_job_requests",

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use config::{Config, OnFull, UserConfig, DEFAULT_AGING};
 pub use policy::Window;
-pub use stats::{LatencySummary, Stats, LATENCY_BOUNDS};
+pub use stats::{queue_wait_bounds, LatencySummary, Stats, LATENCY_BOUNDS};
 
 use crate::error::{Error, StopReason};
 use state::{Due, State};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::config::{Config, OnFull};
-use super::policy::Policy;
+use super::policy::{Policy, Window};
 use super::stats::{Counters, Stats};
 use crate::error::{Error, StopReason};
 
@@ -87,6 +87,11 @@ pub(crate) struct State<T> {
 
 impl<T> State<T> {
     pub(crate) fn new(config: Config) -> Self {
+        // The queue-wait buckets hug the window (or, adaptive, its latency bound).
+        let window = match config.max_queue_time {
+            Window::Fixed(d) => Some(d.as_secs_f64()),
+            _ => config.max_latency.map(|d| d.as_secs_f64()),
+        };
         State {
             policy: Policy::new(
                 config.max_queue_time,
@@ -103,7 +108,7 @@ impl<T> State<T> {
             shutdown: false,
             in_transit: 0,
             timer_armed: None,
-            counters: Counters::new(),
+            counters: Counters::new(window),
         }
     }
 

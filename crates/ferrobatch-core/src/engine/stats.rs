@@ -12,6 +12,34 @@ pub const LATENCY_BOUNDS: [f64; 17] = [
     10.0, 60.0,
 ];
 
+/// The queue-wait bucket bounds for a batcher whose window is `window` seconds: the
+/// [`LATENCY_BOUNDS`] plus the window itself and a little above it (×1.1, ×1.25, ×1.5, ×2),
+/// so that waits of one window plus scheduling noise land in a narrow bucket instead of one
+/// that reaches 2.5 windows (a dashboard's p99 then reads near the engine's own). Without a
+/// fixed window (or a zero one), the plain bounds.
+pub fn queue_wait_bounds(window: Option<f64>) -> Vec<f64> {
+    let mut bounds = LATENCY_BOUNDS.to_vec();
+    if let Some(w) = window.filter(|w| w.is_finite() && *w > 0.0) {
+        // Whole nanoseconds, so that a bound prints as people write it (0.055, not 0.0550...01).
+        bounds.extend(
+            [1.0, 1.1, 1.25, 1.5, 2.0]
+                .iter()
+                .map(|f| (w * f * 1e9).round() / 1e9),
+        );
+        bounds.sort_by(f64::total_cmp);
+        // Bounds within 2% of a window-derived one are one bound.
+        let mut kept: Vec<f64> = Vec::with_capacity(bounds.len());
+        for b in bounds {
+            match kept.last() {
+                Some(last) if b <= last * 1.02 => {}
+                _ => kept.push(b),
+            }
+        }
+        return kept;
+    }
+    bounds
+}
+
 /// p50/p95/p99/max of one latency, in seconds (all 0.0 when nothing was recorded), with its
 /// sum and cumulative bucket counts for metrics.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -28,8 +56,10 @@ pub struct LatencySummary {
     pub max: f64,
     /// Sum of the values recorded (from the histogram: within its 1% precision).
     pub sum: f64,
-    /// How many values were at most each of [`LATENCY_BOUNDS`] (cumulative; empty when
-    /// nothing was recorded).
+    /// The upper bounds (seconds) of the buckets.
+    pub bounds: Vec<f64>,
+    /// How many values were at most each of `bounds` (cumulative; empty when nothing was
+    /// recorded).
     pub buckets: Vec<u64>,
 }
 
@@ -72,11 +102,18 @@ pub struct Stats {
 
 /// Histogram of durations in microseconds, from 1 µs to one hour, 2 significant digits.
 #[derive(Debug, Clone)]
-pub(crate) struct Latency(Histogram<u64>);
+pub(crate) struct Latency(Histogram<u64>, Vec<f64>);
 
 impl Latency {
     fn new() -> Self {
-        Latency(Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"))
+        Latency::with_bounds(LATENCY_BOUNDS.to_vec())
+    }
+
+    fn with_bounds(bounds: Vec<f64>) -> Self {
+        Latency(
+            Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
+            bounds,
+        )
     }
 
     pub(crate) fn record(&mut self, d: Duration) {
@@ -86,10 +123,14 @@ impl Latency {
 
     fn summary(&self) -> LatencySummary {
         if self.0.is_empty() {
-            return LatencySummary::default();
+            return LatencySummary {
+                bounds: self.1.clone(),
+                ..LatencySummary::default()
+            };
         }
         let s = |us: u64| us as f64 / 1e6;
-        let buckets = LATENCY_BOUNDS
+        let buckets = self
+            .1
             .iter()
             .map(|b| self.0.count_between(0, (b * 1e6) as u64))
             .collect();
@@ -100,6 +141,7 @@ impl Latency {
             p99: s(self.0.value_at_quantile(0.99)),
             max: s(self.0.max()),
             sum: self.0.mean() * self.0.len() as f64 / 1e6,
+            bounds: self.1.clone(),
             buckets,
         }
     }
@@ -121,7 +163,8 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn new() -> Self {
+    /// Counters for a batcher whose window is `window` seconds (for the queue-wait buckets).
+    pub(crate) fn new(window: Option<f64>) -> Self {
         Counters {
             submitted: 0,
             completed: 0,
@@ -131,7 +174,7 @@ impl Counters {
             rejected: 0,
             batches: 0,
             batch_sizes: BTreeMap::new(),
-            queue_wait: Latency::new(),
+            queue_wait: Latency::with_bounds(queue_wait_bounds(window)),
             batch_duration: Latency::new(),
         }
     }
@@ -163,7 +206,9 @@ mod tests {
 
     #[test]
     fn empty_latency_is_all_zero() {
-        assert_eq!(Latency::new().summary(), LatencySummary::default());
+        let s = Latency::new().summary();
+        assert_eq!((s.count, s.p99, s.buckets.len()), (0, 0.0, 0));
+        assert_eq!(s.bounds, LATENCY_BOUNDS.to_vec());
     }
 
     #[test]
@@ -177,6 +222,30 @@ mod tests {
         assert!((s.p50 - 0.050).abs() < 0.001, "{s:?}");
         assert!((s.p99 - 0.099).abs() < 0.002, "{s:?}");
         assert!((s.max - 0.100).abs() < 0.002, "{s:?}");
+    }
+
+    #[test]
+    fn queue_wait_buckets_hug_the_window() {
+        let b = queue_wait_bounds(Some(0.01));
+        for want in [0.01, 0.011, 0.0125, 0.015, 0.02, 0.025] {
+            assert!(b.iter().any(|x| (x - want).abs() < 1e-9), "{want} in {b:?}");
+        }
+        assert!(
+            b.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats: {b:?}"
+        );
+        let mut l = Latency::with_bounds(b.clone());
+        for _ in 0..100 {
+            l.record(Duration::from_micros(10_300));
+        }
+        let s = l.summary();
+        let first_full = s.bounds[s.buckets.iter().position(|n| *n == 100).unwrap()];
+        assert!(
+            (first_full - 0.011).abs() < 1e-9,
+            "a 10.3 ms wait lands at or below 11 ms"
+        );
+        assert_eq!(queue_wait_bounds(None), LATENCY_BOUNDS.to_vec());
+        assert_eq!(queue_wait_bounds(Some(0.0)), LATENCY_BOUNDS.to_vec());
     }
 
     #[test]
