@@ -43,8 +43,8 @@ Labels name what you tracked (`name=`) and the model; never an API key or a URL,
 label Prometheus attaches itself (`job`, `instance`): a job is `job_id`.
 
 Buckets: `ferrobatch_queue_wait_seconds` has the bounds of `LATENCY_BOUNDS` plus the batcher's
-window and a little above it (×1.1, ×1.25, ×1.5, ×2; for `max_queue_time="auto"`, around
-`max_latency` when given), so a p99 of one window plus noise reads as such, not as the next
+window and a little above it (1.1, 1.25, 1.5 and 2 times it; with `max_queue_time="auto"`,
+around `max_latency` when given), so a p99 of one window plus noise reads as such, not as the next
 default bound; `ferrobatch_batch_duration_seconds` has `LATENCY_BOUNDS`;
 `ferrobatch_batch_size` has `BATCH_SIZE_BOUNDS`.
 """
