@@ -3,9 +3,9 @@
 # right after the README's first command.
 PYTHON ?= python3
 
-.PHONY: test lint rust-test install py-test typecheck examples toolchain wheel wheel-test
+.PHONY: test lint rust-test install py-test typecheck examples toolchain wheel wheel-test docs
 
-test: install lint rust-test typecheck py-test examples wheel-test
+test: install lint rust-test typecheck docs py-test examples wheel-test
 
 # rustfmt and clippy, where the toolchain is managed by rustup (a no-op when present).
 toolchain:
@@ -65,3 +65,8 @@ wheel-test: wheel
 		python -m pip install --quiet "ferrobatch[test,bench] @ file://$$wheel" auditwheel; \
 		cd tests && python -c "import ferrobatch, sys; assert \"site-packages\" in ferrobatch.__file__, ferrobatch.__file__"; cd ..; \
 		FERROBATCH_WHEEL=$$wheel python -m pytest -q -p no:cacheprovider'
+
+# The documentation site (MkDocs with Material; the API reference from the stubs and
+# docstrings by mkdocstrings), built strictly into site/.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --quiet

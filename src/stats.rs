@@ -48,7 +48,7 @@ impl From<ferrobatch_core::LatencySummary> for LatencySummary {
     }
 }
 
-/// A snapshot of a batcher's counters; see the README for each field.
+/// A snapshot of a batcher's counters; see docs/guides/batcher.md (Stats) for each field.
 #[pyclass(module = "ferrobatch._native", frozen, get_all)]
 pub(crate) struct BatcherStats {
     submitted: u64,

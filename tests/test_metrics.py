@@ -260,9 +260,10 @@ def exported(text: str) -> dict[str, set[str]]:
 async def test_the_documented_series_and_labels_are_what_is_exported() -> None:
     text = await exposition()
     have = exported(text)
-    readme = documented((Path(__file__).parent.parent / "README.md").read_text())
+    guide = Path(__file__).parent.parent / "docs" / "guides" / "metrics.md"
+    readme = documented(guide.read_text())
     module = documented(metrics.__doc__ or "")
-    assert readme == module, "README and ferrobatch.metrics document the same series"
+    assert readme == module, "the metrics guide and ferrobatch.metrics document the same series"
     assert {k: v for k, v in have.items() if k.startswith("ferrobatch_")} == readme
     for series, labels in have.items():
         assert not labels & {"job", "instance"}, f"{series} uses a label Prometheus owns"
