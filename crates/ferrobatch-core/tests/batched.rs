@@ -28,6 +28,7 @@ fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<R
     }));
     let t = transport(server);
     let api = Box::new(OpenAiBatches {
+        basics: ferrobatch_core::providers::openai::FACTS.batch_basics(),
         transport: t
             .sibling(
                 Provider::OpenAi,

@@ -236,25 +236,54 @@ pub struct BatchLine<'a> {
     pub body: &'a str,
 }
 
+/// A provider's batch-API facts, as its registry entry states them (handed to its maker, so
+/// that no provider restates them).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBasics {
+    /// `openai`, `anthropic` or `gemini`.
+    pub name: &'static str,
+    /// Which API its errors come from.
+    pub provider: Provider,
+    /// The limits of one batch.
+    pub limits: BatchLimits,
+    /// How often a batch is polled by default.
+    pub poll_interval: Duration,
+}
+
 /// A boxed future, so that [`BatchProvider`] can be a trait object.
 pub type BatchFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
 
 /// A provider's batch API, as the batch route sees it.
 pub trait BatchProvider: Send + Sync + std::fmt::Debug {
-    /// `openai`, `anthropic` or `gemini`.
-    fn name(&self) -> &'static str;
-    /// Which API its errors come from.
-    fn provider(&self) -> Provider;
+    /// The provider's batch-API facts (from its registry entry).
+    fn basics(&self) -> &BatchBasics;
+    /// The transport to its batch routes (usage counted at the batch price).
+    fn transport(&self) -> &Transport;
     /// The API path the job's requests have (`/v1/chat/completions`, ...).
     fn endpoint(&self) -> &str;
-    /// The provider's limits on one batch.
-    fn limits(&self) -> BatchLimits;
-    /// How often a batch is polled by default.
-    fn poll_interval(&self) -> Duration;
-    /// Where costs are counted, at the batch price.
-    fn usage(&self) -> &UsageBook;
     /// The model a request that names none is billed as.
     fn default_model(&self) -> &str;
+
+    /// `openai`, `anthropic` or `gemini`.
+    fn name(&self) -> &'static str {
+        self.basics().name
+    }
+    /// Which API its errors come from.
+    fn provider(&self) -> Provider {
+        self.basics().provider
+    }
+    /// The provider's limits on one batch.
+    fn limits(&self) -> BatchLimits {
+        self.basics().limits
+    }
+    /// How often a batch is polled by default.
+    fn poll_interval(&self) -> Duration {
+        self.basics().poll_interval
+    }
+    /// Where costs are counted, at the batch price.
+    fn usage(&self) -> &UsageBook {
+        self.transport().usage()
+    }
     /// Upload what must be uploaded before the create call (OpenAI's input file); its id.
     fn upload<'a>(
         &'a self,
@@ -314,8 +343,8 @@ pub struct BatchSetup<'a> {
     pub price_factor: f64,
     /// The provider's auth.
     pub auth: crate::http::Auth,
-    /// The provider's error label.
-    pub provider: Provider,
+    /// The provider's batch-API facts.
+    pub basics: BatchBasics,
 }
 
 impl BatchSetup<'_> {
@@ -323,7 +352,7 @@ impl BatchSetup<'_> {
     /// settings; usage counted at the batch price.
     pub fn sibling(&self, base: &str) -> Result<Transport, Error> {
         self.transport.sibling(
-            self.provider,
+            self.basics.provider,
             base,
             self.auth,
             self.transport.usage().scaled(self.price_factor),
@@ -331,7 +360,8 @@ impl BatchSetup<'_> {
     }
 
     /// The error for an endpoint this provider's batch API does not take.
-    pub fn unsupported(&self, name: &str, takes: &str) -> Error {
+    pub fn unsupported(&self, takes: &str) -> Error {
+        let name = self.basics.name;
         Error::config(
             "batch_provider",
             format!(

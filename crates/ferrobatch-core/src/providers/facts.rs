@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Provider};
 use crate::http::Auth;
-use crate::providers::batch::{BatchLimits, BatchProvider, BatchSetup};
+use crate::providers::batch::{BatchBasics, BatchLimits, BatchProvider, BatchSetup};
 
 /// One provider's facts.
 #[derive(Debug)]
@@ -97,6 +97,16 @@ impl ProviderFacts {
             ));
         }
         Ok(key)
+    }
+
+    /// Its batch API's facts, for its maker.
+    pub fn batch_basics(&self) -> BatchBasics {
+        BatchBasics {
+            name: self.name,
+            provider: self.provider,
+            limits: self.batch_limits,
+            poll_interval: self.poll_interval,
+        }
     }
 
     /// Whether `url` is this provider's official API (which needs a key).

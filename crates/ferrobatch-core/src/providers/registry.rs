@@ -119,7 +119,7 @@ pub fn batch_provider(
         model,
         price_factor: facts.batch_price_factor,
         auth: facts.auth,
-        provider: facts.provider,
+        basics: facts.batch_basics(),
     })
 }
 

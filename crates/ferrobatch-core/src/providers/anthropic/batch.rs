@@ -13,8 +13,8 @@ use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::anthropic::wire::MessageUsage;
 use crate::providers::batch::{
-    body_with_model, custom_id, jsonl, not_run, rfc3339, status_outcome, BatchFuture, BatchLimits,
-    BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    body_with_model, custom_id, jsonl, not_run, rfc3339, status_outcome, BatchBasics, BatchFuture,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
 };
 
 /// 100,000 requests and 256 MB a batch (a margin kept for the envelope).
@@ -36,6 +36,8 @@ const FIND_PAGES: usize = 20;
 /// The Message Batches API.
 #[derive(Debug)]
 pub struct AnthropicBatches {
+    /// The provider's batch-API facts (from its registry entry).
+    pub basics: BatchBasics,
     /// The client's transport (x-api-key, anthropic-version), its usage book at batch prices.
     pub transport: Transport,
     /// The default model, added to bodies without one.
@@ -248,23 +250,14 @@ impl AnthropicBatches {
 }
 
 impl BatchProvider for AnthropicBatches {
-    fn name(&self) -> &'static str {
-        "anthropic"
+    fn basics(&self) -> &BatchBasics {
+        &self.basics
     }
-    fn provider(&self) -> Provider {
-        Provider::Anthropic
+    fn transport(&self) -> &crate::http::Transport {
+        &self.transport
     }
     fn endpoint(&self) -> &str {
         "/v1/messages"
-    }
-    fn limits(&self) -> BatchLimits {
-        LIMITS
-    }
-    fn poll_interval(&self) -> std::time::Duration {
-        POLL_INTERVAL
-    }
-    fn usage(&self) -> &crate::http::UsageBook {
-        self.transport.usage()
     }
     fn default_model(&self) -> &str {
         &self.model
@@ -304,9 +297,10 @@ impl BatchProvider for AnthropicBatches {
 /// Anthropic's Message Batches beside a Messages client.
 pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
     if setup.endpoint != "/v1/messages" {
-        return Err(setup.unsupported("anthropic", "messages"));
+        return Err(setup.unsupported("messages"));
     }
     Ok(Box::new(AnthropicBatches {
+        basics: setup.basics,
         transport: setup.sibling(setup.transport.base_url())?,
         model: setup.model.clone(),
     }))

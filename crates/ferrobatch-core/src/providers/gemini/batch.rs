@@ -13,8 +13,8 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::batch::{
-    body_with_model, custom_id, not_run, status_outcome, tag, BatchFuture, BatchLimits, BatchLine,
-    BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    body_with_model, custom_id, not_run, status_outcome, tag, BatchBasics, BatchFuture,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
 };
 
 /// Inline requests must stay under 20 MB; one model per batch.
@@ -34,6 +34,8 @@ const FIND_PAGES: usize = 20;
 /// Gemini's Batch Mode on the Developer API.
 #[derive(Debug)]
 pub struct GeminiBatches {
+    /// The provider's batch-API facts (from its registry entry).
+    pub basics: BatchBasics,
     /// A transport on `.../v1beta` with `x-goog-api-key`, its usage book at batch prices.
     pub transport: Transport,
     /// The default model, for bodies without one.
@@ -385,23 +387,14 @@ impl GeminiBatches {
 }
 
 impl BatchProvider for GeminiBatches {
-    fn name(&self) -> &'static str {
-        "gemini"
+    fn basics(&self) -> &BatchBasics {
+        &self.basics
     }
-    fn provider(&self) -> Provider {
-        Provider::Gemini
+    fn transport(&self) -> &crate::http::Transport {
+        &self.transport
     }
     fn endpoint(&self) -> &str {
         "/v1/chat/completions"
-    }
-    fn limits(&self) -> BatchLimits {
-        LIMITS
-    }
-    fn poll_interval(&self) -> std::time::Duration {
-        POLL_INTERVAL
-    }
-    fn usage(&self) -> &crate::http::UsageBook {
-        self.transport.usage()
     }
     fn default_model(&self) -> &str {
         &self.model
@@ -442,10 +435,11 @@ impl BatchProvider for GeminiBatches {
 /// (`.../v1beta/openai`): the batch routes are the native ones beside them.
 pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
     if setup.endpoint != "/v1/chat/completions" {
-        return Err(setup.unsupported("gemini", "chat completions"));
+        return Err(setup.unsupported("chat completions"));
     }
     let base = setup.transport.base_url();
     Ok(Box::new(GeminiBatches {
+        basics: setup.basics,
         transport: setup.sibling(base.strip_suffix("/openai").unwrap_or(base))?,
         model: setup.model.clone(),
     }))

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::batch::{
-    body_with_model, custom_id, jsonl, not_run, status_outcome, tag, BatchFuture, BatchLimits,
-    BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    body_with_model, custom_id, jsonl, not_run, status_outcome, tag, BatchBasics, BatchFuture,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
 };
 
 /// 50,000 requests and 200 MB a file (a margin kept for the lines' envelopes), one model.
@@ -34,6 +34,8 @@ const FIND_PAGES: usize = 50;
 /// The Batch API of an OpenAI-compatible server.
 #[derive(Debug)]
 pub struct OpenAiBatches {
+    /// The provider's batch-API facts (from its registry entry).
+    pub basics: BatchBasics,
     /// The client's transport (Bearer auth), its usage book at batch prices.
     pub transport: Transport,
     /// `/v1/chat/completions` or `/v1/embeddings`.
@@ -297,23 +299,14 @@ impl OpenAiBatches {
 }
 
 impl BatchProvider for OpenAiBatches {
-    fn name(&self) -> &'static str {
-        "openai"
+    fn basics(&self) -> &BatchBasics {
+        &self.basics
     }
-    fn provider(&self) -> Provider {
-        Provider::OpenAi
+    fn transport(&self) -> &crate::http::Transport {
+        &self.transport
     }
     fn endpoint(&self) -> &str {
         &self.endpoint
-    }
-    fn limits(&self) -> BatchLimits {
-        LIMITS
-    }
-    fn poll_interval(&self) -> std::time::Duration {
-        POLL_INTERVAL
-    }
-    fn usage(&self) -> &crate::http::UsageBook {
-        self.transport.usage()
     }
     fn default_model(&self) -> &str {
         &self.model
@@ -367,9 +360,10 @@ pub fn make(setup: &BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error> {
     let takes = setup.endpoint == "/v1/chat/completions"
         || (setup.endpoint == "/v1/embeddings" && setup.transport.provider() == Provider::OpenAi);
     if !takes {
-        return Err(setup.unsupported("openai", "chat completions and OpenAI embeddings"));
+        return Err(setup.unsupported("chat completions and OpenAI embeddings"));
     }
     Ok(Box::new(OpenAiBatches {
+        basics: setup.basics,
         transport: setup.sibling(setup.transport.base_url())?,
         endpoint: setup.endpoint.to_string(),
         model: setup.model.clone(),
