@@ -24,13 +24,14 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+
+from _common import start_server, stop_server, ticker
 
 from ferrobatch.openai import Embeddings
 from ferrobatch.testing import fake_embedding
@@ -47,16 +48,6 @@ class Result:
     cpu: float
     requests: int
     stall_ms: float
-
-
-async def ticker(stop: asyncio.Event, worst: list[float]) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        t = loop.time()
-        await asyncio.sleep(0.001)
-        late = loop.time() - t - 0.001
-        if late > worst[0]:
-            worst[0] = late
 
 
 Run = Callable[[str, list[str]], Awaitable[tuple[list[Any], int]]]
@@ -130,20 +121,6 @@ async def measure(run: Callable[[], Awaitable[tuple[list[Any], int]]], texts: li
     return Result(wall, cpu, requests, worst[0] * 1000)
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ferrobatch.testing", "--latency", str(latency)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("ferrobatch fake server: "):
-        proc.kill()
-        raise SystemExit(f"the fake server did not start: {line!r}")
-    return proc, line.split(": ", 1)[1].strip() + "/v1"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=20_000)
@@ -174,10 +151,7 @@ def main() -> None:
                     continue  # slow and far behind: once is enough
                 results[name].append(asyncio.run(measure(run, texts)))
     finally:
-        proc.terminate()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_server(proc)
 
     def med(name: str, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in results[name])

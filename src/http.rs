@@ -18,13 +18,14 @@ use futures_util::future::join_all;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString};
 use serde_json::Value;
 
+use crate::batcher::{ItemsOut, NativeBatchFn, NativeFn, NativeWork, Resolution};
 use crate::errors::{self, config_error, to_pyerr};
 use crate::json;
 use crate::limits::RateLimiter;
-use crate::task::{self, Outcome};
+use crate::task;
 
 /// The settings every client shares: the `transport` dict Python passes (every key present).
 #[derive(FromPyObject)]
@@ -294,17 +295,12 @@ impl EmbeddingsClient {
 
     /// Embed a batch of texts: a Future of one vector (or exception instance) per text.
     fn embed(&self, py: Python<'_>, texts: Vec<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
-        let texts: Vec<Result<String, Error>> = texts.iter().map(text).collect();
-        let inner = Arc::clone(&self.inner);
-        let format = self.format;
-        task::spawn(py, async move {
-            let results = inner.embed(texts).await;
-            Box::new(Vectors {
-                results: results.into_iter(),
-                out: Vec::new(),
-                format,
-            }) as Outcome
-        })
+        task::spawn_items(py, self.embed_fn().start(py, texts))
+    }
+
+    /// The batch function a batcher runs natively: embeds a batch on the runtime.
+    fn batch_fn(&self) -> NativeFn {
+        NativeFn(Arc::new(self.embed_fn()))
     }
 
     /// Requests, retries, failed requests, tokens and cost per model.
@@ -323,6 +319,36 @@ impl EmbeddingsClient {
             self.model,
             self.inner.transport.base_url()
         )
+    }
+}
+
+impl EmbeddingsClient {
+    fn embed_fn(&self) -> EmbedFn {
+        EmbedFn {
+            inner: Arc::clone(&self.inner),
+            format: self.format,
+        }
+    }
+}
+
+/// Embedding a batch of texts, as a batch function written in Rust.
+struct EmbedFn {
+    inner: Arc<Embedder>,
+    format: VectorFormat,
+}
+
+impl NativeBatchFn for EmbedFn {
+    fn start(&self, _py: Python<'_>, values: Vec<Bound<'_, PyAny>>) -> NativeWork {
+        let texts: Vec<Result<String, Error>> = values.iter().map(text).collect();
+        let inner = Arc::clone(&self.inner);
+        let format = self.format;
+        Box::pin(async move {
+            let results = inner.embed(texts).await;
+            Box::new(Vectors {
+                results: results.into_iter(),
+                format,
+            }) as Box<dyn ItemsOut>
+        })
     }
 }
 
@@ -353,7 +379,6 @@ const FLOATS_PER_STEP: usize = 1 << 16;
 /// A batch of vectors (or errors) becoming Python objects, a step at a time.
 struct Vectors {
     results: std::vec::IntoIter<Result<Vector, Error>>,
-    out: Vec<Py<PyAny>>,
     format: VectorFormat,
 }
 
@@ -362,39 +387,45 @@ fn native_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_ne_bytes()).collect()
 }
 
-impl task::Convert for Vectors {
-    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+impl Vectors {
+    /// One vector as the Python type asked for.
+    fn to_py<'py>(&self, py: Python<'py>, v: &[f32]) -> PyResult<Bound<'py, PyAny>> {
+        match self.format {
+            VectorFormat::List => float_list(py, v),
+            VectorFormat::Numpy => {
+                let (frombuffer, dtype) = numpy(py)?;
+                // A bytearray, so that the array is writable.
+                let buf = PyByteArray::new(py, &native_bytes(v));
+                frombuffer.bind(py).call1((buf, dtype.bind(py)))
+            }
+            VectorFormat::Array => {
+                let bytes = PyBytes::new(py, &native_bytes(v));
+                array_type(py)?.bind(py).call1(("f", bytes))
+            }
+        }
+    }
+}
+
+impl ItemsOut for Vectors {
+    fn step(&mut self, py: Python<'_>, out: &mut Vec<Resolution>) -> bool {
         let mut budget = FLOATS_PER_STEP;
-        for r in self.results.by_ref() {
-            let obj = match r {
+        while let Some(r) = self.results.next() {
+            let item = match r {
                 Ok(v) => {
                     budget = budget.saturating_sub(v.len().max(1));
-                    match self.format {
-                        VectorFormat::List => float_list(py, &v)?,
-                        VectorFormat::Numpy => {
-                            let (frombuffer, dtype) = numpy(py)?;
-                            // A bytearray, so that the array is writable.
-                            let buf = PyByteArray::new(py, &native_bytes(&v));
-                            frombuffer.bind(py).call1((buf, dtype.bind(py)))?
-                        }
-                        VectorFormat::Array => {
-                            let bytes = PyBytes::new(py, &native_bytes(&v));
-                            array_type(py)?.bind(py).call1(("f", bytes))?
-                        }
+                    match self.to_py(py, &v) {
+                        Ok(obj) => Resolution::Value(obj.unbind()),
+                        Err(e) => Resolution::Error(e.into_value(py).into_any()),
                     }
                 }
-                Err(e) => errors::exception(py, &e),
+                Err(e) => Resolution::Error(errors::exception(py, &e).unbind()),
             };
-            self.out.push(obj.unbind());
+            out.push(item);
             if budget == 0 {
                 break;
             }
         }
-        if self.results.len() > 0 {
-            return Ok(None);
-        }
-        let out = std::mem::take(&mut self.out);
-        Ok(Some(PyList::new(py, out)?.into_any().unbind()))
+        self.results.len() == 0
     }
 }
 
@@ -429,11 +460,69 @@ impl Chatter {
     }
 }
 
+/// Sending a batch of chat request bodies, one request each, as a batch function in Rust.
+struct ChatFn {
+    inner: Arc<Chatter>,
+}
+
+impl NativeBatchFn for ChatFn {
+    fn start(&self, _py: Python<'_>, values: Vec<Bound<'_, PyAny>>) -> NativeWork {
+        let parsed: Vec<Result<serde_json::Map<String, Value>, Error>> = values
+            .iter()
+            .map(|b| match json::to_json(b, "body") {
+                Ok(Value::Object(m)) => Ok(m),
+                Ok(_) => Err(Error::InvalidInput {
+                    reason: "a chat request body must be a dict".to_string(),
+                }),
+                Err(reason) => Err(Error::InvalidInput { reason }),
+            })
+            .collect();
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let calls = parsed.into_iter().map(|p| {
+                let inner = &inner;
+                async move {
+                    match p {
+                        Ok(body) => inner.create(body).await,
+                        Err(e) => Err(e),
+                    }
+                }
+            });
+            let results = join_all(calls).await;
+            Box::new(Responses(results.into_iter())) as Box<dyn ItemsOut>
+        })
+    }
+}
+
+/// Chat responses (or errors) becoming dicts, all in one step (a batch holds a few).
+struct Responses(std::vec::IntoIter<Result<Value, Error>>);
+
+impl ItemsOut for Responses {
+    fn step(&mut self, py: Python<'_>, out: &mut Vec<Resolution>) -> bool {
+        for r in self.0.by_ref() {
+            out.push(match r.map(|v| json::to_py(py, &v)) {
+                Ok(Ok(obj)) => Resolution::Value(obj.unbind()),
+                Ok(Err(e)) => Resolution::Error(e.into_value(py).into_any()),
+                Err(e) => Resolution::Error(errors::exception(py, &e).unbind()),
+            });
+        }
+        true
+    }
+}
+
 /// The native half of the chat batchers (OpenAI-compatible chat, Anthropic Messages): one
 /// HTTP request per item.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct ChatClient {
     pub(crate) inner: Arc<Chatter>,
+}
+
+impl ChatClient {
+    fn chat_fn(&self) -> ChatFn {
+        ChatFn {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 #[pymethods]
@@ -487,39 +576,12 @@ impl ChatClient {
     /// Send a batch of chat request bodies (dicts), one HTTP request each, concurrently: a
     /// Future of one response dict (or exception instance) per body.
     fn create_many(&self, py: Python<'_>, bodies: Vec<Bound<'_, PyAny>>) -> PyResult<Py<PyAny>> {
-        let parsed: Vec<Result<serde_json::Map<String, Value>, Error>> = bodies
-            .iter()
-            .map(|b| match json::to_json(b, "body") {
-                Ok(Value::Object(m)) => Ok(m),
-                Ok(_) => Err(Error::InvalidInput {
-                    reason: "a chat request body must be a dict".to_string(),
-                }),
-                Err(reason) => Err(Error::InvalidInput { reason }),
-            })
-            .collect();
-        let inner = Arc::clone(&self.inner);
-        task::spawn(py, async move {
-            let calls = parsed.into_iter().map(|p| {
-                let inner = &inner;
-                async move {
-                    match p {
-                        Ok(body) => inner.create(body).await,
-                        Err(e) => Err(e),
-                    }
-                }
-            });
-            let results = join_all(calls).await;
-            task::once(move |py: Python<'_>| {
-                let mut out = Vec::with_capacity(results.len());
-                for r in &results {
-                    out.push(match r {
-                        Ok(v) => json::to_py(py, v)?,
-                        Err(e) => errors::exception(py, e),
-                    });
-                }
-                Ok(PyList::new(py, out)?.into_any().unbind())
-            })
-        })
+        task::spawn_items(py, self.chat_fn().start(py, bodies))
+    }
+
+    /// The batch function a batcher runs natively: one request per item, concurrently.
+    fn batch_fn(&self) -> NativeFn {
+        NativeFn(Arc::new(self.chat_fn()))
     }
 
     /// Requests, retries, failed requests, tokens and cost per model.

@@ -339,14 +339,14 @@ pub(crate) struct JobRunner {
     worker: Arc<Worker>,
 }
 
-fn status_outcome(r: Result<JobStatus, Error>) -> task::Outcome {
+fn status_outcome(r: Result<JobStatus, Error>) -> task::Conversion {
     task::once(move |py| match r {
         Ok(s) => Ok(s.as_str().into_pyobject(py)?.into_any().unbind()),
         Err(e) => Err(PyErr::from_value(errors::exception(py, &e))),
     })
 }
 
-fn unit_outcome(r: Result<(), Error>) -> task::Outcome {
+fn unit_outcome(r: Result<(), Error>) -> task::Conversion {
     task::once(move |py| match r {
         Ok(()) => Ok(py.None()),
         Err(e) => Err(PyErr::from_value(errors::exception(py, &e))),

@@ -1,12 +1,8 @@
 //! Python bindings of ferrobatch: the `ferrobatch._native` extension module.
 //!
 //! Only conversion lives here; batching rules live in the `ferrobatch-core` crate.
-//! - `batcher`: `Core`, the native half of `AsyncBatcher`;
-//! - `batch`: `Batch`, one dispatched batch as the Python runner sees it;
-//! - `crossing`: how outcomes reach their callers (one callback per batch);
-//! - `future`: `ItemFuture`, the awaitable `process()` returns;
-//! - `waiter`: where blocking callers on threads wait; `worker`: sync batch functions on
-//!   Rust-owned threads;
+//! - `batcher`: the native half of `AsyncBatcher` (its engine handle, `ItemFuture`, sinks,
+//!   and the three ways a batch runs: on the loop, on Rust threads, natively on tokio);
 //! - `errors`: the exception tree and the one mapping from core errors;
 //! - `exit`: entering Python from Rust threads safely up to interpreter exit;
 //! - `stats`: typed stats snapshots;
@@ -17,12 +13,9 @@
 //! - `testserver`: the loopback test server for `ferrobatch.testing`;
 //! - `jobs`: the job store (SQLite or PostgreSQL) and the job runner for `ferrobatch.jobs`.
 
-mod batch;
 mod batcher;
-mod crossing;
 mod errors;
 mod exit;
-mod future;
 mod http;
 mod job_input;
 mod jobs;
@@ -33,8 +26,6 @@ mod runtime;
 mod stats;
 mod task;
 mod testserver;
-mod waiter;
-mod worker;
 
 use pyo3::prelude::*;
 
@@ -42,8 +33,9 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<batcher::Core>()?;
-    m.add_class::<batch::Batch>()?;
-    m.add_class::<future::ItemFuture>()?;
+    m.add_class::<batcher::Batch>()?;
+    m.add_class::<batcher::ItemFuture>()?;
+    m.add_class::<batcher::NativeFn>()?;
     m.add_class::<stats::BatcherStats>()?;
     m.add_class::<stats::LatencySummary>()?;
     m.add_class::<limits::RateLimiter>()?;
@@ -56,6 +48,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<job_input::JobInput>()?;
     m.add_function(wrap_pyfunction!(job_input::read_job_input, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::_store_suite, m)?)?;
+    m.add_function(wrap_pyfunction!(task::_oneshot_probe, m)?)?;
     m.add_function(wrap_pyfunction!(jobs::estimate_requests, m)?)?;
     m.add_function(wrap_pyfunction!(testserver::fake_embedding, m)?)?;
     m.add_function(wrap_pyfunction!(providers::provider_facts, m)?)?;

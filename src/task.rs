@@ -12,7 +12,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
-use crate::crossing::{future_done, log_error, loop_closed, set_exception, set_result};
+use crate::batcher::glue::{future_done, log_error, loop_closed, set_exception, set_result};
+use crate::batcher::{ItemsOut, NativeWork, Resolution};
 use crate::runtime::runtime;
 
 /// Builds the Python outcome on the loop's thread, in one or more steps.
@@ -22,8 +23,8 @@ pub(crate) trait Convert: Send {
     fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>>;
 }
 
-/// The outcome of Rust work, ready to convert.
-pub(crate) type Outcome = Box<dyn Convert>;
+/// The result of Rust work, ready to convert.
+pub(crate) type Conversion = Box<dyn Convert>;
 
 struct Once<F>(Option<F>);
 
@@ -38,7 +39,7 @@ where
 }
 
 /// An outcome converted in one step by `f`.
-pub(crate) fn once<F>(f: F) -> Outcome
+pub(crate) fn once<F>(f: F) -> Conversion
 where
     F: FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send + 'static,
 {
@@ -51,7 +52,7 @@ where
 struct Resolve {
     future: Py<PyAny>,
     event_loop: Py<PyAny>,
-    outcome: Mutex<Option<Outcome>>,
+    outcome: Mutex<Option<Conversion>>,
 }
 
 #[pymethods]
@@ -103,7 +104,7 @@ impl Abort {
 /// Run `work` on the shared runtime; an asyncio Future (of the running loop) of its outcome.
 pub(crate) fn spawn<F>(py: Python<'_>, work: F) -> PyResult<Py<PyAny>>
 where
-    F: Future<Output = Outcome> + Send + 'static,
+    F: Future<Output = Conversion> + Send + 'static,
 {
     let event_loop = py
         .import(intern!(py, "asyncio"))?
@@ -137,4 +138,90 @@ where
         (Abort(handle.abort_handle()),),
     )?;
     Ok(future.unbind())
+}
+
+/// A batch function's per-item results as one list (an exception instance in a failed item's
+/// slot), for a caller that awaits the whole batch.
+struct ItemList {
+    items: Box<dyn ItemsOut>,
+    done: Vec<Resolution>,
+}
+
+impl Convert for ItemList {
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if !self.items.step(py, &mut self.done) {
+            return Ok(None);
+        }
+        let values = std::mem::take(&mut self.done).into_iter().map(|r| match r {
+            Resolution::Value(v) | Resolution::Error(v) => v,
+        });
+        Ok(Some(
+            pyo3::types::PyList::new(py, values)?.into_any().unbind(),
+        ))
+    }
+}
+
+/// Run a native batch function's work; an asyncio Future of the list of its items' results.
+pub(crate) fn spawn_items(py: Python<'_>, work: NativeWork) -> PyResult<Py<PyAny>> {
+    spawn(py, async move {
+        Box::new(ItemList {
+            items: work.await,
+            done: Vec::new(),
+        }) as Conversion
+    })
+}
+
+/// Ints as a Python list, a slice per step.
+struct IntList {
+    values: Vec<i64>,
+    at: usize,
+    out: Vec<Py<PyAny>>,
+}
+
+impl Convert for IntList {
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let end = (self.at + (1 << 16)).min(self.values.len());
+        for v in &self.values[self.at..end] {
+            self.out.push(v.into_pyobject(py)?.into_any().unbind());
+        }
+        self.at = end;
+        if self.at < self.values.len() {
+            return Ok(None);
+        }
+        Ok(Some(
+            pyo3::types::PyList::new(py, std::mem::take(&mut self.out))?
+                .into_any()
+                .unbind(),
+        ))
+    }
+}
+
+/// A measuring probe for `bench/oneshot.py`: an awaitable of `list(range(size))` made on the
+/// runtime, crossing back by this module's `spawn` (`via="ferrobatch"`, converted in steps) or
+/// by pyo3-async-runtimes' `future_into_py` (`via="pyo3-async-runtimes"`, on its own tokio
+/// runtime). The numbers decide which one-shot awaitables use (see docs/design.md).
+#[pyfunction]
+pub(crate) fn _oneshot_probe<'py>(
+    py: Python<'py>,
+    size: usize,
+    via: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let work = async move { (0..size as i64).collect::<Vec<i64>>() };
+    match via {
+        "ferrobatch" => spawn(py, async move {
+            let values = work.await;
+            Box::new(IntList {
+                values,
+                at: 0,
+                out: Vec::new(),
+            }) as Conversion
+        })
+        .map(|f| f.into_bound(py)),
+        "pyo3-async-runtimes" => {
+            pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(work.await) })
+        }
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "via must be 'ferrobatch' or 'pyo3-async-runtimes', got {other:?}"
+        ))),
+    }
 }

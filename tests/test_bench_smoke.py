@@ -63,3 +63,14 @@ def test_web_benchmark_smoke_run() -> None:
     text = run_quick("web.py")
     assert "| 32 | batched |" in text and "| 32 | direct |" in text, text
     assert "batched / direct" in text
+
+
+def test_chat_benchmark_smoke_run() -> None:
+    text = run_quick("chat.py")
+    assert "| ferrobatch ChatCompletions " in text, text
+    assert "| openai SDK AsyncOpenAI" in text and "CPU ratio" in text
+
+
+def test_oneshot_benchmark_smoke_run() -> None:
+    text = run_quick("oneshot.py")
+    assert "| ferrobatch |" in text and "| pyo3-async-runtimes |" in text, text

@@ -28,7 +28,7 @@ from typing import (
     overload,
 )
 
-from ferrobatch._native import Batch, BatcherStats, Core, ItemFuture, StopTimeoutError
+from ferrobatch._native import Batch, BatcherStats, Core, ItemFuture, StopTimeoutError, _NativeFn
 
 __all__ = ["AsyncBatcher", "BatchedFunction", "ItemFuture", "batch"]
 
@@ -110,6 +110,11 @@ class AsyncBatcher(Generic[T, S]):
             max_batch_size = deprecated.pop("batch_size")
         if deprecated:
             raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(deprecated))}")
+        native = self._native_batch_fn() if fn is None else None
+        # The batch function given, or None for this batcher's own `process_batch` (looked up
+        # when a batch runs, so the batcher holds no reference to itself and is freed as soon
+        # as it is dropped).
+        self._fn: BatchFn[T, S] | None = fn
         if fn is None:
             if type(self).process_batch is AsyncBatcher.process_batch:
                 raise TypeError(
@@ -119,11 +124,10 @@ class AsyncBatcher(Generic[T, S]):
             fn = self.process_batch
         elif not callable(fn):
             raise TypeError(f"the batch function must be callable, got {type(fn).__name__}")
-        self._fn: BatchFn[T, S] = fn
         self._is_async = _is_async(fn)
         # A plain function with no executor runs on Rust-owned threads (GIL taken once per
         # batch). A bound method of this batcher is held weakly, so the batcher can be freed.
-        threaded = not self._is_async and executor is None
+        threaded = native is None and not self._is_async and executor is None
         weak = threaded and getattr(fn, "__self__", None) is self
         sync_fn: Any = (weakref.WeakMethod(fn) if weak else fn) if threaded else None
         self.max_batch_size = max_batch_size
@@ -145,6 +149,7 @@ class AsyncBatcher(Generic[T, S]):
             sync_fn=sync_fn,
             sync_fn_weak=weak,
             finish=weakref.WeakMethod(self._finish),
+            native=native,
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}
@@ -158,6 +163,11 @@ class AsyncBatcher(Generic[T, S]):
         the executor). Return one result per item, in order, or None; an Exception instance in
         a slot is raised to that item's caller alone."""
         raise TypeError("process_batch is not overridden")  # pragma: no cover
+
+    def _native_batch_fn(self) -> _NativeFn | None:
+        """A batch function written in Rust that replaces `process_batch` (the HTTP batchers'):
+        its batches run on the runtime with no Python task. None: batches run in Python."""
+        return None
 
     # --- submitting -----------------------------------------------------------------------
 
@@ -243,10 +253,10 @@ class AsyncBatcher(Generic[T, S]):
             if awaitable is not None:
                 result = await awaitable
             elif self._is_async:
-                result = await self._fn(items)  # type: ignore[misc]
+                result = await self._batch_fn()(items)  # type: ignore[misc]
             else:
                 loop = asyncio.get_running_loop()
-                fn: Callable[[list[T]], Any] = self._fn
+                fn: Callable[[list[T]], Any] = self._batch_fn()
                 result = await loop.run_in_executor(self.executor, fn, items)
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     result = await result
@@ -260,6 +270,9 @@ class AsyncBatcher(Generic[T, S]):
                 raise
         else:
             batch.resolve(result)
+
+    def _batch_fn(self) -> BatchFn[T, S]:
+        return self.process_batch if self._fn is None else self._fn
 
     @staticmethod
     def _log_failure(n: int, exc: BaseException) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter
+from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter, _NativeFn
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -100,6 +100,13 @@ class HttpBatcher(AsyncBatcher[T, S]):
         #: USD per 1M tokens per model, as given (used by `ferrobatch.jobs` for per-request cost).
         self.prices: dict[str, dict[str, float]] = {k: dict(v) for k, v in (prices or {}).items()}
         super().__init__(**options)
+
+    def _native_batch_fn(self) -> _NativeFn | None:
+        # The client's own batch function runs natively, unless a subclass overrides
+        # `process_batch`, which then runs in Python as with any batcher.
+        if type(self).process_batch in (EmbeddingsBase.process_batch, RequestBatcher.process_batch):
+            return self._client.batch_fn()
+        return None
 
     def usage(self) -> dict[str, ModelUsage]:
         """Requests, retries, failed requests, tokens and cost, per model."""

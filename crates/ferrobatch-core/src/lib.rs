@@ -15,7 +15,7 @@ pub mod providers;
 pub mod testing;
 
 pub use engine::{
-    Batch, Config, Dispatcher, Engine, LatencySummary, OnFull, Outcome, Receipt, Stats, Ticket,
+    Batch, BatchCounts, Config, Dispatcher, Engine, LatencySummary, OnFull, Receipt, Stats, Ticket,
     UserConfig, Window, Work, DEFAULT_AGING, LATENCY_BOUNDS,
 };
 pub use error::{Error, ErrorKind, Provider, StopReason};

@@ -75,7 +75,7 @@ impl<T: Send + 'static> Drop for Receipt<T> {
 
 /// How the items of a finished batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Outcome {
+pub struct BatchCounts {
     /// Items that got a result.
     pub completed: usize,
     /// Items that got an error.
@@ -161,7 +161,7 @@ impl<T: Send + 'static> Ticket<T> {
 
     /// End the batch: free its slot, record how its items ended, and return the work that
     /// became due (the next batch, usually) for the caller to run.
-    pub fn finish(mut self, outcome: Outcome) -> Work<T> {
+    pub fn finish(mut self, outcome: BatchCounts) -> Work<T> {
         self.finished = true;
         self.shared.finish(outcome, self.started.elapsed())
     }
@@ -170,9 +170,9 @@ impl<T: Send + 'static> Ticket<T> {
 impl<T: Send + 'static> Drop for Ticket<T> {
     fn drop(&mut self) {
         if !self.finished {
-            let outcome = Outcome {
+            let outcome = BatchCounts {
                 failed: self.size,
-                ..Outcome::default()
+                ..BatchCounts::default()
             };
             let mut st = self.shared.lock();
             st.finish(outcome, self.started.elapsed());
@@ -251,7 +251,7 @@ impl<T: Send + 'static> Shared<T> {
         self.into_work(due, timeout)
     }
 
-    fn finish(self: &Arc<Self>, outcome: Outcome, took: Duration) -> Work<T> {
+    fn finish(self: &Arc<Self>, outcome: BatchCounts, took: Duration) -> Work<T> {
         self.change(|st, _| st.finish(outcome, took))
     }
 }

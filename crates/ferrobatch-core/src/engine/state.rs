@@ -283,7 +283,7 @@ impl<T> State<T> {
     }
 
     /// A batch ended; `processed` items reached the batch function, which took `took`.
-    pub(crate) fn finish(&mut self, outcome: super::Outcome, took: Duration) {
+    pub(crate) fn finish(&mut self, outcome: super::BatchCounts, took: Duration) {
         self.running = self.running.saturating_sub(1);
         let c = &mut self.counters;
         c.completed += outcome.completed as u64;
@@ -324,7 +324,7 @@ impl<T> State<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Outcome, Window};
+    use super::super::{BatchCounts, Window};
     use super::*;
     use std::num::NonZeroUsize;
 
@@ -384,17 +384,17 @@ mod tests {
             "no timer while the only slot is busy"
         );
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 2,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );
         assert_eq!(collect(&mut s, t0).batches, vec![vec![2, 3]]);
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 2,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );
@@ -505,9 +505,9 @@ mod tests {
         assert_eq!(d.batches, vec![vec![1]]);
         assert!(!d.drained, "a batch is still running");
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 1,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );
@@ -528,9 +528,9 @@ mod tests {
         assert_eq!(d.stopped, vec![2, 3, 4]);
         assert!(!s.idle(), "the running batch still counts");
         s.finish(
-            Outcome {
+            BatchCounts {
                 failed: 2,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );
@@ -542,7 +542,7 @@ mod tests {
         let mut s: State<u32> = State::new(cfg(4, 0, 1));
         s.running = 2;
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 3,
                 failed: 1,
                 cancelled: 0,
@@ -550,7 +550,7 @@ mod tests {
             Duration::from_millis(2),
         );
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 0,
                 failed: 0,
                 cancelled: 4,
@@ -598,9 +598,9 @@ mod tests {
         assert_eq!(s.next_deadline(), None);
         // A cheap call (0.1 ms) at 1 item/ms: no reason to wait once the slot frees.
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 1,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::from_micros(100),
         );
@@ -619,9 +619,9 @@ mod tests {
         let d = collect(&mut s, t0);
         assert_eq!(d.batches, vec![vec![6, 2, 4, 1]]);
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 4,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );
@@ -651,9 +651,9 @@ mod tests {
             s.push(10 + i as u32, 9, ms(t0, 150)).unwrap();
         }
         s.finish(
-            Outcome {
+            BatchCounts {
                 completed: 2,
-                ..Outcome::default()
+                ..BatchCounts::default()
             },
             Duration::ZERO,
         );

@@ -67,9 +67,9 @@ fn finishing_a_batch_returns_the_next_one() {
         assert!(e.submit(i).unwrap().is_empty(), "slot is busy");
     }
     let b = first.batches.pop().unwrap();
-    let next = b.ticket.finish(Outcome {
+    let next = b.ticket.finish(BatchCounts {
         completed: 2,
-        ..Outcome::default()
+        ..BatchCounts::default()
     });
     assert_eq!(next.batches[0].items, vec![3, 4]);
 }
@@ -122,9 +122,9 @@ fn drain_reports_drained_after_the_last_batch_finishes() {
     );
     assert!(!w.drained);
     let b = w.batches.pop().unwrap();
-    let w = b.ticket.finish(Outcome {
+    let w = b.ticket.finish(BatchCounts {
         completed: 1,
-        ..Outcome::default()
+        ..BatchCounts::default()
     });
     assert!(w.drained);
     assert!(e.is_idle());
@@ -182,7 +182,7 @@ fn stats_count_what_happened() {
     let _ = e.submit(1).unwrap();
     let mut w = e.submit(2).unwrap();
     let b = w.batches.pop().unwrap();
-    let _ = b.ticket.finish(Outcome {
+    let _ = b.ticket.finish(BatchCounts {
         completed: 1,
         failed: 1,
         cancelled: 0,
@@ -224,9 +224,9 @@ fn drained_waits_for_timer_work_to_be_delivered() {
     assert_eq!(expired.failures[0].0, vec![3]);
     assert!(e.close(false).is_empty());
     let b = running.batches.pop().unwrap();
-    let w = b.ticket.finish(Outcome {
+    let w = b.ticket.finish(BatchCounts {
         completed: 2,
-        ..Outcome::default()
+        ..BatchCounts::default()
     });
     assert!(!w.drained, "the expiry is still in transit");
     assert!(receipt.delivered().drained);
@@ -240,9 +240,9 @@ fn a_dropped_receipt_still_lets_the_drain_through() {
     let b = running.batches.pop().unwrap();
     assert!(
         !b.ticket
-            .finish(Outcome {
+            .finish(BatchCounts {
                 completed: 2,
-                ..Outcome::default()
+                ..BatchCounts::default()
             })
             .drained
     );
@@ -334,7 +334,7 @@ proptest! {
                     if !ledger.running.is_empty() {
                         let b = ledger.running.remove(0);
                         let n = b.items.len();
-                        let w = b.ticket.finish(Outcome { completed: n, ..Outcome::default() });
+                        let w = b.ticket.finish(BatchCounts { completed: n, ..BatchCounts::default() });
                         ledger.take(w);
                     }
                 }
@@ -351,7 +351,7 @@ proptest! {
         while ledger.drained == 0 && Instant::now() < deadline {
             while let Some(b) = ledger.running.pop() {
                 let n = b.items.len();
-                let w = b.ticket.finish(Outcome { completed: n, ..Outcome::default() });
+                let w = b.ticket.finish(BatchCounts { completed: n, ..BatchCounts::default() });
                 ledger.take(w);
             }
             if let Ok(w) = rx.recv_timeout(Duration::from_millis(5)) { ledger.take(w); }

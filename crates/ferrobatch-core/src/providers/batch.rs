@@ -1,7 +1,7 @@
 //! The providers' own batch APIs, which run a job's requests at half price within 24 h, in one
 //! vocabulary: [`BatchProvider`] is the one face the batch route sees (create a provider batch
 //! from some requests, find one again after a crash, poll, cancel, and read every result line
-//! back as an [`Outcome`]); each provider's folder implements it (`openai::batch`: files +
+//! back as an [`RequestOutcome`]); each provider's folder implements it (`openai::batch`: files +
 //! `/batches`, `anthropic::batch`: Message Batches, `gemini::batch`: `batchGenerateContent`).
 //!
 //! Every request goes out under a provider-safe id, `r<seq>` (its position in the job), so the
@@ -67,7 +67,7 @@ impl Remote {
 
 /// How one request of a provider batch ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// A response: its body, and the tokens the provider reports.
     Ok {
         /// The response body (for Gemini, translated to a chat completion).
@@ -86,7 +86,7 @@ pub enum Outcome {
 }
 
 /// One result line: the id it was sent under and how it ended.
-pub type Line = (String, Outcome);
+pub type Line = (String, RequestOutcome);
 
 /// The id a request goes out under.
 pub fn custom_id(seq: i64) -> String {
@@ -119,7 +119,7 @@ pub(crate) fn body_with_model(c: &BatchLine<'_>, model: &str) -> Result<Map<Stri
 }
 
 /// The error of a request whose line carries an HTTP status and an error body.
-pub(crate) fn status_outcome(provider: Provider, status: u16, body: &Value) -> Outcome {
+pub(crate) fn status_outcome(provider: Provider, status: u16, body: &Value) -> RequestOutcome {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let parsed = ErrorBody::parse(&bytes, false);
     let error = Error::Status {
@@ -131,15 +131,15 @@ pub(crate) fn status_outcome(provider: Provider, status: u16, body: &Value) -> O
         param: parsed.param,
     };
     if matches!(status, 408 | 409 | 429) || status >= 500 {
-        Outcome::Retryable(error)
+        RequestOutcome::Retryable(error)
     } else {
-        Outcome::Permanent(error)
+        RequestOutcome::Permanent(error)
     }
 }
 
 /// A request the provider did not run.
-pub(crate) fn not_run(provider: Provider, code: &str, message: &str) -> Outcome {
-    Outcome::Retryable(Error::ProviderBatch {
+pub(crate) fn not_run(provider: Provider, code: &str, message: &str) -> RequestOutcome {
+    RequestOutcome::Retryable(Error::ProviderBatch {
         provider,
         code: code.to_string(),
         message: message.to_string(),
@@ -400,12 +400,12 @@ mod tests {
             serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error"}});
         assert!(matches!(
             status_outcome(Provider::OpenAi, 400, &body),
-            Outcome::Permanent(Error::Status { status: 400, .. })
+            RequestOutcome::Permanent(Error::Status { status: 400, .. })
         ));
         for s in [408, 429, 500, 529] {
             assert!(matches!(
                 status_outcome(Provider::OpenAi, s, &body),
-                Outcome::Retryable(_)
+                RequestOutcome::Retryable(_)
             ));
         }
     }

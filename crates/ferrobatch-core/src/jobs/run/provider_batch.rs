@@ -33,7 +33,7 @@ use crate::jobs::model::{
 };
 use crate::jobs::store::Store;
 use crate::providers::batch::{
-    custom_id, seq_of, BatchLine, BatchProvider, Outcome, Phase, Remote,
+    custom_id, seq_of, BatchLine, BatchProvider, Phase, Remote, RequestOutcome,
 };
 
 /// How long new provider batches wait after a provider said its queue of enqueued tokens is full, in
@@ -496,7 +496,7 @@ impl BatchRun<'_> {
             ProviderBatchRoute::lock(&b.hold_until).insert(pb.job_id.clone(), until);
             return self.settle(pb, Vec::new()).await;
         }
-        let mut by_seq: HashMap<i64, Outcome> = b
+        let mut by_seq: HashMap<i64, RequestOutcome> = b
             .api
             .results(remote)
             .await?
@@ -505,7 +505,7 @@ impl BatchRun<'_> {
             .collect();
         // Batch-level errors: one naming an input line is that request's; one naming none
         // is every request's without a line of its own.
-        let mut whole: Option<Outcome> = None;
+        let mut whole: Option<RequestOutcome> = None;
         for (code, message, line) in &remote.errors {
             let e = Error::ProviderBatch {
                 provider: b.api.provider(),
@@ -514,10 +514,10 @@ impl BatchRun<'_> {
             };
             match line.and_then(|l| requests.get((l as usize).checked_sub(1)?)) {
                 Some(c) => {
-                    by_seq.entry(c.seq).or_insert(Outcome::Permanent(e));
+                    by_seq.entry(c.seq).or_insert(RequestOutcome::Permanent(e));
                 }
                 None => {
-                    whole.get_or_insert(Outcome::Retryable(e));
+                    whole.get_or_insert(RequestOutcome::Retryable(e));
                 }
             }
         }
@@ -530,7 +530,7 @@ impl BatchRun<'_> {
                     .remove(&c.seq)
                     .or_else(|| whole.clone())
                     .unwrap_or_else(|| {
-                        Outcome::Retryable(Error::ProviderBatch {
+                        RequestOutcome::Retryable(Error::ProviderBatch {
                             provider: b.api.provider(),
                             code: "missing_output".into(),
                             message: format!(
@@ -542,7 +542,7 @@ impl BatchRun<'_> {
                         })
                     });
                 let outcome = match outcome {
-                    Outcome::Ok {
+                    RequestOutcome::Ok {
                         body,
                         input_tokens,
                         output_tokens,
@@ -561,18 +561,18 @@ impl BatchRun<'_> {
                             output_tokens,
                         ),
                     }),
-                    Outcome::Permanent(e) => Some(failure(error_json(&e))),
+                    RequestOutcome::Permanent(e) => Some(failure(error_json(&e))),
                     // Cancelled jobs send nothing again: these become cancelled.
-                    Outcome::Retryable(_) if cancelled => None,
+                    RequestOutcome::Retryable(_) if cancelled => None,
                     // Sent online now, when the user asked for that.
-                    Outcome::Retryable(_) if b.fallback_online => {
+                    RequestOutcome::Retryable(_) if b.fallback_online => {
                         stragglers.push(c.clone());
                         return None;
                     }
-                    Outcome::Retryable(e) if c.attempt >= b.max_attempts => {
+                    RequestOutcome::Retryable(e) if c.attempt >= b.max_attempts => {
                         Some(failure(error_json(&e)))
                     }
-                    Outcome::Retryable(_) => None,
+                    RequestOutcome::Retryable(_) => None,
                 };
                 Some(Settled {
                     seq: c.seq,

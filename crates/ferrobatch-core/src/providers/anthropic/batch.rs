@@ -14,7 +14,7 @@ use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::anthropic::wire::MessageUsage;
 use crate::providers::batch::{
     body_with_model, custom_id, jsonl, not_run, rfc3339, status_outcome, BatchBasics, BatchFuture,
-    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Phase, Remote, RequestOutcome,
 };
 
 /// 100,000 requests and 256 MB a batch (a margin kept for the envelope).
@@ -78,7 +78,7 @@ pub fn line_outcome(line: &Value) -> Option<Line> {
         "succeeded" => {
             let message = result.get("message").cloned().unwrap_or(Value::Null);
             let u = MessageUsage::of(&message);
-            Outcome::Ok {
+            RequestOutcome::Ok {
                 input_tokens: u.all_input(),
                 output_tokens: u.output_tokens,
                 cached: (u.cache_creation_input_tokens, u.cache_read_input_tokens),
@@ -316,7 +316,7 @@ mod tests {
             "usage": {"input_tokens": 5, "output_tokens": 2, "cache_read_input_tokens": 10}}}});
         assert!(matches!(
             line_outcome(&ok).unwrap().1,
-            Outcome::Ok {
+            RequestOutcome::Ok {
                 input_tokens: 15,
                 output_tokens: 2,
                 ..
@@ -325,7 +325,7 @@ mod tests {
         let errored = json!({"custom_id": "r1", "result": {"type": "errored", "error": {"type": "error",
             "error": {"details": null, "type": "invalid_request_error", "message": "Your credit balance is too low"}}}});
         match line_outcome(&errored).unwrap().1 {
-            Outcome::Permanent(Error::Status {
+            RequestOutcome::Permanent(Error::Status {
                 status, message, ..
             }) => {
                 assert_eq!(status, 400);
@@ -337,13 +337,13 @@ mod tests {
             "error": {"type": "overloaded_error", "message": "Overloaded"}}}});
         assert!(matches!(
             line_outcome(&overloaded).unwrap().1,
-            Outcome::Retryable(_)
+            RequestOutcome::Retryable(_)
         ));
         for t in ["canceled", "expired"] {
             let l = json!({"custom_id": "r3", "result": {"type": t}});
             assert!(matches!(
                 line_outcome(&l).unwrap().1,
-                Outcome::Retryable(Error::ProviderBatch { .. })
+                RequestOutcome::Retryable(Error::ProviderBatch { .. })
             ));
         }
     }

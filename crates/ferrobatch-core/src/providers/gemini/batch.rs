@@ -14,7 +14,7 @@ use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::batch::{
     body_with_model, custom_id, not_run, status_outcome, tag, BatchBasics, BatchFuture,
-    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Phase, Remote, RequestOutcome,
 };
 
 /// Inline requests must stay under 20 MB; one model per batch.
@@ -275,7 +275,7 @@ pub fn lines(remote: &Remote, model: &str) -> Vec<Line> {
                 status_outcome(Provider::Gemini, http_status(code), &json!({ "error": e }))
             } else if let Some(r) = item.get("response") {
                 let (body, input_tokens, output_tokens) = to_chat(r, &key, model, created);
-                Outcome::Ok {
+                RequestOutcome::Ok {
                     body,
                     input_tokens,
                     output_tokens,
@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(r.counts, Some((1, 1, 2)));
         let l = lines(&r, "gemini-2.5-flash");
         match &l[0].1 {
-            Outcome::Ok {
+            RequestOutcome::Ok {
                 body,
                 input_tokens: 4,
                 output_tokens: 1,
@@ -503,7 +503,7 @@ mod tests {
         }
         assert!(matches!(
             l[1].1,
-            Outcome::Permanent(Error::Status { status: 400, .. })
+            RequestOutcome::Permanent(Error::Status { status: 400, .. })
         ));
     }
 }

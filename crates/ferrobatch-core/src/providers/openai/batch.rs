@@ -12,7 +12,7 @@ use crate::error::{Error, Provider};
 use crate::http::transport::{Payload, Retry, Transport};
 use crate::providers::batch::{
     body_with_model, custom_id, jsonl, not_run, status_outcome, tag, BatchBasics, BatchFuture,
-    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Outcome, Phase, Remote,
+    BatchLimits, BatchLine, BatchProvider, BatchSetup, Line, Phase, Remote, RequestOutcome,
 };
 
 /// 50,000 requests and 200 MB a file (a margin kept for the lines' envelopes), one model.
@@ -82,7 +82,7 @@ pub fn line_outcome(line: &Value) -> Option<Line> {
             match status {
                 200..=299 => {
                     let (input_tokens, output_tokens) = usage_of(&body);
-                    Outcome::Ok {
+                    RequestOutcome::Ok {
                         body,
                         input_tokens,
                         output_tokens,
@@ -383,7 +383,7 @@ mod tests {
         assert_eq!(id, "r1");
         assert!(matches!(
             o,
-            Outcome::Ok {
+            RequestOutcome::Ok {
                 input_tokens: 3,
                 output_tokens: 4,
                 ..
@@ -393,16 +393,16 @@ mod tests {
             "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}});
         assert!(matches!(
             line_outcome(&expired).unwrap().1,
-            Outcome::Retryable(Error::ProviderBatch { ref code, .. }) if code == "batch_expired"
+            RequestOutcome::Retryable(Error::ProviderBatch { ref code, .. }) if code == "batch_expired"
         ));
         let zero = json!({"custom_id": "r4", "response": {"status_code": 0, "request_id": "", "body": {}}, "error": null});
         assert!(matches!(
             line_outcome(&zero).unwrap().1,
-            Outcome::Retryable(_)
+            RequestOutcome::Retryable(_)
         ));
         let bad = json!({"custom_id": "r5", "response": {"status_code": 400, "body": {"error": {"message": "bad model", "type": "invalid_request_error", "code": "model_not_found"}}}});
         match line_outcome(&bad).unwrap().1 {
-            Outcome::Permanent(Error::Status {
+            RequestOutcome::Permanent(Error::Status {
                 status,
                 message,
                 code,

@@ -11,12 +11,25 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-use crate::batch::Batch;
-use crate::crossing::{log_error, Crossing, PyItem};
+use super::batch::{drop_batch, Batch, Host};
+use super::glue::log_error;
+use super::sink::PyItem;
+use super::waiter::Waiter;
 use crate::errors;
-use crate::waiter::Waiter;
 
 type Queued = ferrobatch_core::Batch<PyItem>;
+
+/// A sync batch function run on Rust-owned threads.
+pub(crate) struct Threaded {
+    /// The function, or a `weakref.WeakMethod` of it when `weak`.
+    pub(crate) func: Py<PyAny>,
+    pub(crate) weak: bool,
+    /// `weakref.WeakMethod` of the batcher's `_finish(batch, awaitable)`, for a plain function
+    /// that returned an awaitable: it is awaited on the event loop.
+    pub(crate) finish: Py<PyAny>,
+    /// The threads that run the batches.
+    pub(crate) pool: Pool,
+}
 
 /// Batches waiting for a worker, and how many workers run.
 pub(crate) struct Pool {
@@ -46,8 +59,8 @@ impl Pool {
 }
 
 /// Run `batch` on one of the batcher's workers, starting one if fewer than allowed run.
-pub(crate) fn spawn(crossing: Arc<Crossing>, batch: Queued) {
-    let pool = &crossing.threaded.as_ref().expect("a threaded batcher").pool;
+pub(crate) fn spawn(host: Arc<dyn Host>, threaded: &Arc<Threaded>, batch: Queued) {
+    let pool = &threaded.pool;
     let start = {
         let mut g = pool.lock();
         g.0.push_back(batch);
@@ -58,7 +71,8 @@ pub(crate) fn spawn(crossing: Arc<Crossing>, batch: Queued) {
         start
     };
     if start {
-        crate::runtime::runtime().spawn_blocking(move || work(&crossing));
+        let threaded = Arc::clone(threaded);
+        crate::runtime::runtime().spawn_blocking(move || work(&host, &threaded));
     }
 }
 
@@ -68,8 +82,8 @@ const BATCHES_PER_ENTRY: usize = 16;
 /// A worker: run queued batches until none is left. Batches already queued run back to back
 /// in one entry into Python (a batch that finishes often makes the next one due at once),
 /// so a busy batcher pays one GIL hand-over per few batches, not one per batch.
-fn work(crossing: &Arc<Crossing>) {
-    let pool = &crossing.threaded.as_ref().expect("a threaded batcher").pool;
+fn work(host: &Arc<dyn Host>, threaded: &Threaded) {
+    let pool = &threaded.pool;
     let next = || {
         let mut g = pool.lock();
         let b = g.0.pop_front();
@@ -83,12 +97,12 @@ fn work(crossing: &Arc<Crossing>) {
         // At interpreter exit the batch is dropped unrun: its callers no longer run either.
         Waiter::defer_wakeups(|| {
             crate::exit::attach(|py| {
-                run(py, crossing, first);
+                run(py, host, threaded, first);
                 for _ in 1..BATCHES_PER_ENTRY {
                     let Some(b) = pool.lock().0.pop_front() else {
                         break;
                     };
-                    run(py, crossing, b);
+                    run(py, host, threaded, b);
                 }
             })
         });
@@ -96,37 +110,42 @@ fn work(crossing: &Arc<Crossing>) {
     }
 }
 
-fn run(py: Python<'_>, crossing: &Arc<Crossing>, batch: ferrobatch_core::Batch<PyItem>) {
-    let threaded = crossing.threaded.as_ref().expect("a threaded batcher");
+fn run(py: Python<'_>, host: &Arc<dyn Host>, threaded: &Threaded, batch: Queued) {
     let func = if threaded.weak {
         match threaded.func.bind(py).call0() {
             Ok(f) if !f.is_none() => f,
             _ => {
-                crossing.drop_batch(py, batch);
+                drop_batch(host.as_ref(), py, batch);
                 return;
             }
         }
     } else {
         threaded.func.bind(py).clone()
     };
-    let obj = match Py::new(py, Batch::new(Arc::clone(crossing), batch)) {
+    let obj = match Py::new(py, Batch::new(Arc::clone(host), batch)) {
         Ok(obj) => obj,
         Err(e) => {
             log_error(py, "could not create a batch object", Some(e));
             return;
         }
     };
-    if crossing.is_forced() {
+    if host.is_forced() {
         // Formed before a forced stop and started after it: its items end stopped too.
         obj.get().abort_now(py);
         return;
     }
-    let key = crossing.register(obj.clone_ref(py));
-    call(py, crossing, &func, &obj);
-    crossing.unregister(key);
+    let key = host.register(Arc::new(obj.clone_ref(py)));
+    call(py, host.as_ref(), threaded, &func, &obj);
+    host.unregister(key);
 }
 
-fn call(py: Python<'_>, crossing: &Crossing, func: &Bound<'_, PyAny>, obj: &Py<Batch>) {
+fn call(
+    py: Python<'_>,
+    host: &dyn Host,
+    threaded: &Threaded,
+    func: &Bound<'_, PyAny>,
+    obj: &Py<Batch>,
+) {
     let batch = obj.get();
     let items = match batch.live_items(py) {
         Ok(items) => items,
@@ -144,7 +163,7 @@ fn call(py: Python<'_>, crossing: &Crossing, func: &Bound<'_, PyAny>, obj: &Py<B
     match func.call1((items,)) {
         Ok(result) => {
             if is_awaitable(&result) {
-                hand_to_loop(py, crossing, obj, result);
+                hand_to_loop(py, host, threaded, obj, result);
             } else {
                 let _ = batch.resolve_with(py, &result);
             }
@@ -165,15 +184,20 @@ fn is_awaitable(result: &Bound<'_, PyAny>) -> bool {
 
 /// A plain function returned an awaitable (say, a lambda around an async function): it is
 /// awaited on the loop the batcher was first used from, or fails the batch if there is none.
-fn hand_to_loop(py: Python<'_>, crossing: &Crossing, obj: &Py<Batch>, awaitable: Bound<'_, PyAny>) {
-    let threaded = crossing.threaded.as_ref().expect("a threaded batcher");
+fn hand_to_loop(
+    py: Python<'_>,
+    host: &dyn Host,
+    threaded: &Threaded,
+    obj: &Py<Batch>,
+    awaitable: Bound<'_, PyAny>,
+) {
     let finish = threaded
         .finish
         .bind(py)
         .call0()
         .ok()
         .filter(|f| !f.is_none());
-    if let (Some(home), Some(finish)) = (crossing.home.get(), finish) {
+    if let (Some(home), Some(finish)) = (host.home(), finish) {
         let sent = home.event_loop.bind(py).call_method1(
             pyo3::intern!(py, "call_soon_threadsafe"),
             (finish, obj.clone_ref(py), &awaitable),

@@ -5,15 +5,60 @@
 
 use std::sync::{Arc, Mutex};
 
-use ferrobatch_core::{Error, Outcome, StopReason, Ticket};
+use ferrobatch_core::{BatchCounts, Error, StopReason, Ticket, Work};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::crossing::{fail_all, Crossing, PyItem};
+use super::future::{LoopRef, Resolver};
+use super::sink::{fail_all, PyItem};
 use crate::errors;
-use crate::future::Resolver;
+
+/// The batcher's dispatch as a batch (and a worker running one) sees it.
+pub(crate) trait Host: Send + Sync {
+    /// Deliver work made due on any thread: start batches, fail items, settle drain waiters.
+    fn handle(&self, py: Python<'_>, work: Work<PyItem>);
+
+    /// The loop async batches run on, once bound.
+    fn home(&self) -> Option<&Arc<LoopRef>>;
+
+    /// Whether a forced stop happened: batches formed before it and started after it end
+    /// stopped too.
+    fn is_forced(&self) -> bool;
+
+    /// Remember a batch running outside the event loop, for a forced stop; returns its key.
+    fn register(&self, batch: Running) -> u64;
+
+    /// The batch of `key` has ended.
+    fn unregister(&self, key: u64);
+}
+
+/// A batch running outside the event loop, as a forced stop reaches it.
+pub(crate) trait Abort: Send + Sync {
+    /// Fail every unsettled item with `BatcherStoppedError` and stop the work.
+    fn abort(&self, py: Python<'_>);
+}
+
+/// A registered running batch.
+pub(crate) type Running = Arc<dyn Abort>;
+
+/// Nobody can run `batch` (the Python batcher is gone): its items fail, its slot is freed.
+pub(crate) fn drop_batch(host: &dyn Host, py: Python<'_>, batch: ferrobatch_core::Batch<PyItem>) {
+    let err = Error::Stopped {
+        reason: StopReason::Dropped,
+    };
+    let exc = errors::exception(py, &err);
+    let mut r = Resolver::default();
+    fail_all(py, &batch.items, &exc, &mut r);
+    r.flush(py);
+    let n = batch.items.len();
+    let work = batch.ticket.finish(BatchCounts {
+        failed: n,
+        ..Default::default()
+    });
+    host.handle(py, work);
+}
 
 struct Inner {
     items: Vec<PyItem>,
@@ -25,14 +70,14 @@ struct Inner {
 /// A batch handed to the Python runner. Settles exactly once: by `resolve`, `fail` or `abort`.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct Batch {
-    crossing: Arc<Crossing>,
+    host: Arc<dyn Host>,
     inner: Mutex<Option<Inner>>,
 }
 
 impl Batch {
-    pub(crate) fn new(crossing: Arc<Crossing>, batch: ferrobatch_core::Batch<PyItem>) -> Self {
+    pub(crate) fn new(host: Arc<dyn Host>, batch: ferrobatch_core::Batch<PyItem>) -> Self {
         Batch {
-            crossing,
+            host,
             inner: Mutex::new(Some(Inner {
                 items: batch.items,
                 ticket: batch.ticket,
@@ -47,13 +92,13 @@ impl Batch {
     }
 
     fn finish(&self, py: Python<'_>, inner: Inner, completed: usize, failed: usize) {
-        let outcome = Outcome {
+        let outcome = BatchCounts {
             completed,
             failed,
             cancelled: inner.cancelled,
         };
         let work = inner.ticket.finish(outcome);
-        self.crossing.handle(py, work);
+        self.host.handle(py, work);
     }
 
     /// Fail every item with `exc` and settle.
@@ -237,5 +282,11 @@ impl Batch {
             }
         }
         Ok(())
+    }
+}
+
+impl Abort for Py<Batch> {
+    fn abort(&self, py: Python<'_>) {
+        self.get().abort_now(py);
     }
 }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::future::Outcome;
+use super::future::Resolution;
 
 #[derive(Default)]
 struct Slot {
-    outcome: Option<Outcome>,
+    outcome: Option<Resolution>,
     /// The caller stopped waiting (interrupted): its item is skipped if not yet dispatched.
     abandoned: bool,
 }
@@ -37,7 +37,7 @@ impl Waiter {
     }
 
     /// Hand over the outcome (the first one wins).
-    pub(crate) fn set(self: &Arc<Self>, outcome: Outcome) {
+    pub(crate) fn set(self: &Arc<Self>, outcome: Resolution) {
         let mut s = self.lock();
         if s.outcome.is_none() && !s.abandoned {
             s.outcome = Some(outcome);
@@ -76,7 +76,7 @@ impl Waiter {
     }
 
     /// The outcome, if it has arrived.
-    pub(crate) fn try_take(&self) -> Option<Outcome> {
+    pub(crate) fn try_take(&self) -> Option<Resolution> {
         self.lock().outcome.take()
     }
 
@@ -86,7 +86,7 @@ impl Waiter {
         &self,
         py: Python<'_>,
         timeout: Option<Duration>,
-    ) -> PyResult<Option<Outcome>> {
+    ) -> PyResult<Option<Resolution>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let taken = py.detach(|| {

@@ -17,22 +17,11 @@ use std::thread::ThreadId;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 use smallvec::SmallVec;
 
-use crate::batcher::Core;
-use crate::crossing::{log_error, loop_closed};
-
-thread_local! {
-    static THREAD: ThreadId = std::thread::current().id();
-}
-
-/// The calling thread's id, cheaply.
-pub(crate) fn current_thread() -> ThreadId {
-    THREAD.with(|t| *t)
-}
+use super::glue::{asyncio, current_thread, log_error, loop_closed, running_loop};
 
 /// An event loop and the thread it runs on.
 pub(crate) struct LoopRef {
@@ -91,46 +80,37 @@ impl LoopRef {
     }
 }
 
-/// Python objects the future needs, looked up once.
-struct Asyncio {
-    get_running_loop: Py<PyAny>,
-    copy_context: Py<PyAny>,
-    cancelled_error: Py<PyAny>,
-    invalid_state: Py<PyAny>,
-}
-
-static ASYNCIO: PyOnceLock<Asyncio> = PyOnceLock::new();
-
-fn asyncio(py: Python<'_>) -> &Asyncio {
-    ASYNCIO
-        .get_or_try_init(py, || {
-            let aio = py.import("asyncio")?;
-            Ok::<_, PyErr>(Asyncio {
-                // Returns None instead of raising when no loop runs: cheap on the hot path.
-                get_running_loop: aio.getattr("_get_running_loop")?.unbind(),
-                copy_context: py.import("contextvars")?.getattr("copy_context")?.unbind(),
-                cancelled_error: aio.getattr("CancelledError")?.unbind(),
-                invalid_state: aio.getattr("InvalidStateError")?.unbind(),
-            })
-        })
-        .expect("asyncio is importable")
-}
-
-/// The loop running on this thread, if any.
-pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
-    let l = asyncio(py).get_running_loop.bind(py).call0()?;
-    Ok(if l.is_none() { None } else { Some(l) })
-}
-
 /// What a deferred future queues once a loop awaits it.
 pub(crate) enum Deferred {
     One(Py<PyAny>),
     Many(Vec<Py<PyAny>>),
 }
 
+/// The batcher as a deferred future sees it: where its items go once a loop awaits it.
+pub(crate) trait Queue: Send + Sync {
+    /// The loop an asyncio caller on `running` belongs to (binding the batcher's home loop on
+    /// first use), or the reason this batcher cannot serve that loop.
+    fn loop_for(&self, py: Python<'_>, running: &Bound<'_, PyAny>) -> PyResult<Arc<LoopRef>>;
+
+    /// Queue the future's items, with the future as their sink.
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        fut: &Bound<'_, ItemFuture>,
+        what: Deferred,
+        priority: i64,
+    ) -> PyResult<()>;
+}
+
+/// Told when a dispatched item's caller cancels (a native batch drops its work once every
+/// caller has).
+pub(crate) trait OnCancel: Send + Sync {
+    fn cancelled(&self);
+}
+
 /// What a deferred future holds until a loop awaits it (boxed: most futures never are).
 struct Later {
-    core: Py<Core>,
+    queue: Arc<dyn Queue>,
     what: Deferred,
     priority: i64,
 }
@@ -154,6 +134,8 @@ struct Inner {
     /// (callback, context) pairs, run in order once the future is done.
     callbacks: Registered,
     blocking: bool,
+    /// Who to tell if the caller cancels after its batch started.
+    watch: Option<Arc<dyn OnCancel>>,
 }
 
 /// The result of one queued item (or of one `process_many` call), awaitable from asyncio.
@@ -162,8 +144,8 @@ pub(crate) struct ItemFuture {
     inner: Mutex<Inner>,
 }
 
-/// How a future ends.
-pub(crate) enum Outcome {
+/// How a caller's wait ends: a value or an exception instance.
+pub(crate) enum Resolution {
     Value(Py<PyAny>),
     Error(Py<PyAny>),
 }
@@ -214,6 +196,30 @@ impl Resolver {
                 home.run_soon(py, list);
             }
         }
+    }
+}
+
+impl Resolver {
+    /// Run the callbacks of futures of `here` (the loop this thread runs) now, inside the
+    /// current loop callback; schedule the others' as `flush` does.
+    /// An error is a `BaseException` (KeyboardInterrupt, SystemExit) from a callback, for the
+    /// loop to see; the callbacks after it still run, later.
+    pub(crate) fn run_here(mut self, py: Python<'_>, here: &Arc<LoopRef>) -> PyResult<()> {
+        let mine = self
+            .groups
+            .iter()
+            .position(|(l, _)| Arc::ptr_eq(l, here))
+            .map(|i| self.groups.swap_remove(i).1);
+        self.flush(py);
+        let Some(list) = mine.filter(|l| !l.is_empty()) else {
+            return Ok(());
+        };
+        let callbacks = Callbacks {
+            home: Arc::downgrade(here),
+            event_loop: here.event_loop.clone_ref(py),
+            list: Mutex::new(list),
+        };
+        Bound::new(py, callbacks).and_then(|c| Callbacks::__call__(&c))
     }
 }
 
@@ -304,23 +310,38 @@ impl ItemFuture {
                 home: Some(home),
                 callbacks: Registered::new(),
                 blocking: false,
+                watch: None,
             }),
         }
     }
 
     /// A future whose items are queued on the loop that first awaits it.
-    pub(crate) fn deferred(core: Py<Core>, what: Deferred, priority: i64) -> ItemFuture {
+    pub(crate) fn deferred(queue: Arc<dyn Queue>, what: Deferred, priority: i64) -> ItemFuture {
         ItemFuture {
             inner: Mutex::new(Inner {
                 state: State::Deferred(Box::new(Later {
-                    core,
+                    queue,
                     what,
                     priority,
                 })),
                 home: None,
                 callbacks: Registered::new(),
                 blocking: false,
+                watch: None,
             }),
+        }
+    }
+
+    /// The loop the future belongs to, once it has one.
+    pub(crate) fn home(&self) -> Option<Arc<LoopRef>> {
+        self.lock().home.clone()
+    }
+
+    /// Tell `watch` if the caller cancels from now on (a running batch's items).
+    pub(crate) fn watch(&self, watch: Arc<dyn OnCancel>) {
+        let mut inner = self.lock();
+        if matches!(inner.state, State::Pending) {
+            inner.watch = Some(watch);
         }
     }
 
@@ -336,7 +357,7 @@ impl ItemFuture {
     pub(crate) fn settle(
         slf: &Py<ItemFuture>,
         py: Python<'_>,
-        outcome: Outcome,
+        outcome: Resolution,
         resolver: &mut Resolver,
     ) {
         let fut = slf.get();
@@ -345,9 +366,10 @@ impl ItemFuture {
             return;
         }
         inner.state = match outcome {
-            Outcome::Value(v) => State::Done(v),
-            Outcome::Error(e) => State::Failed(e),
+            Resolution::Value(v) => State::Done(v),
+            Resolution::Error(e) => State::Failed(e),
         };
+        inner.watch = None;
         let callbacks = std::mem::take(&mut inner.callbacks);
         let home = inner.home.clone();
         drop(inner);
@@ -357,7 +379,7 @@ impl ItemFuture {
     }
 
     /// Settle one future on its own and schedule its callbacks.
-    pub(crate) fn settle_now(slf: &Py<ItemFuture>, py: Python<'_>, outcome: Outcome) {
+    pub(crate) fn settle_now(slf: &Py<ItemFuture>, py: Python<'_>, outcome: Resolution) {
         let mut r = Resolver::default();
         Self::settle(slf, py, outcome, &mut r);
         r.flush(py);
@@ -381,35 +403,35 @@ impl ItemFuture {
         if !matches!(fut.lock().state, State::Deferred(_)) {
             return Ok(());
         }
-        let (core, what, priority) = {
+        let (queue, what, priority) = {
             let mut inner = fut.lock();
             match std::mem::replace(&mut inner.state, State::Pending) {
-                State::Deferred(later) => (later.core, later.what, later.priority),
+                State::Deferred(later) => (later.queue, later.what, later.priority),
                 other => {
                     inner.state = other;
                     return Ok(());
                 }
             }
         };
-        let home = match core.get().loop_for(py, &running) {
+        let home = match queue.loop_for(py, &running) {
             Ok(home) => home,
             Err(e) => {
                 fut.lock().home = Some(LoopRef::here(running.unbind()));
                 Self::settle_now(
                     &slf.clone().unbind(),
                     py,
-                    Outcome::Error(e.into_value(py).into_any()),
+                    Resolution::Error(e.into_value(py).into_any()),
                 );
                 return Ok(());
             }
         };
         fut.lock().home = Some(home);
         // A refused submit (queue full, stopped) becomes the future's exception.
-        if let Err(e) = core.get().enqueue(py, slf, what, priority) {
+        if let Err(e) = queue.enqueue(py, slf, what, priority) {
             Self::settle_now(
                 &slf.clone().unbind(),
                 py,
-                Outcome::Error(e.into_value(py).into_any()),
+                Resolution::Error(e.into_value(py).into_any()),
             );
         }
         Ok(())
@@ -462,7 +484,11 @@ impl ItemFuture {
         inner.state = State::Cancelled(msg);
         let callbacks = std::mem::take(&mut inner.callbacks);
         let home = inner.home.clone();
+        let watch = inner.watch.take();
         drop(inner);
+        if let Some(w) = watch {
+            w.cancelled();
+        }
         if let (false, Some(home)) = (callbacks.is_empty(), home) {
             let mut r = Resolver::default();
             r.push(&home, callbacks, &slf.clone().unbind(), py);
@@ -698,17 +724,14 @@ impl ItemFuture {
             return Ok(());
         };
         match &inner.state {
-            State::Deferred(later) => {
-                visit.call(&later.core)?;
-                match &later.what {
-                    Deferred::One(v) => visit.call(v)?,
-                    Deferred::Many(vs) => {
-                        for v in vs {
-                            visit.call(v)?;
-                        }
+            State::Deferred(later) => match &later.what {
+                Deferred::One(v) => visit.call(v)?,
+                Deferred::Many(vs) => {
+                    for v in vs {
+                        visit.call(v)?;
                     }
                 }
-            }
+            },
             State::Done(v) | State::Failed(v) => visit.call(v)?,
             State::Cancelled(Some(m)) => visit.call(m)?,
             _ => {}

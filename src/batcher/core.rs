@@ -11,20 +11,30 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyList;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::crossing::{Crossing, Group, LoopDispatcher, PyItem, Sink, Target, Threaded};
+use super::batch::Host;
+use super::dispatch::{Dispatch, LoopDispatcher, Mode};
+use super::future::{Deferred, ItemFuture, LoopRef, Queue, Resolution};
+use super::glue::{current_thread, loop_closed, running_loop};
+use super::native::NativeFn;
+use super::sink::{Group, PyItem, Sink, Target};
+use super::waiter::Waiter;
+use super::worker::{Pool, Threaded};
 use crate::errors::{self, to_pyerr};
-use crate::future::{current_thread, running_loop, Deferred, ItemFuture, LoopRef, Outcome};
 use crate::stats::BatcherStats;
-use crate::waiter::Waiter;
 
 static CONCURRENT_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// The engine and its crossing into Python.
+/// The native half of `AsyncBatcher`, as Python holds it.
 #[pyclass(module = "ferrobatch._native", frozen)]
 pub(crate) struct Core {
+    handle: Arc<Handle>,
+}
+
+/// The engine and how its batches start; what deferred futures queue into.
+struct Handle {
     engine: Engine<PyItem>,
-    crossing: Arc<Crossing>,
-    /// The last event loop other than the home one that used a threaded batcher.
+    dispatch: Arc<Dispatch>,
+    /// The last event loop other than the home one that used a batcher serving any loop.
     recent: Mutex<Option<Arc<LoopRef>>>,
 }
 
@@ -32,23 +42,18 @@ fn wrong_loop(py: Python<'_>, message: &str) -> PyErr {
     errors::raise(py, errors::Class::WrongEventLoop, message.to_string())
 }
 
-impl Core {
-    /// The loop an asyncio caller on `running` belongs to, binding the home loop on first use.
-    /// An async batch function runs on the home loop, so other loops are refused; a threaded
-    /// batcher serves any loop.
-    pub(crate) fn loop_for(
-        &self,
-        py: Python<'_>,
-        running: &Bound<'_, PyAny>,
-    ) -> PyResult<Arc<LoopRef>> {
+impl Queue for Handle {
+    /// Binding the home loop on first use. An async batch function runs on the home loop, so
+    /// other loops are refused; a batcher whose batches run off the loop serves any loop.
+    fn loop_for(&self, py: Python<'_>, running: &Bound<'_, PyAny>) -> PyResult<Arc<LoopRef>> {
         let home = self
-            .crossing
+            .dispatch
             .home
             .get_or_init(|| LoopRef::here(running.clone().unbind()));
         if home.event_loop.bind(py).is(running) {
             return Ok(Arc::clone(home));
         }
-        if self.crossing.threaded.is_none() {
+        if !self.dispatch.serves_any_loop() {
             return Err(wrong_loop(
                 py,
                 "this batcher belongs to another event loop (the one it was first used on); \
@@ -67,10 +72,38 @@ impl Core {
         Ok(r)
     }
 
+    /// Queue a deferred future's items now that a loop awaits it.
+    fn enqueue(
+        &self,
+        py: Python<'_>,
+        fut: &Bound<'_, ItemFuture>,
+        what: Deferred,
+        priority: i64,
+    ) -> PyResult<()> {
+        match what {
+            Deferred::One(value) => {
+                self.enqueue_one(py, value, Sink::Future(fut.clone().unbind()), priority)
+            }
+            Deferred::Many(values) => {
+                if values.is_empty() {
+                    ItemFuture::settle_now(
+                        &fut.clone().unbind(),
+                        py,
+                        Resolution::Value(PyList::empty(py).into_any().unbind()),
+                    );
+                    return Ok(());
+                }
+                self.submit_group(py, values, Target::Future(fut.clone().unbind()), priority)
+            }
+        }
+    }
+}
+
+impl Handle {
     /// Callers on plain threads: fine for a threaded batcher; an async batch function needs
     /// its loop running elsewhere.
     fn check_thread_caller(&self, py: Python<'_>, blocking: bool) -> PyResult<()> {
-        if self.crossing.threaded.is_some() {
+        if self.dispatch.serves_any_loop() {
             if blocking && running_loop(py)?.is_some() {
                 return Err(wrong_loop(
                     py,
@@ -80,7 +113,7 @@ impl Core {
             }
             return Ok(());
         }
-        match self.crossing.home.get() {
+        match self.dispatch.home.get() {
             None => Err(wrong_loop(
                 py,
                 "an async batch function runs on the batcher's event loop, and this batcher \
@@ -92,7 +125,7 @@ impl Core {
                 "a blocking call on the batcher's own event loop would never return; \
                  use `await batcher.process(item)` there",
             )),
-            Some(h) if crate::crossing::loop_closed(py, &h.event_loop) => Err(wrong_loop(
+            Some(h) if loop_closed(py, &h.event_loop) => Err(wrong_loop(
                 py,
                 "the event loop this batcher's async batch function runs on is closed",
             )),
@@ -113,7 +146,7 @@ impl Core {
             .submit_with_priority(PyItem { value, sink }, priority)
             .map_err(to_pyerr)?;
         if !work.is_empty() {
-            self.crossing.handle(py, work);
+            self.dispatch.handle(py, work);
         }
         Ok(())
     }
@@ -137,53 +170,26 @@ impl Core {
         }
         Ok(())
     }
+}
 
-    /// Queue a deferred future's items now that a loop awaits it.
-    pub(crate) fn enqueue(
-        &self,
-        py: Python<'_>,
-        fut: &Bound<'_, ItemFuture>,
-        what: Deferred,
-        priority: i64,
-    ) -> PyResult<()> {
-        match what {
-            Deferred::One(value) => {
-                self.enqueue_one(py, value, Sink::Future(fut.clone().unbind()), priority)
-            }
-            Deferred::Many(values) => {
-                if values.is_empty() {
-                    ItemFuture::settle_now(
-                        &fut.clone().unbind(),
-                        py,
-                        Outcome::Value(PyList::empty(py).into_any().unbind()),
-                    );
-                    return Ok(());
-                }
-                self.submit_group(py, values, Target::Future(fut.clone().unbind()), priority)
-            }
-        }
-    }
-
+impl Core {
     /// The `ItemFuture` of `what`: queued now on the running loop, or deferred if none runs.
-    fn future_of(slf: &Bound<'_, Self>, what: Deferred, priority: i64) -> PyResult<Py<ItemFuture>> {
-        let py = slf.py();
+    fn future_of(&self, py: Python<'_>, what: Deferred, priority: i64) -> PyResult<Py<ItemFuture>> {
         let Some(running) = running_loop(py)? else {
-            return Py::new(
-                py,
-                ItemFuture::deferred(slf.clone().unbind(), what, priority),
-            );
+            let queue: Arc<dyn Queue> = Arc::clone(&self.handle) as Arc<dyn Queue>;
+            return Py::new(py, ItemFuture::deferred(queue, what, priority));
         };
-        let home = slf.get().loop_for(py, &running)?;
+        let home = self.handle.loop_for(py, &running)?;
         let fut = Bound::new(py, ItemFuture::pending(home))?;
-        slf.get().enqueue(py, &fut, what, priority)?;
+        self.handle.enqueue(py, &fut, what, priority)?;
         Ok(fut.unbind())
     }
 
     /// Raise an outcome to a blocking caller.
-    fn unwrap(py: Python<'_>, outcome: Outcome) -> PyResult<Py<PyAny>> {
+    fn unwrap(py: Python<'_>, outcome: Resolution) -> PyResult<Py<PyAny>> {
         match outcome {
-            Outcome::Value(v) => Ok(v),
-            Outcome::Error(e) => Err(PyErr::from_value(e.into_bound(py))),
+            Resolution::Value(v) => Ok(v),
+            Resolution::Error(e) => Err(PyErr::from_value(e.into_bound(py))),
         }
     }
 }
@@ -195,7 +201,7 @@ impl Core {
                         max_queue_size=-1, on_full="reject", item_timeout=None,
                         max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64()),
                         single_item_batches=false, sync_fn=None, sync_fn_weak=false,
-                        finish=None))]
+                        finish=None, native=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -212,6 +218,7 @@ impl Core {
         sync_fn: Option<Py<PyAny>>,
         sync_fn_weak: bool,
         finish: Option<Py<PyAny>>,
+        native: Option<PyRef<'_, NativeFn>>,
     ) -> PyResult<Self> {
         let max_queue_time = match max_queue_time {
             None => Some(0.01),
@@ -236,43 +243,45 @@ impl Core {
             single_item_batches,
         })
         .map_err(to_pyerr)?;
-        let threaded = sync_fn.map(|func| Threaded {
-            func,
-            weak: sync_fn_weak,
-            finish: finish.unwrap_or_else(|| py.None()),
-            pool: crate::worker::Pool::new(concurrency),
-        });
-        let crossing = Crossing::new(start, threaded);
-        let engine = Engine::new(config, LoopDispatcher(Arc::clone(&crossing))).map_err(|e| {
+        let mode = match (native, sync_fn) {
+            (Some(f), _) => Mode::Native(Arc::clone(&f.0)),
+            (None, Some(func)) => Mode::Threads(Arc::new(Threaded {
+                func,
+                weak: sync_fn_weak,
+                finish: finish.unwrap_or_else(|| py.None()),
+                pool: Pool::new(concurrency),
+            })),
+            (None, None) => Mode::Loop,
+        };
+        let dispatch = Dispatch::new(start, mode);
+        let engine = Engine::new(config, LoopDispatcher(Arc::clone(&dispatch))).map_err(|e| {
             pyo3::exceptions::PyOSError::new_err(format!("could not start the timer thread: {e}"))
         })?;
         Ok(Core {
-            engine,
-            crossing,
-            recent: Mutex::new(None),
+            handle: Arc::new(Handle {
+                engine,
+                dispatch,
+                recent: Mutex::new(None),
+            }),
         })
     }
 
     /// Queue one item; return the `ItemFuture` of its result. With no loop running the future
     /// is deferred: the item is queued when a loop first awaits it.
     #[pyo3(signature = (item, priority=0))]
-    fn process(slf: &Bound<'_, Self>, item: Py<PyAny>, priority: i64) -> PyResult<Py<ItemFuture>> {
-        Self::future_of(slf, Deferred::One(item), priority)
+    fn process(&self, py: Python<'_>, item: Py<PyAny>, priority: i64) -> PyResult<Py<ItemFuture>> {
+        self.future_of(py, Deferred::One(item), priority)
     }
 
     /// Queue many items; return one `ItemFuture` of the list of their results, in order.
     /// It fails with the first item error (like `asyncio.gather`).
     #[pyo3(signature = (items, priority=0))]
-    fn process_many(
-        slf: &Bound<'_, Self>,
-        items: &Bound<'_, PyAny>,
-        priority: i64,
-    ) -> PyResult<Py<ItemFuture>> {
+    fn process_many(&self, items: &Bound<'_, PyAny>, priority: i64) -> PyResult<Py<ItemFuture>> {
         let values: Vec<Py<PyAny>> = items
             .try_iter()?
             .map(|v| v.map(Bound::unbind))
             .collect::<PyResult<_>>()?;
-        Self::future_of(slf, Deferred::Many(values), priority)
+        self.future_of(items.py(), Deferred::Many(values), priority)
     }
 
     /// Queue one item from a plain thread and block (GIL released) until its result.
@@ -284,10 +293,11 @@ impl Core {
         priority: i64,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        self.check_thread_caller(py, true)?;
+        self.handle.check_thread_caller(py, true)?;
         let timeout = seconds(py, timeout)?;
         let waiter = Arc::new(Waiter::default());
-        self.enqueue_one(py, item, Sink::Waiter(Arc::clone(&waiter)), priority)?;
+        self.handle
+            .enqueue_one(py, item, Sink::Waiter(Arc::clone(&waiter)), priority)?;
         match waiter.wait(py, timeout)? {
             Some(outcome) => Self::unwrap(py, outcome),
             None => Err(item_wait_timeout(py, timeout)),
@@ -303,7 +313,7 @@ impl Core {
         priority: i64,
         timeout: Option<f64>,
     ) -> PyResult<Py<PyAny>> {
-        self.check_thread_caller(py, true)?;
+        self.handle.check_thread_caller(py, true)?;
         let timeout = seconds(py, timeout)?;
         let values: Vec<Py<PyAny>> = items
             .try_iter()?
@@ -313,7 +323,8 @@ impl Core {
             return Ok(PyList::empty(py).into_any().unbind());
         }
         let waiter = Arc::new(Waiter::default());
-        self.submit_group(py, values, Target::Waiter(Arc::clone(&waiter)), priority)?;
+        self.handle
+            .submit_group(py, values, Target::Waiter(Arc::clone(&waiter)), priority)?;
         match waiter.wait(py, timeout)? {
             Some(outcome) => Self::unwrap(py, outcome),
             None => Err(item_wait_timeout(py, timeout)),
@@ -323,22 +334,23 @@ impl Core {
     /// Queue one item from any thread; return a `concurrent.futures.Future` of its result.
     #[pyo3(signature = (item, priority=0))]
     fn submit(&self, py: Python<'_>, item: Py<PyAny>, priority: i64) -> PyResult<Py<PyAny>> {
-        self.check_thread_caller(py, false)?;
+        self.handle.check_thread_caller(py, false)?;
         let cls = CONCURRENT_FUTURE.get_or_try_init(py, || {
             Ok::<_, PyErr>(py.import("concurrent.futures")?.getattr("Future")?.unbind())
         })?;
         let fut = cls.bind(py).call0()?.unbind();
-        self.enqueue_one(py, item, Sink::Concurrent(fut.clone_ref(py)), priority)?;
+        self.handle
+            .enqueue_one(py, item, Sink::Concurrent(fut.clone_ref(py)), priority)?;
         Ok(fut)
     }
 
     /// Stop accepting items; drain (or, with `force`, fail every queued item and every batch
     /// running on a Rust thread).
     fn close(&self, py: Python<'_>, force: bool) {
-        let work = self.engine.close(force);
-        self.crossing.handle(py, work);
+        let work = self.handle.engine.close(force);
+        self.handle.dispatch.handle(py, work);
         if force {
-            self.crossing.abort_running(py);
+            self.handle.dispatch.abort_running(py);
         }
     }
 
@@ -350,12 +362,13 @@ impl Core {
                 "no running event loop",
             ));
         };
-        let home = match self.crossing.home.get() {
+        let home = match self.handle.dispatch.home.get() {
             Some(h) if h.event_loop.bind(py).is(&running) => Arc::clone(h),
             _ => LoopRef::here(running.unbind()),
         };
         let fut = Py::new(py, ItemFuture::pending(home))?;
-        self.crossing
+        self.handle
+            .dispatch
             .wait_drain(py, Sink::Future(fut.clone_ref(py)));
         Ok(fut)
     }
@@ -366,39 +379,44 @@ impl Core {
     fn wait_drained(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = seconds(py, timeout)?;
         let waiter = Arc::new(Waiter::default());
-        self.crossing
+        self.handle
+            .dispatch
             .wait_drain(py, Sink::Waiter(Arc::clone(&waiter)));
         if waiter.try_take().is_some() {
             return Ok(true);
         }
-        self.check_thread_caller(py, true)?;
+        self.handle.check_thread_caller(py, true)?;
         Ok(waiter.wait(py, timeout)?.is_some())
     }
 
     /// Whether the batcher accepts items.
     #[getter]
     fn accepting(&self) -> bool {
-        self.engine.is_accepting()
+        self.handle.engine.is_accepting()
     }
 
     /// The event loop the batcher belongs to, or None before first use.
     #[getter]
     fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.crossing.home.get().map(|h| h.event_loop.clone_ref(py))
+        self.handle
+            .dispatch
+            .home
+            .get()
+            .map(|h| h.event_loop.clone_ref(py))
     }
 
     /// Whether batches run on Rust threads (a synchronous batch function).
     #[getter]
     fn threaded(&self) -> bool {
-        self.crossing.threaded.is_some()
+        self.handle.dispatch.serves_any_loop()
     }
 
     fn stats(&self) -> BatcherStats {
-        self.engine.stats().into()
+        self.handle.engine.stats().into()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(t) = &self.crossing.threaded {
+        if let Some(t) = self.handle.dispatch.threaded() {
             if !t.weak {
                 visit.call(&t.func)?;
             }
