@@ -8,9 +8,11 @@
 //! released, for the entries already under way. After that no Rust thread enters Python: what
 //! they would have delivered belongs to event loops that will never run again.
 
+use std::cell::RefCell;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 
 /// Whether the interpreter is exiting, and how many Rust threads are inside Python.
@@ -25,22 +27,81 @@ fn gate() -> std::sync::MutexGuard<'static, (bool, usize)> {
     GATE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Run `f` with the GIL from a thread Python did not start; `None` (without running it) once
-/// the interpreter is exiting or cannot be entered.
-pub(crate) fn attach<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
-    {
-        let mut g = gate();
-        if g.0 {
-            return None;
-        }
-        g.1 += 1;
+/// Count a thread in, unless the interpreter is exiting.
+fn enter() -> bool {
+    let mut g = gate();
+    if g.0 {
+        return false;
     }
-    let out = Python::try_attach(f);
+    g.1 += 1;
+    true
+}
+
+fn leave() {
     let mut g = gate();
     g.1 -= 1;
     if g.1 == 0 {
         LEFT.notify_all();
     }
+}
+
+/// A Rust thread's own Python thread state, made on its first entry into Python and kept
+/// until the thread ends. Without it every entry would make and free one (an allocation and
+/// an `mmap` of its frame stack each time), which on a busy runtime thread cost more than the
+/// work it entered Python for.
+struct Kept(*mut ffi::PyThreadState);
+
+impl Drop for Kept {
+    /// The thread ends: its thread state is deleted (left alone once the interpreter exits,
+    /// which deletes every thread state itself).
+    fn drop(&mut self) {
+        if !enter() {
+            return;
+        }
+        // SAFETY: `self.0` is this thread's state, made by `PyGILState_Ensure` and released by
+        // `PyEval_SaveThread` in `keep_thread_state`; restoring it takes the GIL, and the
+        // matching `PyGILState_Release` then deletes it and releases the GIL.
+        unsafe {
+            ffi::PyEval_RestoreThread(self.0);
+            ffi::PyGILState_Release(ffi::PyGILState_STATE::PyGILState_UNLOCKED);
+        }
+        leave();
+    }
+}
+
+thread_local! {
+    static KEPT: RefCell<Option<Kept>> = const { RefCell::new(None) };
+}
+
+/// Give this thread a thread state of its own if it has none (a thread Python did not start).
+fn keep_thread_state() {
+    let _ = KEPT.try_with(|k| {
+        if k.borrow().is_some() {
+            return;
+        }
+        // SAFETY: only for a thread with no thread state (so it holds no GIL): `Ensure` makes
+        // one and takes the GIL, `SaveThread` releases the GIL and keeps the state for later
+        // `Ensure`/`Release` pairs, which then only take and release the GIL.
+        unsafe {
+            if ffi::Py_IsInitialized() == 0 || !ffi::PyGILState_GetThisThreadState().is_null() {
+                return;
+            }
+            let _ = ffi::PyGILState_Ensure();
+            let state = ffi::PyEval_SaveThread();
+            *k.borrow_mut() = Some(Kept(state));
+        }
+    });
+}
+
+/// Run `f` with the GIL from a thread Python did not start; `None` (without running it) once
+/// the interpreter is exiting or cannot be entered.
+pub(crate) fn attach<R>(f: impl FnOnce(Python<'_>) -> R) -> Option<R> {
+    if !enter() {
+        return None;
+    }
+    keep_thread_state();
+    let out = Python::try_attach(f);
+    leave();
     out
 }
 

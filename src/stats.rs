@@ -66,6 +66,17 @@ pub(crate) struct BatcherStats {
     running_batches: usize,
     effective_wait: f64,
     arrival_rate: f64,
+    /// Calls that joined an identical item already waiting or running (`dedupe`); they are
+    /// not counted in `submitted`.
+    deduplicated: u64,
+}
+
+impl BatcherStats {
+    /// The snapshot with the in-flight deduplication count.
+    pub(crate) fn with_deduplicated(mut self, n: u64) -> Self {
+        self.deduplicated = n;
+        self
+    }
 }
 
 impl From<ferrobatch_core::Stats> for BatcherStats {
@@ -86,6 +97,7 @@ impl From<ferrobatch_core::Stats> for BatcherStats {
             running_batches: s.running_batches,
             effective_wait: s.effective_wait,
             arrival_rate: s.arrival_rate,
+            deduplicated: 0,
         }
     }
 }
@@ -95,14 +107,16 @@ impl BatcherStats {
     fn __repr__(&self) -> String {
         format!(
             "BatcherStats(submitted={}, completed={}, failed={}, cancelled={}, timed_out={}, \
-             rejected={}, batches={}, queue_depth={}, waiting={}, running_batches={}, \
-             effective_wait={:.6}, arrival_rate={:.1}, queue_wait={}, batch_duration={})",
+             rejected={}, deduplicated={}, batches={}, queue_depth={}, waiting={}, \
+             running_batches={}, effective_wait={:.6}, arrival_rate={:.1}, queue_wait={}, \
+             batch_duration={})",
             self.submitted,
             self.completed,
             self.failed,
             self.cancelled,
             self.timed_out,
             self.rejected,
+            self.deduplicated,
             self.batches,
             self.queue_depth,
             self.waiting,

@@ -304,7 +304,7 @@ async def test_extra_and_organization_headers_are_sent(fake_ai_server: FakeServe
 
 async def test_usage_and_cost(fake_ai_server: FakeServer) -> None:
     emb = embeddings(fake_ai_server, prices={"text-embedding-3-small": {"input": 0.02}})
-    texts = ["abcd" * 25] * 10  # 25 tokens each by the server's count
+    texts = [("abcd" * 25)[:-1] + str(i) for i in range(10)]  # 25 tokens each by the server's count
     await emb.embed_many(texts)
     u = emb.usage()["text-embedding-3-small"]
     assert u["input_tokens"] == 250

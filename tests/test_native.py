@@ -322,3 +322,11 @@ def test_thread_callers_after_the_home_loop_closed(fake_ai_server: FakeServer) -
         fake_embedding("b", 1536), abs=1e-6
     )
     emb.stop_sync()
+
+
+async def test_vector_lists_are_not_walked_by_the_cyclic_gc(fake_ai_server: FakeServer) -> None:
+    emb = Embeddings(base_url=fake_ai_server.openai_base_url, api_key="k", dimensions=8)
+    vec = await emb.embed("hello")
+    assert isinstance(vec, list) and not gc.is_tracked(vec)
+    assert vec == pytest.approx(fake_embedding("hello", 8), abs=1e-6)
+    await emb.stop()

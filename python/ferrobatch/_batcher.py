@@ -15,7 +15,7 @@ import inspect
 import logging
 import warnings
 import weakref
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Hashable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import (
     Any,
@@ -78,6 +78,10 @@ class AsyncBatcher(Generic[T, S]):
       duration; "auto" then waits for more items only when that pays off within the bound.
     - `aging`: seconds after which a waiting item goes ahead of fresher items whatever their
       priority (None: no aging; starvation is then bounded only by `item_timeout`).
+    - `dedupe`: True (items must be hashable) or a key function: an item whose key equals one
+      already waiting or running joins it instead of taking a slot of its own. The batch
+      function sees the key once, and every caller gets its result (the same object) or its
+      exception; `stats().deduplicated` counts the calls that joined. False by default.
     """
 
     # Whether max_batch_size=1 is accepted (async-batcher rejects it; subclasses that send one
@@ -98,6 +102,7 @@ class AsyncBatcher(Generic[T, S]):
         item_timeout: float | None = None,
         max_latency: float | None = None,
         aging: float | None = 1.0,
+        dedupe: bool | Callable[[T], Hashable] = False,
         **deprecated: Any,
     ) -> None:
         for name in _DEPRECATED_NO_EFFECT:
@@ -150,6 +155,8 @@ class AsyncBatcher(Generic[T, S]):
             sync_fn_weak=weak,
             finish=weakref.WeakMethod(self._finish),
             native=native,
+            dedupe=dedupe,
+            dedupe_copy=self._dedupe_copy,
         )
         # Running batches: force-stop aborts and cancels them.
         self._running: dict[Batch, asyncio.Future[Any]] = {}
@@ -163,6 +170,10 @@ class AsyncBatcher(Generic[T, S]):
         the executor). Return one result per item, in order, or None; an Exception instance in
         a slot is raised to that item's caller alone."""
         raise TypeError("process_batch is not overridden")  # pragma: no cover
+
+    # Makes each later caller of a deduplicated item its own copy of the shared result; None:
+    # they share the one object (the HTTP embeddings batchers copy their vectors).
+    _dedupe_copy: Callable[[Any], Any] | None = None
 
     def _native_batch_fn(self) -> _NativeFn | None:
         """A batch function written in Rust that replaces `process_batch` (the HTTP batchers'):
@@ -392,6 +403,7 @@ def batch(
     item_timeout: float | None = ...,
     max_latency: float | None = ...,
     aging: float | None = ...,
+    dedupe: bool | Callable[[Any], Hashable] = ...,
 ) -> Callable[[BatchFn[T, S]], BatchedFunction[T, S]]: ...
 def batch(
     fn: BatchFn[T, S] | None = None, /, **options: Any

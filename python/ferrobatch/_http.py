@@ -7,6 +7,7 @@ an exception instance per item.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
 
@@ -65,6 +66,7 @@ class BatcherOptions(TypedDict, total=False):
     item_timeout: float | None
     max_latency: float | None
     aging: float | None
+    dedupe: bool
 
 
 def merged_headers(headers: Mapping[str, str] | None, **named: str | None) -> dict[str, str]:
@@ -129,6 +131,12 @@ class EmbeddingsBase(HttpBatcher[str, Vector]):
     """An embedding batcher: `await emb.embed(text)` gives that text's vector."""
 
     _client: EmbeddingsClient
+    # Identical texts in flight are embedded once (`dedupe=True`, the default); each later
+    # caller gets its own copy of the vector, so one caller's in-place change never shows up
+    # in another's.
+    @staticmethod
+    def _dedupe_copy(vector: Vector) -> Vector:
+        return copy.copy(vector)
 
     def __init__(
         self,

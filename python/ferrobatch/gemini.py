@@ -35,6 +35,8 @@ class Embeddings(EmbeddingsBase):
     cap is 100), vectors in input order.
 
     The API reports no token usage, so `usage()` counts tokens by the chars/4 estimate.
+    Identical texts waiting or in flight are sent once (`dedupe=True`, the default); each
+    caller gets its own copy of the vector.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Embeddings(EmbeddingsBase):
         item_timeout: float | None = None,
         max_latency: float | None = None,
         aging: float | None = 1.0,
+        dedupe: bool = True,
         max_retries: int = 2,
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -100,5 +103,6 @@ class Embeddings(EmbeddingsBase):
             "item_timeout": item_timeout,
             "max_latency": max_latency,
             "aging": aging,
+            "dedupe": dedupe,
         }
         super().__init__(client, model, options, prices, output_dimensionality)

@@ -22,6 +22,7 @@ The series (Prometheus names; OpenTelemetry uses the same with dots,
 | `ferrobatch_items_submitted_total` | counter | batcher |
 | `ferrobatch_items_finished_total` | counter | batcher, outcome (completed, failed, ...) |
 | `ferrobatch_items_rejected_total` | counter | batcher |
+| `ferrobatch_items_deduplicated_total` | counter | batcher |
 | `ferrobatch_batches_total` | counter | batcher |
 | `ferrobatch_batch_size` | histogram | batcher |
 | `ferrobatch_queue_wait_seconds` | histogram | batcher |
@@ -152,6 +153,11 @@ def _batcher_samples(stats: BatcherStats, labels: dict[str, str]) -> Iterator[Sa
             outcome=outcome,
         )
     yield c("ferrobatch_items_rejected", "Items refused (the queue was full).", stats.rejected)
+    yield c(
+        "ferrobatch_items_deduplicated",
+        "Calls that joined an identical item in flight.",
+        stats.deduplicated,
+    )
     yield c("ferrobatch_batches", "Batches dispatched.", stats.batches)
     sizes = stats.batch_sizes
     size_buckets = [(b, sum(n for s, n in sizes.items() if s <= b)) for b in BATCH_SIZE_BOUNDS]
@@ -418,6 +424,12 @@ _OTEL_SERIES: list[tuple[str, str, str, str]] = [
     ("ferrobatch_items_submitted", "counter", "{item}", "Items accepted by the batcher."),
     ("ferrobatch_items_finished", "counter", "{item}", "Items that ended, by outcome."),
     ("ferrobatch_items_rejected", "counter", "{item}", "Items refused (the queue was full)."),
+    (
+        "ferrobatch_items_deduplicated",
+        "counter",
+        "{item}",
+        "Calls that joined an identical item in flight.",
+    ),
     ("ferrobatch_batches", "counter", "{batch}", "Batches dispatched."),
     ("ferrobatch_batch_size", "histogram", "{item}", "Items per dispatched batch."),
     ("ferrobatch_queue_wait_seconds", "histogram", "s", "Time items waited before dispatch."),

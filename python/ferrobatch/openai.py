@@ -53,6 +53,8 @@ class Embeddings(EmbeddingsBase):
     numpy arrays instead of lists, and `format="array"` gives stdlib `array.array("f")` (one
     buffer per vector, no numpy needed, zero-copy into numpy or torch). An input the server
     rejects by position (`param: "input[3]"`) fails alone; the rest are sent again.
+    Identical texts waiting or in flight are sent once (`dedupe=True`, the default); each
+    caller gets its own copy of the vector.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Embeddings(EmbeddingsBase):
         item_timeout: float | None = None,
         max_latency: float | None = None,
         aging: float | None = 1.0,
+        dedupe: bool = True,
         max_retries: int = 2,
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -123,6 +126,7 @@ class Embeddings(EmbeddingsBase):
             "item_timeout": item_timeout,
             "max_latency": max_latency,
             "aging": aging,
+            "dedupe": dedupe,
         }
         super().__init__(client, model, options, prices, dimensions)
 

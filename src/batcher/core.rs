@@ -12,6 +12,7 @@ use pyo3::types::PyList;
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::batch::Host;
+use super::dedupe::{Dedupe, Entry};
 use super::dispatch::{Dispatch, LoopDispatcher, Mode};
 use super::future::{Deferred, ItemFuture, LoopRef, Queue, Resolution};
 use super::glue::{current_thread, loop_closed, running_loop};
@@ -33,6 +34,8 @@ pub(crate) struct Core {
 /// The engine and how its batches start; what deferred futures queue into.
 struct Handle {
     engine: Engine<PyItem>,
+    /// Keys in flight, when identical items share one slot (`dedupe`).
+    dedupe: Option<Arc<Dedupe>>,
     dispatch: Arc<Dispatch>,
     /// The last event loop other than the home one that used a batcher serving any loop.
     recent: Mutex<Option<Arc<LoopRef>>>,
@@ -133,7 +136,7 @@ impl Handle {
         }
     }
 
-    /// Queue one item with its sink.
+    /// Queue one item with its sink (or join an identical one in flight, with `dedupe`).
     fn enqueue_one(
         &self,
         py: Python<'_>,
@@ -141,10 +144,31 @@ impl Handle {
         sink: Sink,
         priority: i64,
     ) -> PyResult<()> {
-        let work = self
+        let sink = match &self.dedupe {
+            None => sink,
+            Some(d) => match d.enter(py, value.bind(py), sink)? {
+                Entry::Joined => return Ok(()),
+                Entry::Queue(s) => s,
+            },
+        };
+        let fanout = match &sink {
+            Sink::Fanout(f) => Some(Arc::clone(f)),
+            _ => None,
+        };
+        let submitted = self
             .engine
-            .submit_with_priority(PyItem { value, sink }, priority)
-            .map_err(to_pyerr)?;
+            .submit_with_priority(PyItem { value, sink }, priority);
+        let work = match submitted {
+            Ok(work) => work,
+            Err(e) => {
+                // Refused (queue full, stopped): the key is no longer in flight. The caller
+                // gets the error raised; nobody else joined in between (the GIL is held).
+                if let Some(f) = fanout {
+                    f.close();
+                }
+                return Err(to_pyerr(e));
+            }
+        };
         if !work.is_empty() {
             self.dispatch.handle(py, work);
         }
@@ -201,7 +225,7 @@ impl Core {
                         max_queue_size=-1, on_full="reject", item_timeout=None,
                         max_latency=None, aging=Some(ferrobatch_core::DEFAULT_AGING.as_secs_f64()),
                         single_item_batches=false, sync_fn=None, sync_fn_weak=false,
-                        finish=None, native=None))]
+                        finish=None, native=None, dedupe=None, dedupe_copy=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -219,7 +243,27 @@ impl Core {
         sync_fn_weak: bool,
         finish: Option<Py<PyAny>>,
         native: Option<PyRef<'_, NativeFn>>,
+        dedupe: Option<Bound<'_, PyAny>>,
+        dedupe_copy: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
+        // `dedupe`: None or False (off), True (the item is its key), or a key function.
+        let dedupe = match dedupe {
+            None => None,
+            Some(d) if d.is_instance_of::<pyo3::types::PyBool>() => {
+                d.is_truthy()?.then(|| Dedupe::new(None, dedupe_copy))
+            }
+            Some(d) if d.is_callable() => Some(Dedupe::new(Some(d.unbind()), dedupe_copy)),
+            Some(d) => {
+                return Err(errors::raise(
+                    py,
+                    errors::Class::Kind(ferrobatch_core::ErrorKind::Config),
+                    format!(
+                        "invalid dedupe: must be True, False or a key function, got {}",
+                        d.get_type().name()?
+                    ),
+                ))
+            }
+        };
         let max_queue_time = match max_queue_time {
             None => Some(0.01),
             Some(v) if v.extract::<String>().is_ok_and(|s| s == "auto") => None,
@@ -260,6 +304,7 @@ impl Core {
         Ok(Core {
             handle: Arc::new(Handle {
                 engine,
+                dedupe,
                 dispatch,
                 recent: Mutex::new(None),
             }),
@@ -405,17 +450,22 @@ impl Core {
             .map(|h| h.event_loop.clone_ref(py))
     }
 
-    /// Whether batches run on Rust threads (a synchronous batch function).
+    /// Whether batches run off the event loop (on Rust threads, or natively on the runtime), so
+    /// that the batcher serves callers on any loop and on plain threads.
     #[getter]
     fn threaded(&self) -> bool {
         self.handle.dispatch.serves_any_loop()
     }
 
     fn stats(&self) -> BatcherStats {
-        self.handle.engine.stats().into()
+        let joined = self.handle.dedupe.as_ref().map_or(0, |d| d.joined());
+        BatcherStats::from(self.handle.engine.stats()).with_deduplicated(joined)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for f in self.handle.dedupe.iter().flat_map(|d| d.functions()) {
+            visit.call(f)?;
+        }
         if let Some(t) = self.handle.dispatch.threaded() {
             if !t.weak {
                 visit.call(&t.func)?;

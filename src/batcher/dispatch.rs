@@ -159,7 +159,7 @@ impl Dispatch {
         match &self.mode {
             Mode::Threads(t) => worker::spawn(self.arc(), t, batch),
             Mode::Native(f) => match self.home_running_here(py) {
-                Some(lp) => native::start_soon(py, lp, self.arc(), f, batch),
+                Some(lp) => native::start_soon(lp, self.arc(), f, batch),
                 None => native::start(py, self.arc(), f, batch),
             },
             Mode::Loop => self.start_on_loop(py, batch),

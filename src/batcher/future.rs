@@ -12,6 +12,7 @@
 //! one per future as `asyncio.Future` schedules them. From another thread that callback is
 //! handed over with one `call_soon_threadsafe`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 
@@ -30,6 +31,15 @@ pub(crate) struct LoopRef {
     /// Callbacks scheduled on the loop that have not started running: more are appended to
     /// them rather than scheduled apart, so a burst costs the loop one handle.
     open: Mutex<Option<Py<Callbacks>>>,
+    /// Work handed to the loop from other threads, and whether a [`Drain`] is scheduled for it.
+    inbox: Mutex<(Vec<Box<dyn LoopJob>>, bool)>,
+}
+
+/// Work for an event loop's thread, handed over from any thread with [`LoopRef::post`].
+pub(crate) trait LoopJob: Send {
+    /// Run on the loop's thread, inside a loop callback. An error is a `BaseException` (a
+    /// KeyboardInterrupt from a done callback) for the loop to see.
+    fn run(self: Box<Self>, py: Python<'_>, home: &Arc<LoopRef>) -> PyResult<()>;
 }
 
 impl LoopRef {
@@ -39,6 +49,7 @@ impl LoopRef {
             event_loop,
             thread: current_thread(),
             open: Mutex::new(None),
+            inbox: Mutex::new((Vec::new(), false)),
         })
     }
 
@@ -64,6 +75,59 @@ impl LoopRef {
         }
     }
 
+    /// Hand `job` to the loop from any thread, GIL held or not. Jobs posted while a drain is
+    /// already scheduled join it: a burst of results costs the loop one callback, and the
+    /// posting threads one GIL entry. If the loop is closed the job is dropped (its `Drop`
+    /// frees what it holds).
+    pub(crate) fn post(self: &Arc<Self>, job: Box<dyn LoopJob>) {
+        let first = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+            inbox.0.push(job);
+            !std::mem::replace(&mut inbox.1, true)
+        };
+        if !first {
+            return;
+        }
+        let scheduled = crate::exit::attach(|py| {
+            let drain = Drain(Arc::clone(self), AtomicBool::new(false));
+            let ok = Py::new(py, drain)
+                .map(|d| self.try_schedule(py, d.into_bound(py).into_any()))
+                .unwrap_or(false);
+            if !ok {
+                let jobs = self.take_jobs();
+                drop(jobs); // with the GIL: their Drop may touch Python objects
+            }
+        });
+        if scheduled.is_none() {
+            // Interpreter exit: nothing will run on the loop again.
+            drop(self.take_jobs());
+        }
+    }
+
+    fn take_jobs(&self) -> Vec<Box<dyn LoopJob>> {
+        let mut inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.1 = false;
+        std::mem::take(&mut inbox.0)
+    }
+
+    /// Run `callable` on the loop soon; false if the loop refused (it is closed).
+    fn try_schedule(&self, py: Python<'_>, callable: Bound<'_, PyAny>) -> bool {
+        let name = if self.thread == current_thread() {
+            intern!(py, "call_soon")
+        } else {
+            intern!(py, "call_soon_threadsafe")
+        };
+        match self.event_loop.bind(py).call_method1(name, (callable,)) {
+            Ok(_) => true,
+            Err(e) => {
+                if !loop_closed(py, &self.event_loop) {
+                    log_error(py, "could not schedule callbacks on an event loop", Some(e));
+                }
+                false
+            }
+        }
+    }
+
     /// Run `callable` on the loop soon: `call_soon` from its own thread, `call_soon_threadsafe`
     /// from any other. A closed loop is skipped quietly (nobody can await its futures).
     pub(crate) fn schedule(&self, py: Python<'_>, callable: Bound<'_, PyAny>) {
@@ -76,6 +140,38 @@ impl LoopRef {
             if !loop_closed(py, &self.event_loop) {
                 log_error(py, "could not schedule callbacks on an event loop", Some(e));
             }
+        }
+    }
+}
+
+/// Runs the jobs posted to a loop: one loop callback for all that arrived since the last.
+#[pyclass(module = "ferrobatch._native", name = "_Drain", frozen)]
+struct Drain(Arc<LoopRef>, AtomicBool);
+
+#[pymethods]
+impl Drain {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        self.1.store(true, Ordering::Relaxed);
+        let mut jobs = self.0.take_jobs().into_iter();
+        while let Some(job) = jobs.next() {
+            if let Err(e) = job.run(py, &self.0) {
+                // KeyboardInterrupt, SystemExit: the rest run later, then it goes out.
+                for rest in jobs {
+                    self.0.post(rest);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Drain {
+    /// Dropped unrun (the loop closed first): the jobs waiting for it are dropped, which frees
+    /// what they hold.
+    fn drop(&mut self) {
+        if !self.1.load(Ordering::Relaxed) {
+            drop(self.0.take_jobs());
         }
     }
 }

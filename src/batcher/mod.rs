@@ -5,7 +5,8 @@
 //!   its sink;
 //! - `future`: `ItemFuture`, what `process()` returns, and the done-callback batching;
 //! - `sink`: where one item's result goes (a future, a group, a waiting thread, a
-//!   `concurrent.futures.Future`); `waiter`: where blocked threads wait;
+//!   `concurrent.futures.Future`, every caller of a deduplicated key); `waiter`: where blocked
+//!   threads wait; `dedupe`: the table of keys in flight (`dedupe=`);
 //! - `dispatch`: how a due batch starts (on the loop, on Rust threads, natively on tokio) and
 //!   how work made due on any thread reaches where it can run;
 //! - `batch`: `Batch`, a batch as the Python runner sees it, and the host it reports to;
@@ -13,11 +14,12 @@
 //!   (the HTTP clients) on the runtime;
 //! - `glue`: the asyncio calls everything above shares (a leaf).
 //!
-//! Imports run one way: core → dispatch → (worker, native) → batch → sink → (future,
-//! waiter) → glue.
+//! Imports run one way: core → (dedupe, dispatch) → (worker, native) → batch → sink →
+//! (future, waiter) → glue.
 
 mod batch;
 mod core;
+mod dedupe;
 mod dispatch;
 mod future;
 pub(crate) mod glue;

@@ -6,9 +6,11 @@
 //! loop that finished the previous batch): the items whose callers still wait are claimed and
 //! their values read into Rust with the GIL held, then the work runs on the runtime. Its
 //! results become Python objects where their callers are:
-//! - every item awaited on one event loop: one `call_soon_threadsafe` per batch, whose
-//!   callback builds the objects (in steps for large batches, one loop iteration each) and runs
-//!   the items' done callbacks;
+//! - every item awaited on one event loop: the results are posted to that loop
+//!   ([`LoopRef::post`], no GIL needed), where one callback builds the objects (in steps for
+//!   large batches, one loop iteration each) and runs the items' done callbacks; batches that
+//!   end while that callback is pending join it, so a busy loop pays one
+//!   `call_soon_threadsafe` per burst of batches, not one per batch;
 //! - otherwise (callers on threads, or on several loops): on a runtime blocking thread, a step
 //!   per GIL entry, waking threads and scheduling each loop's callbacks once.
 //!
@@ -18,15 +20,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ferrobatch_core::{BatchCounts, Error, StopReason, Ticket};
 use pyo3::prelude::*;
 use tokio::sync::Notify;
 
 use super::batch::{drop_batch, Abort, Host};
-use super::future::{LoopRef, OnCancel, Resolution, Resolver};
-use super::glue::loop_closed;
+use super::future::{LoopJob, LoopRef, OnCancel, Resolution, Resolver};
 use super::sink::{fail_all, PyItem};
 use crate::errors;
 use crate::runtime::runtime;
@@ -100,17 +101,12 @@ struct Running {
 /// made it due returns first, so a caller who cancels right after it still keeps its item out
 /// (as the Python runner's task does).
 pub(crate) fn start_soon(
-    py: Python<'_>,
     lp: &Arc<LoopRef>,
     host: Arc<dyn Host>,
     f: &Arc<dyn NativeBatchFn>,
     batch: ferrobatch_core::Batch<PyItem>,
 ) {
-    let later = StartLater(Mutex::new(Some((host, Arc::clone(f), batch))));
-    match Py::new(py, later) {
-        Ok(obj) => lp.schedule(py, obj.into_bound(py).into_any()),
-        Err(e) => crate::batcher::glue::log_error(py, "could not schedule a batch", Some(e)),
-    }
+    lp.post(Box::new(StartLater(Some((host, Arc::clone(f), batch)))));
 }
 
 type Due = (
@@ -120,24 +116,21 @@ type Due = (
 );
 
 /// A due native batch waiting for its loop's next iteration.
-#[pyclass(module = "ferrobatch._native", name = "_StartBatch", frozen)]
-struct StartLater(Mutex<Option<Due>>);
+struct StartLater(Option<Due>);
 
-#[pymethods]
-impl StartLater {
-    fn __call__(&self, py: Python<'_>) {
-        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((host, f, batch)) = taken {
+impl LoopJob for StartLater {
+    fn run(mut self: Box<Self>, py: Python<'_>, _home: &Arc<LoopRef>) -> PyResult<()> {
+        if let Some((host, f, batch)) = self.0.take() {
             start(py, host, &f, batch);
         }
+        Ok(())
     }
 }
 
 impl Drop for StartLater {
     /// The loop closed first: the batch's items fail (a caller on a thread may wait for one).
     fn drop(&mut self) {
-        let taken = self.0.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((host, _, batch)) = taken {
+        if let Some((host, _, batch)) = self.0.take() {
             let _ = crate::exit::attach(|py| drop_batch(host.as_ref(), py, batch));
         }
     }
@@ -228,27 +221,7 @@ impl Running {
     fn finish(self, ended: Ended) {
         match ended {
             Ended::Done(out) => match self.one_loop() {
-                Some(lp) => {
-                    let _ = crate::exit::attach(move |py| {
-                        if loop_closed(py, &lp.event_loop) {
-                            // Its callers can never await again; threads are none here.
-                            self.settle_off_loop(out);
-                            return;
-                        }
-                        let settle = OnLoop {
-                            state: Mutex::new(Some((self, out, Vec::new()))),
-                            home: Arc::clone(&lp),
-                        };
-                        match Py::new(py, settle) {
-                            Ok(obj) => lp.schedule(py, obj.into_bound(py).into_any()),
-                            Err(e) => crate::batcher::glue::log_error(
-                                py,
-                                "could not hand a batch's results to its event loop",
-                                Some(e),
-                            ),
-                        }
-                    });
-                }
+                Some(lp) => lp.post(Box::new(Settle(Some((self, out, Vec::new()))))),
                 None => self.settle_off_loop(out),
             },
             Ended::Cancelled => {
@@ -358,42 +331,29 @@ impl Running {
 
 type Pending = (Running, Box<dyn ItemsOut>, Vec<Resolution>);
 
-/// A native batch's results, built and settled on its callers' event loop: scheduled with one
-/// `call_soon_threadsafe`, and again with `call_soon` while steps are left.
-#[pyclass(module = "ferrobatch._native", name = "_SettleBatch", frozen)]
-struct OnLoop {
-    state: Mutex<Option<Pending>>,
-    home: Arc<LoopRef>,
-}
+/// A native batch's results, built and settled on its callers' event loop, a step per loop
+/// callback.
+struct Settle(Option<Pending>);
 
-#[pymethods]
-impl OnLoop {
-    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let taken = this.state.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some((running, mut out, mut results)) = taken else {
+impl LoopJob for Settle {
+    fn run(mut self: Box<Self>, py: Python<'_>, home: &Arc<LoopRef>) -> PyResult<()> {
+        let Some((running, mut out, mut results)) = self.0.take() else {
             return Ok(());
         };
         if !out.step(py, &mut results) {
-            *this.state.lock().unwrap_or_else(|p| p.into_inner()) = Some((running, out, results));
-            this.home.schedule(py, slf.clone().into_any());
+            self.0 = Some((running, out, results));
+            home.post(self);
             return Ok(());
         }
-        running.end_on(py, results, 0, Some(&this.home))
+        running.end_on(py, results, 0, Some(home))
     }
 }
 
-impl Drop for OnLoop {
-    /// The loop closed with this callback unrun: its callers can never await again, but the
+impl Drop for Settle {
+    /// The loop closed with the results unsettled: its callers can never await again, but the
     /// batch's slot must be freed (a dropped ticket does that, counting its items failed).
     fn drop(&mut self) {
-        let taken = self
-            .state
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((running, _, _)) = taken {
+        if let Some((running, _, _)) = self.0.take() {
             running.host.unregister(running.key);
         }
     }

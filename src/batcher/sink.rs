@@ -5,7 +5,7 @@
 //! callers' done callbacks are collected into a [`Resolver`] and run from one loop callback
 //! per batch.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -71,6 +71,99 @@ impl Group {
     }
 }
 
+/// Where a [`Fanout`] reports that its key is no longer in flight (the batcher's in-flight
+/// table, `super::dedupe`).
+pub(crate) trait KeyTable: Send + Sync {
+    fn remove(&self, fan: &Arc<Fanout>);
+}
+
+/// The callers of one key in flight (in-flight deduplication): the one queued item's sink.
+pub(crate) struct Fanout {
+    owner: Weak<dyn KeyTable>,
+    hash: isize,
+    /// Makes each later caller's own copy of the result (None: all share the one object).
+    copy: Option<Py<PyAny>>,
+    /// The callers' sinks; `None` once the item has ended (or was dropped unclaimed).
+    sinks: Mutex<Option<Vec<Sink>>>,
+}
+
+impl Fanout {
+    pub(crate) fn new(
+        owner: Weak<dyn KeyTable>,
+        hash: isize,
+        copy: Option<Py<PyAny>>,
+        first: Sink,
+    ) -> Arc<Fanout> {
+        Arc::new(Fanout {
+            owner,
+            hash,
+            copy,
+            sinks: Mutex::new(Some(vec![first])),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Sink>>> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key's Python hash.
+    pub(crate) fn hash(&self) -> isize {
+        self.hash
+    }
+
+    /// Add a caller; its sink back if the item has already ended.
+    pub(crate) fn join(&self, sink: Sink) -> Result<(), Sink> {
+        match self.lock().as_mut() {
+            Some(list) => {
+                list.push(sink);
+                Ok(())
+            }
+            None => Err(sink),
+        }
+    }
+
+    /// Close the key: no caller joins any more; the callers so far.
+    pub(crate) fn close(self: &Arc<Self>) -> Vec<Sink> {
+        let taken = self.lock().take().unwrap_or_default();
+        if let Some(owner) = self.owner.upgrade() {
+            owner.remove(self);
+        }
+        taken
+    }
+
+    /// The item's batch is starting: whether any caller still waits. With none, the key is
+    /// closed (the item is dropped unrun).
+    fn claim(self: &Arc<Self>, py: Python<'_>) -> bool {
+        let live = {
+            let mut sinks = self.lock();
+            let Some(list) = sinks.as_mut() else {
+                return false;
+            };
+            list.retain(|s| s.claim(py));
+            !list.is_empty()
+        };
+        if !live {
+            self.close();
+        }
+        live
+    }
+
+    /// The loop every caller awaits on, if they share one.
+    fn event_loop(&self) -> Option<Arc<LoopRef>> {
+        let sinks = self.lock();
+        let mut found: Option<Arc<LoopRef>> = None;
+        for s in sinks.as_ref()? {
+            let l = s.event_loop()?;
+            match &found {
+                Some(f) if !Arc::ptr_eq(f, &l) => return None,
+                Some(_) => {}
+                None => found = Some(l),
+            }
+        }
+        found
+    }
+}
+
 /// Where an item's outcome goes.
 pub(crate) enum Sink {
     Future(Py<ItemFuture>),
@@ -78,6 +171,8 @@ pub(crate) enum Sink {
     Waiter(Arc<Waiter>),
     /// A `concurrent.futures.Future` from `submit`.
     Concurrent(Py<PyAny>),
+    /// Every caller of a deduplicated key.
+    Fanout(Arc<Fanout>),
 }
 
 /// One queued Python item.
@@ -96,6 +191,7 @@ impl Sink {
             Sink::Group(g, _) => g.lock().target.as_ref().is_some_and(Target::is_live),
             Sink::Waiter(w) => w.is_live(),
             Sink::Concurrent(f) => set_running(py, f),
+            Sink::Fanout(f) => f.claim(py),
         }
     }
 
@@ -115,6 +211,7 @@ impl Sink {
                 Target::Waiter(_) => None,
             },
             Sink::Waiter(_) | Sink::Concurrent(_) => None,
+            Sink::Fanout(f) => f.event_loop(),
         }
     }
 
@@ -124,6 +221,20 @@ impl Sink {
             Sink::Future(f) => ItemFuture::settle(f, py, Resolution::Value(value), r),
             Sink::Waiter(w) => w.set(Resolution::Value(value)),
             Sink::Concurrent(f) => set_result(py, f, value.bind(py)),
+            Sink::Fanout(f) => {
+                let mut sinks = f.close().into_iter();
+                let Some(first) = sinks.next() else { return };
+                for s in sinks {
+                    match &f.copy {
+                        None => s.succeed(py, value.clone_ref(py), r),
+                        Some(copy) => match copy.bind(py).call1((value.bind(py),)) {
+                            Ok(c) => s.succeed(py, c.unbind(), r),
+                            Err(e) => s.fail(py, e.value(py).as_any(), r),
+                        },
+                    }
+                }
+                first.succeed(py, value, r);
+            }
             Sink::Group(g, idx) => {
                 let mut inner = g.lock();
                 if inner.target.is_none() || inner.results[*idx].is_some() {
@@ -151,6 +262,11 @@ impl Sink {
             }
             Sink::Waiter(w) => w.set(Resolution::Error(exc.clone().unbind())),
             Sink::Concurrent(f) => set_exception(py, f, exc),
+            Sink::Fanout(f) => {
+                for s in f.close() {
+                    s.fail(py, exc, r);
+                }
+            }
             Sink::Group(g, _) => {
                 let target = g.lock().target.take();
                 if let Some(t) = target {
@@ -164,6 +280,14 @@ impl Sink {
         match self {
             Sink::Future(f) => visit.call(f),
             Sink::Concurrent(f) => visit.call(f),
+            Sink::Fanout(f) => {
+                if let Ok(sinks) = f.sinks.try_lock() {
+                    for s in sinks.iter().flatten() {
+                        s.traverse(visit)?;
+                    }
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

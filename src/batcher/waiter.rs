@@ -63,7 +63,9 @@ impl Waiter {
         let out = f();
         let woken = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
         for w in woken {
-            let _guard = w.lock();
+            // Not under the lock: the outcome was stored under it, and a waiter checks for it
+            // under it before sleeping, so no wake-up is lost; notifying while holding it would
+            // make the woken thread block on it at once.
             w.ready.notify_all();
         }
         out
