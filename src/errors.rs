@@ -157,6 +157,8 @@ impl Class {
                     "Two requests of one job share an id; `id`, `index` and `first` say where."),
                 K::JobNotFound => spec(&[FERROBATCH, B(Builtin::Lookup)],
                     "No job with this id in the store; `job` holds the id."),
+                K::Cache => spec(&[FERROBATCH],
+                    "The result cache's store failed while clearing or counting (`operation` says which); lookups and writes never raise it, they fall back to sending."),
                 K::ProviderBatch => spec(&[API],
                     "A provider's batch API did not run a request (`code`: batch_expired, batch_cancelled, request_timeout, missing_output) or failed a whole batch (invalid_json_line, ...)."),
             },
@@ -309,7 +311,9 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
             set_api_fields(&value, None, &err.to_string(), None, None, None)
                 .and_then(|()| value.setattr("limit", *limit))
         }
-        Error::Store { operation, .. } => value.setattr("operation", *operation),
+        Error::Store { operation, .. } | Error::Cache { operation, .. } => {
+            value.setattr("operation", *operation)
+        }
         Error::DuplicateRequestId { id, index, first } => value
             .setattr("id", id)
             .and_then(|()| value.setattr("index", *index))

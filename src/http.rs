@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrobatch_core::http::embed::Vector;
+use ferrobatch_core::http::embedder::EmbeddingCache;
 use ferrobatch_core::http::{
     ApiKey, Auth, Embedder, EmbeddingSpec, Price, Transport, TransportConfig, UsageBook,
 };
@@ -148,6 +149,9 @@ fn usage_dict<'py>(py: Python<'py>, t: &Transport) -> PyResult<Bound<'py, PyDict
         d.set_item("output_tokens", u.output_tokens)?;
         d.set_item("cost", u.cost)?;
         d.set_item("error_statuses", u.error_statuses)?;
+        d.set_item("cached_requests", u.cached_requests)?;
+        d.set_item("cached_input_tokens", u.cached_input_tokens)?;
+        d.set_item("saved_cost", u.saved_cost)?;
         out.set_item(model, d)?;
     }
     Ok(out)
@@ -222,7 +226,7 @@ impl EmbeddingsClient {
     #[new]
     #[pyo3(signature = (provider, model, *, transport, dimensions, encoding_format,
                         max_inputs_per_request, max_tokens_per_request, task_type, title, user,
-                        format))]
+                        format, cache=None))]
     #[allow(clippy::too_many_arguments)]
     fn new<'py>(
         py: Python<'py>,
@@ -237,6 +241,7 @@ impl EmbeddingsClient {
         title: Option<String>,
         user: Option<String>,
         format: &str,
+        cache: Option<PyRef<'py, crate::cache::Cache>>,
     ) -> PyResult<Self> {
         let common = transport;
         if model.trim().is_empty() {
@@ -273,6 +278,20 @@ impl EmbeddingsClient {
         };
         let (api, cap) = make(&spec).map_err(to_pyerr)?;
         let transport = build_transport(facts.provider, facts.auth, &common)?;
+        let cache = cache.map(|c| {
+            let namespace = c.inner.config().namespace.clone().unwrap_or_default();
+            EmbeddingCache {
+                cache: Arc::clone(&c.inner),
+                keys: ferrobatch_core::cache::embedding_key(
+                    &namespace,
+                    facts.name,
+                    &common.base_url,
+                    &model,
+                    dimensions,
+                    encoding_format,
+                ),
+            }
+        });
         let max_inputs = max_inputs_per_request.unwrap_or(cap);
         if max_inputs == 0 {
             return Err(config_error("max_inputs_per_request", "must be at least 1"));
@@ -287,6 +306,7 @@ impl EmbeddingsClient {
                 transport,
                 max_inputs,
                 max_tokens,
+                cache,
             }),
             format,
             model,

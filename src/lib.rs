@@ -8,12 +8,14 @@
 //! - `stats`: typed stats snapshots;
 //! - `runtime`: the one tokio runtime; `task`: Rust async work awaited from Python;
 //! - `http`: the native halves of the HTTP batchers; `json`: JSON to and from Python;
-//! - `limits`: `RateLimiter`, in process or shared through Redis;
+//! - `limits`: `RateLimiter`, in process or shared through Redis; `cache`: `Cache`, the
+//!   result cache the HTTP clients consult;
 //! - `providers`: the core's provider registry, asked by the Python modules and the CLI;
 //! - `testserver`: the loopback test server for `ferrobatch.testing`;
 //! - `jobs`: the job store (SQLite or PostgreSQL) and the job runner for `ferrobatch.jobs`.
 
 mod batcher;
+mod cache;
 mod errors;
 mod exit;
 mod http;
@@ -39,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stats::BatcherStats>()?;
     m.add_class::<stats::LatencySummary>()?;
     m.add_class::<limits::RateLimiter>()?;
+    m.add_class::<cache::Cache>()?;
     m.add_class::<http::EmbeddingsClient>()?;
     m.add_class::<http::ChatClient>()?;
     m.add_class::<testserver::TestServer>()?;

@@ -44,7 +44,10 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 class ModelUsage(TypedDict):
     """What one model has used: requests whose answer was used, retried attempts, requests
     that failed for good, tokens, the cost in USD (None without a price for the model), and
-    error answers by HTTP status (every attempt)."""
+    error answers by HTTP status (every attempt). With a `Cache`: the items answered from it
+    (`cached_requests`; for embeddings, texts), the input tokens they used when they were paid
+    for, and what they would have cost (`saved_cost`); `cost` and `input_tokens` count only
+    what was sent."""
 
     requests: int
     retries: int
@@ -53,6 +56,9 @@ class ModelUsage(TypedDict):
     output_tokens: int
     cost: float | None
     error_statuses: dict[int, int]
+    cached_requests: int
+    cached_input_tokens: int
+    saved_cost: float | None
 
 
 class BatcherOptions(TypedDict, total=False):
@@ -131,6 +137,7 @@ class EmbeddingsBase(HttpBatcher[str, Vector]):
     """An embedding batcher: `await emb.embed(text)` gives that text's vector."""
 
     _client: EmbeddingsClient
+
     # Identical texts in flight are embedded once (`dedupe=True`, the default); each later
     # caller gets its own copy of the vector, so one caller's in-place change never shows up
     # in another's.

@@ -21,6 +21,8 @@ __all__ = [
     "BatchSizeMismatchError",
     "BatcherStats",
     "BatcherStoppedError",
+    "Cache",
+    "CacheError",
     "ChatClient",
     "ConfigError",
     "ConflictError",
@@ -131,6 +133,9 @@ class ProviderBatchError(APIError):
 class RateLimiterUnavailableError(FerrobatchError, ConnectionError): ...
 
 class StoreError(FerrobatchError):
+    operation: str
+
+class CacheError(FerrobatchError):
     operation: str
 
 class DuplicateRequestIdError(FerrobatchError, ValueError):
@@ -313,6 +318,34 @@ class RateLimiter:
     def live_processes(self) -> int: ...
 
 @final
+class Cache:
+    """A result cache: answers already paid for, kept in memory, a SQLite file or Redis.
+
+    `Cache("memory")` (a bounded LRU, 100,000 entries unless `max_entries`), a file path or
+    `"sqlite:///path"`, `"redis://..."` (shared by every process and host). `ttl` (seconds)
+    and `max_entries` bound it; `namespace` keeps caches sharing a store apart. Opened lazily;
+    one cache may serve many clients. See docs/guides/cache.md.
+    """
+
+    def __new__(
+        cls,
+        location: str,
+        *,
+        ttl: float | None = None,
+        namespace: str | None = None,
+        max_entries: int | None = None,
+    ) -> Cache: ...
+    def stats(self) -> dict[str, int]:
+        """Counters since the cache was opened: hits, misses, writes, corrupt, errors."""
+    def entries(self) -> int:
+        """Entries stored now (asks the store; blocks with the GIL released)."""
+    def clear(self) -> int:
+        """Remove every entry of this cache (its namespace); how many there were. Blocks."""
+    @property
+    def location(self) -> str:
+        """Where the entries live (a password replaced)."""
+
+@final
 class EmbeddingsClient:
     def __new__(
         cls,
@@ -328,6 +361,7 @@ class EmbeddingsClient:
         title: str | None,
         user: str | None,
         format: str,
+        cache: Cache | None = None,
     ) -> EmbeddingsClient: ...
     def embed(self, texts: list[Any]) -> asyncio.Future[list[Any]]: ...
     def batch_fn(self) -> _NativeFn: ...

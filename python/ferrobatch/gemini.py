@@ -19,7 +19,13 @@ from ferrobatch._http import (
     Prices,
     transport_options,
 )
-from ferrobatch._native import EmbeddingsClient, RateLimiter, provider_facts, provider_key
+from ferrobatch._native import (
+    Cache,
+    EmbeddingsClient,
+    RateLimiter,
+    provider_facts,
+    provider_key,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "Embeddings"]
 
@@ -59,6 +65,7 @@ class Embeddings(EmbeddingsBase):
         max_latency: float | None = None,
         aging: float | None = 1.0,
         dedupe: bool = True,
+        cache: Cache | None = None,
         max_retries: int = 2,
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -93,6 +100,7 @@ class Embeddings(EmbeddingsBase):
             title=title,
             user=None,
             format=format,
+            cache=cache,
         )
         options: BatcherOptions = {
             "max_batch_size": max_batch_size,

@@ -24,6 +24,7 @@ from ferrobatch._http import (
     transport_options,
 )
 from ferrobatch._native import (
+    Cache,
     ChatClient,
     EmbeddingsClient,
     ItemFuture,
@@ -79,6 +80,7 @@ class Embeddings(EmbeddingsBase):
         max_latency: float | None = None,
         aging: float | None = 1.0,
         dedupe: bool = True,
+        cache: Cache | None = None,
         max_retries: int = 2,
         initial_backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -116,6 +118,7 @@ class Embeddings(EmbeddingsBase):
             title=None,
             user=user,
             format=format,
+            cache=cache,
         )
         options: BatcherOptions = {
             "max_batch_size": max_batch_size,

@@ -121,6 +121,15 @@ pub enum Error {
         /// What SQLite reported.
         message: String,
     },
+    /// The result cache's store failed (only `clear` and `len` report it: lookups and
+    /// writes fall back to sending).
+    #[error("result cache error while {operation}: {message}")]
+    Cache {
+        /// What the cache was doing.
+        operation: &'static str,
+        /// What the store reported (never holds a password).
+        message: String,
+    },
     /// Two requests of one job share an id.
     #[error("duplicate request id {id:?}: request {index} repeats request {first}")]
     DuplicateRequestId {
@@ -237,11 +246,13 @@ pub enum ErrorKind {
     JobNotFound,
     /// A provider batch did not run a request.
     ProviderBatch,
+    /// The result cache's store failed.
+    Cache,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 24] = [
+    pub const ALL: [ErrorKind; 25] = [
         ErrorKind::Config,
         ErrorKind::QueueFull,
         ErrorKind::Stopped,
@@ -266,6 +277,7 @@ impl ErrorKind {
         ErrorKind::DuplicateRequestId,
         ErrorKind::JobNotFound,
         ErrorKind::ProviderBatch,
+        ErrorKind::Cache,
     ];
 
     /// The name of the kind's class in the Python exception tree, which is also the `type` a
@@ -296,6 +308,7 @@ impl ErrorKind {
             ErrorKind::DuplicateRequestId => "DuplicateRequestIdError",
             ErrorKind::JobNotFound => "JobNotFoundError",
             ErrorKind::ProviderBatch => "ProviderBatchError",
+            ErrorKind::Cache => "CacheError",
         }
     }
 }
@@ -330,6 +343,7 @@ impl Error {
             Error::DuplicateRequestId { .. } => ErrorKind::DuplicateRequestId,
             Error::JobNotFound { .. } => ErrorKind::JobNotFound,
             Error::ProviderBatch { .. } => ErrorKind::ProviderBatch,
+            Error::Cache { .. } => ErrorKind::Cache,
         }
     }
 

@@ -6,6 +6,7 @@
 //! rules, the shared rate limiter), [`limits`] for rate limits shared in process or across
 //! hosts in Redis, and [`error`] for the one error type of this layer.
 
+pub mod cache;
 pub mod engine;
 pub mod error;
 pub mod http;

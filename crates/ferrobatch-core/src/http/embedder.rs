@@ -3,9 +3,45 @@
 //! per request. Used by the embedding batchers (a batch of texts at a time) and by the job
 //! runner (one stored request at a time).
 
+use std::sync::Arc;
+
 use super::embed::{embed_all, EmbeddingApi, Vector};
 use super::Transport;
+use crate::cache::{Cache, Key, KeyBuilder};
 use crate::error::Error;
+use crate::limits::estimate_tokens;
+
+/// A result cache as one embeddings client uses it: the cache, and the key of this client's
+/// requests (provider, endpoint, model, dimensions, encoding), to which each text is added.
+#[derive(Debug)]
+pub struct EmbeddingCache {
+    /// The cache (shared by every client given it).
+    pub cache: Arc<Cache>,
+    /// This client's key builder.
+    pub keys: KeyBuilder,
+}
+
+/// A cached vector: the input tokens it used (u32 LE), then its float32s (LE).
+fn encode_vector(tokens: u64, v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 4 * v.len());
+    out.extend_from_slice(&u32::try_from(tokens).unwrap_or(u32::MAX).to_le_bytes());
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn decode_vector(payload: &[u8]) -> Option<(u64, Vector)> {
+    if payload.len() < 8 || (payload.len() - 4) % 4 != 0 {
+        return None;
+    }
+    let tokens = u32::from_le_bytes(payload[..4].try_into().ok()?);
+    let v = payload[4..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((u64::from(tokens), v))
+}
 
 /// An embedding model, its transport and the caps of one request.
 #[derive(Debug)]
@@ -18,6 +54,8 @@ pub struct Embedder {
     pub max_inputs: usize,
     /// Most estimated tokens per request.
     pub max_tokens: u64,
+    /// Answers already paid for (None: every text is sent).
+    pub cache: Option<EmbeddingCache>,
 }
 
 impl Embedder {
@@ -46,11 +84,62 @@ impl Embedder {
                 Err(e) => out.push(Err(e)),
             }
         }
-        let (t, n, k) = (&self.transport, self.max_inputs, self.max_tokens);
-        let embedded = embed_all(&*self.model, t, &sendable, n, k).await;
+        let embedded = match &self.cache {
+            None => self.send(&sendable).await,
+            Some(c) => self.embed_cached(c, &sendable).await,
+        };
         for (i, r) in at.into_iter().zip(embedded) {
             out[i] = r;
         }
         out
+    }
+
+    async fn send(&self, texts: &[String]) -> Vec<Result<Vector, Error>> {
+        let (t, n, k) = (&self.transport, self.max_inputs, self.max_tokens);
+        embed_all(&*self.model, t, texts, n, k).await
+    }
+
+    /// Look every text up (one round trip), send only the misses, store what came back (one
+    /// round trip). Each vector goes back to its own text.
+    async fn embed_cached(
+        &self,
+        c: &EmbeddingCache,
+        texts: &[String],
+    ) -> Vec<Result<Vector, Error>> {
+        let keys: Vec<Key> = texts.iter().map(|t| c.keys.key(t)).collect();
+        let found = c.cache.get_many(&keys).await;
+        let mut out: Vec<Option<Result<Vector, Error>>> = (0..texts.len()).map(|_| None).collect();
+        let mut missed = Vec::new();
+        let (mut hits, mut hit_tokens) = (0u64, 0u64);
+        for (i, entry) in found.into_iter().enumerate() {
+            match entry.as_deref().and_then(decode_vector) {
+                Some((tokens, v)) if !v.is_empty() => {
+                    hits += 1;
+                    hit_tokens += tokens;
+                    out[i] = Some(Ok(v));
+                }
+                _ => missed.push(i),
+            }
+        }
+        if hits > 0 {
+            self.transport
+                .usage()
+                .record_cached(self.model.model(), hits, hit_tokens);
+        }
+        if !missed.is_empty() {
+            let to_send: Vec<String> = missed.iter().map(|&i| texts[i].clone()).collect();
+            let sent = self.send(&to_send).await;
+            let mut store = Vec::new();
+            for (&i, r) in missed.iter().zip(sent) {
+                if let Ok(v) = &r {
+                    store.push((keys[i], encode_vector(estimate_tokens(&texts[i]), v)));
+                }
+                out[i] = Some(r);
+            }
+            c.cache.put_many(store).await;
+        }
+        out.into_iter()
+            .map(|r| r.expect("every text was answered or sent"))
+            .collect()
     }
 }

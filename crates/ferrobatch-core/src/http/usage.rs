@@ -47,6 +47,12 @@ pub struct ModelUsage {
     pub cost: Option<f64>,
     /// Error answers by HTTP status, every attempt counted (a 429 retried twice counts 2).
     pub error_statuses: BTreeMap<u16, u64>,
+    /// Items answered from the result cache, never sent (for embeddings: texts).
+    pub cached_requests: u64,
+    /// The input tokens those cached answers used when they were paid for.
+    pub cached_input_tokens: u64,
+    /// What the cached answers would have cost at `prices` (None without a price).
+    pub saved_cost: Option<f64>,
 }
 
 /// Usage per model, shared by every request of one client.
@@ -134,6 +140,20 @@ impl UsageBook {
             u.output_tokens += output_tokens;
             if let Some(add) = add {
                 u.cost = Some(u.cost.unwrap_or(0.0) + add);
+            }
+        });
+    }
+
+    /// `items` answered from the result cache, which used `input_tokens` when they were paid
+    /// for: counted apart, with what they would have cost; `cost` and `input_tokens` count
+    /// only what was sent.
+    pub fn record_cached(&self, model: &str, items: u64, input_tokens: u64) {
+        let saved = self.cost(model, input_tokens, 0);
+        self.with(model, |u| {
+            u.cached_requests += items;
+            u.cached_input_tokens += input_tokens;
+            if let Some(saved) = saved {
+                u.saved_cost = Some(u.saved_cost.unwrap_or(0.0) + saved);
             }
         });
     }

@@ -209,6 +209,7 @@ impl JobRoutes {
                     transport,
                     max_inputs: openai::MAX_INPUTS,
                     max_tokens: openai::MAX_TOKENS,
+                    cache: None,
                 }))
             }
             path => {

@@ -1,0 +1,222 @@
+"""The result cache: answers already paid for are not paid again, in memory, in a SQLite
+file and in Redis; a damaged entry or an unreachable store never fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ferrobatch import Cache, ConfigError
+from ferrobatch.openai import Embeddings
+from ferrobatch.testing import FakeServer, fake_embedding
+from ferrobatch.testing.redis import RedisServer
+
+MODEL = "text-embedding-3-small"
+PRICES = {MODEL: {"input": 0.02}}
+
+
+def client(server: FakeServer, cache: Cache, **kw: Any) -> Embeddings:
+    return Embeddings(
+        base_url=server.openai_base_url,
+        api_key="sk-secret-key",
+        dimensions=8,
+        max_queue_time=0.005,
+        cache=cache,
+        prices=PRICES,
+        **kw,
+    )
+
+
+def sent_texts(server: FakeServer) -> list[str]:
+    return [t for r in server.requests("/embeddings") for t in r["body"]["input"]]
+
+
+async def embed_all(emb: Embeddings, texts: list[str]) -> list[Any]:
+    out = await emb.embed_many(texts)
+    await emb.stop()
+    return out
+
+
+def check(texts: list[str], vectors: list[Any]) -> None:
+    for t, v in zip(texts, vectors):
+        assert v == pytest.approx(fake_embedding(t, 8), abs=1e-6), t
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_second_run_sends_nothing(
+    fake_ai_server: FakeServer, tmp_path: Path, kind: str
+) -> None:
+    cache = Cache("memory" if kind == "memory" else f"sqlite:///{tmp_path / 'c.db'}")
+    texts = [f"text number {i}" for i in range(50)]
+    first = client(fake_ai_server, cache)
+    check(texts, await embed_all(first, texts))
+    assert sorted(sent_texts(fake_ai_server)) == sorted(texts)
+    u1 = first.usage()[MODEL]
+    assert u1["cached_requests"] == 0 and u1["saved_cost"] is None
+
+    fake_ai_server.clear_requests()
+    second = client(fake_ai_server, cache)
+    check(texts, await embed_all(second, texts))
+    assert sent_texts(fake_ai_server) == []
+    u2 = second.usage().get(MODEL)
+    assert u2 is not None
+    assert u2["cached_requests"] == 50 and u2["requests"] == 0 and u2["input_tokens"] == 0
+    assert u2["cached_input_tokens"] > 0
+    assert u2["saved_cost"] == pytest.approx(u2["cached_input_tokens"] * 0.02 / 1e6)
+    assert not u2["cost"]  # nothing was paid
+    s = cache.stats()
+    assert s["hits"] == 50 and s["misses"] == 50 and s["writes"] == 50
+    assert cache.entries() == 50
+
+
+async def test_a_batch_of_hits_and_misses_sends_only_the_misses(fake_ai_server: FakeServer) -> None:
+    cache = Cache("memory")
+    await embed_all(client(fake_ai_server, cache), ["b", "d"])
+    fake_ai_server.clear_requests()
+    texts = ["a", "b", "c", "d", "e"]
+    vectors = await embed_all(client(fake_ai_server, cache), texts)
+    check(texts, vectors)  # every vector is its own text's, hits and misses interleaved
+    assert sorted(sent_texts(fake_ai_server)) == ["a", "c", "e"]
+
+
+async def test_keys_keep_models_and_dimensions_apart(fake_ai_server: FakeServer) -> None:
+    cache = Cache("memory")
+    await embed_all(client(fake_ai_server, cache), ["x"])
+    fake_ai_server.clear_requests()
+    other = Embeddings(
+        base_url=fake_ai_server.openai_base_url,
+        api_key="k",
+        dimensions=16,
+        max_queue_time=0.005,
+        cache=cache,
+    )
+    v = await embed_all(other, ["x"])
+    assert sent_texts(fake_ai_server) == ["x"] and len(v[0]) == 16
+
+
+async def test_namespaces_and_clear(fake_ai_server: FakeServer, tmp_path: Path) -> None:
+    path = f"sqlite:///{tmp_path / 'c.db'}"
+    a, b = Cache(path, namespace="a"), Cache(path, namespace="b")
+    await embed_all(client(fake_ai_server, a), ["x", "y"])
+    fake_ai_server.clear_requests()
+    await embed_all(client(fake_ai_server, b), ["x"])
+    assert sent_texts(fake_ai_server) == ["x"]
+    assert a.clear() == 2 and a.entries() == 0 and b.entries() == 1
+
+
+async def test_a_damaged_entry_is_a_miss_and_one_warning(
+    fake_ai_server: FakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "c.db"
+    cache = Cache(str(db))
+    await embed_all(client(fake_ai_server, cache), ["x", "y"])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ferrobatch_cache SET value = substr(value, 1, length(value) - 3)")
+    fake_ai_server.clear_requests()
+    with caplog.at_level(logging.WARNING, logger="ferrobatch"):
+        vectors = await embed_all(client(fake_ai_server, cache), ["x", "y"])
+    check(["x", "y"], vectors)  # never a wrong answer
+    assert sorted(sent_texts(fake_ai_server)) == ["x", "y"]
+    warnings = [r for r in caplog.records if "unreadable entry" in r.getMessage()]
+    assert len(warnings) == 1
+    assert cache.stats()["corrupt"] == 2
+    # Written again: a third run is all hits.
+    fake_ai_server.clear_requests()
+    await embed_all(client(fake_ai_server, cache), ["x", "y"])
+    assert sent_texts(fake_ai_server) == []
+
+
+def test_two_processes_fill_one_sqlite_file_at_once(
+    fake_ai_server: FakeServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.db"
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from ferrobatch import Cache
+        from ferrobatch.openai import Embeddings
+
+        async def main():
+            emb = Embeddings(base_url=sys.argv[1], api_key="k", dimensions=8,
+                             max_batch_size=16, cache=Cache(sys.argv[2]))
+            texts = [f"t{i}" for i in range(int(sys.argv[3]), int(sys.argv[4]))]
+            await emb.embed_many(texts)
+            await emb.stop()
+        asyncio.run(main())
+        """
+    )
+    url = fake_ai_server.openai_base_url
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, url, str(db), "0", "600"]),
+        subprocess.Popen([sys.executable, "-c", script, url, str(db), "300", "900"]),
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    cache = Cache(str(db))
+    assert cache.entries() == 900  # nothing lost, overlap stored once
+    fake_ai_server.clear_requests()
+    texts = [f"t{i}" for i in range(900)]
+    vectors = asyncio.run(embed_all(client(fake_ai_server, cache), texts))
+    check(texts, vectors)
+    assert sent_texts(fake_ai_server) == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_redis_is_shared_and_holds_no_text_or_key(
+    fake_ai_server: FakeServer, redis_server: RedisServer
+) -> None:
+    cache = Cache(redis_server.url, ttl=60, max_entries=1000)
+    texts = ["secret text one", "secret text two"]
+    await embed_all(client(fake_ai_server, cache), texts)
+    fake_ai_server.clear_requests()
+    again = Cache(redis_server.url, ttl=60, max_entries=1000)  # another client, same store
+    check(texts, await embed_all(client(fake_ai_server, again), texts))
+    assert sent_texts(fake_ai_server) == []
+    out = subprocess.run(
+        ["redis-cli", "-u", redis_server.url, "--scan"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip(), "no keys written"
+    for forbidden in ("secret", "sk-secret-key", "text"):
+        assert forbidden not in out
+    assert again.entries() == 2
+    assert again.clear() == 2
+
+
+async def test_redis_bounds_its_entries(
+    fake_ai_server: FakeServer, redis_server: RedisServer
+) -> None:
+    cache = Cache(redis_server.url, max_entries=5, namespace="bounded")
+    await embed_all(client(fake_ai_server, cache, max_batch_size=4), [f"t{i}" for i in range(12)])
+    assert cache.entries() == 5
+
+
+async def test_an_unreachable_store_never_fails_a_request(
+    fake_ai_server: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = Cache("redis://:pw-in-url@127.0.0.1:9/0")
+    assert "pw-in-url" not in repr(cache) and "pw-in-url" not in cache.location
+    with caplog.at_level(logging.WARNING, logger="ferrobatch"):
+        vectors = await embed_all(client(fake_ai_server, cache), ["x", "y"])
+    check(["x", "y"], vectors)
+    warnings = [r.getMessage() for r in caplog.records if "result cache" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "pw-in-url" not in warnings[0]
+    assert cache.stats()["errors"] >= 1
+
+
+def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ttl"):
+        Cache("memory", ttl=0)
+    with pytest.raises(ConfigError, match="max_entries"):
+        Cache("memory", max_entries=0)
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        Cache("ftp://user:pw@host/x")
+    assert repr(Cache(str(tmp_path / "c.db"), ttl=5)).startswith("Cache(")
