@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -233,3 +234,49 @@ async def run(plan: Plan) -> None:
 @given(plans)
 def test_every_caller_ends_exactly_once_with_duplicates(plan: Plan) -> None:
     asyncio.run(asyncio.wait_for(run(plan), 30))
+
+
+class SlowKey:
+    """A key whose `==` and hash run Python code that lets other threads take the GIL."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        time.sleep(0)
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        time.sleep(0)
+        return isinstance(other, SlowKey) and other.n == self.n
+
+
+def test_python_level_keys_from_many_threads_never_deadlock() -> None:
+    def fn(batch: list[SlowKey]) -> list[int]:
+        time.sleep(0.001)
+        return [k.n * 2 for k in batch]
+
+    b = AsyncBatcher(fn, max_batch_size=8, max_queue_time=0.001, concurrency=2, dedupe=True)
+    errors: list[BaseException] = []
+
+    def caller(seed: int) -> None:
+        try:
+            for i in range(60):
+                n = (seed + i) % 5
+                if i % 3 == 0:
+                    assert b.submit(SlowKey(n)).result(timeout=30) == n * 2
+                else:
+                    assert b.process_sync(SlowKey(n), timeout=30) == n * 2
+        except BaseException as e:  # recorded, and fails the test below
+            errors.append(e)
+
+    threads = [threading.Thread(target=caller, args=(s,)) for s in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a caller is stuck"
+    assert errors == []
+    s = b.stats()
+    assert s.submitted + s.deduplicated == 12 * 60
+    b.stop_sync()

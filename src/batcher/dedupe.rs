@@ -12,8 +12,16 @@ use pyo3::prelude::*;
 
 use super::sink::{Fanout, KeyTable, Sink};
 
-/// Keys in flight, by their Python hash; equal hashes are told apart with `==`.
-type Table = HashMap<isize, Vec<(Py<PyAny>, Arc<Fanout>)>>;
+/// The keys in flight that share one Python hash, each with its callers.
+type Bucket = Vec<(Py<PyAny>, Arc<Fanout>)>;
+
+/// Keys in flight, by their Python hash (equal hashes are told apart with `==`), and a count
+/// of changes.
+#[derive(Default)]
+struct Table {
+    keys: HashMap<isize, Bucket>,
+    version: u64,
+}
 
 /// A batcher's table of keys in flight.
 pub(crate) struct Dedupe {
@@ -40,7 +48,7 @@ impl Dedupe {
         Arc::new_cyclic(|me| Dedupe {
             key_fn,
             copy,
-            table: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             me: me.clone(),
             joined: AtomicU64::new(0),
         })
@@ -74,39 +82,68 @@ impl Dedupe {
             None => value.clone(),
         };
         let hash = key.hash()?;
-        let mut table = self.lock();
-        let bucket = table.entry(hash).or_default();
-        for (k, fan) in bucket.iter() {
+        // `==` may run Python code, which may let another thread take the GIL: it is never
+        // called with the table locked. The bucket is compared from a snapshot, and the
+        // decision taken only if the table has not changed meanwhile (else compared again).
+        loop {
+            let (seen, snapshot) = {
+                let table = self.lock();
+                let bucket = table.keys.get(&hash).map_or(&[][..], Vec::as_slice);
+                let snapshot: Bucket = bucket
+                    .iter()
+                    .map(|(k, f)| (k.clone_ref(py), Arc::clone(f)))
+                    .collect();
+                (table.version, snapshot)
+            };
             // A key whose `==` raises is treated as different (it gets its own slot).
-            if k.bind(py).eq(&key).unwrap_or(false) {
-                if let Err(back) = fan.join(sink) {
-                    sink = back;
-                    continue;
-                }
-                self.joined.fetch_add(1, Ordering::Relaxed);
-                return Ok(Entry::Joined);
+            let equal = snapshot
+                .into_iter()
+                .find(|(k, _)| k.bind(py).eq(&key).unwrap_or(false))
+                .map(|(_, f)| f);
+            let mut table = self.lock();
+            if table.version != seen {
+                continue;
             }
+            if let Some(fan) = equal {
+                match fan.join(sink) {
+                    Ok(()) => {
+                        self.joined.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Entry::Joined);
+                    }
+                    Err(back) => {
+                        // It ended meanwhile (and is leaving the table): look again.
+                        sink = back;
+                        drop(table);
+                        continue;
+                    }
+                }
+            }
+            let owner: Weak<dyn KeyTable> = self.me.clone();
+            let copy = self.copy.as_ref().map(|c| c.clone_ref(py));
+            let fan = Fanout::new(owner, hash, copy, sink);
+            table.version += 1;
+            table
+                .keys
+                .entry(hash)
+                .or_default()
+                .push((key.unbind(), Arc::clone(&fan)));
+            return Ok(Entry::Queue(Sink::Fanout(fan)));
         }
-        let owner: Weak<dyn KeyTable> = self.me.clone();
-        let copy = self.copy.as_ref().map(|c| c.clone_ref(py));
-        let fan = Fanout::new(owner, hash, copy, sink);
-        bucket.push((key.unbind(), Arc::clone(&fan)));
-        Ok(Entry::Queue(Sink::Fanout(fan)))
     }
 }
-
 impl KeyTable for Dedupe {
     fn remove(&self, fan: &Arc<Fanout>) {
         let removed = {
             let mut table = self.lock();
-            let Some(bucket) = table.get_mut(&fan.hash()) else {
+            let Some(bucket) = table.keys.get_mut(&fan.hash()) else {
                 return;
             };
             let at = bucket.iter().position(|(_, f)| Arc::ptr_eq(f, fan));
             let removed = at.map(|i| bucket.swap_remove(i));
             if bucket.is_empty() {
-                table.remove(&fan.hash());
+                table.keys.remove(&fan.hash());
             }
+            table.version += 1;
             removed
         };
         drop(removed); // the key, dropped outside the lock

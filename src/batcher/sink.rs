@@ -132,20 +132,26 @@ impl Fanout {
     }
 
     /// The item's batch is starting: whether any caller still waits. With none, the key is
-    /// closed (the item is dropped unrun).
+    /// closed (the item is dropped unrun). The callers are asked without the lock held
+    /// (a `concurrent.futures.Future` answers in Python code, which may switch threads).
     fn claim(self: &Arc<Self>, py: Python<'_>) -> bool {
-        let live = {
-            let mut sinks = self.lock();
-            let Some(list) = sinks.as_mut() else {
-                return false;
-            };
-            list.retain(|s| s.claim(py));
-            !list.is_empty()
+        let taken = match self.lock().as_mut() {
+            Some(list) => std::mem::take(list),
+            None => return false,
         };
-        if !live {
+        let mut live: Vec<Sink> = taken.into_iter().filter(|s| s.claim(py)).collect();
+        let any = {
+            let mut sinks = self.lock();
+            // Callers who joined meanwhile keep their place after these.
+            live.append(sinks.get_or_insert_with(Vec::new));
+            let any = !live.is_empty();
+            *sinks = Some(live);
+            any
+        };
+        if !any {
             self.close();
         }
-        live
+        any
     }
 
     /// The loop every caller awaits on, if they share one.
