@@ -134,10 +134,9 @@ async def test_a_damaged_entry_is_a_miss_and_one_warning(
     assert sent_texts(fake_ai_server) == []
 
 
-def test_two_processes_fill_one_sqlite_file_at_once(
-    fake_ai_server: FakeServer, tmp_path: Path
-) -> None:
-    db = tmp_path / "shared.db"
+def fill_from_two_processes(server: FakeServer, location: str) -> Cache:
+    """Two processes embed overlapping ranges of texts through one cache at the same time;
+    then every text is a hit."""
     script = textwrap.dedent(
         """
         import asyncio, sys
@@ -153,21 +152,36 @@ def test_two_processes_fill_one_sqlite_file_at_once(
         asyncio.run(main())
         """
     )
-    url = fake_ai_server.openai_base_url
+    url = server.openai_base_url
     procs = [
-        subprocess.Popen([sys.executable, "-c", script, url, str(db), "0", "600"]),
-        subprocess.Popen([sys.executable, "-c", script, url, str(db), "300", "900"]),
+        subprocess.Popen([sys.executable, "-c", script, url, location, "0", "600"]),
+        subprocess.Popen([sys.executable, "-c", script, url, location, "300", "900"]),
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    cache = Cache(str(db))
-    assert cache.entries() == 900  # nothing lost, overlap stored once
-    fake_ai_server.clear_requests()
+    cache = Cache(location)
+    assert cache.entries() == 900  # nothing lost, the overlap stored once
+    server.clear_requests()
     texts = [f"t{i}" for i in range(900)]
-    vectors = asyncio.run(embed_all(client(fake_ai_server, cache), texts))
+    vectors = asyncio.run(embed_all(client(server, cache), texts))
     check(texts, vectors)
-    assert sent_texts(fake_ai_server) == []
+    assert sent_texts(server) == []
+    return cache
+
+
+def test_two_processes_fill_one_sqlite_file_at_once(
+    fake_ai_server: FakeServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "shared.db"
+    fill_from_two_processes(fake_ai_server, str(db))
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_two_processes_fill_one_redis_at_once(
+    fake_ai_server: FakeServer, redis_server: RedisServer
+) -> None:
+    cache = fill_from_two_processes(fake_ai_server, redis_server.url)
+    assert cache.stats()["corrupt"] == 0
 
 
 async def test_redis_is_shared_and_holds_no_text_or_key(
