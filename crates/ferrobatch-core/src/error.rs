@@ -370,7 +370,7 @@ mod tests {
         for (i, kind) in ErrorKind::ALL.iter().enumerate() {
             assert_eq!(*kind as usize, i, "ALL is in declaration order");
         }
-        assert_eq!(ErrorKind::ALL.len(), ErrorKind::ProviderBatch as usize + 1);
+        assert_eq!(ErrorKind::ALL.len(), ErrorKind::Cache as usize + 1);
         let names: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());
         assert!(names.iter().all(|n| n.ends_with("Error")));
