@@ -333,3 +333,31 @@ def test_a_rerun_on_the_same_machine_takes_a_killed_run_over_at_once(tmp_path: P
         assert len(read_jsonl(out)) == 200
         # Not a timing goal: the lease is 60 s and the rerun did not wait for it.
         assert took < 55, took
+
+
+def test_cache_stats_and_clear(
+    tmp_path: Path, fake_ai_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from ferrobatch import Cache
+    from ferrobatch.openai import Embeddings
+
+    db = tmp_path / "cache.db"
+
+    async def fill() -> None:
+        emb = Embeddings(base_url=fake_ai_server.openai_base_url, api_key="k", cache=Cache(str(db)))
+        await emb.embed_many(["a", "b", "c"])
+        await emb.stop()
+
+    asyncio.run(fill())
+    assert main(["cache", "stats", str(db)]) == 0
+    assert "3 entries" in capsys.readouterr().out
+    assert main(["cache", "stats", str(db), "--namespace", "other"]) == 0
+    assert "0 entries" in capsys.readouterr().out
+    assert main(["cache", "clear", f"sqlite:///{db}"]) == 0
+    assert "removed 3 entries" in capsys.readouterr().out
+    assert main(["cache", "stats", str(db)]) == 0
+    assert "0 entries" in capsys.readouterr().out
+    assert main(["cache", "stats", "ftp://x"]) == 1  # a typed error, named
+    assert "unknown scheme" in capsys.readouterr().err

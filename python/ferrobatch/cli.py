@@ -400,6 +400,17 @@ async def timed(aw: Any, latencies: list[float]) -> Any:
         latencies.append(time.perf_counter() - t0)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from ferrobatch import Cache
+
+    cache = Cache(args.location, namespace=args.namespace)
+    if args.action == "clear":
+        print(f"removed {cache.clear()} entries from {cache.location}")
+    else:
+        print(f"{cache.location}: {cache.entries()} entries")
+    return 0
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from ferrobatch.openai import ChatCompletions, Embeddings
     from ferrobatch.testing import FakeServer
@@ -639,6 +650,11 @@ def parser() -> argparse.ArgumentParser:
         if name == "results":
             sp.add_argument("-o", "--output", default=None, help="file (default: stdout)")
 
+    cache = sub.add_parser("cache", help="look at or clear a result cache")
+    cache.add_argument("action", choices=["stats", "clear"])
+    cache.add_argument("location", help='"memory", a SQLite file, sqlite:///path or redis://...')
+    cache.add_argument("--namespace", default=None, help="the namespace the cache was given")
+
     demo = sub.add_parser("demo", help="batching, faults and a job against the fake server")
     demo.add_argument("--base-url", default=None, help="run against a real endpoint instead")
     demo.add_argument("--api-key-env", default="OPENAI_API_KEY")
@@ -676,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "cancel": cmd_cancel,
             "results": cmd_results,
+            "cache": cmd_cache,
         }[args.command](args)
     except CliError as e:
         print(f"ferrobatch: error: {e}", file=sys.stderr)
