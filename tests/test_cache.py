@@ -1,5 +1,5 @@
 """The result cache: answers already paid for are not paid again, in memory, in a SQLite
-file and in Redis; a damaged entry or an unreachable store never fails a request."""
+file, in Redis and in PostgreSQL; a damaged entry or an unreachable store never fails a request."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from ferrobatch import Cache, ConfigError
 from ferrobatch.openai import Embeddings
 from ferrobatch.testing import FakeServer, fake_embedding
+from ferrobatch.testing.postgres import PostgresServer
 from ferrobatch.testing.redis import RedisServer
 
 MODEL = "text-embedding-3-small"
@@ -50,11 +51,23 @@ def check(texts: list[str], vectors: list[Any]) -> None:
         assert v == pytest.approx(fake_embedding(t, 8), abs=1e-6), t
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def location_of(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "memory":
+        return "memory"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'c.db'}"
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    return dsn
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "postgresql"])
 async def test_a_second_run_sends_nothing(
-    fake_ai_server: FakeServer, tmp_path: Path, kind: str
+    fake_ai_server: FakeServer, tmp_path: Path, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    cache = Cache("memory" if kind == "memory" else f"sqlite:///{tmp_path / 'c.db'}")
+    cache = Cache(location_of(kind, tmp_path, request), namespace=f"second-run-{kind}")
     texts = [f"text number {i}" for i in range(50)]
     first = client(fake_ai_server, cache)
     check(texts, await embed_all(first, texts))
@@ -102,8 +115,11 @@ async def test_keys_keep_models_and_dimensions_apart(fake_ai_server: FakeServer)
     assert sent_texts(fake_ai_server) == ["x"] and len(v[0]) == 16
 
 
-async def test_namespaces_and_clear(fake_ai_server: FakeServer, tmp_path: Path) -> None:
-    path = f"sqlite:///{tmp_path / 'c.db'}"
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_namespaces_and_clear(
+    fake_ai_server: FakeServer, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    path = location_of(kind, tmp_path, request)
     a, b = Cache(path, namespace="a"), Cache(path, namespace="b")
     await embed_all(client(fake_ai_server, a), ["x", "y"])
     fake_ai_server.clear_requests()
@@ -184,6 +200,37 @@ def test_two_processes_fill_one_redis_at_once(
     assert cache.stats()["corrupt"] == 0
 
 
+def test_two_processes_fill_one_postgres_database_at_once(
+    fake_ai_server: FakeServer, postgres_dsn: str
+) -> None:
+    cache = fill_from_two_processes(fake_ai_server, postgres_dsn)
+    assert cache.stats()["corrupt"] == 0
+
+
+async def test_postgres_is_shared_bounded_and_holds_no_text_or_key(
+    fake_ai_server: FakeServer, postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    cache = Cache(postgres_dsn, ttl=60, max_entries=1000)
+    texts = ["secret text one", "secret text two"]
+    await embed_all(client(fake_ai_server, cache), texts)
+    fake_ai_server.clear_requests()
+    again = Cache(postgres_dsn, ttl=60, max_entries=1000)  # another client, same store
+    check(texts, await embed_all(client(fake_ai_server, again), texts))
+    assert sent_texts(fake_ai_server) == []
+    db = postgres_dsn.rsplit("/", 1)[1]
+    dump = postgres_server._run(
+        "pg_dump", "-h", "127.0.0.1", "-p", str(postgres_server.port), "-U", postgres_server.user,
+        "-a", "-t", "ferrobatch_cache", db,
+    )  # fmt: skip
+    assert "COPY public.ferrobatch_cache" in dump
+    for forbidden in ("secret", "sk-secret-key", "text"):
+        assert forbidden not in dump.split("COPY public.ferrobatch_cache", 1)[1]
+    bounded = Cache(postgres_dsn, max_entries=5, namespace="bounded")
+    await embed_all(client(fake_ai_server, bounded, max_batch_size=4), [f"t{i}" for i in range(12)])
+    assert bounded.entries() == 5
+    assert again.entries() == 2 and again.clear() == 2
+
+
 async def test_redis_is_shared_and_holds_no_text_or_key(
     fake_ai_server: FakeServer, redis_server: RedisServer
 ) -> None:
@@ -212,10 +259,13 @@ async def test_redis_bounds_its_entries(
     assert cache.entries() == 5
 
 
+@pytest.mark.parametrize(
+    "location", ["redis://:pw-in-url@127.0.0.1:9/0", "postgresql://u:pw-in-url@127.0.0.1:9/db"]
+)
 async def test_an_unreachable_store_never_fails_a_request(
-    fake_ai_server: FakeServer, caplog: pytest.LogCaptureFixture
+    fake_ai_server: FakeServer, caplog: pytest.LogCaptureFixture, location: str
 ) -> None:
-    cache = Cache("redis://:pw-in-url@127.0.0.1:9/0")
+    cache = Cache(location)
     assert "pw-in-url" not in repr(cache) and "pw-in-url" not in cache.location
     with caplog.at_level(logging.WARNING, logger="ferrobatch"):
         vectors = await embed_all(client(fake_ai_server, cache), ["x", "y"])

@@ -319,10 +319,11 @@ class RateLimiter:
 
 @final
 class Cache:
-    """A result cache: answers already paid for, kept in memory, a SQLite file or Redis.
+    """A result cache: answers already paid for, kept in memory, a SQLite file, Redis or PostgreSQL.
 
     `Cache("memory")` (a bounded LRU, 100,000 entries unless `max_entries`), a file path or
-    `"sqlite:///path"`, `"redis://..."` (shared by every process and host). `ttl` (seconds)
+    `"sqlite:///path"`, `"redis://..."` or `"postgresql://..."` (shared by every process and
+    host). `ttl` (seconds)
     and `max_entries` bound it; `namespace` keeps caches sharing a store apart. Opened lazily;
     one cache may serve many clients. See docs/guides/cache.md.
     """

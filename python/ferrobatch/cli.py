@@ -652,7 +652,9 @@ def parser() -> argparse.ArgumentParser:
 
     cache = sub.add_parser("cache", help="look at or clear a result cache")
     cache.add_argument("action", choices=["stats", "clear"])
-    cache.add_argument("location", help='"memory", a SQLite file, sqlite:///path or redis://...')
+    cache.add_argument(
+        "location", help='"memory", a SQLite file, sqlite:///path, redis://... or postgresql://...'
+    )
     cache.add_argument("--namespace", default=None, help="the namespace the cache was given")
 
     demo = sub.add_parser("demo", help="batching, faults and a job against the fake server")

@@ -79,7 +79,7 @@ class PostgresServer(Service):
         )
         self.start()
 
-    def _run(self, tool: str, *args: str) -> None:
+    def _run(self, tool: str, *args: str) -> str:
         out = subprocess.run(
             [*self._as, os.path.join(self._bin, tool), *args],
             capture_output=True,
@@ -88,6 +88,7 @@ class PostgresServer(Service):
         )
         if out.returncode != 0:
             raise RuntimeError(f"{tool} failed: {out.stderr.strip() or out.stdout.strip()}")
+        return out.stdout
 
     @property
     def dsn(self) -> str:

@@ -3,7 +3,7 @@
 //! A [`Cache`] maps a key (a SHA-256 of a canonical form of the request, see [`KeyBuilder`])
 //! to an entry (an envelope with a format version and a checksum around the payload). It
 //! lives in one of the stores users already run: process memory (a bounded LRU), a SQLite
-//! file, or Redis (shared by every process and host). The cache never decides an answer:
+//! file, Redis or PostgreSQL (both shared by every process and host). The cache never decides an answer:
 //! a corrupt, truncated or unreadable entry is a miss (counted, and reported once through
 //! the cache's listener), and a store that cannot be reached makes every lookup a miss and
 //! every write a no-op until it answers again, so a request is sent rather than failed.
@@ -14,6 +14,7 @@
 mod envelope;
 mod key;
 mod memory;
+mod postgres;
 mod redis;
 mod sqlite;
 
@@ -35,10 +36,13 @@ pub enum Location {
     Sqlite(String),
     /// A Redis server (`redis://` or `rediss://` URL).
     Redis(String),
+    /// A PostgreSQL database (`postgresql://` or `postgres://` DSN).
+    Postgres(String),
 }
 
 impl Location {
-    /// `"memory"`, `"sqlite:///path"` or a plain file path, `"redis://..."`.
+    /// `"memory"`, `"sqlite:///path"` or a plain file path, `"redis://..."`,
+    /// `"postgresql://..."`.
     pub fn parse(s: &str) -> Result<Location, Error> {
         let s = s.trim();
         if s.is_empty() {
@@ -49,6 +53,9 @@ impl Location {
         }
         if s.starts_with("redis://") || s.starts_with("rediss://") {
             return Ok(Location::Redis(s.to_string()));
+        }
+        if crate::postgres::is_postgres(s) {
+            return Ok(Location::Postgres(s.to_string()));
         }
         if let Some(path) = s.strip_prefix("sqlite://") {
             // As SQLAlchemy writes it: sqlite:///relative.db, sqlite:////absolute.db.
@@ -62,8 +69,8 @@ impl Location {
             return Err(Error::config(
                 "location",
                 format!(
-                    "unknown scheme in {:?}: use \"memory\", a file path, \"sqlite:///path\" or \
-                     \"redis://...\"",
+                    "unknown scheme in {:?}: use \"memory\", a file path, \"sqlite:///path\", \
+                     \"redis://...\" or \"postgresql://...\"",
                     redact(s)
                 ),
             ));
@@ -77,6 +84,7 @@ impl Location {
             Location::Memory => "memory".to_string(),
             Location::Sqlite(p) => format!("sqlite:///{p}"),
             Location::Redis(u) => redact(u),
+            Location::Postgres(dsn) => crate::postgres::redact(dsn),
         }
     }
 }
@@ -189,6 +197,12 @@ impl Cache {
             Location::Redis(url) => Box::new(redis::RedisStore::new(
                 url,
                 &ns,
+                config.ttl,
+                config.max_entries,
+            )?),
+            Location::Postgres(dsn) => Box::new(postgres::PgCacheStore::new(
+                dsn,
+                ns,
                 config.ttl,
                 config.max_entries,
             )?),

@@ -122,6 +122,29 @@ fn locations_parse_and_never_show_a_password() {
     );
     let r = Location::parse("redis://:hunter2@127.0.0.1:6379/0").unwrap();
     assert!(!r.describe().contains("hunter2"));
+    for dsn in [
+        "postgresql://bob:hunter2@db/c",
+        "postgres://bob:hunter2@db/c",
+    ] {
+        let p = Location::parse(dsn).unwrap();
+        assert_eq!(p, Location::Postgres(dsn.into()));
+        assert_eq!(p.describe(), dsn.replace("hunter2", "***"));
+    }
+    let bad = Cache::open(
+        CacheConfig {
+            location: Location::Postgres("postgresql://bob:hunter2@db:notaport/c".into()),
+            ttl: None,
+            namespace: None,
+            max_entries: None,
+        },
+        heard().0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("not a valid") && !bad.contains("hunter2"),
+        "{bad}"
+    );
     let e = Location::parse("ftp://x:hunter2@h/")
         .unwrap_err()
         .to_string();

@@ -5,7 +5,6 @@
 
 mod interface;
 mod ledger;
-mod location;
 pub mod postgres;
 pub mod sqlite;
 
@@ -13,9 +12,9 @@ use std::sync::Arc;
 
 use crate::error::Error;
 
+pub use crate::postgres::{is_postgres, redact};
 pub(crate) use interface::{check_unique, check_version};
 pub use interface::{Store, StoreFuture, SCHEMA_VERSION};
-pub use location::{is_postgres, redact};
 
 /// Open the store at `location`: a `postgresql://` DSN, or a SQLite file path (`:memory:`
 /// for a store in memory only).

@@ -18,7 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
+
+use crate::postgres::describe;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
@@ -60,14 +62,6 @@ fn pg(operation: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
     }
 }
 
-/// A driver error with the server's own message when there is one.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    }
-}
-
 fn job_row(r: &Row) -> JobRow {
     let status: String = r.get(2);
     JobRow {
@@ -103,48 +97,14 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(config)
-}
-
 impl PgStore {
     /// Connect to the database of a `postgresql://` DSN and migrate it.
     pub async fn open(dsn: &str) -> Result<PgStore, Error> {
         let location = redact(dsn);
-        let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| Error::Store {
+        let pool = crate::postgres::pool(dsn, 8).map_err(|message| Error::Store {
             operation: "opening the store",
-            message: format!("{location} is not a valid PostgreSQL DSN: {e}"),
+            message,
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        config.application_name("ferrobatch");
-        let manager = Manager::from_config(
-            config,
-            tls(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| Error::Store {
-                operation: "opening the store",
-                message: e.to_string(),
-            })?;
         let store = PgStore { pool, location };
         store.migrate().await?;
         Ok(store)
