@@ -10,12 +10,11 @@ use std::time::Duration;
 use ferrobatch_core::http::embed::Vector;
 use ferrobatch_core::http::embedder::EmbeddingCache;
 use ferrobatch_core::http::{
-    ApiKey, Auth, Embedder, EmbeddingSpec, Price, Transport, TransportConfig, UsageBook,
+    ApiKey, Auth, ChatCache, ChatRequest, ChatSetup, Chatter, Embedder, EmbeddingSpec, Price,
+    Transport, TransportConfig, UsageBook,
 };
-use ferrobatch_core::providers::anthropic::wire as anthropic;
 use ferrobatch_core::providers::openai::wire as openai;
 use ferrobatch_core::{Error, Provider};
-use futures_util::future::join_all;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -456,34 +455,23 @@ impl ItemsOut for Vectors {
     }
 }
 
-/// The API a chat batcher speaks.
-pub(crate) enum Chatter {
-    /// OpenAI-compatible `/chat/completions`.
-    OpenAi(Arc<openai::ChatClient>),
-    /// Anthropic's `/messages`.
-    Anthropic(Arc<anthropic::MessagesClient>),
+/// Marks a chat request body the result cache must not answer (`create(..., cache=False)`):
+/// it is sent, and its answer is not stored.
+#[pyclass(module = "ferrobatch._native", frozen, name = "_Uncached")]
+pub(crate) struct Uncached {
+    body: Py<PyAny>,
 }
 
-impl Chatter {
-    async fn create(&self, body: serde_json::Map<String, Value>) -> Result<Value, Error> {
-        match self {
-            Chatter::OpenAi(c) => c.create(body).await,
-            Chatter::Anthropic(c) => c.create(body).await,
-        }
+#[pymethods]
+impl Uncached {
+    #[new]
+    fn new(body: Py<PyAny>) -> Self {
+        Uncached { body }
     }
 
-    fn transport(&self) -> &Transport {
-        match self {
-            Chatter::OpenAi(c) => &c.transport,
-            Chatter::Anthropic(c) => &c.transport,
-        }
-    }
-
-    fn model(&self) -> &str {
-        match self {
-            Chatter::OpenAi(c) => &c.chat.model,
-            Chatter::Anthropic(c) => &c.model,
-        }
+    #[getter]
+    fn body(&self, py: Python<'_>) -> Py<PyAny> {
+        self.body.clone_ref(py)
     }
 }
 
@@ -492,30 +480,34 @@ struct ChatFn {
     inner: Arc<Chatter>,
 }
 
+fn chat_body(b: &Bound<'_, PyAny>) -> Result<serde_json::Map<String, Value>, Error> {
+    match json::to_json(b, "body") {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Error::InvalidInput {
+            reason: "a chat request body must be a dict".to_string(),
+        }),
+        Err(reason) => Err(Error::InvalidInput { reason }),
+    }
+}
+
 impl NativeBatchFn for ChatFn {
-    fn start(&self, _py: Python<'_>, values: Vec<Bound<'_, PyAny>>) -> NativeWork {
-        let parsed: Vec<Result<serde_json::Map<String, Value>, Error>> = values
+    fn start(&self, py: Python<'_>, values: Vec<Bound<'_, PyAny>>) -> NativeWork {
+        let requests: Vec<ChatRequest> = values
             .iter()
-            .map(|b| match json::to_json(b, "body") {
-                Ok(Value::Object(m)) => Ok(m),
-                Ok(_) => Err(Error::InvalidInput {
-                    reason: "a chat request body must be a dict".to_string(),
-                }),
-                Err(reason) => Err(Error::InvalidInput { reason }),
+            .map(|b| match b.cast::<Uncached>() {
+                Ok(u) => ChatRequest {
+                    body: chat_body(u.get().body.bind(py)),
+                    use_cache: false,
+                },
+                Err(_) => ChatRequest {
+                    body: chat_body(b),
+                    use_cache: true,
+                },
             })
             .collect();
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
-            let calls = parsed.into_iter().map(|p| {
-                let inner = &inner;
-                async move {
-                    match p {
-                        Ok(body) => inner.create(body).await,
-                        Err(e) => Err(e),
-                    }
-                }
-            });
-            let results = join_all(calls).await;
+            let results = inner.create_many(requests).await;
             Box::new(Responses(results.into_iter())) as Box<dyn ItemsOut>
         })
     }
@@ -555,48 +547,43 @@ impl ChatClient {
 #[pymethods]
 impl ChatClient {
     #[new]
-    #[pyo3(signature = (model, *, transport, provider="openai", output_rate_limiter=None))]
+    #[pyo3(signature = (model, *, transport, provider="openai", output_rate_limiter=None, cache=None))]
     fn new(
         model: String,
         transport: Common<'_>,
         provider: &str,
         output_rate_limiter: Option<Bound<'_, RateLimiter>>,
+        cache: Option<PyRef<'_, crate::cache::Cache>>,
     ) -> PyResult<Self> {
         let common = transport;
-        if output_rate_limiter.is_some() && provider != "anthropic" {
-            return Err(config_error(
-                "output_rate_limiter",
-                "only Anthropic's Messages API meters output tokens apart from input",
-            ));
-        }
-        if output_rate_limiter.is_some() && provider != "anthropic" {
-            return Err(config_error(
-                "output_rate_limiter",
-                "only Anthropic's Messages API meters output tokens apart from input",
-            ));
-        }
         if model.trim().is_empty() {
             return Err(config_error("model", "must name a model"));
         }
-        let inner = match provider {
-            "openai" => Chatter::OpenAi(Arc::new(openai::ChatClient {
-                chat: openai::Chat { model },
-                transport: build_transport(Provider::OpenAi, Auth::Bearer, &common)?,
-            })),
-            "anthropic" => Chatter::Anthropic(Arc::new(anthropic::MessagesClient {
-                model,
-                transport: build_transport(Provider::Anthropic, Auth::XApiKey, &common)?,
-                output_limiter: output_rate_limiter.map(|l| Arc::clone(&l.get().inner)),
-            })),
-            other => {
-                return Err(config_error(
-                    "provider",
-                    format!("must be 'openai' or 'anthropic', got {other:?}"),
-                ))
+        let facts = ferrobatch_core::providers::by_name("provider", provider).map_err(to_pyerr)?;
+        let make = facts.chat.ok_or_else(|| {
+            config_error(
+                "provider",
+                format!(
+                    "{provider} has no chat client here; reach its models through an \
+                     OpenAI-compatible base URL with provider='openai'"
+                ),
+            )
+        })?;
+        let api = make(ChatSetup {
+            model,
+            transport: build_transport(facts.provider, facts.auth, &common)?,
+            output_limiter: output_rate_limiter.map(|l| Arc::clone(&l.get().inner)),
+        })
+        .map_err(to_pyerr)?;
+        let cache = cache.map(|c| {
+            let namespace = c.inner.config().namespace.clone().unwrap_or_default();
+            ChatCache {
+                cache: Arc::clone(&c.inner),
+                keys: ferrobatch_core::cache::chat_key(&namespace, facts.name, &common.base_url),
             }
-        };
+        });
         Ok(ChatClient {
-            inner: Arc::new(inner),
+            inner: Arc::new(Chatter { api, cache }),
         })
     }
 
@@ -613,19 +600,19 @@ impl ChatClient {
 
     /// Requests, retries, failed requests, tokens and cost per model.
     fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        usage_dict(py, self.inner.transport())
+        usage_dict(py, self.inner.api.transport())
     }
 
     #[getter]
     fn base_url(&self) -> &str {
-        self.inner.transport().base_url()
+        self.inner.api.transport().base_url()
     }
 
     fn __repr__(&self) -> String {
         format!(
             "ChatClient(model={:?}, base_url={:?})",
-            self.inner.model(),
-            self.inner.transport().base_url()
+            self.inner.api.model(),
+            self.inner.api.transport().base_url()
         )
     }
 }

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::{self, config_error, to_pyerr};
-use crate::http::{ChatClient, Chatter, EmbeddingsClient};
+use crate::http::{ChatClient, EmbeddingsClient};
 use crate::job_input::{checked_requests, JobInput};
 use crate::limits::RateLimiter;
 use crate::runtime::runtime;
@@ -425,10 +425,7 @@ impl JobRunner {
         batch_api: Option<BatchApiArgs>,
     ) -> PyResult<Self> {
         let endpoint = if let Ok(c) = client.cast::<ChatClient>() {
-            match &*c.get().inner {
-                Chatter::OpenAi(chat) => Endpoint::Chat(Arc::clone(chat)),
-                Chatter::Anthropic(messages) => Endpoint::Messages(Arc::clone(messages)),
-            }
+            Endpoint::Chat(Arc::clone(&c.get().inner))
         } else if let Ok(c) = client.cast::<EmbeddingsClient>() {
             Endpoint::Embeddings(Arc::clone(&c.get().inner))
         } else {
@@ -520,7 +517,7 @@ impl JobWorker {
     #[new]
     #[pyo3(signature = (store, *, base_url=None, api_key_env=None, concurrency=16,
                         rate_limiter=None, prices=None, lease_seconds=60.0, flush_interval=0.1,
-                        flush_max=1000, patience=300.0, host, batch_api=None))]
+                        flush_max=1000, patience=300.0, host, batch_api=None, cache=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         store: &Bound<'_, JobStore>,
@@ -535,6 +532,7 @@ impl JobWorker {
         patience: f64,
         host: String,
         batch_api: Option<BatchApiArgs>,
+        cache: Option<PyRef<'_, crate::cache::Cache>>,
     ) -> PyResult<Self> {
         if concurrency == 0 {
             return Err(config_error("concurrency", "must be at least 1"));
@@ -564,6 +562,7 @@ impl JobWorker {
             host,
             batch,
             listener: Some(listener()),
+            cache: cache.map(|c| Arc::clone(&c.inner)),
         };
         let store = Arc::clone(&store.get().store);
         let routes = Arc::new(JobRoutes::new(Arc::clone(&store), options));

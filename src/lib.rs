@@ -44,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cache::Cache>()?;
     m.add_class::<http::EmbeddingsClient>()?;
     m.add_class::<http::ChatClient>()?;
+    m.add_class::<http::Uncached>()?;
     m.add_class::<testserver::TestServer>()?;
     m.add_class::<jobs::JobStore>()?;
     m.add_class::<jobs::JobRunner>()?;

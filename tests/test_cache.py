@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from ferrobatch import Cache, ConfigError
-from ferrobatch.openai import Embeddings
+from ferrobatch import BadRequestError, Cache, ConfigError, InvalidInputError
+from ferrobatch.anthropic import Messages
+from ferrobatch.openai import ChatCompletions, Embeddings
 from ferrobatch.testing import FakeServer, fake_embedding
 from ferrobatch.testing.postgres import PostgresServer
 from ferrobatch.testing.redis import RedisServer
@@ -284,3 +285,129 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown scheme"):
         Cache("ftp://user:pw@host/x")
     assert repr(Cache(str(tmp_path / "c.db"), ttl=5)).startswith("Cache(")
+
+
+# Chat: cached only when the client was given a cache; the whole body is the key.
+
+CHAT_PRICES = {
+    "gpt-4o-mini": {"input": 0.15, "output": 0.6},
+    "claude-x": {"input": 3, "output": 15},
+}
+
+
+def chat_client(server: FakeServer, cache: Cache | None) -> ChatCompletions:
+    return ChatCompletions(
+        "gpt-4o-mini",
+        base_url=server.openai_base_url,
+        api_key="sk-secret-key",
+        cache=cache,
+        prices=CHAT_PRICES,
+        max_retries=0,
+    )
+
+
+async def test_chat_answers_the_same_body_from_the_cache_whatever_its_key_order(
+    fake_ai_server: FakeServer,
+) -> None:
+    cache = Cache("memory")
+    chat = chat_client(fake_ai_server, cache)
+    first = await chat.create(
+        messages=[{"role": "user", "content": "hello"}], temperature=0, max_tokens=20
+    )
+    # The same body, its keys (at every depth) in another order: answered from the cache.
+    again = await chat.create(
+        max_tokens=20, temperature=0, messages=[{"content": "hello", "role": "user"}]
+    )
+    assert again == first
+    assert len(fake_ai_server.requests("/chat/completions")) == 1
+    # Every field counts: another temperature, another model, another message is sent.
+    await chat.create(messages=[{"role": "user", "content": "hello"}], temperature=1, max_tokens=20)
+    await chat.create(
+        messages=[{"role": "user", "content": "hello"}], temperature=0, max_tokens=20, model="m2"
+    )
+    await chat.create(
+        messages=[{"role": "user", "content": "hello!"}], temperature=0, max_tokens=20
+    )
+    assert len(fake_ai_server.requests("/chat/completions")) == 4
+    await chat.stop()
+    u = chat.usage()["gpt-4o-mini"]
+    assert u["requests"] == 3 and u["cached_requests"] == 1
+    tokens_in, tokens_out = first["usage"]["prompt_tokens"], first["usage"]["completion_tokens"]
+    assert u["cached_input_tokens"] == tokens_in
+    assert u["saved_cost"] == pytest.approx((tokens_in * 0.15 + tokens_out * 0.6) / 1e6)
+    assert cache.stats()["hits"] == 1 and cache.entries() == 4
+
+
+async def test_chat_without_a_cache_and_with_cache_false_sends_every_time(
+    fake_ai_server: FakeServer,
+) -> None:
+    plain = chat_client(fake_ai_server, None)
+    for _ in range(2):
+        await plain.create(messages=[{"role": "user", "content": "hi"}])
+    await plain.stop()
+    assert len(fake_ai_server.requests("/chat/completions")) == 2
+
+    fake_ai_server.clear_requests()
+    cache = Cache("memory")
+    chat = chat_client(fake_ai_server, cache)
+    body = {"messages": [{"role": "user", "content": "fresh"}]}
+    await chat.create(**body, cache=False)  # sent, and not stored
+    assert cache.entries() == 0
+    await chat.create(**body)  # so this one is sent too, and stored
+    await chat.create(**body, cache=False)  # sent although cached
+    await chat.create(**body)  # answered from the cache
+    await chat.stop()
+    assert len(fake_ai_server.requests("/chat/completions")) == 3
+    assert cache.stats()["hits"] == 1
+
+
+async def test_chat_errors_are_never_cached_and_a_batch_mixes_hits_and_sends(
+    fake_ai_server: FakeServer,
+) -> None:
+    cache = Cache("memory")
+    chat = ChatCompletions(
+        "gpt-4o-mini",
+        base_url=fake_ai_server.openai_base_url,
+        api_key="k",
+        cache=cache,
+        max_retries=0,
+        max_batch_size=4,
+        max_queue_time=0.05,
+    )
+    fake_ai_server.fault("status", status=400, path="/chat/completions")
+    with pytest.raises(BadRequestError):
+        await chat.create(messages=[{"role": "user", "content": "q0"}])
+    assert cache.entries() == 0
+    await chat.create(messages=[{"role": "user", "content": "q1"}])
+    fake_ai_server.clear_requests()
+    # One batch: q0 (failed before, so sent), q1 (a hit), q2 (new), and a bad body.
+    out = await asyncio.gather(
+        *(chat.create(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(3)),
+        chat.create(messages=[{"role": "user", "content": "q3"}], stream=True),
+        return_exceptions=True,
+    )
+    await chat.stop()
+    assert [isinstance(o, dict) for o in out] == [True, True, True, False]
+    assert isinstance(out[3], InvalidInputError)
+    sent = sorted(r["body"]["messages"][0]["content"] for r in fake_ai_server.requests())
+    assert sent == ["q0", "q2"]
+    assert cache.entries() == 3
+
+
+async def test_messages_are_cached_with_their_usage(fake_ai_server: FakeServer) -> None:
+    cache = Cache("memory", namespace="messages")
+    msgs = Messages(
+        "claude-x",
+        base_url=fake_ai_server.anthropic_base_url,
+        api_key="k",
+        cache=cache,
+        prices=CHAT_PRICES,
+    )
+    a = await msgs.create(messages=[{"role": "user", "content": "hey"}], max_tokens=30)
+    b = await msgs.create(max_tokens=30, messages=[{"content": "hey", "role": "user"}])
+    await msgs.stop()
+    assert a == b and len(fake_ai_server.requests("/messages")) == 1
+    u = msgs.usage()["claude-x"]
+    assert u["cached_requests"] == 1
+    expected = (a["usage"]["input_tokens"] * 3 + a["usage"]["output_tokens"] * 15) / 1e6
+    assert u["saved_cost"] == pytest.approx(expected)

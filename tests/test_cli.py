@@ -361,3 +361,50 @@ def test_cache_stats_and_clear(
     assert "0 entries" in capsys.readouterr().out
     assert main(["cache", "stats", "ftp://x"]) == 1  # a typed error, named
     assert "unknown scheme" in capsys.readouterr().err
+
+
+def strip_ids(lines: list[dict[str, Any]]) -> list[Any]:
+    """What a result line says, apart from its ids (a new job numbers its requests anew)."""
+    return [(ln["custom_id"], ln["response"]["body"], ln["error"]) for ln in lines]
+
+
+def test_run_and_work_with_a_cache_send_only_what_was_never_answered(
+    tmp_path: Path, fake_ai_server: FakeServer
+) -> None:
+    cache = str(tmp_path / "cache.db")
+    base = ["--base-url", fake_ai_server.openai_base_url, "--cache", cache]
+    chat = write_jsonl(tmp_path / "chat.jsonl", [chat_line(i) for i in range(20)])
+    out1, out2 = tmp_path / "out1.jsonl", tmp_path / "out2.jsonl"
+    assert main(["run", str(chat), "-o", str(out1), *base]) == 0
+    assert fake_ai_server.request_count() == 20
+    # Another job (another store) over the same requests: nothing is sent, the same results.
+    assert main(["run", str(chat), "-o", str(out2), "--store", str(tmp_path / "s2.db"), *base]) == 0
+    assert fake_ai_server.request_count() == 20
+    assert strip_ids(read_jsonl(out2)) == strip_ids(read_jsonl(out1))
+
+    # The file edited: 2 of 20 requests changed, one added; a worker sends those 3 only.
+    edited = [chat_line(i) for i in range(21)]
+    for i in (4, 9):
+        edited[i]["body"]["temperature"] = 0.5
+    src = write_jsonl(tmp_path / "edited.jsonl", edited)
+    store = str(tmp_path / "jobs.db")
+    assert main(["submit", str(src), "--store", store]) == 0
+    fake_ai_server.clear_requests()
+    assert main(["work", "--store", store, *base, "--until-idle", "--flush-interval", "0"]) == 0
+    sent = sorted(r["body"]["messages"][0]["content"] for r in fake_ai_server.requests())
+    assert sent == ["q20", "q4", "q9"]
+
+    # Embeddings: each text cached on its own, so a request sharing texts sends the rest.
+    def emb(i: int, texts: list[str]) -> dict[str, Any]:
+        body = {"model": "text-embedding-3-small", "input": texts, "dimensions": 8}
+        return {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": body}
+
+    first = write_jsonl(tmp_path / "e1.jsonl", [emb(0, ["a", "b"]), emb(1, ["c"])])
+    assert main(["run", str(first), "-o", str(tmp_path / "e1.out"), *base]) == 0
+    fake_ai_server.clear_requests()
+    second = write_jsonl(tmp_path / "e2.jsonl", [emb(0, ["a", "b", "d"]), emb(1, ["c"])])
+    assert main(["run", str(second), "-o", str(tmp_path / "e2.out"), *base]) == 0
+    sent = [t for r in fake_ai_server.requests("/embeddings") for t in r["body"]["input"]]
+    assert sent == ["d"]
+    vectors = read_jsonl(tmp_path / "e2.out")[0]["response"]["body"]["data"]
+    assert [len(v["embedding"]) for v in vectors] == [8, 8, 8]

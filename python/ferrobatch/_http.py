@@ -12,7 +12,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import ChatClient, EmbeddingsClient, ItemFuture, RateLimiter, _NativeFn
+from ferrobatch._native import (
+    ChatClient,
+    EmbeddingsClient,
+    ItemFuture,
+    RateLimiter,
+    _NativeFn,
+    _Uncached,
+)
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -199,12 +206,14 @@ class RequestBatcher(HttpBatcher[dict[str, Any], dict[str, Any]]):
         messages: Iterable[Mapping[str, Any]] | None,
         body: dict[str, Any],
         priority: int,
+        cache: bool = True,
     ) -> ItemFuture[dict[str, Any]]:
         if messages is None and "messages" not in body:
             raise TypeError("create() needs messages=[...]")
         if messages is not None:
             body["messages"] = [dict(m) for m in messages]
-        fut: ItemFuture[dict[str, Any]] = self._core.process(body, priority)
+        item: Any = body if cache else _Uncached(body)
+        fut: ItemFuture[dict[str, Any]] = self._core.process(item, priority)
         return fut
 
     def process(self, item: dict[str, Any], priority: int = 0) -> ItemFuture[dict[str, Any]]:

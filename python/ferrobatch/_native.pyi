@@ -56,6 +56,7 @@ __all__ = [
     "UnprocessableEntityError",
     "WrongEventLoopError",
     "_NativeFn",
+    "_Uncached",
     "__version__",
     "_oneshot_probe",
     "_store_suite",
@@ -251,6 +252,14 @@ class _NativeFn:
     on the runtime."""
 
 @final
+class _Uncached:
+    """A chat request body the result cache must not answer (`create(..., cache=False)`)."""
+
+    def __new__(cls, body: Any) -> _Uncached: ...
+    @property
+    def body(self) -> Any: ...
+
+@final
 class Core:
     def __new__(
         cls,
@@ -379,6 +388,7 @@ class ChatClient:
         transport: dict[str, Any],
         provider: str = "openai",
         output_rate_limiter: RateLimiter | None = None,
+        cache: Cache | None = None,
     ) -> ChatClient: ...
     def create_many(self, bodies: list[Any]) -> asyncio.Future[list[Any]]: ...
     def batch_fn(self) -> _NativeFn: ...
@@ -514,6 +524,7 @@ class JobWorker:
         patience: float = 300.0,
         host: str,
         batch_api: Mapping[str, Any] | None = None,
+        cache: Cache | None = None,
     ) -> JobWorker: ...
     def work(
         self, job_ids: list[str] | None = None, until_idle: bool = False

@@ -34,6 +34,7 @@ from ferrobatch._http import (
     transport_options,
 )
 from ferrobatch._native import (
+    Cache,
     ChatClient,
     ItemFuture,
     RateLimiter,
@@ -56,7 +57,11 @@ API_VERSION = "2023-06-01"
 class Messages(RequestBatcher):
     """Batched `POST {base_url}/messages`: one HTTP request per item, `concurrency` at a
     time, each response returned as a dict. Body fields other than `messages` and
-    `max_tokens` pass through untouched (`system`, `temperature`, `tools`, ...)."""
+    `max_tokens` pass through untouched (`system`, `temperature`, `tools`, ...).
+
+    With `cache=Cache(...)` every request is answered from the cache when the same body
+    (canonical JSON: key order aside, every field counts) was answered before; see
+    docs/guides/cache.md. Without it nothing is cached."""
 
     def __init__(
         self,
@@ -81,6 +86,7 @@ class Messages(RequestBatcher):
         rate_limiter: RateLimiter | None = None,
         output_rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
+        cache: Cache | None = None,
     ) -> None:
         url = provider_base_url("anthropic", base_url)
         key = provider_key("anthropic", url, api_key)
@@ -101,6 +107,7 @@ class Messages(RequestBatcher):
             transport=options,
             provider="anthropic",
             output_rate_limiter=output_rate_limiter,
+            cache=cache,
         )
         batcher: BatcherOptions = {
             "max_batch_size": max_batch_size,
@@ -120,16 +127,18 @@ class Messages(RequestBatcher):
         *,
         max_tokens: int | None = None,
         priority: int = 0,
+        cache: bool = True,
         **body: Any,
     ) -> ItemFuture[dict[str, Any]]:
         """Queue one Messages request; a Future of the response dict.
 
         `messages`, `max_tokens` (required by the API) and every other keyword form the
         request body (`model` defaults to the batcher's). Raises TypeError at once when
-        `messages` or `max_tokens` is missing.
+        `messages` or `max_tokens` is missing. With a `cache` given to the constructor,
+        `cache=False` sends this request even if its answer is cached, and does not store it.
         """
         if max_tokens is None and "max_tokens" not in body:
             raise TypeError("create() needs max_tokens=...")
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
-        return self._queue(messages, body, priority)
+        return self._queue(messages, body, priority, cache)

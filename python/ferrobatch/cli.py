@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ferrobatch._native import (
+    Cache,
     InvalidInputError,
     JobInput,
     JobWorker,
@@ -160,6 +161,7 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
 
     key = os.environ.get(settings["api_key_env"]) if settings.get("api_key_env") else None
     limiter = shared_limiter(args, settings["base_url"], settings.get("api_key_env"))
+    cache = open_cache(args)
     common: dict[str, Any] = {
         "base_url": settings["base_url"],
         "api_key": key,
@@ -171,11 +173,18 @@ def make_client(endpoint: str, settings: dict[str, Any], args: argparse.Namespac
         return Embeddings(
             settings.get("model") or "text-embedding-3-small",
             dimensions=settings.get("dimensions"),
+            cache=cache,
             **common,
         )
     if endpoint == "/v1/messages":
-        return Messages(settings.get("model") or "default", **common)
-    return ChatCompletions(settings.get("model") or "default", **common)
+        return Messages(settings.get("model") or "default", cache=cache, **common)
+    return ChatCompletions(settings.get("model") or "default", cache=cache, **common)
+
+
+def open_cache(args: argparse.Namespace) -> Cache | None:
+    """The result cache of --cache / FERROBATCH_CACHE (None without one)."""
+    location = getattr(args, "cache", None) or os.environ.get("FERROBATCH_CACHE")
+    return Cache(location) if location else None
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -307,6 +316,7 @@ async def cmd_work(args: argparse.Namespace) -> int:
         flush_interval=args.flush_interval,
         host=socket.gethostname(),
         batch_api=batch_api_options(**batch_options(args)),
+        cache=open_cache(args),
     )
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Future[None]] = []
@@ -401,8 +411,6 @@ async def timed(aw: Any, latencies: list[float]) -> Any:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ferrobatch import Cache
-
     cache = Cache(args.location, namespace=args.namespace)
     if args.action == "clear":
         print(f"removed {cache.clear()} entries from {cache.location}")
@@ -519,6 +527,14 @@ def add_runner_options(p: argparse.ArgumentParser) -> None:
         default=0.1,
         help="seconds results wait before they are recorded in one write; 0 records each "
         "on its own (default 0.1)",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="LOCATION",
+        help="a result cache (a SQLite file, sqlite:///path, redis://... or postgresql://...; "
+        "or set FERROBATCH_CACHE): requests answered before complete without being sent, "
+        "and what is received is stored (online sending only)",
     )
 
 

@@ -142,6 +142,10 @@ class ChatCompletions(RequestBatcher):
     `response_format`, ...). With the default `max_batch_size=1` each call resolves as soon as
     its own response arrives; a larger batch sends its items concurrently and resolves them
     together, trading latency for fewer crossings into Python.
+
+    With `cache=Cache(...)` every request is answered from the cache when the same body
+    (canonical JSON: key order aside, every field counts) was answered before; see
+    docs/guides/cache.md. Without it nothing is cached.
     """
 
     def __init__(
@@ -168,6 +172,7 @@ class ChatCompletions(RequestBatcher):
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         rate_limiter: RateLimiter | None = None,
         prices: Prices | None = None,
+        cache: Cache | None = None,
     ) -> None:
         url = _base_url(base_url)
         key = provider_key("openai", url, api_key)
@@ -187,6 +192,7 @@ class ChatCompletions(RequestBatcher):
                 rate_limiter=rate_limiter,
                 prices=prices,
             ),
+            cache=cache,
         )
         options: BatcherOptions = {
             "max_batch_size": max_batch_size,
@@ -205,11 +211,14 @@ class ChatCompletions(RequestBatcher):
         messages: Iterable[Mapping[str, Any]] | None = None,
         *,
         priority: int = 0,
+        cache: bool = True,
         **body: Any,
     ) -> ItemFuture[dict[str, Any]]:
         """Queue one chat completion request; a Future of the response dict.
 
         `messages` and every other keyword form the request body (`model` defaults to the
-        batcher's). Raises TypeError at once when `messages` is missing.
+        batcher's). Raises TypeError at once when `messages` is missing. With a `cache` given
+        to the constructor, `cache=False` sends this request even if its answer is cached,
+        and does not store it.
         """
-        return self._queue(messages, body, priority)
+        return self._queue(messages, body, priority, cache)

@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrobatch_core::http::Chatter;
 use ferrobatch_core::http::{Auth, Transport};
 use ferrobatch_core::jobs::{
     self, BatchLimits, Endpoint, JobStatus, NewJob, NewRequest, ProviderBatchRoute, Runner,
@@ -22,10 +23,10 @@ fn transport(server: &TestServer) -> Transport {
 }
 
 fn runner(server: &TestServer, store: Arc<dyn Store>, per_batch: usize) -> Arc<Runner> {
-    let endpoint = Endpoint::Chat(Arc::new(ChatClient {
+    let endpoint = Endpoint::Chat(Arc::new(Chatter::new(Box::new(ChatClient {
         chat: Chat { model: "m".into() },
         transport: transport(server),
-    }));
+    }))));
     let t = transport(server);
     let api = Box::new(OpenAiBatches {
         basics: ferrobatch_core::providers::openai::FACTS.batch_basics(),

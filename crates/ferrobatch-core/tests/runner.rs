@@ -5,6 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrobatch_core::http::Chatter;
 use ferrobatch_core::jobs::{
     self, Endpoint, JobStatus, NewJob, NewRequest, Runner, RunnerConfig, Store,
 };
@@ -21,10 +22,10 @@ fn server(latency: Duration) -> TestServer {
 
 fn chat(server: &TestServer) -> Endpoint {
     let transport = common::transport(server, 0);
-    Endpoint::Chat(Arc::new(ChatClient {
+    Endpoint::Chat(Arc::new(Chatter::new(Box::new(ChatClient {
         chat: Chat { model: "m".into() },
         transport,
-    }))
+    }))))
 }
 
 async fn job(store: &dyn Store, id: &str, n: usize) {

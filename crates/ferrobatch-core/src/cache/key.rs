@@ -70,6 +70,14 @@ impl std::fmt::Debug for KeyBuilder {
     }
 }
 
+/// The key builder of a chat client: provider and endpoint (no credentials); each request
+/// body (canonical JSON, the model in it) is then one key.
+pub fn chat_key(namespace: &str, provider: &str, base_url: &str) -> KeyBuilder {
+    KeyBuilder::new("chat", namespace)
+        .field("provider", provider)
+        .field("endpoint", &strip_credentials(base_url))
+}
+
 /// The key builder of an embeddings client: provider, endpoint (no credentials), model,
 /// dimensions and encoding; each text is then one key.
 pub fn embedding_key(

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use envelope::{decode, encode, FORMAT_VERSION};
-pub use key::{embedding_key, strip_credentials, Key, KeyBuilder};
+pub use key::{chat_key, embedding_key, strip_credentials, Key, KeyBuilder};
 
 use crate::error::Error;
 

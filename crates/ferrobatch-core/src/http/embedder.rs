@@ -71,6 +71,15 @@ impl Embedder {
 
     /// One result per entry: the texts are embedded, the refused entries keep their error.
     pub async fn embed(&self, texts: Vec<Result<String, Error>>) -> Vec<Result<Vector, Error>> {
+        self.embed_marked(texts).await.0
+    }
+
+    /// [`Embedder::embed`], and for each entry whether the cache answered it.
+    pub async fn embed_marked(
+        &self,
+        texts: Vec<Result<String, Error>>,
+    ) -> (Vec<Result<Vector, Error>>, Vec<bool>) {
+        let mut cached = vec![false; texts.len()];
         let mut out: Vec<Result<Vector, Error>> = Vec::with_capacity(texts.len());
         let mut sendable = Vec::with_capacity(texts.len());
         let mut at = Vec::with_capacity(texts.len());
@@ -85,13 +94,19 @@ impl Embedder {
             }
         }
         let embedded = match &self.cache {
-            None => self.send(&sendable).await,
+            None => self
+                .send(&sendable)
+                .await
+                .into_iter()
+                .map(|r| (r, false))
+                .collect(),
             Some(c) => self.embed_cached(c, &sendable).await,
         };
-        for (i, r) in at.into_iter().zip(embedded) {
+        for (i, (r, hit)) in at.into_iter().zip(embedded) {
             out[i] = r;
+            cached[i] = hit;
         }
-        out
+        (out, cached)
     }
 
     async fn send(&self, texts: &[String]) -> Vec<Result<Vector, Error>> {
@@ -100,15 +115,16 @@ impl Embedder {
     }
 
     /// Look every text up (one round trip), send only the misses, store what came back (one
-    /// round trip). Each vector goes back to its own text.
+    /// round trip). Each vector goes back to its own text, marked true if it was a hit.
     async fn embed_cached(
         &self,
         c: &EmbeddingCache,
         texts: &[String],
-    ) -> Vec<Result<Vector, Error>> {
+    ) -> Vec<(Result<Vector, Error>, bool)> {
         let keys: Vec<Key> = texts.iter().map(|t| c.keys.key(t)).collect();
         let found = c.cache.get_many(&keys).await;
-        let mut out: Vec<Option<Result<Vector, Error>>> = (0..texts.len()).map(|_| None).collect();
+        let mut out: Vec<Option<(Result<Vector, Error>, bool)>> =
+            (0..texts.len()).map(|_| None).collect();
         let mut missed = Vec::new();
         let (mut hits, mut hit_tokens) = (0u64, 0u64);
         for (i, entry) in found.into_iter().enumerate() {
@@ -116,7 +132,7 @@ impl Embedder {
                 Some((tokens, v)) if !v.is_empty() => {
                     hits += 1;
                     hit_tokens += tokens;
-                    out[i] = Some(Ok(v));
+                    out[i] = Some((Ok(v), true));
                 }
                 _ => missed.push(i),
             }
@@ -124,7 +140,7 @@ impl Embedder {
         if hits > 0 {
             self.transport
                 .usage()
-                .record_cached(self.model.model(), hits, hit_tokens);
+                .record_cached(self.model.model(), hits, hit_tokens, 0);
         }
         if !missed.is_empty() {
             let to_send: Vec<String> = missed.iter().map(|&i| texts[i].clone()).collect();
@@ -134,7 +150,7 @@ impl Embedder {
                 if let Ok(v) = &r {
                     store.push((keys[i], encode_vector(estimate_tokens(&texts[i]), v)));
                 }
-                out[i] = Some(r);
+                out[i] = Some((r, false));
             }
             c.cache.put_many(store).await;
         }

@@ -6,8 +6,10 @@
 //! - [`usage`]: requests, retries, tokens and cost per model;
 //! - [`transport`]: the reqwest client that sends, retries and classifies failures;
 //! - [`embed`]: splitting a batch into requests and mapping answers back to texts;
-//! - [`embedder`]: one embedding model on its transport.
+//! - [`embedder`]: one embedding model on its transport;
+//! - [`chat`]: a provider's chat endpoint, and the client that answers from a cache.
 
+pub mod chat;
 pub mod embed;
 pub mod embedder;
 pub mod retry;
@@ -15,6 +17,7 @@ pub mod secret;
 pub mod transport;
 pub mod usage;
 
+pub use chat::{ChatAnswer, ChatApi, ChatCache, ChatRequest, ChatSetup, Chatter, MakeChat};
 pub use embed::{EmbeddingApi, EmbeddingSpec, MakeEmbeddings};
 pub use embedder::Embedder;
 pub use retry::{Failure, RetryPolicy};

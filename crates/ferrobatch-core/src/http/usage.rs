@@ -144,11 +144,11 @@ impl UsageBook {
         });
     }
 
-    /// `items` answered from the result cache, which used `input_tokens` when they were paid
-    /// for: counted apart, with what they would have cost; `cost` and `input_tokens` count
-    /// only what was sent.
-    pub fn record_cached(&self, model: &str, items: u64, input_tokens: u64) {
-        let saved = self.cost(model, input_tokens, 0);
+    /// `items` answered from the result cache, which used `input_tokens` and `output_tokens`
+    /// when they were paid for: counted apart, with what they would have cost; `cost`,
+    /// `input_tokens` and `output_tokens` count only what was sent.
+    pub fn record_cached(&self, model: &str, items: u64, input_tokens: u64, output_tokens: u64) {
+        let saved = self.cost(model, input_tokens, output_tokens);
         self.with(model, |u| {
             u.cached_requests += items;
             u.cached_input_tokens += input_tokens;

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::http::Embedder;
+use crate::http::{ChatRequest, Chatter, Embedder};
 use crate::limits::estimate::estimate_tokens;
-use crate::providers::anthropic::wire::{MessageUsage, MessagesClient};
-use crate::providers::openai::wire::ChatClient;
 
 /// A response, ready to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +40,11 @@ impl From<Sent> for crate::jobs::model::Completion {
 /// The client a runner sends a job's requests through.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    /// `/v1/chat/completions`: each body is a chat request.
-    Chat(Arc<ChatClient>),
+    /// `/v1/chat/completions` or `/v1/messages` (the provider's format): each body is a
+    /// chat request.
+    Chat(Arc<Chatter>),
     /// `/v1/embeddings`: each body holds `input` (a text or a list of texts).
     Embeddings(Arc<Embedder>),
-    /// `/v1/messages`: each body is an Anthropic Messages request.
-    Messages(Arc<MessagesClient>),
 }
 
 fn invalid(reason: impl Into<String>) -> Error {
@@ -60,72 +57,61 @@ impl Endpoint {
     /// The OpenAI Batch API `url` its requests have.
     pub fn path(&self) -> &'static str {
         match self {
-            Endpoint::Chat(_) => "/v1/chat/completions",
+            Endpoint::Chat(c) => c.api.job_path(),
             Endpoint::Embeddings(_) => "/v1/embeddings",
-            Endpoint::Messages(_) => "/v1/messages",
         }
     }
 
     /// The client's default model (for bodies that name none).
     pub fn model(&self) -> &str {
         match self {
-            Endpoint::Chat(c) => &c.chat.model,
+            Endpoint::Chat(c) => c.api.model(),
             Endpoint::Embeddings(e) => e.model_name(),
-            Endpoint::Messages(m) => &m.model,
         }
     }
 
     /// The client's HTTP transport.
     pub fn transport(&self) -> &crate::http::Transport {
         match self {
-            Endpoint::Chat(c) => &c.transport,
+            Endpoint::Chat(c) => c.api.transport(),
             Endpoint::Embeddings(e) => &e.transport,
-            Endpoint::Messages(m) => &m.transport,
         }
     }
 
-    /// Send one stored request body.
+    /// Send one stored request body (answered from the client's cache when it has one).
     pub async fn send(&self, body: &str) -> Result<Sent, Error> {
         let body: Map<String, Value> = serde_json::from_str(body)
             .map_err(|e| invalid(format!("the stored body is not a JSON object: {e}")))?;
         match self {
             Endpoint::Chat(client) => chat(client, body).await,
             Endpoint::Embeddings(embedder) => embed(embedder, body).await,
-            Endpoint::Messages(client) => messages(client, body).await,
         }
     }
 }
 
-async fn chat(client: &ChatClient, body: Map<String, Value>) -> Result<Sent, Error> {
-    let model = match body.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => client.chat.model.clone(),
-    };
-    let value = client.create(body).await?;
-    let usage = value.get("usage");
-    let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
-    let input = tokens("prompt_tokens").unwrap_or(0);
-    let output = tokens("completion_tokens").unwrap_or(0);
+/// A chat request's outcome. Answered from the cache, it is recorded as the response it
+/// was, with its tokens, at no cost (nothing was paid).
+async fn chat(client: &Chatter, body: Map<String, Value>) -> Result<Sent, Error> {
+    let model = client.model_of(&body).to_string();
+    let answer = client
+        .answer_many(vec![ChatRequest {
+            body: Ok(body),
+            use_cache: true,
+        }])
+        .await
+        .pop()
+        .expect("one answer per request");
+    let value = answer.result?;
+    let (input, output) = client.api.usage_of(&value);
     Ok(Sent {
         response: value.to_string(),
         input_tokens: input,
         output_tokens: output,
-        cost: client.transport.usage().cost(&model, input, output),
-    })
-}
-
-async fn messages(client: &MessagesClient, body: Map<String, Value>) -> Result<Sent, Error> {
-    let model = match body.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => client.model.clone(),
-    };
-    let value = client.create(body).await?;
-    let u = MessageUsage::of(&value);
-    Ok(Sent {
-        response: value.to_string(),
-        input_tokens: u.all_input(),
-        output_tokens: u.output_tokens,
-        cost: u.cost(client.transport.usage(), &model),
+        cost: if answer.cached {
+            Some(0.0)
+        } else {
+            client.api.cost_of(&value, &model)
+        },
     })
 }
 
@@ -143,12 +129,19 @@ async fn embed(embedder: &Embedder, body: Map<String, Value>) -> Result<Sent, Er
             ))
         }
     };
-    let tokens: u64 = texts.iter().map(|t| estimate_tokens(t).max(1)).sum();
-    let vectors = embedder
-        .embed(texts.into_iter().map(Ok).collect())
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, Error>>()?;
+    let each: Vec<u64> = texts.iter().map(|t| estimate_tokens(t).max(1)).collect();
+    let tokens: u64 = each.iter().sum();
+    let (vectors, cached) = embedder
+        .embed_marked(texts.into_iter().map(Ok).collect())
+        .await;
+    let vectors = vectors.into_iter().collect::<Result<Vec<_>, Error>>()?;
+    // What was paid: the texts the cache did not answer.
+    let sent: u64 = each
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| !**c)
+        .map(|(t, _)| t)
+        .sum();
     let model = embedder.model_name().to_string();
     let data: Vec<Value> = vectors
         .iter()
@@ -165,7 +158,7 @@ async fn embed(embedder: &Embedder, body: Map<String, Value>) -> Result<Sent, Er
         response: response.to_string(),
         input_tokens: tokens,
         output_tokens: 0,
-        cost: embedder.transport.usage().cost(&model, tokens, 0),
+        cost: embedder.transport.usage().cost(&model, sent, 0),
     })
 }
 

@@ -19,13 +19,14 @@ use super::run::ProviderBatchRoute;
 use super::run::{Runner, RunnerConfig};
 use super::store::Store;
 use super::worker::Routes;
+use crate::cache::{chat_key, embedding_key, Cache};
 use crate::error::Error;
+use crate::http::embedder::EmbeddingCache;
 use crate::http::transport::DEFAULT_MAX_RESPONSE_BYTES;
-use crate::http::{ApiKey, Embedder, Price, RetryPolicy, Transport};
+use crate::http::{ApiKey, ChatCache, ChatSetup, Chatter, Embedder, Price, RetryPolicy, Transport};
 use crate::http::{TransportConfig, UsageBook};
 use crate::limits::RateLimit;
-use crate::providers::anthropic::wire::MessagesClient;
-use crate::providers::openai::wire::{self as openai, Chat, ChatClient, EncodingFormat};
+use crate::providers::openai::wire::{self as openai, EncodingFormat};
 use crate::providers::{self, ProviderFacts};
 
 /// How jobs sent through a provider's batch API are run (the `--batch-*` options).
@@ -81,6 +82,9 @@ pub struct WorkerOptions {
     pub batch: Option<ProviderBatchOptions>,
     /// Told what the runners do.
     pub listener: Option<RunnerListener>,
+    /// Answers already paid for: requests it holds complete without being sent, and what is
+    /// received is stored (online routes; a provider batch sends what it is given).
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// What a job says about how it is sent, from its stored settings.
@@ -190,6 +194,11 @@ impl JobRoutes {
         let key_of = providers::detect(&job.endpoint, given);
         let base_url = wire.base_url(given);
         let model = setting(settings, "model").map(str::to_string);
+        let namespace = self
+            .options
+            .cache
+            .as_ref()
+            .map(|c| c.config().namespace.clone().unwrap_or_default());
         Ok(match job.endpoint.as_str() {
             "/v1/embeddings" => {
                 let dims = settings
@@ -197,6 +206,17 @@ impl JobRoutes {
                     .and_then(Value::as_u64)
                     .map(|d| d as u32);
                 let model = model.unwrap_or_else(|| "text-embedding-3-small".into());
+                let cache = self.options.cache.as_ref().map(|c| EmbeddingCache {
+                    cache: Arc::clone(c),
+                    keys: embedding_key(
+                        namespace.as_deref().unwrap_or(""),
+                        wire.name,
+                        &base_url,
+                        &model,
+                        dims,
+                        "base64",
+                    ),
+                });
                 let transport =
                     self.transport(wire, key_of, base_url, settings, Duration::from_secs(60))?;
                 Endpoint::Embeddings(Arc::new(Embedder {
@@ -209,25 +229,28 @@ impl JobRoutes {
                     transport,
                     max_inputs: openai::MAX_INPUTS,
                     max_tokens: openai::MAX_TOKENS,
-                    cache: None,
+                    cache,
                 }))
             }
-            path => {
+            _ => {
+                let make = wire.chat.ok_or_else(|| {
+                    Error::config(
+                        "endpoint",
+                        format!("{} has no chat API for {}", wire.name, job.endpoint),
+                    )
+                })?;
+                let cache = self.options.cache.as_ref().map(|c| ChatCache {
+                    cache: Arc::clone(c),
+                    keys: chat_key(namespace.as_deref().unwrap_or(""), wire.name, &base_url),
+                });
                 let transport =
                     self.transport(wire, key_of, base_url, settings, Duration::from_secs(600))?;
-                let model = model.unwrap_or_else(|| "default".into());
-                if path == "/v1/messages" {
-                    Endpoint::Messages(Arc::new(MessagesClient {
-                        model,
-                        transport,
-                        output_limiter: None,
-                    }))
-                } else {
-                    Endpoint::Chat(Arc::new(ChatClient {
-                        chat: Chat { model },
-                        transport,
-                    }))
-                }
+                let api = make(ChatSetup {
+                    model: model.unwrap_or_else(|| "default".into()),
+                    transport,
+                    output_limiter: None,
+                })?;
+                Endpoint::Chat(Arc::new(Chatter { api, cache }))
             }
         })
     }

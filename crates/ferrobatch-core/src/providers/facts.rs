@@ -40,6 +40,9 @@ pub struct ProviderFacts {
     pub batch_price_factor: f64,
     /// Its embeddings wire format (None: it has no embeddings API).
     pub embeddings: Option<crate::http::MakeEmbeddings>,
+    /// Its chat wire format (None: reach its chat models through an OpenAI-compatible
+    /// endpoint).
+    pub chat: Option<crate::http::MakeChat>,
     /// Its batch API beside an online client (an error for an endpoint it does not take).
     pub batches: fn(&BatchSetup<'_>) -> Result<Box<dyn BatchProvider>, Error>,
 }

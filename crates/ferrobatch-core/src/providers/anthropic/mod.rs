@@ -26,5 +26,6 @@ pub static FACTS: ProviderFacts = ProviderFacts {
     poll_interval: batch::POLL_INTERVAL,
     batch_price_factor: 0.5,
     embeddings: None,
+    chat: Some(wire::chat),
     batches: batch::make,
 };

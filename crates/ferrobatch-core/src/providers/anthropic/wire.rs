@@ -4,6 +4,7 @@
 //! transport like every provider's; 529 (overloaded) is retried as any 5xx.
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 
 use std::sync::Arc;
@@ -162,6 +163,42 @@ impl MessagesClient {
         usage.record_success_costing(&model, u.all_input(), u.output_tokens, cost);
         Ok(value)
     }
+}
+
+impl crate::http::ChatApi for MessagesClient {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn create(&self, body: Map<String, Value>) -> BoxFuture<'_, Result<Value, Error>> {
+        Box::pin(MessagesClient::create(self, body))
+    }
+
+    fn usage_of(&self, response: &Value) -> (u64, u64) {
+        let u = MessageUsage::of(response);
+        (u.all_input(), u.output_tokens)
+    }
+
+    fn cost_of(&self, response: &Value, model: &str) -> Option<f64> {
+        MessageUsage::of(response).cost(self.transport.usage(), model)
+    }
+
+    fn job_path(&self) -> &'static str {
+        "/v1/messages"
+    }
+}
+
+/// Anthropic's Messages format (`/messages`).
+pub fn chat(setup: crate::http::ChatSetup) -> Result<Box<dyn crate::http::ChatApi>, Error> {
+    Ok(Box::new(MessagesClient {
+        model: setup.model,
+        transport: setup.transport,
+        output_limiter: setup.output_limiter,
+    }))
 }
 
 /// Estimated input tokens of a request: the text of `system` and `messages` by the chars/4

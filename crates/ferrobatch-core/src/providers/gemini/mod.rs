@@ -27,5 +27,6 @@ pub static FACTS: ProviderFacts = ProviderFacts {
     poll_interval: batch::POLL_INTERVAL,
     batch_price_factor: 0.5,
     embeddings: Some(wire::embeddings),
+    chat: None,
     batches: batch::make,
 };

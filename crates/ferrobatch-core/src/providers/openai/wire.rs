@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -269,6 +270,49 @@ impl ChatClient {
     pub async fn create(&self, body: Map<String, Value>) -> Result<Value, Error> {
         self.chat.create(&self.transport, body).await
     }
+}
+
+impl crate::http::ChatApi for ChatClient {
+    fn model(&self) -> &str {
+        &self.chat.model
+    }
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn create(&self, body: Map<String, Value>) -> BoxFuture<'_, Result<Value, Error>> {
+        Box::pin(ChatClient::create(self, body))
+    }
+
+    fn usage_of(&self, response: &Value) -> (u64, u64) {
+        let usage: Usage = response
+            .get("usage")
+            .and_then(|u| serde_json::from_value(u.clone()).ok())
+            .unwrap_or_default();
+        (
+            usage.prompt_tokens.unwrap_or(0),
+            usage.completion_tokens.unwrap_or(0),
+        )
+    }
+
+    fn job_path(&self) -> &'static str {
+        "/v1/chat/completions"
+    }
+}
+
+/// The OpenAI-compatible chat format (`/chat/completions`).
+pub fn chat(setup: crate::http::ChatSetup) -> Result<Box<dyn crate::http::ChatApi>, Error> {
+    if setup.output_limiter.is_some() {
+        return Err(Error::config(
+            "output_rate_limiter",
+            "only Anthropic's Messages API meters output tokens apart from input",
+        ));
+    }
+    Ok(Box::new(ChatClient {
+        chat: Chat { model: setup.model },
+        transport: setup.transport,
+    }))
 }
 
 /// Estimated prompt tokens of a chat request: the text of its messages by the chars/4 rule,
