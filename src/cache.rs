@@ -13,7 +13,7 @@ use crate::errors::{config_error, to_pyerr};
 use crate::runtime::runtime;
 
 /// A result cache: see docs/guides/cache.md.
-#[pyclass(module = "ferrobatch._native", name = "Cache", frozen)]
+#[pyclass(module = "ferrobatch._native", name = "Cache", frozen, weakref)]
 pub(crate) struct Cache {
     pub(crate) inner: Arc<ferrobatch_core::cache::Cache>,
 }

@@ -215,6 +215,7 @@ async def exposition() -> str:
     registry = CollectorRegistry()
     metrics.enable_prometheus(registry)
     b = await workload()
+    cache = ferrobatch.Cache("memory")
     with FakeServer() as server:
         emb = Embeddings(
             "e",
@@ -222,20 +223,23 @@ async def exposition() -> str:
             api_key="k",
             prices={"e": {"input": 0.02, "output": 0.0}},
             initial_backoff=0.01,
+            cache=cache,
         )
         server.fault("status", status=429, retry_after=0.01)
         await emb.embed_many(["a", "b"])
+        await emb.embed_many(["a", "b"])  # answered from the cache
         with pytest.raises(ferrobatch.BadRequestError):
             await emb.embed(REJECT_MARKER)
         manager = JobManager(emb, JobStore())
         job = await manager.create_job([JobRequest(id="r", body={"input": "x"})])
         await manager.wait(job.id)
-        for obj, name in ((b, "doubler"), (emb, "embedder"), (manager, "nightly")):
+        tracked = ((b, "doubler"), (emb, "embedder"), (manager, "nightly"), (cache, "vectors"))
+        for obj, name in tracked:
             metrics.track(obj, name=name)
         try:
             return generate_latest(registry).decode()
         finally:
-            for obj in (b, emb, manager):
+            for obj, _ in tracked:
                 metrics.untrack(obj)
             await manager.close()
             await emb.stop()
@@ -288,3 +292,13 @@ async def test_promtool_finds_nothing_to_lint() -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
+
+
+async def test_cache_series_count_hits_and_what_they_saved() -> None:
+    text = await exposition()
+    assert 'ferrobatch_cache_lookups_total{cache="vectors",result="hit"} 2.0' in text
+    assert 'ferrobatch_cached_requests_total{batcher="embedder",model="e"} 2.0' in text
+    saved = re.search(
+        r'^ferrobatch_saved_cost_usd_total\{batcher="embedder",model="e"\} (\S+)$', text, re.M
+    )
+    assert saved is not None and float(saved.group(1)) > 0

@@ -4,7 +4,8 @@ OpenTelemetry.
 ```python
 from ferrobatch import metrics
 
-metrics.track(embedder, name="embed")        # an AsyncBatcher, an HTTP batcher, a JobManager
+metrics.track(embedder, name="embed")        # an AsyncBatcher, an HTTP batcher, a JobManager,
+                                             # or a result Cache
 metrics.enable_prometheus()                  # a collector on prometheus_client's REGISTRY
 metrics.enable_opentelemetry()               # instruments on the global MeterProvider
 ```
@@ -36,6 +37,13 @@ The series (Prometheus names; OpenTelemetry uses the same with dots,
 | `ferrobatch_http_error_responses_total` | counter | batcher, model, status |
 | `ferrobatch_tokens_total` | counter | batcher, model, direction (input, output) |
 | `ferrobatch_cost_usd_total` | counter | batcher, model |
+| `ferrobatch_cached_requests_total` | counter | batcher, model |
+| `ferrobatch_cached_tokens_total` | counter | batcher, model |
+| `ferrobatch_saved_cost_usd_total` | counter | batcher, model |
+| `ferrobatch_cache_lookups_total` | counter | cache, result (hit, miss) |
+| `ferrobatch_cache_writes_total` | counter | cache |
+| `ferrobatch_cache_corrupt_entries_total` | counter | cache |
+| `ferrobatch_cache_errors_total` | counter | cache |
 | `ferrobatch_job_requests` | gauge | manager, job_id, state (pending, running, succeeded, ...) |
 | `ferrobatch_job_tokens_total` | counter | manager, job_id, direction (input, output) |
 | `ferrobatch_job_cost_usd_total` | counter | manager, job_id |
@@ -60,7 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ferrobatch._batcher import AsyncBatcher
-from ferrobatch._native import BatcherStats
+from ferrobatch._native import BatcherStats, Cache
 
 __all__ = [
     "BATCH_SIZE_BOUNDS",
@@ -83,12 +91,13 @@ _counter = itertools.count(1)
 def track(obj: Any, name: str | None = None) -> Any:
     """Export `obj`'s numbers under `name` (default: its class name and a number). `obj` is
     an `AsyncBatcher` (HTTP batchers included: they add the HTTP series), a decorated
-    `@batch` function, or a `JobManager` (its jobs' progress). Returns `obj`."""
+    `@batch` function, a `JobManager` (its jobs' progress) or a result `Cache` (its lookups).
+    Returns `obj`."""
     target = getattr(obj, "batcher", obj)  # a @batch function's batcher
-    if not (isinstance(target, AsyncBatcher) or _is_manager(target)):
+    if not (isinstance(target, (AsyncBatcher, Cache)) or _is_manager(target)):
         raise TypeError(
-            f"track() takes an AsyncBatcher, an HTTP batcher, a @batch function or a "
-            f"JobManager, got {type(obj).__name__}"
+            f"track() takes an AsyncBatcher, an HTTP batcher, a @batch function, a "
+            f"JobManager or a Cache, got {type(obj).__name__}"
         )
     label = name or f"{type(target).__name__.lower()}_{next(_counter)}"
     if not isinstance(label, str) or not label:
@@ -226,6 +235,38 @@ def _http_samples(usage: dict[str, Any], labels: dict[str, str]) -> Iterator[Sam
             )
         if u["cost"] is not None:
             yield c("ferrobatch_cost_usd", "Cost from the prices given.", u["cost"], unit="USD")
+        yield c(
+            "ferrobatch_cached_requests",
+            "Requests (embeddings: texts) answered from the result cache, not sent.",
+            u["cached_requests"],
+        )
+        yield c(
+            "ferrobatch_cached_tokens",
+            "Input tokens the cached answers used when they were paid for.",
+            u["cached_input_tokens"],
+        )
+        if u["saved_cost"] is not None:
+            yield c(
+                "ferrobatch_saved_cost_usd",
+                "What the cached answers would have cost, at the prices given.",
+                u["saved_cost"],
+                unit="USD",
+            )
+
+
+def _cache_samples(stats: dict[str, int], labels: dict[str, str]) -> Iterator[Sample]:
+    def c(name: str, doc: str, value: float, **extra: str) -> Sample:
+        return Sample(name, "counter", doc, {**labels, **extra}, float(value))
+
+    for result, key in (("hit", "hits"), ("miss", "misses")):
+        yield c("ferrobatch_cache_lookups", "Result cache lookups.", stats[key], result=result)
+    yield c("ferrobatch_cache_writes", "Entries written to the result cache.", stats["writes"])
+    yield c(
+        "ferrobatch_cache_corrupt_entries",
+        "Unreadable entries met (each a miss).",
+        stats["corrupt"],
+    )
+    yield c("ferrobatch_cache_errors", "Result cache store calls that failed.", stats["errors"])
 
 
 def _job_samples(manager: Any, label: str) -> Iterator[Sample]:
@@ -276,6 +317,8 @@ def samples() -> list[Sample]:
             usage = getattr(obj, "usage", None)
             if callable(usage):
                 out.extend(_http_samples(usage(), labels))
+        elif isinstance(obj, Cache):
+            out.extend(_cache_samples(dict(obj.stats()), {"cache": label}))
         else:
             out.extend(_job_samples(obj, label))
     return out
