@@ -74,3 +74,11 @@ def test_chat_benchmark_smoke_run() -> None:
 def test_oneshot_benchmark_smoke_run() -> None:
     text = run_quick("oneshot.py")
     assert "| ferrobatch |" in text and "| pyo3-async-runtimes |" in text, text
+
+
+def test_reindex_benchmark_smoke_run() -> None:
+    text = run_quick("reindex.py")
+    first = "| ferrobatch Embeddings + Cache (SQLite file) | first | 300 |"
+    second = "| ferrobatch Embeddings + Cache (SQLite file) | second | 30 |"
+    assert first in text and second in text, text  # the second pass sends the edited 10%
+    assert "All hits (memory cache)" in text

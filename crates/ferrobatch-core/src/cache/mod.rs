@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use envelope::{decode, encode, FORMAT_VERSION};
+pub use envelope::{decode, decode_owned, encode, FORMAT_VERSION};
 pub use key::{chat_key, embedding_key, strip_credentials, Key, KeyBuilder};
 
 use crate::error::Error;
@@ -269,8 +269,8 @@ impl Cache {
         };
         let mut out = Vec::with_capacity(keys.len());
         for entry in found {
-            let payload = entry.and_then(|raw| match decode(&raw) {
-                Some(p) => Some(p.to_vec()),
+            let payload = entry.and_then(|raw| match decode_owned(raw) {
+                Some(p) => Some(p),
                 None => {
                     self.corrupt.fetch_add(1, Ordering::Relaxed);
                     if !self.told_corrupt.swap(true, Ordering::Relaxed) {
