@@ -159,6 +159,8 @@ impl Class {
                     "No job with this id in the store; `job` holds the id."),
                 K::Cache => spec(&[FERROBATCH],
                     "The result cache's store failed while clearing or counting (`operation` says which); lookups and writes never raise it, they fall back to sending."),
+                K::Stream => spec(&[API],
+                    "The server reported an error inside a stream it had begun (Anthropic's `error` event, an OpenAI error chunk); every chunk before it was yielded. `code` is its type (`overloaded_error`, ...)."),
                 K::ProviderBatch => spec(&[API],
                     "A provider's batch API did not run a request (`code`: batch_expired, batch_cancelled, request_timeout, missing_output) or failed a whole batch (invalid_json_line, ...)."),
             },
@@ -324,6 +326,12 @@ pub(crate) fn exception<'py>(py: Python<'py>, err: &Error) -> Bound<'py, PyAny> 
             code,
             message,
         } => set_api_fields(&value, None, message, None, Some(code), None)
+            .and_then(|()| value.setattr("provider", provider_name(*provider))),
+        Error::Stream {
+            provider,
+            message,
+            code,
+        } => set_api_fields(&value, None, message, None, code.as_deref(), None)
             .and_then(|()| value.setattr("provider", provider_name(*provider))),
         _ => Ok(()),
     };

@@ -583,7 +583,7 @@ impl ChatClient {
             }
         });
         Ok(ChatClient {
-            inner: Arc::new(Chatter { api, cache }),
+            inner: Arc::new(Chatter::with_cache(api, cache)),
         })
     }
 

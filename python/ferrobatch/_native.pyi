@@ -52,6 +52,7 @@ __all__ = [
     "ResponseTooLargeError",
     "StopTimeoutError",
     "StoreError",
+    "StreamError",
     "TestServer",
     "UnprocessableEntityError",
     "WrongEventLoopError",
@@ -122,6 +123,9 @@ class APIConnectionError(APIError, ConnectionError): ...
 
 class APITimeoutError(APIConnectionError, TimeoutError):
     timeout: float
+
+class StreamError(APIError):
+    provider: str
 
 class ResponseFormatError(APIError): ...
 

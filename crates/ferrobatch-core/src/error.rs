@@ -94,6 +94,17 @@ pub enum Error {
         /// What the HTTP client reported (never holds the API key).
         message: String,
     },
+    /// The server reported an error inside a stream it had begun (Anthropic's `error` event,
+    /// an OpenAI error chunk).
+    #[error("{} stream error: {message}", provider_label(*provider))]
+    Stream {
+        /// Which API answered.
+        provider: Provider,
+        /// The server's message (the API key redacted).
+        message: String,
+        /// The error's type or code, such as `overloaded_error`.
+        code: Option<String>,
+    },
     /// The server's answer does not have the shape its API documents.
     #[error("malformed response: {reason}")]
     ResponseFormat {
@@ -248,11 +259,13 @@ pub enum ErrorKind {
     ProviderBatch,
     /// The result cache's store failed.
     Cache,
+    /// An error the server reported inside a stream.
+    Stream,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 25] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::Config,
         ErrorKind::QueueFull,
         ErrorKind::Stopped,
@@ -278,6 +291,7 @@ impl ErrorKind {
         ErrorKind::JobNotFound,
         ErrorKind::ProviderBatch,
         ErrorKind::Cache,
+        ErrorKind::Stream,
     ];
 
     /// The name of the kind's class in the Python exception tree, which is also the `type` a
@@ -309,6 +323,7 @@ impl ErrorKind {
             ErrorKind::JobNotFound => "JobNotFoundError",
             ErrorKind::ProviderBatch => "ProviderBatchError",
             ErrorKind::Cache => "CacheError",
+            ErrorKind::Stream => "StreamError",
         }
     }
 }
@@ -344,6 +359,7 @@ impl Error {
             Error::JobNotFound { .. } => ErrorKind::JobNotFound,
             Error::ProviderBatch { .. } => ErrorKind::ProviderBatch,
             Error::Cache { .. } => ErrorKind::Cache,
+            Error::Stream { .. } => ErrorKind::Stream,
         }
     }
 
@@ -370,7 +386,7 @@ mod tests {
         for (i, kind) in ErrorKind::ALL.iter().enumerate() {
             assert_eq!(*kind as usize, i, "ALL is in declaration order");
         }
-        assert_eq!(ErrorKind::ALL.len(), ErrorKind::Cache as usize + 1);
+        assert_eq!(ErrorKind::ALL.len(), ErrorKind::Stream as usize + 1);
         let names: std::collections::HashSet<_> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());
         assert!(names.iter().all(|n| n.ends_with("Error")));

@@ -14,7 +14,7 @@
 mod config;
 mod policy;
 mod state;
-mod stats;
+pub(crate) mod stats;
 mod timer;
 
 use std::fmt;

@@ -109,7 +109,7 @@ impl Latency {
         Latency::with_bounds(LATENCY_BOUNDS.to_vec())
     }
 
-    fn with_bounds(bounds: Vec<f64>) -> Self {
+    pub(crate) fn with_bounds(bounds: Vec<f64>) -> Self {
         Latency(
             Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
             bounds,
@@ -121,7 +121,7 @@ impl Latency {
         self.0.saturating_record(micros.max(1));
     }
 
-    fn summary(&self) -> LatencySummary {
+    pub(crate) fn summary(&self) -> LatencySummary {
         if self.0.is_empty() {
             return LatencySummary {
                 bounds: self.1.clone(),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures_util::future::{join_all, BoxFuture};
 use serde_json::{Map, Value};
 
+use super::stream::{StreamFormat, StreamRequest};
 use super::Transport;
 use crate::cache::{Cache, Key, KeyBuilder};
 use crate::error::Error;
@@ -34,6 +35,18 @@ pub trait ChatApi: Send + Sync + std::fmt::Debug {
     }
     /// The OpenAI Batch API `url` its requests have in a job (`/v1/chat/completions`).
     fn job_path(&self) -> &'static str;
+    /// A body as a streaming request (`"stream": true` and what else the provider needs),
+    /// with its estimates; the body's own mistakes are `InvalidInput`.
+    fn stream_request(&self, body: Map<String, Value>) -> Result<StreamRequest, Error>;
+    /// A fresh reader of this provider's streamed answers.
+    fn stream_format(&self) -> Box<dyn StreamFormat>;
+    /// Where the provider meters output apart (`output_on_transport: false`): take
+    /// `tokens` from that budget before the stream is sent.
+    fn reserve_output(&self, _tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Give back what a stream reserved with [`ChatApi::reserve_output`] beyond `used`.
+    fn release_output(&self, _reserved: u64, _used: u64) {}
 }
 
 /// What a chat client is made of: its default model, its transport and (Anthropic) a budget
@@ -83,6 +96,8 @@ pub struct Chatter {
     pub api: Box<dyn ChatApi>,
     /// Answers already paid for (None: every request is sent).
     pub cache: Option<ChatCache>,
+    /// Its streams so far.
+    pub streams: super::stream::StreamBook,
 }
 
 /// `value` as canonical JSON: object keys sorted at every depth, no whitespace.
@@ -124,7 +139,16 @@ pub fn canonical_json(value: &Value) -> String {
 impl Chatter {
     /// A client without a cache.
     pub fn new(api: Box<dyn ChatApi>) -> Chatter {
-        Chatter { api, cache: None }
+        Chatter::with_cache(api, None)
+    }
+
+    /// A client answering from `cache` when it has one.
+    pub fn with_cache(api: Box<dyn ChatApi>, cache: Option<ChatCache>) -> Chatter {
+        Chatter {
+            api,
+            cache,
+            streams: Default::default(),
+        }
     }
 
     /// The model of a body: its own, else the client's default.

@@ -7,13 +7,17 @@
 //! - [`transport`]: the reqwest client that sends, retries and classifies failures;
 //! - [`embed`]: splitting a batch into requests and mapping answers back to texts;
 //! - [`embedder`]: one embedding model on its transport;
-//! - [`chat`]: a provider's chat endpoint, and the client that answers from a cache.
+//! - [`chat`]: a provider's chat endpoint, and the client that answers from a cache;
+//! - [`sse`]: server-sent events, bounded;
+//! - [`stream`]: a streamed chat answer through the limiter, its clocks and its settlement.
 
 pub mod chat;
 pub mod embed;
 pub mod embedder;
 pub mod retry;
 pub mod secret;
+pub mod sse;
+pub mod stream;
 pub mod transport;
 pub mod usage;
 
@@ -21,6 +25,10 @@ pub use chat::{ChatAnswer, ChatApi, ChatCache, ChatRequest, ChatSetup, Chatter, 
 pub use embed::{EmbeddingApi, EmbeddingSpec, MakeEmbeddings};
 pub use embedder::Embedder;
 pub use retry::{Failure, RetryPolicy};
+pub use stream::{
+    ChatStream, Step, StreamClocks, StreamFormat, StreamOutcome, StreamRequest, StreamStats,
+    StreamUsage, DEFAULT_OUTPUT_RESERVATION,
+};
 pub use secret::ApiKey;
 pub use transport::{Auth, Payload, Retry, Transport, TransportConfig};
 pub use usage::{ModelUsage, Price, UsageBook};

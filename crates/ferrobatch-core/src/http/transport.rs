@@ -167,6 +167,16 @@ impl Transport {
         })
     }
 
+    /// The API key requests carry, if any (to redact it from messages).
+    pub fn api_key(&self) -> Option<&ApiKey> {
+        self.config.api_key.as_ref()
+    }
+
+    /// The most bytes one answer may hold.
+    pub fn max_response_bytes(&self) -> usize {
+        self.config.max_response_bytes
+    }
+
     /// The per-model usage of this client.
     pub fn usage(&self) -> &UsageBook {
         &self.usage
@@ -217,15 +227,56 @@ impl Transport {
         tokens: u64,
     ) -> Result<Bytes, Error> {
         let url = format!("{}{}", self.config.base_url, path);
-        let mut attempt: u32 = 0;
+        self.admitted(model, tokens, || self.attempt(&url, body.clone()))
+            .await
+    }
+
+    /// POST `body` to `{base_url}{path}` and hand back the response once its status is a
+    /// success, its body unread (a stream). Admission, retries and failure accounting as
+    /// [`Transport::post`]; `first_byte` bounds the wait for the response's head (no total
+    /// timeout: a stream may run long). The reservation of `tokens` is the caller's to settle.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        body: Bytes,
+        model: &str,
+        tokens: u64,
+        first_byte: Duration,
+    ) -> Result<reqwest::Response, Error> {
+        let url = format!("{}{}", self.config.base_url, path);
+        self.admitted(model, tokens, || async {
+            let request = self.client.post(&url).body(body.clone()).send();
+            match tokio::time::timeout(first_byte, request).await {
+                Err(_) => Err((
+                    Failure::Timeout,
+                    None,
+                    Error::Timeout { after: first_byte },
+                )),
+                Ok(Err(e)) => Err(self.transport_error(&e)),
+                Ok(Ok(response)) if response.status().is_success() => Ok(response),
+                Ok(Ok(response)) => Err(self.failed(response).await),
+            }
+        })
+        .await
+    }
+
+    /// Run `attempt` through the rate limiter with retries: each attempt is admitted with
+    /// `tokens`, a failed one gives them back, a 429 pauses the limiter, and what the retry
+    /// policy allows is tried again.
+    async fn admitted<T, F, Fut>(&self, model: &str, tokens: u64, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, (Failure, Option<Duration>, Error)>>,
+    {
+        let mut tried: u32 = 0;
         loop {
             if let Err(e) = self.config.limiter.acquire(tokens).await {
                 // The shared limit cannot be consulted and the policy is to fail.
                 self.usage.record_failure(model);
                 return Err(e);
             }
-            let (failure, hint, error) = match self.attempt(&url, body.clone()).await {
-                Ok(bytes) => return Ok(bytes),
+            let (failure, hint, error) = match attempt().await {
+                Ok(out) => return Ok(out),
                 Err(f) => f,
             };
             // A failed attempt gives its estimated tokens back (its request slot stays spent).
@@ -234,18 +285,29 @@ impl Transport {
                 self.usage.record_status(model, *status);
             }
             if failure == Failure::Status(429) {
-                let pause = hint.unwrap_or_else(|| self.config.retry.step(attempt));
+                let pause = hint.unwrap_or_else(|| self.config.retry.step(tried));
                 self.config.limiter.pause(pause).await;
             }
-            if !self.config.retry.should_retry(attempt, failure) {
+            if !self.config.retry.should_retry(tried, failure) {
                 self.usage.record_failure(model);
                 return Err(error);
             }
             self.usage.record_retry(model);
-            let delay = self.config.retry.delay(attempt, hint, fastrand::f64());
+            let delay = self.config.retry.delay(tried, hint, fastrand::f64());
             tokio::time::sleep(delay).await;
-            attempt += 1;
+            tried += 1;
         }
+    }
+
+    /// Whether another attempt is allowed after `tried` retries failed as `failure`; if so
+    /// the retry is counted and its delay slept. For a stream cut before its first chunk.
+    pub async fn retry_after_failure(&self, model: &str, tried: u32, failure: Failure) -> bool {
+        if !self.config.retry.should_retry(tried, failure) {
+            return false;
+        }
+        self.usage.record_retry(model);
+        tokio::time::sleep(self.config.retry.delay(tried, None, fastrand::f64())).await;
+        true
     }
 
     /// Send `payload` to `{base_url}{path}` with `method`, outside the rate limiter (batch
@@ -353,14 +415,22 @@ impl Transport {
                 Err(e) => Err(self.transport_error(&e)),
             };
         }
+        Err(self.failed(response).await)
+    }
+
+    /// What a response with an error status means: its failure class, a retry hint, and the
+    /// error (its body read up to a bound and parsed in every documented shape).
+    async fn failed(&self, response: reqwest::Response) -> (Failure, Option<Duration>, Error) {
+        let status = response.status().as_u16();
         // Only a failure needs the headers (for its retry hint).
         let headers = response.headers().clone();
         // At most MAX_ERROR_READ is read, whatever length is declared; a longer body is cut
         // there (and parsed as far as it goes), so an endless error body costs no more than
         // that. Enough for a pydantic 422 echoing a long text in its `input`.
-        let (bytes, cut) = read_prefix(response, MAX_ERROR_READ)
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let (bytes, cut) = match read_prefix(response, MAX_ERROR_READ).await {
+            Ok(read) => read,
+            Err(e) => return self.transport_error(&e),
+        };
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let mut hint = retry_after(header, SystemTime::now());
         let parsed = ErrorBody::parse(&bytes, cut);
@@ -388,7 +458,7 @@ impl Transport {
             param: parsed.param.map(|p| redact(key, &p)),
         };
         let failure = super::retry::classify(status, header("x-should-retry"), code.as_deref());
-        Err((failure, hint, error))
+        (failure, hint, error)
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> (Failure, Option<Duration>, Error) {

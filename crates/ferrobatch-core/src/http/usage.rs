@@ -126,6 +126,20 @@ impl UsageBook {
         self.record_success_costing(model, input_tokens, output_tokens, cost);
     }
 
+    /// A request that failed after the server had begun answering (a stream cut, failed or
+    /// dropped midway): a failure, and the tokens it used and what they cost, since they
+    /// were spent.
+    pub fn record_partial(&self, model: &str, input_tokens: u64, output_tokens: u64, add: Option<f64>) {
+        self.with(model, |u| {
+            u.failed_requests += 1;
+            u.input_tokens += input_tokens;
+            u.output_tokens += output_tokens;
+            if let Some(add) = add {
+                u.cost = Some(u.cost.unwrap_or(0.0) + add);
+            }
+        });
+    }
+
     /// A successful request, the tokens it used and what they cost (None: no price).
     pub fn record_success_costing(
         &self,

@@ -250,7 +250,7 @@ impl JobRoutes {
                     transport,
                     output_limiter: None,
                 })?;
-                Endpoint::Chat(Arc::new(Chatter { api, cache }))
+                Endpoint::Chat(Arc::new(Chatter::with_cache(api, cache)))
             }
         })
     }

@@ -9,9 +9,11 @@
 mod batches;
 pub mod fake;
 mod server;
+mod streams;
 pub mod store_suite;
 
 pub use batches::BatchFault;
+pub use streams::StreamFault;
 pub use server::{
     ErrorStyle, Fault, FaultKind, LoggedRequest, ServerConfig, TestServer, REJECT_MARKER,
 };

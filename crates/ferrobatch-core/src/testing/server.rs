@@ -112,6 +112,8 @@ pub enum FaultKind {
     /// The next batch created (on a path containing the fault's `path`) ends this way;
     /// other calls pass it by.
     Batch(super::batches::BatchFault),
+    /// The next streamed chat answer goes wrong this way; other calls pass it by.
+    Stream(super::streams::StreamFault),
 }
 
 impl FaultKind {
@@ -124,6 +126,7 @@ impl FaultKind {
             FaultKind::WrongCount => "wrong_count".into(),
             FaultKind::Endless(status) => format!("endless {status}"),
             FaultKind::Batch(f) => format!("batch {f:?}"),
+            FaultKind::Stream(f) => format!("stream {f:?}"),
         }
     }
 }
@@ -736,7 +739,7 @@ pub(super) fn scripted(
             *hang = Some(*d);
             None
         }
-        Some(FaultKind::WrongCount | FaultKind::Batch(_)) | None => None,
+        Some(FaultKind::WrongCount | FaultKind::Batch(_) | FaultKind::Stream(_)) | None => None,
     }
 }
 
@@ -832,6 +835,11 @@ pub(super) fn respond(
         (Some(answer), hang)
     };
     let wrong_count = fault == Some(&FaultKind::WrongCount);
+    let streamed = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let stream_fault = match fault {
+        Some(FaultKind::Stream(f)) => Some(*f),
+        _ => None,
+    };
     match route {
         "chat" => {
             if body.get("messages").and_then(Value::as_array).is_none() {
@@ -850,6 +858,18 @@ pub(super) fn respond(
             let n = state
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if streamed {
+                let id = format!("chatcmpl-fake-{n}");
+                let events = super::streams::events(
+                    super::streams::Format::OpenAi,
+                    body,
+                    &reply,
+                    prompt,
+                    &id,
+                    stream_fault,
+                );
+                return (Some(super::streams::response(events, stream_fault)), hang);
+            }
             let created = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -882,6 +902,18 @@ pub(super) fn respond(
             let n = state
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if streamed {
+                let id = format!("msg_fake{n:020}");
+                let events = super::streams::events(
+                    super::streams::Format::Anthropic,
+                    body,
+                    &reply,
+                    prompt,
+                    &id,
+                    stream_fault,
+                );
+                return (Some(super::streams::response(events, stream_fault)), hang);
+            }
             let mut answer = json!({
                 "id": format!("msg_fake{n:020}"),
                 "type": "message",

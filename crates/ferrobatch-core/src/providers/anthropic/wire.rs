@@ -5,6 +5,8 @@
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+
+use crate::http::stream::{StreamFormat, StreamRequest};
 use serde_json::{Map, Value};
 
 use std::sync::Arc;
@@ -90,29 +92,12 @@ impl MessagesClient {
     /// `body` holds `messages`, `max_tokens` and any other field the API takes (`system`,
     /// `temperature`, `tools`, ...); `model` is added when absent. Streaming is refused.
     pub async fn create(&self, mut body: Map<String, Value>) -> Result<Value, Error> {
-        if !body.get("messages").is_some_and(Value::is_array) {
-            return Err(invalid("a Messages request needs `messages`: a list"));
-        }
-        let max_tokens = match body.get("max_tokens") {
-            Some(v) => v
-                .as_u64()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| invalid("`max_tokens` must be a positive integer"))?,
-            None => return Err(invalid("a Messages request needs `max_tokens`")),
-        };
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
             return Err(invalid(
-                "stream=True is not supported; responses come back whole",
+                "stream=True is not taken by create(); use stream() for a streamed answer",
             ));
         }
-        let model = match body.get("model") {
-            Some(Value::String(m)) => m.clone(),
-            Some(_) => return Err(invalid("`model` must be a string")),
-            None => {
-                body.insert("model".into(), Value::from(self.model.as_str()));
-                self.model.clone()
-            }
-        };
+        let (model, max_tokens) = self.checked(&mut body)?;
         let bytes = serde_json::to_vec(&body)
             .map_err(|e| invalid(format!("the request body cannot be sent as JSON: {e}")))?;
         let est = match &self.output_limiter {
@@ -165,6 +150,32 @@ impl MessagesClient {
     }
 }
 
+impl MessagesClient {
+    /// Check a body's `messages`, `max_tokens` and `model` (adding the default model when
+    /// absent); the model and `max_tokens`.
+    fn checked(&self, body: &mut Map<String, Value>) -> Result<(String, u64), Error> {
+        if !body.get("messages").is_some_and(Value::is_array) {
+            return Err(invalid("a Messages request needs `messages`: a list"));
+        }
+        let max_tokens = match body.get("max_tokens") {
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid("`max_tokens` must be a positive integer"))?,
+            None => return Err(invalid("a Messages request needs `max_tokens`")),
+        };
+        let model = match body.get("model") {
+            Some(Value::String(m)) => m.clone(),
+            Some(_) => return Err(invalid("`model` must be a string")),
+            None => {
+                body.insert("model".into(), Value::from(self.model.as_str()));
+                self.model.clone()
+            }
+        };
+        Ok((model, max_tokens))
+    }
+}
+
 impl crate::http::ChatApi for MessagesClient {
     fn model(&self) -> &str {
         &self.model
@@ -189,6 +200,40 @@ impl crate::http::ChatApi for MessagesClient {
 
     fn job_path(&self) -> &'static str {
         "/v1/messages"
+    }
+
+    fn stream_request(&self, mut body: Map<String, Value>) -> Result<StreamRequest, Error> {
+        let (model, max_tokens) = self.checked(&mut body)?;
+        body.insert("stream".into(), Value::Bool(true));
+        let bytes = serde_json::to_vec(&body)
+            .map_err(|e| invalid(format!("the request body cannot be sent as JSON: {e}")))?;
+        Ok(StreamRequest {
+            path: "/messages",
+            body: Bytes::from(bytes),
+            model,
+            input_estimate: estimate_input(&body),
+            output_reserved: max_tokens,
+            output_on_transport: self.output_limiter.is_none(),
+        })
+    }
+
+    fn stream_format(&self) -> Box<dyn StreamFormat> {
+        Box::<super::stream::MessageEvents>::default()
+    }
+
+    fn reserve_output(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            match &self.output_limiter {
+                Some(out) => out.acquire(tokens).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn release_output(&self, reserved: u64, used: u64) {
+        if let Some(out) = &self.output_limiter {
+            out.settle(reserved, used);
+        }
     }
 }
 

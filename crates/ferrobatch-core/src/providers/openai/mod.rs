@@ -4,6 +4,7 @@
 //! - [`batch`]: the provider's batch API.
 
 pub mod batch;
+pub mod stream;
 pub mod wire;
 
 use crate::error::Provider;

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+
+use crate::http::stream::{StreamFormat, StreamRequest, DEFAULT_OUTPUT_RESERVATION};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -206,28 +208,13 @@ impl Chat {
         transport: &Transport,
         mut body: Map<String, Value>,
     ) -> Result<Value, Error> {
-        if !body.contains_key("messages") {
-            return Err(Error::InvalidInput {
-                reason: "a chat request needs `messages`".to_string(),
-            });
-        }
         if body.get("stream").and_then(Value::as_bool) == Some(true) {
             return Err(Error::InvalidInput {
-                reason: "stream=True is not supported; responses come back whole".to_string(),
+                reason: "stream=True is not taken by create(); use stream() for a streamed answer"
+                    .to_string(),
             });
         }
-        let model = match body.get("model") {
-            Some(Value::String(m)) => m.clone(),
-            Some(_) => {
-                return Err(Error::InvalidInput {
-                    reason: "`model` must be a string".to_string(),
-                })
-            }
-            None => {
-                body.insert("model".into(), Value::from(self.model.as_str()));
-                self.model.clone()
-            }
-        };
+        let model = self.model_of(&mut body)?;
         let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidInput {
             reason: format!("the request body cannot be sent as JSON: {e}"),
         })?;
@@ -272,6 +259,67 @@ impl ChatClient {
     }
 }
 
+impl Chat {
+    /// Check a body's `messages` and `model` (adding the default model when absent); the
+    /// model it goes to.
+    fn model_of(&self, body: &mut Map<String, Value>) -> Result<String, Error> {
+        if !body.contains_key("messages") {
+            return Err(Error::InvalidInput {
+                reason: "a chat request needs `messages`".to_string(),
+            });
+        }
+        match body.get("model") {
+            Some(Value::String(m)) => Ok(m.clone()),
+            Some(_) => Err(Error::InvalidInput {
+                reason: "`model` must be a string".to_string(),
+            }),
+            None => {
+                body.insert("model".into(), Value::from(self.model.as_str()));
+                Ok(self.model.clone())
+            }
+        }
+    }
+
+    /// A body as a streaming request: `"stream": true`, and `stream_options.include_usage`
+    /// unless the caller set it (without it the server sends no usage at all).
+    pub fn stream_request(&self, mut body: Map<String, Value>) -> Result<StreamRequest, Error> {
+        let model = self.model_of(&mut body)?;
+        body.insert("stream".into(), Value::Bool(true));
+        match body.get_mut("stream_options") {
+            Some(Value::Object(o)) => {
+                o.entry("include_usage").or_insert(Value::Bool(true));
+            }
+            Some(Value::Null) | None => {
+                body.insert(
+                    "stream_options".into(),
+                    serde_json::json!({"include_usage": true}),
+                );
+            }
+            Some(_) => {
+                return Err(Error::InvalidInput {
+                    reason: "`stream_options` must be an object".to_string(),
+                })
+            }
+        }
+        let input_estimate = body.get("messages").map_or(0, estimate_json_tokens).max(1);
+        let output_reserved = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_u64))
+            .unwrap_or(DEFAULT_OUTPUT_RESERVATION);
+        let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidInput {
+            reason: format!("the request body cannot be sent as JSON: {e}"),
+        })?;
+        Ok(StreamRequest {
+            path: "/chat/completions",
+            body: Bytes::from(bytes),
+            model,
+            input_estimate,
+            output_reserved,
+            output_on_transport: true,
+        })
+    }
+}
+
 impl crate::http::ChatApi for ChatClient {
     fn model(&self) -> &str {
         &self.chat.model
@@ -298,6 +346,14 @@ impl crate::http::ChatApi for ChatClient {
 
     fn job_path(&self) -> &'static str {
         "/v1/chat/completions"
+    }
+
+    fn stream_request(&self, body: Map<String, Value>) -> Result<StreamRequest, Error> {
+        self.chat.stream_request(body)
+    }
+
+    fn stream_format(&self) -> Box<dyn StreamFormat> {
+        Box::<super::stream::ChatChunks>::default()
     }
 }
 
