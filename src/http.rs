@@ -598,6 +598,43 @@ impl ChatClient {
         NativeFn(Arc::new(self.chat_fn()))
     }
 
+    /// A streamed answer to `body` (sent on its first `next_many()`), through this client's
+    /// limiter, retries and usage; `first_token_timeout` and `idle_timeout` in seconds.
+    #[pyo3(signature = (body, *, first_token_timeout=600.0, idle_timeout=120.0))]
+    fn stream(
+        &self,
+        body: &Bound<'_, PyAny>,
+        first_token_timeout: f64,
+        idle_timeout: f64,
+    ) -> PyResult<crate::stream::PyChatStream> {
+        let clocks = crate::stream::clocks(first_token_timeout, idle_timeout)?;
+        let body = chat_body(body).map_err(to_pyerr)?;
+        Ok(crate::stream::PyChatStream::new(
+            Arc::clone(&self.inner),
+            body,
+            clocks,
+        ))
+    }
+
+    /// This client's streams: how they ended, time to first chunk and gaps between chunks
+    /// (latency summaries with buckets), output tokens streamed.
+    fn stream_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.streams.stats();
+        let d = PyDict::new(py);
+        let outcomes = PyDict::new(py);
+        for name in ["completed", "failed", "cancelled"] {
+            outcomes.set_item(name, s.outcomes.get(name).copied().unwrap_or(0))?;
+        }
+        d.set_item("streams", outcomes)?;
+        d.set_item(
+            "time_to_first_chunk",
+            crate::stats::LatencySummary::from(s.time_to_first_chunk),
+        )?;
+        d.set_item("chunk_gap", crate::stats::LatencySummary::from(s.chunk_gap))?;
+        d.set_item("output_tokens", s.output_tokens)?;
+        Ok(d)
+    }
+
     /// Requests, retries, failed requests, tokens and cost per model.
     fn usage<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         usage_dict(py, self.inner.api.transport())

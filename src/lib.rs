@@ -26,6 +26,7 @@ mod limits;
 mod providers;
 mod runtime;
 mod stats;
+mod stream;
 mod task;
 mod testserver;
 
@@ -45,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::EmbeddingsClient>()?;
     m.add_class::<http::ChatClient>()?;
     m.add_class::<http::Uncached>()?;
+    m.add_class::<stream::PyChatStream>()?;
     m.add_class::<testserver::TestServer>()?;
     m.add_class::<jobs::JobStore>()?;
     m.add_class::<jobs::JobRunner>()?;

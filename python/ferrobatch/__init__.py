@@ -45,6 +45,7 @@ from ferrobatch._native import (
     WrongEventLoopError,
     __version__,
 )
+from ferrobatch._stream import ChatStream, ChatStreamSync
 
 #: Alias for users switching from the `async-batcher` package.
 QueueFullException = QueueFullError
@@ -66,6 +67,8 @@ __all__ = [
     "BatcherStoppedError",
     "Cache",
     "CacheError",
+    "ChatStream",
+    "ChatStreamSync",
     "ConfigError",
     "ConflictError",
     "DuplicateRequestIdError",

@@ -7,6 +7,7 @@ an exception instance per item.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypedDict, TypeVar
@@ -20,6 +21,7 @@ from ferrobatch._native import (
     _NativeFn,
     _Uncached,
 )
+from ferrobatch._stream import ChatStream, ChatStreamSync
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -201,6 +203,18 @@ class RequestBatcher(HttpBatcher[dict[str, Any], dict[str, Any]]):
         result: list[Any] = await self._client.create_many(batch)
         return result
 
+    @staticmethod
+    def _body(
+        messages: Iterable[Mapping[str, Any]] | None, body: dict[str, Any], what: str
+    ) -> dict[str, Any]:
+        if messages is None and "messages" not in body:
+            raise TypeError(f"{what}() needs messages=[...]")
+        if messages is not None:
+            if isinstance(messages, (str, bytes, Mapping)):
+                raise TypeError(f"messages must be a list of message dicts, got {messages!r:.60}")
+            body["messages"] = [dict(m) for m in messages]
+        return body
+
     def _queue(
         self,
         messages: Iterable[Mapping[str, Any]] | None,
@@ -208,13 +222,60 @@ class RequestBatcher(HttpBatcher[dict[str, Any], dict[str, Any]]):
         priority: int,
         cache: bool = True,
     ) -> ItemFuture[dict[str, Any]]:
-        if messages is None and "messages" not in body:
-            raise TypeError("create() needs messages=[...]")
-        if messages is not None:
-            body["messages"] = [dict(m) for m in messages]
+        body = self._body(messages, body, "create")
         item: Any = body if cache else _Uncached(body)
         fut: ItemFuture[dict[str, Any]] = self._core.process(item, priority)
         return fut
+
+    def stream(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        first_token_timeout: float = 600.0,
+        idle_timeout: float = 120.0,
+        **body: Any,
+    ) -> ChatStream:
+        """A streamed answer: `async with batcher.stream(messages=...) as s: async for
+        chunk in s: ...`. It goes through the same rate limiter, retries (only before the
+        first chunk reaches you), usage and cost as `create()`, but not through the batch
+        queue or the result cache. `first_token_timeout` bounds the wait for the first chunk,
+        `idle_timeout` every gap after it (seconds; `APITimeoutError`). See
+        docs/guides/streaming.md."""
+        native = self._client.stream(
+            self._body(messages, body, "stream"),
+            first_token_timeout=first_token_timeout,
+            idle_timeout=idle_timeout,
+        )
+        return ChatStream(native)
+
+    def stream_sync(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        first_token_timeout: float = 600.0,
+        idle_timeout: float = 120.0,
+        **body: Any,
+    ) -> ChatStreamSync:
+        """`stream()` for callers on plain threads: an ordinary iterator that blocks. Never
+        call it on an event loop's thread (it raises RuntimeError there)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("stream_sync() blocks: on an event loop, use stream()")
+        native = self._client.stream(
+            self._body(messages, body, "stream_sync"),
+            first_token_timeout=first_token_timeout,
+            idle_timeout=idle_timeout,
+        )
+        return ChatStreamSync(native)
+
+    def stream_stats(self) -> dict[str, Any]:
+        """This batcher's streams: `streams` by outcome (completed, failed, cancelled),
+        `time_to_first_chunk` and `chunk_gap` (LatencySummary), `output_tokens` streamed."""
+        out: dict[str, Any] = self._client.stream_stats()
+        return out
 
     def process(self, item: dict[str, Any], priority: int = 0) -> ItemFuture[dict[str, Any]]:
         """Queue one whole request body (a dict with `messages`)."""

@@ -42,6 +42,7 @@ from ferrobatch._native import (
     provider_facts,
     provider_key,
 )
+from ferrobatch._stream import ChatStream, ChatStreamSync
 
 __all__ = ["API_VERSION", "DEFAULT_BASE_URL", "Messages"]
 
@@ -142,3 +143,41 @@ class Messages(RequestBatcher):
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         return self._queue(messages, body, priority, cache)
+
+    def stream(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        first_token_timeout: float = 600.0,
+        idle_timeout: float = 120.0,
+        **body: Any,
+    ) -> ChatStream:
+        """A streamed Messages answer: `async with msgs.stream(messages=..., max_tokens=...)
+        as s: async for event in s: ...`; each event a dict with its `type` (pings skipped).
+        `max_tokens` is reserved in the rate limit until the usage settles it."""
+        if max_tokens is None and "max_tokens" not in body:
+            raise TypeError("stream() needs max_tokens=...")
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return super().stream(
+            messages, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout, **body
+        )
+
+    def stream_sync(
+        self,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        first_token_timeout: float = 600.0,
+        idle_timeout: float = 120.0,
+        **body: Any,
+    ) -> ChatStreamSync:
+        """`stream()` for callers on plain threads (an ordinary, blocking iterator)."""
+        if max_tokens is None and "max_tokens" not in body:
+            raise TypeError("stream_sync() needs max_tokens=...")
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return super().stream_sync(
+            messages, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout, **body
+        )

@@ -456,6 +456,30 @@ impl ChatStream {
         }
     }
 
+    /// Chunks already received and not yet handed out (at most `max`), without reading:
+    /// what a caller that just took one chunk can take in the same step.
+    pub fn take_ready(&mut self, max: usize) -> Vec<Value> {
+        let n = self.ready.len().min(max);
+        let out: Vec<Value> = self.ready.drain(..n).collect();
+        for _ in 0..out.len() {
+            self.handed_out();
+        }
+        out
+    }
+
+    /// End the stream now: the connection closes, and it settles from what was received
+    /// (cancelled, unless it had already ended). Idempotent.
+    pub fn close(&mut self) {
+        let outcome = if self.failed.is_some() {
+            StreamOutcome::Failed
+        } else if self.complete && self.ready.is_empty() {
+            StreamOutcome::Completed
+        } else {
+            StreamOutcome::Cancelled
+        };
+        self.settle(outcome);
+    }
+
     /// Chunks handed out so far.
     pub fn chunks(&self) -> u64 {
         self.yielded
@@ -532,13 +556,6 @@ impl Drop for ChatStream {
     /// Dropped before its end: the connection closes (the response is dropped) and the
     /// stream settles from what was received.
     fn drop(&mut self) {
-        let outcome = if self.failed.is_some() {
-            StreamOutcome::Failed
-        } else if self.complete && self.ready.is_empty() {
-            StreamOutcome::Completed
-        } else {
-            StreamOutcome::Cancelled
-        };
-        self.settle(outcome);
+        self.close();
     }
 }
