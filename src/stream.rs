@@ -24,7 +24,7 @@ enum Slot {
     /// Not sent yet.
     Unopened(Map<String, Value>),
     /// Sent (finished or not).
-    Open(ChatStream),
+    Open(Box<ChatStream>),
     /// Closed before it was ever sent, or failed to open.
     Closed,
 }
@@ -63,7 +63,7 @@ async fn next_many(
     if let Slot::Unopened(body) = &mut *guard {
         let body = std::mem::take(body);
         *guard = Slot::Closed;
-        *guard = Slot::Open(ChatStream::open(chatter, body, clocks).await?);
+        *guard = Slot::Open(Box::new(ChatStream::open(chatter, body, clocks).await?));
     }
     let Slot::Open(stream) = &mut *guard else {
         return Ok(Vec::new());

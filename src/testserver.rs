@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ferrobatch_core::testing::{
-    BatchFault, ErrorStyle, Fault, FaultKind, ServerConfig, TestServer as Server,
+    BatchFault, ErrorStyle, Fault, FaultKind, ServerConfig, StreamFault, TestServer as Server,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -155,6 +155,16 @@ impl TestServer {
             "batch_expire" => FaultKind::Batch(BatchFault::Expire { done }),
             "batch_status_zero" => FaultKind::Batch(BatchFault::StatusZero),
             "batch_token_limit" => FaultKind::Batch(BatchFault::TokenLimit),
+            "stream_cut" => FaultKind::Stream(StreamFault::CutAfter(done)),
+            "stream_error" => FaultKind::Stream(StreamFault::ErrorAfter(done)),
+            "stream_no_usage" => FaultKind::Stream(StreamFault::NoUsage),
+            "stream_slow_first" => {
+                FaultKind::Stream(StreamFault::SlowFirst(seconds("duration", duration)?))
+            }
+            "stream_stall" => {
+                FaultKind::Stream(StreamFault::Stall(done, seconds("duration", duration)?))
+            }
+            "stream_long" => FaultKind::Stream(StreamFault::Long(done)),
             "endless" => {
                 let status = status.unwrap_or(200);
                 if !(200..=599).contains(&status) {
@@ -165,7 +175,7 @@ impl TestServer {
             other => {
                 return Err(config_error(
                     "kind",
-                    format!("must be 'status', 'reset', 'hang', 'malformed', 'wrong_count', 'endless', 'batch_fail_validation', 'batch_expire', 'batch_status_zero' or 'batch_token_limit', got {other:?}"),
+                    format!("must be 'status', 'reset', 'hang', 'malformed', 'wrong_count', 'endless', 'batch_fail_validation', 'batch_expire', 'batch_status_zero', 'batch_token_limit', 'stream_cut', 'stream_error', 'stream_no_usage', 'stream_slow_first', 'stream_stall' or 'stream_long', got {other:?}"),
                 ))
             }
         };

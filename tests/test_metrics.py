@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import ferrobatch
 from ferrobatch import metrics
 from ferrobatch.jobs import JobManager, JobRequest, JobStore
-from ferrobatch.openai import Embeddings
+from ferrobatch.openai import ChatCompletions, Embeddings
 from ferrobatch.testing import REJECT_MARKER, FakeServer
 from ferrobatch.testing.plugin import unavailable
 
@@ -233,7 +233,16 @@ async def exposition() -> str:
         manager = JobManager(emb, JobStore())
         job = await manager.create_job([JobRequest(id="r", body={"input": "x"})])
         await manager.wait(job.id)
-        tracked = ((b, "doubler"), (emb, "embedder"), (manager, "nightly"), (cache, "vectors"))
+        chat = ChatCompletions("c", base_url=server.openai_base_url, api_key="k")
+        async with chat.stream(messages=[{"role": "user", "content": "a few words"}]) as s:
+            assert [c async for c in s]
+        tracked = (
+            (b, "doubler"),
+            (emb, "embedder"),
+            (manager, "nightly"),
+            (cache, "vectors"),
+            (chat, "talker"),
+        )
         for obj, name in tracked:
             metrics.track(obj, name=name)
         try:
@@ -243,6 +252,7 @@ async def exposition() -> str:
                 metrics.untrack(obj)
             await manager.close()
             await emb.stop()
+            await chat.stop()
             await b.stop()
 
 
@@ -302,3 +312,11 @@ async def test_cache_series_count_hits_and_what_they_saved() -> None:
         r'^ferrobatch_saved_cost_usd_total\{batcher="embedder",model="e"\} (\S+)$', text, re.M
     )
     assert saved is not None and float(saved.group(1)) > 0
+
+
+async def test_stream_series_count_streams_and_their_first_chunk() -> None:
+    text = await exposition()
+    assert 'ferrobatch_streams_total{batcher="talker",outcome="completed"} 1.0' in text
+    assert 'ferrobatch_stream_first_chunk_seconds_count{batcher="talker"} 1.0' in text
+    tokens = re.search(r'^ferrobatch_streamed_tokens_total\{batcher="talker"\} (\S+)$', text, re.M)
+    assert tokens is not None and float(tokens.group(1)) > 0

@@ -40,6 +40,10 @@ The series (Prometheus names; OpenTelemetry uses the same with dots,
 | `ferrobatch_cached_requests_total` | counter | batcher, model |
 | `ferrobatch_cached_tokens_total` | counter | batcher, model |
 | `ferrobatch_saved_cost_usd_total` | counter | batcher, model |
+| `ferrobatch_streams_total` | counter | batcher, outcome (completed, failed, cancelled) |
+| `ferrobatch_stream_first_chunk_seconds` | histogram | batcher |
+| `ferrobatch_stream_chunk_gap_seconds` | histogram | batcher |
+| `ferrobatch_streamed_tokens_total` | counter | batcher |
 | `ferrobatch_cache_lookups_total` | counter | cache, result (hit, miss) |
 | `ferrobatch_cache_writes_total` | counter | cache |
 | `ferrobatch_cache_corrupt_entries_total` | counter | cache |
@@ -149,6 +153,20 @@ class Sample:
     unit: str = ""
 
 
+def _seconds_histogram(name: str, doc: str, labels: dict[str, str], lat: Any) -> Sample:
+    """A histogram in seconds from a `LatencySummary`."""
+    return Sample(
+        name,
+        "histogram",
+        doc,
+        labels,
+        buckets=list(lat.buckets),
+        total=lat.sum,
+        value=float(lat.count),
+        unit="s",
+    )
+
+
 def _batcher_samples(stats: BatcherStats, labels: dict[str, str]) -> Iterator[Sample]:
     def c(name: str, doc: str, value: float, **extra: str) -> Sample:
         return Sample(name, "counter", doc, {**labels, **extra}, float(value))
@@ -187,16 +205,7 @@ def _batcher_samples(stats: BatcherStats, labels: dict[str, str]) -> Iterator[Sa
             stats.batch_duration,
         ),
     ):
-        yield Sample(
-            name,
-            "histogram",
-            doc,
-            labels,
-            buckets=list(lat.buckets),
-            total=lat.sum,
-            value=float(lat.count),
-            unit="s",
-        )
+        yield _seconds_histogram(name, doc, labels, lat)
     for name, doc, value in (
         ("ferrobatch_queue_depth", "Items queued now.", stats.queue_depth),
         ("ferrobatch_waiting_items", "Items waiting for room in a full queue.", stats.waiting),
@@ -252,6 +261,37 @@ def _http_samples(usage: dict[str, Any], labels: dict[str, str]) -> Iterator[Sam
                 u["saved_cost"],
                 unit="USD",
             )
+
+
+def _stream_samples(stats: dict[str, Any], labels: dict[str, str]) -> Iterator[Sample]:
+    for outcome, n in stats["streams"].items():
+        yield Sample(
+            "ferrobatch_streams",
+            "counter",
+            "Streamed answers that ended, by outcome.",
+            {**labels, "outcome": outcome},
+            float(n),
+        )
+    for name, doc, lat in (
+        (
+            "ferrobatch_stream_first_chunk_seconds",
+            "Time from a stream's request to its first chunk.",
+            stats["time_to_first_chunk"],
+        ),
+        (
+            "ferrobatch_stream_chunk_gap_seconds",
+            "Time between consecutive chunks of a stream.",
+            stats["chunk_gap"],
+        ),
+    ):
+        yield _seconds_histogram(name, doc, labels, lat)
+    yield Sample(
+        "ferrobatch_streamed_tokens",
+        "counter",
+        "Output tokens of streams that ended (reported, or estimated).",
+        labels,
+        float(stats["output_tokens"]),
+    )
 
 
 def _cache_samples(stats: dict[str, int], labels: dict[str, str]) -> Iterator[Sample]:
@@ -317,6 +357,9 @@ def samples() -> list[Sample]:
             usage = getattr(obj, "usage", None)
             if callable(usage):
                 out.extend(_http_samples(usage(), labels))
+            streams = getattr(obj, "stream_stats", None)
+            if callable(streams):
+                out.extend(_stream_samples(streams(), labels))
         elif isinstance(obj, Cache):
             out.extend(_cache_samples(dict(obj.stats()), {"cache": label}))
         else:

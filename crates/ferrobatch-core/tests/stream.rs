@@ -85,7 +85,10 @@ fn fault(server: &TestServer, f: StreamFault) {
 fn openai_text(chunks: &[Value]) -> String {
     chunks
         .iter()
-        .filter_map(|c| c.pointer("/choices/0/delta/content").and_then(Value::as_str))
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+        })
         .collect()
 }
 
@@ -124,7 +127,10 @@ async fn an_anthropic_stream_takes_the_last_usage_never_a_sum() {
         .unwrap();
     let (chunks, err) = drain(&mut s).await;
     assert!(err.is_none());
-    assert!(chunks.iter().all(|c| c["type"] != "ping"), "pings are skipped");
+    assert!(
+        chunks.iter().all(|c| c["type"] != "ping"),
+        "pings are skipped"
+    );
     assert_eq!(chunks.last().unwrap()["type"], "message_stop");
     let r = s.response();
     let text: String = chunks
@@ -153,7 +159,11 @@ async fn a_cut_before_the_first_chunk_is_retried_after_it_fails() {
     let (chunks, err) = drain(&mut s).await;
     assert!(err.is_none(), "{err:?}");
     assert!(!chunks.is_empty());
-    assert_eq!(server.requests().len(), 2, "sent again: nothing had reached the caller");
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "sent again: nothing had reached the caller"
+    );
     drop(s);
     let usage = chat.api.transport().usage().snapshot();
     assert_eq!((usage["m"].requests, usage["m"].retries), (1, 1));
@@ -166,7 +176,10 @@ async fn a_cut_before_the_first_chunk_is_retried_after_it_fails() {
     assert_eq!(chunks.len(), 3, "every chunk received is handed out first");
     assert!(matches!(err, Some(Error::Connection { .. })), "{err:?}");
     assert_eq!(server.requests().len(), 3, "never sent again after a chunk");
-    assert!(s.usage().estimated, "no usage arrived: estimated, and said so");
+    assert!(
+        s.usage().estimated,
+        "no usage arrived: estimated, and said so"
+    );
     assert_eq!(s.next().await.unwrap(), None, "then it is over");
 }
 
@@ -182,7 +195,10 @@ async fn an_error_event_fails_the_stream_after_the_chunks_before_it() {
         assert_eq!(chunks.len(), 2);
         match err {
             Some(Error::Stream { code, .. }) => {
-                assert!(matches!(code.as_deref(), Some("overloaded" | "overloaded_error")))
+                assert!(matches!(
+                    code.as_deref(),
+                    Some("overloaded" | "overloaded_error")
+                ))
             }
             other => panic!("{other:?}"),
         }

@@ -29,7 +29,11 @@ Scripted faults (`fault(kind, ...)`), applied in order to the next matching requ
 comes only after `duration` seconds), `"malformed"` (200 with truncated JSON), `"wrong_count"`
 (one embedding too few; a chat answer without `choices`), and `"endless"` (a body that never
 ends, with `status`, 200 by default, as a broken or hostile server might send), and the
-`"batch_*"` kinds that script how the next batch ends (see `FakeServer.fault`). Any input
+`"batch_*"` kinds that script how the next batch ends, and the `"stream_*"` kinds that script
+how the next streamed chat answer goes wrong (see `FakeServer.fault`). Chat and Messages
+requests with `"stream": true` are answered as the real servers stream them (OpenAI chunks
+then `[DONE]`, the usage chunk when `stream_options.include_usage` asks for it; Anthropic's
+events with a `ping`). Any input
 containing `REJECT_MARKER` is rejected alone with a 400 naming its position. With `api_key`
 set, other keys get a 401 whose message echoes the key sent (as some servers do). With
 `requests_per_minute` set, excess requests get a 429 with `retry-after-ms` and `x-ratelimit-*`
@@ -67,6 +71,12 @@ if TYPE_CHECKING:
         "batch_expire",
         "batch_status_zero",
         "batch_token_limit",
+        "stream_cut",
+        "stream_error",
+        "stream_no_usage",
+        "stream_slow_first",
+        "stream_stall",
+        "stream_long",
     ]
 
 
@@ -172,7 +182,15 @@ class FakeServer(Service):
         Gemini `BATCH_STATE_FAILED`), `batch_expire` (expired after `done` requests, with
         `batch_expired` lines / `expired` results for the rest; Gemini returns nothing),
         `batch_status_zero` (OpenAI `completed` with no output file and `status_code: 0`
-        error lines), `batch_token_limit` (OpenAI `failed` with `token_limit_exceeded`)."""
+        error lines), `batch_token_limit` (OpenAI `failed` with `token_limit_exceeded`).
+
+        The `stream_*` kinds script the next chat or Messages answer, streamed: `stream_cut`
+        (the body ends after `done` events, without its end event), `stream_error` (after
+        `done` events an error event: OpenAI's error chunk, Anthropic's `overloaded_error`),
+        `stream_no_usage` (no usage at all), `stream_slow_first` (the head at once, the first
+        event after `duration` seconds), `stream_stall` (after `done` events, `duration`
+        seconds of silence), `stream_long` (`done` chunks of 1 KiB of text, made as the
+        client reads them)."""
         self._server.add_fault(
             kind,
             times=times,

@@ -25,10 +25,10 @@ pub use chat::{ChatAnswer, ChatApi, ChatCache, ChatRequest, ChatSetup, Chatter, 
 pub use embed::{EmbeddingApi, EmbeddingSpec, MakeEmbeddings};
 pub use embedder::Embedder;
 pub use retry::{Failure, RetryPolicy};
+pub use secret::ApiKey;
 pub use stream::{
     ChatStream, Step, StreamClocks, StreamFormat, StreamOutcome, StreamRequest, StreamStats,
     StreamUsage, DEFAULT_OUTPUT_RESERVATION,
 };
-pub use secret::ApiKey;
 pub use transport::{Auth, Payload, Retry, Transport, TransportConfig};
 pub use usage::{ModelUsage, Price, UsageBook};

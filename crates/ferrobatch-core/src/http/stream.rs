@@ -272,7 +272,10 @@ impl ChatStream {
     }
 
     async fn connect(&mut self) -> Result<(), Error> {
-        let left = self.clocks.first_token.saturating_sub(self.opened.elapsed());
+        let left = self
+            .clocks
+            .first_token
+            .saturating_sub(self.opened.elapsed());
         let transport = self.chatter.api.transport();
         let response = transport
             .open_stream(
@@ -297,7 +300,11 @@ impl ChatStream {
             return Err(Error::ResponseFormat {
                 reason: format!(
                     "a stream was asked for and the server answered {:?}, not an event stream",
-                    if kind.is_empty() { "no content type" } else { &kind }
+                    if kind.is_empty() {
+                        "no content type"
+                    } else {
+                        &kind
+                    }
                 ),
             });
         }
@@ -342,7 +349,9 @@ impl ChatStream {
     async fn read(&mut self) {
         let (clock, limit) = match self.last_chunk {
             None => (
-                self.clocks.first_token.saturating_sub(self.opened.elapsed()),
+                self.clocks
+                    .first_token
+                    .saturating_sub(self.opened.elapsed()),
                 self.clocks.first_token,
             ),
             Some(_) => (self.clocks.idle, self.clocks.idle),
@@ -535,16 +544,19 @@ impl ChatStream {
         transport.settle_tokens(self.reserved(), used_on_transport);
         let model = &self.request.model;
         let cost = if u.estimated {
-            transport.usage().cost(model, u.input_tokens, u.output_tokens)
+            transport
+                .usage()
+                .cost(model, u.input_tokens, u.output_tokens)
         } else {
             self.chatter.api.cost_of(&self.format.response(), model)
         };
         match outcome {
-            StreamOutcome::Completed => {
-                transport
-                    .usage()
-                    .record_success_costing(model, u.input_tokens, u.output_tokens, cost)
-            }
+            StreamOutcome::Completed => transport.usage().record_success_costing(
+                model,
+                u.input_tokens,
+                u.output_tokens,
+                cost,
+            ),
             _ => transport
                 .usage()
                 .record_partial(model, u.input_tokens, u.output_tokens, cost),

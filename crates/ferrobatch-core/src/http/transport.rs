@@ -247,11 +247,7 @@ impl Transport {
         self.admitted(model, tokens, || async {
             let request = self.client.post(&url).body(body.clone()).send();
             match tokio::time::timeout(first_byte, request).await {
-                Err(_) => Err((
-                    Failure::Timeout,
-                    None,
-                    Error::Timeout { after: first_byte },
-                )),
+                Err(_) => Err((Failure::Timeout, None, Error::Timeout { after: first_byte })),
                 Ok(Err(e)) => Err(self.transport_error(&e)),
                 Ok(Ok(response)) if response.status().is_success() => Ok(response),
                 Ok(Ok(response)) => Err(self.failed(response).await),
@@ -263,7 +259,12 @@ impl Transport {
     /// Run `attempt` through the rate limiter with retries: each attempt is admitted with
     /// `tokens`, a failed one gives them back, a 429 pauses the limiter, and what the retry
     /// policy allows is tried again.
-    async fn admitted<T, F, Fut>(&self, model: &str, tokens: u64, mut attempt: F) -> Result<T, Error>
+    async fn admitted<T, F, Fut>(
+        &self,
+        model: &str,
+        tokens: u64,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, (Failure, Option<Duration>, Error)>>,

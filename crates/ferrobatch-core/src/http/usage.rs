@@ -129,7 +129,13 @@ impl UsageBook {
     /// A request that failed after the server had begun answering (a stream cut, failed or
     /// dropped midway): a failure, and the tokens it used and what they cost, since they
     /// were spent.
-    pub fn record_partial(&self, model: &str, input_tokens: u64, output_tokens: u64, add: Option<f64>) {
+    pub fn record_partial(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        add: Option<f64>,
+    ) {
         self.with(model, |u| {
             u.failed_requests += 1;
             u.input_tokens += input_tokens;

@@ -9,11 +9,11 @@
 mod batches;
 pub mod fake;
 mod server;
-mod streams;
 pub mod store_suite;
+mod streams;
 
 pub use batches::BatchFault;
-pub use streams::StreamFault;
 pub use server::{
     ErrorStyle, Fault, FaultKind, LoggedRequest, ServerConfig, TestServer, REJECT_MARKER,
 };
+pub use streams::StreamFault;

@@ -93,84 +93,86 @@ pub(super) fn events(
     };
     let no_usage = fault == Some(StreamFault::NoUsage);
     let id = id.to_string();
-    let (head, pieces, tail): (Vec<Bytes>, Box<dyn Iterator<Item = Bytes> + Send + Sync>, Vec<Bytes>) =
-        match format {
-            Format::OpenAi => {
-                let chunk = {
-                    let (id, model) = (id.clone(), model.clone());
-                    move |delta: Value, finish: Value| {
-                        json!({"id": id, "object": "chat.completion.chunk", "created": 0,
+    let (head, pieces, tail): (
+        Vec<Bytes>,
+        Box<dyn Iterator<Item = Bytes> + Send + Sync>,
+        Vec<Bytes>,
+    ) = match format {
+        Format::OpenAi => {
+            let chunk = {
+                let (id, model) = (id.clone(), model.clone());
+                move |delta: Value, finish: Value| {
+                    json!({"id": id, "object": "chat.completion.chunk", "created": 0,
                                "model": model,
                                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-                    }
-                };
-                let head = vec![sse(
+                }
+            };
+            let head = vec![sse(
+                None,
+                &chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            )];
+            let mut tail = vec![sse(None, &chunk(json!({}), json!("stop")))];
+            let asked = body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                == Some(true);
+            if asked && !no_usage {
+                tail.push(sse(
                     None,
-                    &chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-                )];
-                let mut tail = vec![sse(None, &chunk(json!({}), json!("stop")))];
-                let asked = body
-                    .pointer("/stream_options/include_usage")
-                    .and_then(Value::as_bool)
-                    == Some(true);
-                if asked && !no_usage {
-                    tail.push(sse(
-                        None,
-                        &json!({"id": id, "object": "chat.completion.chunk", "created": 0,
+                    &json!({"id": id, "object": "chat.completion.chunk", "created": 0,
                                 "model": model, "choices": [],
                                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                                           "total_tokens": prompt + completion}}),
-                    ));
-                }
-                let pieces =
-                    texts.map(move |t| sse(None, &chunk(json!({"content": t}), Value::Null)));
-                (head, Box::new(pieces), tail)
+                ));
             }
-            Format::Anthropic => {
-                let start_usage = if no_usage {
-                    json!({})
-                } else {
-                    json!({"input_tokens": prompt, "output_tokens": 1,
+            let pieces = texts.map(move |t| sse(None, &chunk(json!({"content": t}), Value::Null)));
+            (head, Box::new(pieces), tail)
+        }
+        Format::Anthropic => {
+            let start_usage = if no_usage {
+                json!({})
+            } else {
+                json!({"input_tokens": prompt, "output_tokens": 1,
                            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
-                };
-                let head = vec![
-                    sse(
-                        Some("message_start"),
-                        &json!({"type": "message_start", "message": {"id": id, "type": "message",
+            };
+            let head = vec![
+                sse(
+                    Some("message_start"),
+                    &json!({"type": "message_start", "message": {"id": id, "type": "message",
                                 "role": "assistant", "model": model, "content": [],
                                 "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
-                    ),
-                    sse(
-                        Some("content_block_start"),
-                        &json!({"type": "content_block_start", "index": 0,
+                ),
+                sse(
+                    Some("content_block_start"),
+                    &json!({"type": "content_block_start", "index": 0,
                                 "content_block": {"type": "text", "text": ""}}),
-                    ),
-                    sse(Some("ping"), &json!({"type": "ping"})),
-                ];
-                let mut delta = json!({"type": "message_delta",
+                ),
+                sse(Some("ping"), &json!({"type": "ping"})),
+            ];
+            let mut delta = json!({"type": "message_delta",
                                        "delta": {"stop_reason": "end_turn", "stop_sequence": null}});
-                if !no_usage {
-                    // Cumulative: the total so far, as the API sends it.
-                    delta["usage"] = json!({"output_tokens": completion});
-                }
-                let tail = vec![
-                    sse(
-                        Some("content_block_stop"),
-                        &json!({"type": "content_block_stop", "index": 0}),
-                    ),
-                    sse(Some("message_delta"), &delta),
-                    sse(Some("message_stop"), &json!({"type": "message_stop"})),
-                ];
-                let pieces = texts.map(|t| {
-                    sse(
-                        Some("content_block_delta"),
-                        &json!({"type": "content_block_delta", "index": 0,
-                                "delta": {"type": "text_delta", "text": t}}),
-                    )
-                });
-                (head, Box::new(pieces), tail)
+            if !no_usage {
+                // Cumulative: the total so far, as the API sends it.
+                delta["usage"] = json!({"output_tokens": completion});
             }
-        };
+            let tail = vec![
+                sse(
+                    Some("content_block_stop"),
+                    &json!({"type": "content_block_stop", "index": 0}),
+                ),
+                sse(Some("message_delta"), &delta),
+                sse(Some("message_stop"), &json!({"type": "message_stop"})),
+            ];
+            let pieces = texts.map(|t| {
+                sse(
+                    Some("content_block_delta"),
+                    &json!({"type": "content_block_delta", "index": 0,
+                                "delta": {"type": "text_delta", "text": t}}),
+                )
+            });
+            (head, Box::new(pieces), tail)
+        }
+    };
     let end = match format {
         Format::OpenAi => Some(Bytes::from_static(b"data: [DONE]\n\n")),
         Format::Anthropic => None,
@@ -208,8 +210,8 @@ pub(super) fn response(
         Some(StreamFault::Stall(k, d)) => (None, Some((k, d))),
         _ => (None, None),
     };
-    let stream = futures_util::stream::iter(events.enumerate()).then(
-        move |(i, bytes)| async move {
+    let stream =
+        futures_util::stream::iter(events.enumerate()).then(move |(i, bytes)| async move {
             if i == 0 {
                 if let Some(d) = first_delay {
                     tokio::time::sleep(d).await;
@@ -221,8 +223,7 @@ pub(super) fn response(
                 }
             }
             Ok::<_, std::convert::Infallible>(Frame::data(bytes))
-        },
-    );
+        });
     Response::builder()
         .status(200)
         .header("content-type", "text/event-stream; charset=utf-8")

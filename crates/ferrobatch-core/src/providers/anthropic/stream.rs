@@ -236,7 +236,9 @@ mod tests {
     fn an_error_event_is_a_stream_error() {
         let mut f = MessageEvents::default();
         let e = f
-            .event(ev(json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}})))
+            .event(ev(
+                json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+            ))
             .unwrap_err();
         assert!(
             matches!(e, Error::Stream { ref code, .. } if code.as_deref() == Some("overloaded_error"))

@@ -271,6 +271,8 @@ mod tests {
                 data: r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into(),
             })
             .unwrap_err();
-        assert!(matches!(e, Error::Stream { ref code, .. } if code.as_deref() == Some("server_error")));
+        assert!(
+            matches!(e, Error::Stream { ref code, .. } if code.as_deref() == Some("server_error"))
+        );
     }
 }
