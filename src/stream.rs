@@ -1,7 +1,7 @@
-//! `_ChatStream`: a streamed chat answer (the core's `ChatStream`) handed to Python. One
-//! crossing hands over every chunk already received, not one per chunk: `next_many()` waits
-//! for at least one chunk on the runtime, then takes whatever else is ready, and converts
-//! them on the loop's thread in one step. The request is sent on the first `next_many()`;
+//! `_ChatStream`: a streamed chat answer (the core's `ChatStream`) handed to Python. What is
+//! already there is taken on the caller's thread (`next_ready()`: no Future, no thread hop);
+//! only when nothing is, `next_many()` waits for at least one chunk on the runtime, takes
+//! whatever else is ready, and converts them on the loop's thread in one step. The request is sent on the first `next_many()`;
 //! `close()` (leaving `async with`, `break`, a cancelled task) closes the connection at once.
 
 use std::sync::Arc;
@@ -99,13 +99,25 @@ impl PyChatStream {
             self.clocks,
             Arc::clone(&self.slot),
         );
-        task::spawn(py, async move {
+        let fut = task::spawn_item(py, async move {
             let r = next_many(chatter, clocks, slot).await;
             task::once(move |py| match r {
                 Ok(chunks) => chunks_to_py(py, &chunks),
                 Err(e) => Err(raise(py, &e)),
             })
-        })
+        })?;
+        Ok(fut.into_any())
+    }
+
+    /// The chunks that can be had now without waiting (those received, and what the socket
+    /// already holds), as a list, on the caller's thread: no Future, no thread hop. Empty
+    /// when none is there yet (or the stream is not sent, busy or over): then `next_many`.
+    fn next_ready(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let chunks = match self.slot.try_lock().as_deref_mut() {
+            Ok(Slot::Open(stream)) => stream.take_ready(MAX_PER_CROSSING),
+            _ => Vec::new(),
+        };
+        chunks_to_py(py, &chunks)
     }
 
     /// `next_many` for a caller on a plain thread: blocks (the GIL released) until chunks

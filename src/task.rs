@@ -6,14 +6,16 @@
 //! the Rust work.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use tokio::task::AbortHandle;
 
-use crate::batcher::glue::{future_done, log_error, loop_closed, set_exception, set_result};
-use crate::batcher::{ItemsOut, NativeWork, Resolution};
+use crate::batcher::glue::{
+    future_done, log_error, loop_closed, running_loop, set_exception, set_result,
+};
+use crate::batcher::{ItemFuture, ItemsOut, LoopJob, LoopRef, NativeWork, OnCancel, Resolution};
 use crate::runtime::runtime;
 
 /// Builds the Python outcome on the loop's thread, in one or more steps.
@@ -138,6 +140,81 @@ where
         (Abort(handle.abort_handle()),),
     )?;
     Ok(future.unbind())
+}
+
+thread_local! {
+    /// The loop last crossed to from this thread: one-shot crossings to the same loop share
+    /// its inbox, so results that arrive together join one loop callback.
+    static HOME: std::cell::RefCell<Option<Arc<LoopRef>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The running loop's `LoopRef` (the same one for every crossing to it from this thread).
+fn home_loop(py: Python<'_>) -> PyResult<Arc<LoopRef>> {
+    let running = running_loop(py)?
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no running event loop"))?;
+    HOME.with(|h| {
+        if let Some(home) = h.borrow().as_ref() {
+            if home.event_loop.bind(py).is(&running) {
+                return Ok(Arc::clone(home));
+            }
+        }
+        let home = LoopRef::here(running.unbind());
+        *h.borrow_mut() = Some(Arc::clone(&home));
+        Ok(home)
+    })
+}
+
+/// Settles an [`ItemFuture`] with a conversion's outcome, on its loop's thread.
+struct Deliver {
+    fut: Py<ItemFuture>,
+    outcome: Conversion,
+}
+
+impl LoopJob for Deliver {
+    fn run(mut self: Box<Self>, py: Python<'_>, home: &Arc<LoopRef>) -> PyResult<()> {
+        let end = match self.outcome.step(py) {
+            Ok(Some(value)) => Resolution::Value(value),
+            Ok(None) => {
+                home.post(self);
+                return Ok(());
+            }
+            Err(e) => Resolution::Error(e.into_value(py).into_any()),
+        };
+        ItemFuture::settle_now(&self.fut, py, end);
+        Ok(())
+    }
+}
+
+/// Aborts the Rust work when its caller cancels the future.
+struct AbortOnCancel(AbortHandle);
+
+impl OnCancel for AbortOnCancel {
+    fn cancelled(&self) {
+        self.0.abort();
+    }
+}
+
+/// [`spawn`] for a hot path: the outcome settles the project's own [`ItemFuture`] through
+/// the loop's inbox (no GIL on the runtime thread unless a drain must be scheduled, and
+/// outcomes arriving together share one loop callback). Cancelling the future aborts the
+/// work.
+pub(crate) fn spawn_item<F>(py: Python<'_>, work: F) -> PyResult<Py<ItemFuture>>
+where
+    F: Future<Output = Conversion> + Send + 'static,
+{
+    let home = home_loop(py)?;
+    let fut = Py::new(py, ItemFuture::pending(Arc::clone(&home)))?;
+    let settle = fut.clone_ref(py);
+    let handle = runtime().spawn(async move {
+        let outcome = work.await;
+        home.post(Box::new(Deliver {
+            fut: settle,
+            outcome,
+        }));
+    });
+    fut.get()
+        .watch(Arc::new(AbortOnCancel(handle.abort_handle())));
+    Ok(fut)
 }
 
 /// A batch function's per-item results as one list (an exception instance in a failed item's

@@ -82,3 +82,9 @@ def test_reindex_benchmark_smoke_run() -> None:
     second = "| ferrobatch Embeddings + Cache (SQLite file) | second | 30 |"
     assert first in text and second in text, text  # the second pass sends the edited 10%
     assert "All hits (memory cache)" in text
+
+
+def test_stream_benchmark_smoke_run() -> None:
+    text = run_quick("stream.py")
+    assert "| ferrobatch ChatCompletions.stream |" in text, text
+    assert "CPU ratio per chunk" in text and "Stalled consumer" in text

@@ -17,7 +17,13 @@ import anthropic
 import openai
 import pytest
 
-from ferrobatch import APIConnectionError, APITimeoutError, InvalidInputError, StreamError
+from ferrobatch import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidInputError,
+    RateLimiter,
+    StreamError,
+)
 from ferrobatch.anthropic import Messages
 from ferrobatch.openai import ChatCompletions
 from ferrobatch.testing import FakeServer
@@ -320,3 +326,32 @@ async def test_leaving_a_stream_closes_the_connection_at_once(how: str) -> None:
     assert stats["streams"]["cancelled"] == 1
     u = c.usage()["gpt-x"]
     assert u["failed_requests"] == 1 and u["output_tokens"] > 0  # settled from what came
+
+
+async def test_a_stream_holds_its_reservation_until_it_settles(fake_ai_server: FakeServer) -> None:
+    """600 tokens a minute: a stream reserving its input plus max_tokens=500 leaves no room for
+    a second one until it ends; then its unused reservation comes back at once (refilling it
+    would take most of a minute)."""
+    limiter = RateLimiter(tokens_per_minute=600)
+    c = chat(fake_ai_server, rate_limiter=limiter)
+    fake_ai_server.fault("stream_stall", done=2, duration=1.0)  # A stays open about 1 s
+    first = c.stream(messages=QUESTION, max_tokens=500)
+    await first.__anext__()
+    t0 = time.monotonic()
+    second_began: list[float] = []
+
+    async def second() -> None:
+        async with c.stream(messages=QUESTION, max_tokens=500) as s:
+            await s.__anext__()
+            second_began.append(time.monotonic() - t0)
+            assert [x async for x in s]
+
+    task = asyncio.ensure_future(second())
+    await asyncio.sleep(0.3)
+    assert not second_began, "the second stream was admitted while the first held its tokens"
+    assert [x async for x in first]  # the first ends (after its stall) and settles
+    ended = time.monotonic() - t0
+    await task
+    assert ended - 0.1 <= second_began[0] <= ended + 2.0
+    assert len(fake_ai_server.requests("/chat/completions")) == 2
+    await c.stop()

@@ -1,8 +1,9 @@
 """Streamed chat answers: the typed face of the native `_ChatStream`.
 
-Chunks cross from Rust in groups (every chunk already received, at least one, per crossing),
-so a fast stream costs one await per group, not per chunk; the iterator hands them out one by
-one. Leaving `async with`, `break`, or cancelling the task closes the connection at once.
+Chunks already received are taken without a thread hop; only when none is there does the
+iterator await the runtime, which hands over every chunk received by then in one crossing;
+the iterator hands them out one by one. Leaving `async with`, `break`, or cancelling the task
+closes the connection at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any
 
-from ferrobatch._native import _ChatStream
+from ferrobatch._native import ItemFuture, _ChatStream
 
 __all__ = ["ChatStream", "ChatStreamSync"]
 
@@ -62,7 +63,7 @@ class ChatStream(_Base):
 
     def __init__(self, native: _ChatStream) -> None:
         super().__init__(native)
-        self._pending: asyncio.Future[list[dict[str, Any]]] | None = None
+        self._pending: ItemFuture[list[dict[str, Any]]] | None = None
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self
@@ -72,7 +73,10 @@ class ChatStream(_Base):
             return self._buf.popleft()
         if self._done:
             raise StopAsyncIteration
-        fut: asyncio.Future[list[dict[str, Any]]] = self._native.next_many()
+        ready = self._native.next_ready()  # what is there already, without a thread hop
+        if ready:
+            return self._take(ready)
+        fut: ItemFuture[list[dict[str, Any]]] = self._native.next_many()
         self._pending = fut
         try:
             chunks = await fut

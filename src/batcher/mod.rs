@@ -32,4 +32,5 @@ pub(crate) use batch::Batch;
 pub(crate) use core::Core;
 pub(crate) use future::ItemFuture;
 pub(crate) use future::Resolution;
+pub(crate) use future::{LoopJob, LoopRef, OnCancel};
 pub(crate) use native::{ItemsOut, NativeBatchFn, NativeFn, NativeWork};

@@ -377,31 +377,34 @@ impl ChatStream {
                     self.cut(e).await;
                 }
             }
-            Ok(Ok(Some(bytes))) => {
-                let mut events = std::mem::take(&mut self.events);
-                if let Err(e) = self.parser.feed(&bytes, &mut events) {
-                    self.fail(e);
-                }
-                for event in events.drain(..) {
-                    if self.complete || self.failed.is_some() {
-                        break;
-                    }
-                    match self.format.event(event) {
-                        Ok(Step::Chunk(v)) => self.ready.push_back(v),
-                        Ok(Step::Last(v)) => {
-                            self.ready.push_back(v);
-                            self.complete = true;
-                        }
-                        Ok(Step::Skip) => {}
-                        Ok(Step::Done) => self.complete = true,
-                        Err(e) => self.fail(e),
-                    }
-                }
-                self.events = events;
-                if self.complete {
-                    self.response = None; // nothing more to read
-                }
+            Ok(Ok(Some(bytes))) => self.take_bytes(&bytes),
+        }
+    }
+
+    /// Parse received bytes into ready chunks (or the stream's end, or its error).
+    fn take_bytes(&mut self, bytes: &[u8]) {
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.parser.feed(bytes, &mut events) {
+            self.fail(e);
+        }
+        for event in events.drain(..) {
+            if self.complete || self.failed.is_some() {
+                break;
             }
+            match self.format.event(event) {
+                Ok(Step::Chunk(v)) => self.ready.push_back(v),
+                Ok(Step::Last(v)) => {
+                    self.ready.push_back(v);
+                    self.complete = true;
+                }
+                Ok(Step::Skip) => {}
+                Ok(Step::Done) => self.complete = true,
+                Err(e) => self.fail(e),
+            }
+        }
+        self.events = events;
+        if self.complete {
+            self.response = None; // nothing more to read
         }
     }
 
@@ -465,15 +468,58 @@ impl ChatStream {
         }
     }
 
-    /// Chunks already received and not yet handed out (at most `max`), without reading:
-    /// what a caller that just took one chunk can take in the same step.
+    /// Chunks already received and not yet handed out (at most `max`), reading only what
+    /// the socket already holds (never waiting): what a caller that just took one chunk can
+    /// take in the same step. An error or the end found this way is left for `next`.
     pub fn take_ready(&mut self, max: usize) -> Vec<Value> {
-        let n = self.ready.len().min(max);
-        let out: Vec<Value> = self.ready.drain(..n).collect();
-        for _ in 0..out.len() {
-            self.handed_out();
+        let mut out = Vec::new();
+        loop {
+            while out.len() < max {
+                match self.ready.pop_front() {
+                    Some(chunk) => {
+                        self.handed_out();
+                        out.push(chunk);
+                    }
+                    None => break,
+                }
+            }
+            if out.len() >= max || !self.read_now() {
+                return out;
+            }
         }
-        out
+    }
+
+    /// Read what the socket holds now, without waiting; whether anything was read. Only
+    /// after a chunk reached the caller (so a break needs no retry, which would wait).
+    fn read_now(&mut self) -> bool {
+        use futures_util::FutureExt;
+        if self.yielded == 0 || self.complete || self.failed.is_some() {
+            return false;
+        }
+        let Some(response) = self.response.as_mut() else {
+            return false;
+        };
+        let Some(read) = response.chunk().now_or_never() else {
+            return false;
+        };
+        match read {
+            Ok(Some(bytes)) => self.take_bytes(&bytes),
+            Ok(None) => {
+                if !self.complete {
+                    self.fail(Error::Connection {
+                        message: "the stream ended before its end event".to_string(),
+                    });
+                }
+            }
+            Err(e) => {
+                let message = crate::http::secret::redact(
+                    self.chatter.api.transport().api_key(),
+                    &format!("the stream broke: {e}"),
+                );
+                self.fail(Error::Connection { message });
+            }
+        }
+        true
     }
 
     /// End the stream now: the connection closes, and it settles from what was received
