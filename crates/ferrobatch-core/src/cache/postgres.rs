@@ -2,7 +2,8 @@
 //! that names the database. One table, made on first use under an advisory lock; a lookup is
 //! one `SELECT ... key = ANY($2)`, a write one `INSERT ... SELECT FROM unnest(...) ON
 //! CONFLICT` (then, with `max_entries` or a TTL, one `DELETE` of what is over the bound or
-//! expired, in the same transaction). Every time comes from the database's `now()`.
+//! expired, in the same transaction; with `max_entries`, writers of one namespace take turns
+//! under an advisory lock, so no two bounds miss each other's rows). Every time comes from the database's `now()`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -31,6 +32,10 @@ CREATE INDEX IF NOT EXISTS ferrobatch_cache_written ON ferrobatch_cache (namespa
 /// Serializes the first opens of concurrent processes (`pg_advisory_xact_lock`): two
 /// `CREATE TABLE IF NOT EXISTS` at once may otherwise both try to create the table.
 const SCHEMA_LOCK: i64 = 0x6665_7272_6f63;
+
+/// With `max_entries`, the first key of the advisory lock writers of one namespace take
+/// turns under (the second is the namespace's hash).
+const BOUND_LOCK: i32 = 0x6662_6f75;
 
 pub(crate) struct PgCacheStore {
     pool: Pool,
@@ -130,6 +135,16 @@ impl Backend for PgCacheStore {
             let ttl = self.ttl.map(|t| t.as_secs_f64());
             let mut client = self.client("writing").await?;
             let tx = client.transaction().await.map_err(self.failed("writing"))?;
+            if self.max_entries.is_some() {
+                // Writers of one namespace take turns, so that each one's bound counts the
+                // rows the others wrote (concurrent transactions would not see them).
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&BOUND_LOCK, &self.namespace],
+                )
+                .await
+                .map_err(self.failed("writing"))?;
+            }
             tx.execute(
                 "INSERT INTO ferrobatch_cache (namespace, key, value, written_at, expires_at) \
                  SELECT $1, k, v, clock_timestamp(), \
