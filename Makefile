@@ -62,7 +62,7 @@ wheel-test: wheel
 	PATH="$(abspath $(WHEEL_VENV))/bin:$(NO_RUST_PATH)" sh -c '\
 		set -e; ! command -v cargo >/dev/null; ! command -v rustc >/dev/null; \
 		wheel=$$(ls $(abspath $(DIST))/*.whl); \
-		python -m pip install --quiet "ferrobatch[test,bench] @ file://$$wheel" auditwheel; \
+		python -m pip install --quiet "ferrobatch[test,bench,ray] @ file://$$wheel" auditwheel; \
 		cd tests && python -c "import ferrobatch, sys; assert \"site-packages\" in ferrobatch.__file__, ferrobatch.__file__"; cd ..; \
 		FERROBATCH_WHEEL=$$wheel python -m pytest -q -p no:cacheprovider'
 
