@@ -88,7 +88,7 @@ def test_four_actors_keep_one_budget(
                 "redis_url": redis_server.url,
                 "limit_name": "ray-test-budget",
             },
-            concurrency=4,
+            compute=ray.data.ActorPoolStrategy(size=4),
             batch_size=10,
             num_cpus=0.25,
         )
@@ -111,7 +111,12 @@ def test_a_bad_row_lands_in_the_error_column(cluster: None, fake_ai_server: Fake
     kwargs = {"base_url": fake_ai_server.openai_base_url, "dimensions": 8}
     out = (
         ray.data.from_items(items)
-        .map_batches(Embed, fn_constructor_kwargs=kwargs, concurrency=1, batch_size=20)
+        .map_batches(
+            Embed,
+            fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            batch_size=20,
+        )
         .take_all()
     )
     by_text = {r["text"]: r for r in out}
@@ -123,7 +128,7 @@ def test_a_bad_row_lands_in_the_error_column(cluster: None, fake_ai_server: Fake
         ray.data.from_items(items).map_batches(
             Embed,
             fn_constructor_kwargs={**kwargs, "on_error": "raise"},
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),
             batch_size=20,
         ).take_all()
 
@@ -173,7 +178,13 @@ def test_a_killed_actor_is_retried_and_the_cache_pays_nothing_twice(
     killer.start()
     out = (
         rows(n)
-        .map_batches(Chat, fn_constructor_kwargs=kwargs, concurrency=2, batch_size=20, num_cpus=0.5)
+        .map_batches(
+            Chat,
+            fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=2),
+            batch_size=20,
+            num_cpus=0.5,
+        )
         .take_all()
     )
     killer.join()
@@ -192,7 +203,13 @@ def test_a_killed_actor_is_retried_and_the_cache_pays_nothing_twice(
     fake_ai_server.clear_requests()
     again = (
         rows(n)
-        .map_batches(Chat, fn_constructor_kwargs=kwargs, concurrency=2, batch_size=50, num_cpus=0.5)
+        .map_batches(
+            Chat,
+            fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=2),
+            batch_size=50,
+            num_cpus=0.5,
+        )
         .materialize()
     )
     assert fake_ai_server.requests("/chat/completions") == []
