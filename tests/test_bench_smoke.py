@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ferrobatch.testing.plugin import unavailable
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -88,3 +90,14 @@ def test_stream_benchmark_smoke_run() -> None:
     text = run_quick("stream.py")
     assert "| ferrobatch ChatCompletions.stream |" in text, text
     assert "CPU ratio per chunk" in text and "Stalled consumer" in text
+
+
+def test_ray_benchmark_smoke_run(redis_server: object) -> None:
+    # The fixture makes a missing redis-server skip (or fail under CI), as for Ray below.
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        unavailable(RuntimeError(f"Ray is not installed (pip install 'ferrobatch[ray]'): {e}"))
+    text = run_quick("ray_embed.py")
+    assert "| ferrobatch Embed (Redis limit) |" in text, text
+    assert "| ray.data.llm HTTP processor, qps split over actors |" in text
