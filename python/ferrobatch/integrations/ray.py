@@ -40,8 +40,6 @@ from ferrobatch._native import Cache, RateLimiter
 
 __all__ = ["Chat", "Embed", "usage_totals"]
 
-OnError = Literal["column", "raise"]
-
 
 def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
@@ -66,7 +64,7 @@ class _Stage:
         limit_name: str | None,
         cache: str | None,
         cache_namespace: str | None,
-        on_error: OnError,
+        on_error: Literal["column", "raise"],
         error_column: str,
         max_retries: int,
         prices: Mapping[str, Mapping[str, float]] | None,
@@ -161,7 +159,7 @@ class Embed(_Stage):
         limit_name: str | None = None,
         cache: str | None = None,
         cache_namespace: str | None = None,
-        on_error: OnError = "column",
+        on_error: Literal["column", "raise"] = "column",
         error_column: str = "error",
         max_retries: int = 5,
         prices: Mapping[str, Mapping[str, float]] | None = None,
@@ -250,7 +248,7 @@ class Chat(_Stage):
         limit_name: str | None = None,
         cache: str | None = None,
         cache_namespace: str | None = None,
-        on_error: OnError = "column",
+        on_error: Literal["column", "raise"] = "column",
         error_column: str = "error",
         max_retries: int = 5,
         prices: Mapping[str, Mapping[str, float]] | None = None,
