@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::future::{join_all, BoxFuture};
 use serde_json::{Map, Value};
 
-use super::stream::{StreamFormat, StreamRequest};
+use super::chunks::{StreamBook, StreamFormat, StreamRequest};
 use super::Transport;
 use crate::cache::{Cache, Key, KeyBuilder};
 use crate::error::Error;
@@ -97,7 +97,7 @@ pub struct Chatter {
     /// Answers already paid for (None: every request is sent).
     pub cache: Option<ChatCache>,
     /// Its streams so far.
-    pub streams: super::stream::StreamBook,
+    pub streams: StreamBook,
 }
 
 /// `value` as canonical JSON: object keys sorted at every depth, no whitespace.

@@ -9,9 +9,11 @@
 //! - [`embedder`]: one embedding model on its transport;
 //! - [`chat`]: a provider's chat endpoint, and the client that answers from a cache;
 //! - [`sse`]: server-sent events, bounded;
+//! - [`chunks`]: what a streamed answer is made of (events, a provider's format, a record);
 //! - [`stream`]: a streamed chat answer through the limiter, its clocks and its settlement.
 
 pub mod chat;
+pub mod chunks;
 pub mod embed;
 pub mod embedder;
 pub mod retry;
@@ -22,13 +24,14 @@ pub mod transport;
 pub mod usage;
 
 pub use chat::{ChatAnswer, ChatApi, ChatCache, ChatRequest, ChatSetup, Chatter, MakeChat};
+pub use chunks::{
+    Step, StreamBook, StreamFormat, StreamOutcome, StreamRequest, StreamStats, StreamUsage,
+    DEFAULT_OUTPUT_RESERVATION,
+};
 pub use embed::{EmbeddingApi, EmbeddingSpec, MakeEmbeddings};
 pub use embedder::Embedder;
 pub use retry::{Failure, RetryPolicy};
 pub use secret::ApiKey;
-pub use stream::{
-    ChatStream, Step, StreamClocks, StreamFormat, StreamOutcome, StreamRequest, StreamStats,
-    StreamUsage, DEFAULT_OUTPUT_RESERVATION,
-};
+pub use stream::{ChatStream, StreamClocks};
 pub use transport::{Auth, Payload, Retry, Transport, TransportConfig};
 pub use usage::{ModelUsage, Price, UsageBook};

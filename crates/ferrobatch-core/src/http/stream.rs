@@ -1,4 +1,4 @@
-//! A streamed chat answer, provider-agnostic: the request admitted through the client's rate
+//! A streamed chat answer, provider-agnostic (its vocabulary in [`super::chunks`]): the request admitted through the client's rate
 //! limiter and retried only before anything reached the caller, the server-sent events read
 //! only as fast as the caller takes chunks (the socket is the buffer), each event made a
 //! chunk by the provider's [`StreamFormat`], two clocks (the first chunk, the gap between
@@ -7,62 +7,16 @@
 //! in `providers/`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::chat::Chatter;
+use super::chunks::{Step, StreamFormat, StreamOutcome, StreamRequest, StreamUsage};
 use super::retry::Failure;
 use super::sse::{SseEvent, SseParser, MAX_EVENT_BYTES};
-use crate::engine::{LatencySummary, LATENCY_BOUNDS};
 use crate::error::Error;
-
-/// What one event of a stream is.
-#[derive(Debug)]
-pub enum Step {
-    /// A chunk for the caller.
-    Chunk(Value),
-    /// The stream's last chunk: the caller gets it, and the stream is complete.
-    Last(Value),
-    /// Nothing for the caller (a keep-alive `ping`).
-    Skip,
-    /// The stream is complete (OpenAI's `[DONE]`).
-    Done,
-}
-
-/// A provider's streamed answer: its events made chunks, and what they add up to.
-pub trait StreamFormat: Send {
-    /// One event; an error event is an `Err` (the stream fails after what came before).
-    fn event(&mut self, event: SseEvent) -> Result<Step, Error>;
-    /// The answer the chunks so far add up to, in the provider's non-streaming shape.
-    fn response(&self) -> Value;
-    /// The (input, output) tokens the server reported, the last report (never a sum).
-    fn usage(&self) -> Option<(u64, u64)>;
-    /// Characters of text and tool arguments received (for an estimate without usage).
-    fn received_chars(&self) -> u64;
-}
-
-/// A streaming request as a provider sends it.
-pub struct StreamRequest {
-    /// The path under the base URL.
-    pub path: &'static str,
-    /// The body, `"stream": true` (and what else the provider needs) set.
-    pub body: Bytes,
-    /// The model, for usage.
-    pub model: String,
-    /// Estimated input tokens.
-    pub input_estimate: u64,
-    /// Output tokens reserved: `max_tokens`, or [`DEFAULT_OUTPUT_RESERVATION`].
-    pub output_reserved: u64,
-    /// Whether the transport's limiter reserves the output too (false where the provider
-    /// meters output on a budget of its own).
-    pub output_on_transport: bool,
-}
-
-/// Output tokens reserved for a stream whose request sets no `max_tokens`.
-pub const DEFAULT_OUTPUT_RESERVATION: u64 = 1024;
 
 /// The two clocks of a stream.
 #[derive(Debug, Clone, Copy)]
@@ -71,98 +25,6 @@ pub struct StreamClocks {
     pub first_token: Duration,
     /// The longest gap between two chunks.
     pub idle: Duration,
-}
-
-/// How a stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StreamOutcome {
-    /// Its end event arrived.
-    Completed,
-    /// The server or the connection failed it.
-    Failed,
-    /// Its caller dropped it before the end.
-    Cancelled,
-}
-
-impl StreamOutcome {
-    /// `completed`, `failed` or `cancelled`.
-    pub fn name(self) -> &'static str {
-        match self {
-            StreamOutcome::Completed => "completed",
-            StreamOutcome::Failed => "failed",
-            StreamOutcome::Cancelled => "cancelled",
-        }
-    }
-}
-
-/// A stream's tokens: as the server reported them, or estimated when it did not (a stream
-/// cut or dropped before its usage arrived).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamUsage {
-    /// Input tokens.
-    pub input_tokens: u64,
-    /// Output tokens.
-    pub output_tokens: u64,
-    /// True when estimated (input from the request's text, output from the text received).
-    pub estimated: bool,
-}
-
-/// A client's streams so far: how they ended, time to first chunk, gaps between chunks,
-/// tokens streamed.
-#[derive(Debug, Clone, Default)]
-pub struct StreamStats {
-    /// Streams by how they ended (`completed`, `failed`, `cancelled`).
-    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
-    /// From the request to the first chunk.
-    pub time_to_first_chunk: LatencySummary,
-    /// Between consecutive chunks.
-    pub chunk_gap: LatencySummary,
-    /// Output tokens of finished streams (reported, or estimated).
-    pub output_tokens: u64,
-}
-
-/// Where a client records its streams.
-#[derive(Debug)]
-pub struct StreamBook {
-    inner: Mutex<BookInner>,
-}
-
-#[derive(Debug)]
-struct BookInner {
-    outcomes: std::collections::BTreeMap<&'static str, u64>,
-    first: crate::engine::stats::Latency,
-    gap: crate::engine::stats::Latency,
-    output_tokens: u64,
-}
-
-impl Default for StreamBook {
-    fn default() -> Self {
-        StreamBook {
-            inner: Mutex::new(BookInner {
-                outcomes: Default::default(),
-                first: crate::engine::stats::Latency::with_bounds(LATENCY_BOUNDS.to_vec()),
-                gap: crate::engine::stats::Latency::with_bounds(LATENCY_BOUNDS.to_vec()),
-                output_tokens: 0,
-            }),
-        }
-    }
-}
-
-impl StreamBook {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BookInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The counts now.
-    pub fn stats(&self) -> StreamStats {
-        let g = self.lock();
-        StreamStats {
-            outcomes: g.outcomes.clone(),
-            time_to_first_chunk: g.first.summary(),
-            chunk_gap: g.gap.summary(),
-            output_tokens: g.output_tokens,
-        }
-    }
 }
 
 /// One streamed answer. `next` hands out chunks; dropping it closes the connection.
@@ -567,15 +429,10 @@ impl ChatStream {
             self.output_held = false;
             self.release_output(u.output_tokens);
         }
-        let mut book = self.chatter.streams.lock();
-        *book.outcomes.entry(outcome.name()).or_default() += 1;
-        if let Some(first) = self.first_chunk {
-            book.first.record(first);
-        }
-        for gap in self.gaps.drain(..) {
-            book.gap.record(gap);
-        }
-        book.output_tokens += u.output_tokens;
+        let gaps = std::mem::take(&mut self.gaps);
+        self.chatter
+            .streams
+            .record(outcome, self.first_chunk, gaps, u.output_tokens);
     }
 
     /// The limiter corrected to the tokens used; usage and cost recorded.

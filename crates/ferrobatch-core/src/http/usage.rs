@@ -55,6 +55,17 @@ pub struct ModelUsage {
     pub saved_cost: Option<f64>,
 }
 
+impl ModelUsage {
+    /// Tokens used and what they cost (None: no price), counted once they are spent.
+    fn spent(&mut self, input_tokens: u64, output_tokens: u64, cost: Option<f64>) {
+        self.input_tokens += input_tokens;
+        self.output_tokens += output_tokens;
+        if let Some(cost) = cost {
+            self.cost = Some(self.cost.unwrap_or(0.0) + cost);
+        }
+    }
+}
+
 /// Usage per model, shared by every request of one client.
 #[derive(Debug, Default)]
 pub struct UsageBook {
@@ -138,11 +149,7 @@ impl UsageBook {
     ) {
         self.with(model, |u| {
             u.failed_requests += 1;
-            u.input_tokens += input_tokens;
-            u.output_tokens += output_tokens;
-            if let Some(add) = add {
-                u.cost = Some(u.cost.unwrap_or(0.0) + add);
-            }
+            u.spent(input_tokens, output_tokens, add);
         });
     }
 
@@ -156,11 +163,7 @@ impl UsageBook {
     ) {
         self.with(model, |u| {
             u.requests += 1;
-            u.input_tokens += input_tokens;
-            u.output_tokens += output_tokens;
-            if let Some(add) = add {
-                u.cost = Some(u.cost.unwrap_or(0.0) + add);
-            }
+            u.spent(input_tokens, output_tokens, add);
         });
     }
 

@@ -860,15 +860,10 @@ pub(super) fn respond(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if streamed {
                 let id = format!("chatcmpl-fake-{n}");
-                let events = super::streams::events(
-                    super::streams::Format::OpenAi,
-                    body,
-                    &reply,
-                    prompt,
-                    &id,
-                    stream_fault,
-                );
-                return (Some(super::streams::response(events, stream_fault)), hang);
+                let format = super::streams::Format::OpenAi;
+                let answer =
+                    super::streams::answer(format, body, &reply, prompt, &id, stream_fault);
+                return (Some(answer), hang);
             }
             let created = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -904,15 +899,10 @@ pub(super) fn respond(
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if streamed {
                 let id = format!("msg_fake{n:020}");
-                let events = super::streams::events(
-                    super::streams::Format::Anthropic,
-                    body,
-                    &reply,
-                    prompt,
-                    &id,
-                    stream_fault,
-                );
-                return (Some(super::streams::response(events, stream_fault)), hang);
+                let format = super::streams::Format::Anthropic;
+                let answer =
+                    super::streams::answer(format, body, &reply, prompt, &id, stream_fault);
+                return (Some(answer), hang);
             }
             let mut answer = json!({
                 "id": format!("msg_fake{n:020}"),

@@ -14,7 +14,8 @@ use hyper::body::Frame;
 use hyper::Response;
 use serde_json::{json, Value};
 
-use super::server::Body;
+/// A response body as the server's hyper service sends it.
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 /// How a streamed answer goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,7 +73,7 @@ fn words(reply: &str) -> Vec<String> {
 
 /// The events of a streamed answer, made as they are sent (a long stream is never held
 /// whole). `prompt` is the input usage; `id` and `model` go in every chunk.
-pub(super) fn events(
+fn events(
     format: Format,
     body: &Value,
     reply: &str,
@@ -199,9 +200,21 @@ pub(super) fn events(
     }
 }
 
+/// A streamed answer: [`events`] sent by [`response`].
+pub(super) fn answer(
+    format: Format,
+    body: &Value,
+    reply: &str,
+    prompt: u64,
+    id: &str,
+    fault: Option<StreamFault>,
+) -> Response<Body> {
+    response(events(format, body, reply, prompt, id, fault), fault)
+}
+
 /// A `text/event-stream` response that sends `events` as the client reads them, with the
 /// fault's delays.
-pub(super) fn response(
+fn response(
     events: Box<dyn Iterator<Item = Bytes> + Send + Sync>,
     fault: Option<StreamFault>,
 ) -> Response<Body> {

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod stream;
+pub mod usage;
 pub mod wire;
 
 use crate::error::Provider;

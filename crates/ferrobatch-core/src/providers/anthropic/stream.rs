@@ -8,10 +8,10 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Provider};
+use crate::http::chunks::{Step, StreamFormat};
 use crate::http::sse::SseEvent;
-use crate::http::stream::{Step, StreamFormat};
 
-use super::wire::MessageUsage;
+use super::usage::MessageUsage;
 
 /// One content block as its deltas add up.
 #[derive(Debug)]

@@ -7,8 +7,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Provider};
+use crate::http::chunks::{Step, StreamFormat};
 use crate::http::sse::SseEvent;
-use crate::http::stream::{Step, StreamFormat};
 
 /// One choice as its deltas add up.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use crate::http::stream::{StreamFormat, StreamRequest, DEFAULT_OUTPUT_RESERVATION};
+use crate::http::chunks::{StreamFormat, StreamRequest, DEFAULT_OUTPUT_RESERVATION};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
