@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-class _Stage:
+class _Stage(ABC):
     """What `Embed` and `Chat` share: settings, a client per actor, per-row outcomes."""
 
     def __init__(
@@ -112,8 +113,9 @@ class _Stage:
             "cache": cache,
         }
 
+    @abstractmethod
     def _make(self) -> Any:
-        raise NotImplementedError
+        """The stage's ferrobatch batcher (`Embed`: an embeddings client; `Chat`: a chat one)."""
 
     def client(self) -> Any:
         """This actor's ferrobatch batcher (made on first use, on the actor's event loop)."""
